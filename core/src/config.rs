@@ -1,0 +1,241 @@
+//! Model hyper-parameters (CONTRACT §1), with Hugging Face Mixtral field names.
+
+use crate::error::{Error, Result};
+
+/// The hyper-parameters of a [`crate::MoETransformer`].
+///
+/// Field names follow Hugging Face's `MixtralConfig` so that a checkpoint's
+/// `config.json` maps one to one. Build one with [`Config::tiny`],
+/// [`Config::scale_256`] or [`Config::full`] and check it with
+/// [`Config::validate`] (every constructor of the crate does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Vocabulary size `v`.
+    pub vocab_size: usize,
+    /// Hidden (model) width `c`.
+    pub hidden_size: usize,
+    /// Number of transformer blocks `L`.
+    pub num_hidden_layers: usize,
+    /// Query heads `h`.
+    pub num_attention_heads: usize,
+    /// Key/value heads `kv` (`h % kv == 0`; `kv == 1` is MQA).
+    pub num_key_value_heads: usize,
+    /// Head dimension `d` (even, for RoPE).
+    pub head_dim: usize,
+    /// Expert FFN width `f`.
+    pub intermediate_size: usize,
+    /// Experts per MoE layer `e`.
+    pub num_local_experts: usize,
+    /// Experts each token is routed to, `k <= e`.
+    pub num_experts_per_tok: usize,
+    /// Longest sequence a forward pass or a KV cache may hold.
+    pub max_position_embeddings: usize,
+    /// RoPE base before NTK scaling (10,000 in every profile).
+    pub rope_base: f32,
+    /// RoPE NTK alpha; `> 1` scales the base (`base' = base · alpha^(d/(d−2))`).
+    pub rope_alpha: f32,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+}
+
+/// Parameter counts of a configuration, in `u64` so that the full profile
+/// cannot overflow on any target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// All parameters.
+    pub total: u64,
+    /// Parameters touched per token (all but the `e − k` unused experts of each layer).
+    pub active: u64,
+}
+
+impl Config {
+    /// The benchmark profile: c = 64, 2 layers, 4/1 heads of 16, 4 experts top-2, f = 256.
+    pub const fn tiny() -> Self {
+        Config {
+            vocab_size: 1000,
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 1,
+            head_dim: 16,
+            intermediate_size: 256,
+            num_local_experts: 4,
+            num_experts_per_tok: 2,
+            max_position_embeddings: 512,
+            rope_base: 10_000.0,
+            rope_alpha: 1.0,
+            rms_norm_eps: 1e-5,
+        }
+    }
+
+    /// The scale axis profile: c = 256, head dim 64, f = 1024 (7,134,464 parameters).
+    pub const fn scale_256() -> Self {
+        Config {
+            hidden_size: 256,
+            head_dim: 64,
+            intermediate_size: 1024,
+            ..Self::tiny()
+        }
+    }
+
+    /// The reference architecture: 30 layers of c = 768, 16 experts top-4,
+    /// 6.88 B parameters (1.79 B active). Never benchmarked; its sizes must
+    /// still plan without overflow.
+    pub const fn full() -> Self {
+        Config {
+            vocab_size: 32_000,
+            hidden_size: 768,
+            num_hidden_layers: 30,
+            num_attention_heads: 12,
+            num_key_value_heads: 1,
+            head_dim: 64,
+            intermediate_size: 6144,
+            num_local_experts: 16,
+            num_experts_per_tok: 4,
+            max_position_embeddings: 32_768,
+            rope_base: 10_000.0,
+            rope_alpha: 8.0,
+            rms_norm_eps: 1e-5,
+        }
+    }
+
+    /// Checks every field; the first violation is returned as
+    /// [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<()> {
+        fn positive(field: &'static str, v: usize) -> Result<()> {
+            if v == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    expected: "> 0",
+                    actual: 0.0,
+                });
+            }
+            Ok(())
+        }
+        positive("vocab_size", self.vocab_size)?;
+        positive("hidden_size", self.hidden_size)?;
+        positive("num_hidden_layers", self.num_hidden_layers)?;
+        positive("num_attention_heads", self.num_attention_heads)?;
+        positive("num_key_value_heads", self.num_key_value_heads)?;
+        positive("head_dim", self.head_dim)?;
+        positive("intermediate_size", self.intermediate_size)?;
+        positive("num_local_experts", self.num_local_experts)?;
+        positive("num_experts_per_tok", self.num_experts_per_tok)?;
+        positive("max_position_embeddings", self.max_position_embeddings)?;
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::InvalidConfig {
+                field: "num_key_value_heads",
+                expected: "a divisor of num_attention_heads",
+                actual: self.num_key_value_heads as f64,
+            });
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::InvalidConfig {
+                field: "head_dim",
+                expected: "even (RoPE rotates pairs)",
+                actual: self.head_dim as f64,
+            });
+        }
+        if self.num_experts_per_tok > self.num_local_experts {
+            return Err(Error::InvalidConfig {
+                field: "num_experts_per_tok",
+                expected: "<= num_local_experts",
+                actual: self.num_experts_per_tok as f64,
+            });
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return Err(Error::InvalidConfig {
+                field: "vocab_size",
+                expected: "<= u32::MAX (token ids are u32)",
+                actual: self.vocab_size as f64,
+            });
+        }
+        let finite_pos = |field, x: f32| {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::InvalidConfig {
+                    field,
+                    expected: "finite and > 0",
+                    actual: x as f64,
+                })
+            }
+        };
+        finite_pos("rope_base", self.rope_base)?;
+        finite_pos("rope_alpha", self.rope_alpha)?;
+        finite_pos("rms_norm_eps", self.rms_norm_eps)?;
+        if self.rope_alpha > 1.0 && self.head_dim <= 2 {
+            return Err(Error::InvalidConfig {
+                field: "head_dim",
+                expected: "> 2 when rope_alpha > 1 (NTK scaling divides by d − 2)",
+                actual: self.head_dim as f64,
+            });
+        }
+        // Every size the crate derives from the config must fit in usize.
+        self.param_counts_checked()?;
+        Ok(())
+    }
+
+    /// Width of the fused q/k/v projection output, `(h + 2·kv)·d`.
+    pub const fn qkv_dim(&self) -> usize {
+        (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+    }
+
+    /// The RoPE base actually used (CONTRACT §3): `base · alpha^(d/(d−2))` when
+    /// `alpha > 1` (NTK-aware scaling), else `base`. Exported as `rope_theta`.
+    pub fn rope_theta(&self) -> f32 {
+        if self.rope_alpha > 1.0 {
+            let d = self.head_dim as f64;
+            (self.rope_base as f64 * libm::pow(self.rope_alpha as f64, d / (d - 2.0))) as f32
+        } else {
+            self.rope_base
+        }
+    }
+
+    /// Parameter counts (total and active per token) in `u64`.
+    ///
+    /// # Errors
+    /// [`Error::Overflow`] if a count does not fit in `u64`.
+    pub fn param_counts_checked(&self) -> Result<ParamCounts> {
+        let of = |what| Error::Overflow { what };
+        let m = |a: u64, b: u64| a.checked_mul(b).ok_or(of("parameter count"));
+        let a = |x: u64, y: u64| x.checked_add(y).ok_or(of("parameter count"));
+        let (v, c) = (self.vocab_size as u64, self.hidden_size as u64);
+        let (h, kv, d) = (
+            self.num_attention_heads as u64,
+            self.num_key_value_heads as u64,
+            self.head_dim as u64,
+        );
+        let (f, e, k) = (
+            self.intermediate_size as u64,
+            self.num_local_experts as u64,
+            self.num_experts_per_tok as u64,
+        );
+        let layers = self.num_hidden_layers as u64;
+        let expert = m(m(3, f)?, c)?;
+        let attn = a(m(m(m(2, h)?, d)?, c)?, m(m(m(2, kv)?, d)?, c)?)?;
+        let shared = a(a(m(2, c)?, attn)?, m(e, c)?)?;
+        let layer_total = a(shared, m(e, expert)?)?;
+        let layer_active = a(shared, m(k, expert)?)?;
+        let outer = a(m(m(2, v)?, c)?, c)?;
+        Ok(ParamCounts {
+            total: a(outer, m(layers, layer_total)?)?,
+            active: a(outer, m(layers, layer_active)?)?,
+        })
+    }
+
+    /// Parameter counts; see [`Config::param_counts_checked`]. Saturates instead of
+    /// overflowing (only reachable with absurd configs, which `validate` rejects).
+    pub fn param_counts(&self) -> ParamCounts {
+        self.param_counts_checked().unwrap_or(ParamCounts {
+            total: u64::MAX,
+            active: u64::MAX,
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::tiny()
+    }
+}

@@ -1,0 +1,50 @@
+//! E1 — softmax over one row, computed stably:
+//! `p_i = exp(x_i − max x) / Σ_j exp(x_j − max x)`.
+//!
+//! Gradient: with `g = dL/dp`, `dL/dx_i = p_i · (g_i − Σ_j p_j g_j)`.
+
+use super::exp;
+
+/// In-place softmax of one row. An all-`−∞` row (fully masked) becomes all zeros
+/// rather than NaN; NaN inputs propagate (the model reports them as `NonFinite`).
+#[inline]
+pub fn forward_inplace(x: &mut [f32]) {
+    let mut max = f32::NEG_INFINITY;
+    for &v in x.iter() {
+        max = if v > max { v } else { max };
+    }
+    if max == f32::NEG_INFINITY {
+        x.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `dx = p ⊙ (g − ⟨p, g⟩)` for one row; writes (not accumulates) `dx`.
+/// `dx` may alias neither `p` nor `g` (use [`backward_inplace`] for that).
+#[inline]
+pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
+    debug_assert!(dx.len() == p.len() && p.len() == g.len());
+    let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+    for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
+        *d = pi * (gi - dot);
+    }
+}
+
+/// Like [`backward`] with `g` overwritten by `dx`.
+#[inline]
+pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
+    debug_assert!(g.len() == p.len());
+    let dot: f32 = p.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    for (gi, &pi) in g.iter_mut().zip(p) {
+        *gi = pi * (*gi - dot);
+    }
+}

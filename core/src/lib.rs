@@ -1,0 +1,67 @@
+//! # moe-core
+//!
+//! A Mixture-of-Experts Transformer (Mixtral-style) written from scratch:
+//! forward pass, hand-derived backward pass, cross-entropy + load-balancing
+//! loss, AdamW, and sampling — `#![no_std]` + `alloc`, with every activation
+//! buffer planned up front in a [`Workspace`] arena, so that the steady-state
+//! hot path makes no heap allocation.
+//!
+//! ```text
+//! tokens [b,t]
+//!   │ embedding (E4)
+//!   ▼
+//! x [b·t, c] ──┬─────────────────────────────┐
+//!   │          RMSNorm (E5) → q,k,v (E6) → RoPE (E9) → causal MQA (E10) → o_proj
+//!   │ ◄────────┘ residual
+//!   ├──────────┬─────────────────────────────┐
+//!   │          RMSNorm → router softmax/top-k (E12) → SwiGLU experts (E8) → combine (E11)
+//!   │ ◄────────┘ residual                                    × L layers
+//!   ▼
+//! RMSNorm → lm_head → logits [b, t, v] → CE (E14) + α·aux (E13)
+//! ```
+//!
+//! The numbers E1…E21 refer to `docs/equations.md`.
+//!
+//! ```
+//! use moe_core::{Config, MoETransformer, Mode};
+//! let cfg = Config::tiny();
+//! let model = MoETransformer::new(&cfg, 42)?;
+//! let mut ws = model.workspace(1, 8, Mode::Inference)?;
+//! let logits = model.forward(&mut ws, &[1, 2, 3, 4, 5, 6, 7, 8], 1, 8)?;
+//! assert_eq!(logits.len(), 8 * cfg.vocab_size);
+//! # Ok::<(), moe_core::Error>(())
+//! ```
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod arena;
+pub mod attention;
+pub mod config;
+pub mod embedding;
+pub mod error;
+#[allow(unsafe_code)]
+pub mod kernels;
+pub mod layout;
+pub mod linear;
+pub mod loss;
+pub mod model;
+pub mod moe;
+pub mod optim;
+pub mod rmsnorm;
+pub mod rope;
+pub mod router;
+pub mod swiglu;
+pub mod train;
+
+pub use arena::{Mode, PlanEntry, Workspace};
+pub use config::{Config, ParamCounts};
+pub use error::{Error, Result};
+pub use layout::{Layout, TensorInfo};
+pub use model::{Losses, MoETransformer, TokenId};
+pub use optim::{AdamW, AdamWConfig, LrSchedule};
+pub use train::{StepStats, TrainConfig, Trainer};

@@ -1,0 +1,78 @@
+//! E14 / E15 — cross-entropy, and E13 — the MoE load-balancing aux loss.
+//!
+//! Cross-entropy (mean over the `n = b·t` positions, stable log-sum-exp):
+//! `CE = (1/n) Σ_r [ log Σ_j exp(z_rj) − z_r,target ]`,
+//! gradient `dz_r = (softmax(z_r) − onehot(target_r)) / n`.
+//!
+//! Aux loss, exactly HF's `load_balancing_loss_func` without a mask: pool the
+//! router probabilities of all `L` layers (`R = L·n` rows),
+//! `P_e = (1/R) Σ_rows p_e`, `f_e = (1/R) · #{rows whose top-k contains e}`,
+//! `aux = e · Σ_e f_e · P_e` (`= k` under uniform routing). `f` carries no
+//! gradient, so `∂aux/∂p_{row,e} = e · f_e / R` for every row.
+
+use crate::kernels::exp;
+
+/// Writes `dlogits = (softmax(logits) − onehot) · scale` and `ce_row[r]`; returns the mean CE.
+/// `logits`, `dlogits: [n, v]`; `targets` already validated `< v`.
+pub fn cross_entropy(dlogits: &mut [f32], ce_row: &mut [f32], logits: &[f32], targets: &[u32], v: usize) -> f32 {
+    let n = targets.len();
+    let scale = 1.0 / n as f32;
+    let mut total = 0.0f64;
+    for (r, ((dz, z), &tgt)) in dlogits.chunks_exact_mut(v).zip(logits.chunks_exact(v)).zip(targets).enumerate() {
+        let mut max = f32::NEG_INFINITY;
+        for &x in z {
+            max = if x > max { x } else { max };
+        }
+        let mut sum = 0.0f32;
+        for (d, &x) in dz.iter_mut().zip(z) {
+            let e = exp(x - max);
+            *d = e;
+            sum += e;
+        }
+        let lse = max + libm::logf(sum);
+        let ce = lse - z[tgt as usize];
+        ce_row[r] = ce;
+        total += ce as f64;
+        let inv = scale / sum;
+        for d in dz.iter_mut() {
+            *d *= inv;
+        }
+        dz[tgt as usize] -= scale;
+    }
+    (total / n as f64) as f32
+}
+
+/// Pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
+/// accumulated from each layer's `counts: [e]` and `rprobs: [n, e]`.
+pub fn aux_accumulate(f: &mut [f32], p: &mut [f32], counts: &[u32], rprobs: &[f32]) {
+    let e = f.len();
+    for (fe, &cnt) in f.iter_mut().zip(counts) {
+        *fe += cnt as f32;
+    }
+    for row in rprobs.chunks_exact(e) {
+        for (pe, &x) in p.iter_mut().zip(row) {
+            *pe += x;
+        }
+    }
+}
+
+/// Finishes the aux loss from the pooled sums over `rows = L·n` router rows:
+/// turns `f`, `p` into means and returns `aux = e · Σ f_e P_e`.
+pub fn aux_finish(f: &mut [f32], p: &mut [f32], rows: usize) -> f32 {
+    let inv = 1.0 / rows as f32;
+    let mut s = 0.0f32;
+    for (fe, pe) in f.iter_mut().zip(p.iter_mut()) {
+        *fe *= inv;
+        *pe *= inv;
+        s += *fe * *pe;
+    }
+    f.len() as f32 * s
+}
+
+/// Per-probability gradient of `α·aux`: `coef[e] = α · e · f_e / rows` (written into `f`).
+pub fn aux_grad_coef(f: &mut [f32], alpha: f32, rows: usize) {
+    let e = f.len() as f32;
+    for fe in f.iter_mut() {
+        *fe = alpha * e * *fe / rows as f32;
+    }
+}

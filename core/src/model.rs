@@ -1,0 +1,357 @@
+//! `MoETransformer`: the parameters (one flat buffer + layout), the forward
+//! pass, and the backward pass in exact reverse order.
+//!
+//! ```text
+//! tokens ─ embed ─┬─ [ x += Attn(RMSNorm(x)) ; x += MoE(RMSNorm(x)) ] × L ─ RMSNorm ─ lm_head ─ logits
+//! ```
+
+use alloc::vec::Vec;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::arena::{Acts, Mode, Workspace};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::kernels::first_non_finite;
+use crate::layout::Layout;
+use crate::loss;
+use crate::moe::{self, MoeGrads};
+use crate::{attention, embedding, linear, rmsnorm, rope};
+
+/// A token id (`< vocab_size`).
+pub type TokenId = u32;
+
+/// The model: config, layout and the flat parameter buffer.
+#[derive(Debug, Clone)]
+pub struct MoETransformer {
+    config: Config,
+    layout: Layout,
+    params: Vec<f32>,
+}
+
+/// Losses of one forward + backward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Losses {
+    /// `ce + alpha · aux`.
+    pub loss: f32,
+    /// Mean cross-entropy.
+    pub ce: f32,
+    /// Load-balancing aux loss (before `alpha`).
+    pub aux: f32,
+}
+
+pub(crate) fn alloc_zeroed(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::AllocationFailed {
+        bytes: len.saturating_mul(4),
+    })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// Checks `tokens` (`arg`) has `b·t` ids, each `< vocab`.
+pub(crate) fn check_tokens(arg: &'static str, tokens: &[TokenId], n: usize, vocab: usize) -> Result<()> {
+    if tokens.len() != n {
+        return Err(Error::ShapeMismatch {
+            arg,
+            expected: n,
+            actual: tokens.len(),
+        });
+    }
+    if let Some(index) = tokens.iter().position(|&t| t as usize >= vocab) {
+        return Err(Error::TokenOutOfRange {
+            arg,
+            index,
+            token: tokens[index],
+            vocab,
+        });
+    }
+    Ok(())
+}
+
+impl MoETransformer {
+    /// Builds a model with parameters drawn from `seed` (see [`MoETransformer::init`]).
+    ///
+    /// # Errors
+    /// Invalid config, overflow, or allocation failure.
+    pub fn new(config: &Config, seed: u64) -> Result<Self> {
+        let layout = Layout::new(config)?;
+        let mut params = alloc_zeroed(layout.total)?;
+        Self::init(&layout, &mut params, seed);
+        Ok(MoETransformer {
+            config: *config,
+            layout,
+            params,
+        })
+    }
+
+    /// Wraps an existing flat parameter buffer (e.g. loaded from a checkpoint).
+    ///
+    /// # Errors
+    /// Invalid config, [`Error::ShapeMismatch`] if `params` has the wrong length,
+    /// [`Error::NonFinite`] if a parameter is NaN or infinite.
+    pub fn from_params(config: &Config, params: Vec<f32>) -> Result<Self> {
+        let layout = Layout::new(config)?;
+        if params.len() != layout.total {
+            return Err(Error::ShapeMismatch {
+                arg: "params",
+                expected: layout.total,
+                actual: params.len(),
+            });
+        }
+        if let Some(index) = first_non_finite(&params) {
+            return Err(Error::NonFinite { what: "params", index });
+        }
+        Ok(MoETransformer {
+            config: *config,
+            layout,
+            params,
+        })
+    }
+
+    /// Deterministic initialisation from `seed`, drawn in layout order from
+    /// `ChaCha8Rng::seed_from_u64(seed)`: each value takes one `next_u32()`,
+    /// `u = (x >> 8) · 2⁻²⁴ ∈ [0, 1)`, and a matrix `[out, in]` gets
+    /// `(2u − 1)/√in` (PyTorch's `nn.Linear` default bound), the embedding
+    /// `(2u − 1)·√3` (unit variance, like `nn.Embedding`'s N(0, 1)); norm
+    /// weights are 1.0 and draw nothing.
+    pub fn init(layout: &Layout, params: &mut [f32], seed: u64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        const TO_UNIT: f32 = 1.0 / (1u32 << 24) as f32;
+        for t in layout.tensors() {
+            let out = &mut params[t.range()];
+            if t.shape.len() == 1 {
+                out.iter_mut().for_each(|x| *x = 1.0);
+                continue;
+            }
+            let bound = if t.offset == layout.embed {
+                libm::sqrtf(3.0)
+            } else {
+                1.0 / libm::sqrtf(t.shape[1] as f32)
+            };
+            for x in out.iter_mut() {
+                let u = (rng.next_u32() >> 8) as f32 * TO_UNIT;
+                *x = (2.0 * u - 1.0) * bound;
+            }
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The parameter layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The flat parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The flat parameters, mutably (e.g. to load a checkpoint in place).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// A workspace planned for this model.
+    pub fn workspace(&self, max_batch: usize, max_seq: usize, mode: Mode) -> Result<Workspace> {
+        Workspace::new(&self.config, max_batch, max_seq, mode)
+    }
+
+    /// Forward pass over `tokens: [batch, seq]` (row-major). Returns the logits
+    /// `[batch, seq, vocab]`, a slice of the workspace valid until its next use.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`], [`Error::SeqTooLong`], [`Error::ShapeMismatch`],
+    /// [`Error::TokenOutOfRange`], [`Error::WorkspaceTooSmall`]/[`Error::WorkspaceMismatch`],
+    /// and [`Error::NonFinite`] if the logits contain NaN/Inf.
+    pub fn forward<'w>(&self, ws: &'w mut Workspace, tokens: &[TokenId], batch: usize, seq: usize) -> Result<&'w [f32]> {
+        ws.check(&self.config, batch, seq)?;
+        check_tokens("tokens", tokens, batch * seq, self.config.vocab_size)?;
+        let acts = ws.carve(batch, seq)?;
+        let Acts { logits, .. } = self.forward_acts(acts, tokens)?;
+        Ok(logits)
+    }
+
+    /// The forward pass proper, on already-validated inputs.
+    pub(crate) fn forward_acts<'a>(&self, acts: Acts<'a>, tokens: &[TokenId]) -> Result<Acts<'a>> {
+        let dm = acts.dims;
+        let (n, c, v) = (dm.n, dm.c, dm.v);
+        let p = &self.params[..];
+        let lay = &self.layout;
+        let eps = self.config.rms_norm_eps;
+        let save = acts.grads.is_some();
+        embedding::forward(acts.resid, tokens, &p[lay.embed..lay.embed + v * c], c);
+        for (l, ll) in lay.layers.iter().enumerate() {
+            let la = &mut acts.layers[if save { l } else { 0 }];
+            // x = x + Attn(RMSNorm(x))
+            la.x_in.copy_from_slice(acts.resid);
+            rmsnorm::forward(la.xn1, la.rstd1, la.x_in, &p[ll.attn_norm..ll.attn_norm + c], eps);
+            linear::forward(la.qkv, la.xn1, &p[ll.wqkv..ll.wqkv + dm.q * c], n, c, dm.q, 0.0);
+            rope::forward(la.qkv, acts.rope, dm.t, 0, dm.h, dm.kv, dm.d);
+            attention::forward(la.att, la.probs, la.qkv, &dm, save);
+            let hd = dm.h * dm.d;
+            linear::forward(acts.resid, la.att, &p[ll.wo..ll.wo + c * hd], n, hd, c, 1.0);
+            // x = x + MoE(RMSNorm(x))
+            la.x_mid.copy_from_slice(acts.resid);
+            rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, &p[ll.mlp_norm..ll.mlp_norm + c], eps);
+            moe::forward(la, acts.resid, p, ll, lay.expert_stride, &dm);
+        }
+        rmsnorm::forward(acts.xf, acts.rstd_f, acts.resid, &p[lay.final_norm..lay.final_norm + c], eps);
+        linear::forward(acts.logits, acts.xf, &p[lay.lm_head..lay.lm_head + v * c], n, c, v, 0.0);
+        if let Some(index) = first_non_finite(acts.logits) {
+            return Err(Error::NonFinite { what: "logits", index });
+        }
+        Ok(acts)
+    }
+
+    /// Losses and gradients for one batch: forward, CE + `alpha`·aux, and the
+    /// backward pass, accumulating into `grads` (same layout as the parameters;
+    /// the caller zeroes it). Optionally copies the logits out.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::forward`], plus [`Error::WorkspaceMismatch`] if `ws` is
+    /// not a training workspace, [`Error::ShapeMismatch`] for `targets`/`grads`,
+    /// [`Error::InvalidParameter`] for a non-finite or negative `alpha`, and
+    /// [`Error::NonFinite`] for a non-finite loss.
+    pub fn loss_and_grad(
+        &self,
+        ws: &mut Workspace,
+        grads: &mut [f32],
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        alpha: f32,
+        logits_out: Option<&mut [f32]>,
+    ) -> Result<Losses> {
+        if ws.mode() != Mode::Training {
+            return Err(Error::WorkspaceMismatch {
+                what: "loss_and_grad needs a Mode::Training workspace",
+            });
+        }
+        ws.check(&self.config, batch, seq)?;
+        let n = batch * seq;
+        check_tokens("tokens", tokens, n, self.config.vocab_size)?;
+        check_tokens("targets", targets, n, self.config.vocab_size)?;
+        if grads.len() != self.layout.total {
+            return Err(Error::ShapeMismatch {
+                arg: "grads",
+                expected: self.layout.total,
+                actual: grads.len(),
+            });
+        }
+        if !(alpha.is_finite() && alpha >= 0.0) {
+            return Err(Error::InvalidParameter {
+                param: "aux_alpha",
+                expected: "finite and >= 0",
+                actual: alpha as f64,
+            });
+        }
+        if let Some(out) = &logits_out {
+            if out.len() != n * self.config.vocab_size {
+                return Err(Error::ShapeMismatch {
+                    arg: "logits_out",
+                    expected: n * self.config.vocab_size,
+                    actual: out.len(),
+                });
+            }
+        }
+        let acts = ws.carve(batch, seq)?;
+        let acts = self.forward_acts(acts, tokens)?;
+        if let Some(out) = logits_out {
+            out.copy_from_slice(acts.logits);
+        }
+        self.backward(acts, grads, tokens, targets, alpha)
+    }
+
+    /// Loss, then the backward pass in exact reverse order of `forward_acts`.
+    fn backward(&self, acts: Acts, grads: &mut [f32], tokens: &[TokenId], targets: &[TokenId], alpha: f32) -> Result<Losses> {
+        let Acts {
+            dims: dm,
+            resid,
+            layers,
+            xf,
+            rstd_f,
+            logits,
+            grads: g,
+            rope: rope_table,
+        } = acts;
+        let Some(g) = g else {
+            return Err(Error::WorkspaceMismatch {
+                what: "backward needs a Mode::Training workspace",
+            });
+        };
+        let (n, c, v) = (dm.n, dm.c, dm.v);
+        let p = &self.params[..];
+        let lay = &self.layout;
+
+        // Loss: CE + α·aux.
+        let ce = loss::cross_entropy(g.dlogits, g.ce_row, logits, targets, v);
+        for la in layers.iter() {
+            loss::aux_accumulate(g.aux_f, g.aux_p, la.counts, la.rprobs);
+        }
+        let rows = dm.layers * n;
+        let aux = loss::aux_finish(g.aux_f, g.aux_p, rows);
+        let total = ce + alpha * aux;
+        if !total.is_finite() {
+            return Err(Error::NonFinite { what: "loss", index: 0 });
+        }
+        loss::aux_grad_coef(g.aux_f, alpha, rows);
+        let aux_coef: &[f32] = g.aux_f;
+
+        // forward: logits = xf·W_lmᵀ
+        let wl = lay.lm_head..lay.lm_head + v * c;
+        linear::backward_input(g.dxn, g.dlogits, &p[wl.clone()], n, c, v, 0.0);
+        linear::backward_weight(&mut grads[wl], g.dlogits, xf, n, c, v);
+        // forward: xf = RMSNorm(resid)
+        let wn = lay.final_norm..lay.final_norm + c;
+        g.dresid.iter_mut().for_each(|x| *x = 0.0);
+        rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, resid, rstd_f, &p[wn]);
+
+        let hd = dm.h * dm.d;
+        for (ll, la) in lay.layers.iter().zip(layers.iter()).rev() {
+            // forward: x_out = x_mid + MoE(RMSNorm(x_mid))
+            moe::backward(
+                MoeGrads {
+                    dxn: g.dxn,
+                    dparams: grads,
+                    dtopk_w: g.dtopk_w,
+                    dye: g.dye,
+                    dxg: g.dxg,
+                    dh13: g.dh13,
+                    dact: g.dact,
+                    drprobs: g.drprobs,
+                },
+                g.dresid,
+                la,
+                aux_coef,
+                p,
+                ll,
+                lay.expert_stride,
+                &dm,
+            );
+            let wn = ll.mlp_norm..ll.mlp_norm + c;
+            rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, la.x_mid, la.rstd2, &p[wn]);
+            // forward: x_mid = x_in + att·W_oᵀ
+            let wo = ll.wo..ll.wo + c * hd;
+            linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, 0.0);
+            linear::backward_weight(&mut grads[wo], g.dresid, la.att, n, hd, c);
+            attention::backward(g.dqkv, g.dprobs, g.datt, la.probs, la.qkv, &dm);
+            rope::backward(g.dqkv, rope_table, dm.t, dm.h, dm.kv, dm.d);
+            // forward: qkv = xn1·W_qkvᵀ
+            let wq = ll.wqkv..ll.wqkv + dm.q * c;
+            linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, 0.0);
+            linear::backward_weight(&mut grads[wq], g.dqkv, la.xn1, n, c, dm.q);
+            let wn = ll.attn_norm..ll.attn_norm + c;
+            rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, la.x_in, la.rstd1, &p[wn]);
+        }
+        // forward: x = E[tokens]
+        embedding::backward(&mut grads[lay.embed..lay.embed + v * c], g.dresid, tokens, c);
+        Ok(Losses { loss: total, ce, aux })
+    }
+}

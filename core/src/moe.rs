@@ -1,0 +1,161 @@
+//! E11 — the sparse MoE block, as dispatch → compute → combine:
+//! ```text
+//! (p, idx, w) = router(x)                       E12
+//! y_r = Σ_{j ∈ idx_r} w_rj · Expert_j(x_r)      E8, each expert once on its gathered rows
+//! ```
+//! Dispatch is counting sort, with no per-token work in the experts:
+//! `counts[e]` → `offsets[e]` (exclusive prefix sum) → `slot_row[s]` (the row
+//! of slot `s`; an expert's slots are contiguous, in row order) and
+//! `slot_of[r·k + j]` (the slot of row `r`'s `j`-th choice).
+//!
+//! Backward, given `dout = dL/dy` (`[n, c]`):
+//! ```text
+//! dw_rj   = dout_r · Expert_j(x_r)              (into the router backward)
+//! dye_s   = w_rj · dout_r                       (into each expert's backward)
+//! dx_r   += Σ_j dxg_{slot(r,j)} + router dx
+//! ```
+
+use crate::arena::{Dims, LayerActs};
+use crate::layout::LayerLayout;
+use crate::router;
+use crate::swiglu::SwiGLU;
+
+/// Counting-sort dispatch of `topk_idx: [n, k]` into per-expert slot ranges.
+pub(crate) fn dispatch(counts: &mut [u32], offsets: &mut [u32], slot_row: &mut [u32], slot_of: &mut [u32], topk_idx: &[u32], k: usize) {
+    counts.iter_mut().for_each(|x| *x = 0);
+    for &ex in topk_idx {
+        counts[ex as usize] += 1;
+    }
+    offsets[0] = 0;
+    for ex in 0..counts.len() {
+        offsets[ex + 1] = offsets[ex] + counts[ex];
+    }
+    // Reuse `counts` as per-expert cursors; it ends equal to the counts again.
+    counts.iter_mut().for_each(|x| *x = 0);
+    for (i, &ex) in topk_idx.iter().enumerate() {
+        let ex = ex as usize;
+        let s = offsets[ex] + counts[ex];
+        counts[ex] += 1;
+        slot_row[s as usize] = (i / k) as u32;
+        slot_of[i] = s;
+    }
+}
+
+fn expert<'p>(params: &'p [f32], ll: &LayerLayout, stride: usize, ex: usize, c: usize, f: usize) -> SwiGLU<'p> {
+    let base = ll.experts + ex * stride;
+    SwiGLU {
+        w13: &params[base..base + 2 * f * c],
+        w2: &params[base + 2 * f * c..base + 3 * f * c],
+        c,
+        f,
+    }
+}
+
+/// Forward: reads `la.xn2`, writes the router and expert activations of `la`,
+/// and adds the block output into `resid: [n, c]` (the residual connection).
+pub(crate) fn forward(la: &mut LayerActs, resid: &mut [f32], params: &[f32], ll: &LayerLayout, stride: usize, dm: &Dims) {
+    let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
+    let wg = &params[ll.router..ll.router + e * c];
+    router::forward(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, n, c, e, k);
+    dispatch(la.counts, la.offsets, la.slot_row, la.slot_of, la.topk_idx, k);
+    // Gather: xg[s] = xn2[slot_row[s]].
+    for (s, &r) in la.slot_row.iter().enumerate() {
+        let r = r as usize;
+        la.xg[s * c..(s + 1) * c].copy_from_slice(&la.xn2[r * c..(r + 1) * c]);
+    }
+    for ex in 0..e {
+        let (lo, m) = (la.offsets[ex] as usize, la.counts[ex] as usize);
+        if m == 0 {
+            continue;
+        }
+        expert(params, ll, stride, ex, c, f).forward(
+            &mut la.ye[lo * c..(lo + m) * c],
+            &mut la.h13[lo * 2 * f..(lo + m) * 2 * f],
+            &mut la.act[lo * f..(lo + m) * f],
+            &la.xg[lo * c..(lo + m) * c],
+            m,
+        );
+    }
+    // Combine: resid_r += Σ_j w_rj · ye[slot(r, j)], summed in expert order as
+    // HF's `index_add_` loop does, then added to the residual.
+    for r in 0..n {
+        let idx = &la.topk_idx[r * k..(r + 1) * k];
+        let out = &mut resid[r * c..(r + 1) * c];
+        for i in 0..c {
+            let mut acc = 0.0f32;
+            for ex in 0..e as u32 {
+                if let Some(j) = idx.iter().position(|&x| x == ex) {
+                    let s = la.slot_of[r * k + j] as usize;
+                    acc += la.ye[s * c + i] * la.topk_w[r * k + j];
+                }
+            }
+            out[i] += acc;
+        }
+    }
+}
+
+/// Scratch and gradient buffers the MoE backward writes.
+pub(crate) struct MoeGrads<'a> {
+    /// `dL/d xn2`, overwritten: `[n, c]`.
+    pub dxn: &'a mut [f32],
+    /// Flat parameter gradient (accumulated).
+    pub dparams: &'a mut [f32],
+    pub dtopk_w: &'a mut [f32],
+    pub dye: &'a mut [f32],
+    pub dxg: &'a mut [f32],
+    pub dh13: &'a mut [f32],
+    pub dact: &'a mut [f32],
+    pub drprobs: &'a mut [f32],
+}
+
+/// Backward. `dout: [n, c]` is the gradient of the block output (the residual
+/// stream after the block). Writes `g.dxn` = gradient w.r.t. `la.xn2`
+/// (router and experts), accumulates weight gradients. `aux: [e]` is the
+/// aux-loss gradient per router probability.
+pub(crate) fn backward(g: MoeGrads, dout: &[f32], la: &LayerActs, aux: &[f32], params: &[f32], ll: &LayerLayout, stride: usize, dm: &Dims) {
+    let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
+    // forward: y_r = Σ_j w_rj · ye[slot(r, j)]
+    for r in 0..n {
+        let dr = &dout[r * c..(r + 1) * c];
+        for j in 0..k {
+            let s = la.slot_of[r * k + j] as usize;
+            let ye = &la.ye[s * c..(s + 1) * c];
+            g.dtopk_w[r * k + j] = dr.iter().zip(ye).map(|(a, b)| a * b).sum();
+            let w = la.topk_w[r * k + j];
+            for (d, &x) in g.dye[s * c..(s + 1) * c].iter_mut().zip(dr) {
+                *d = w * x;
+            }
+        }
+    }
+    for ex in 0..e {
+        let (lo, m) = (la.offsets[ex] as usize, la.counts[ex] as usize);
+        if m == 0 {
+            continue;
+        }
+        let base = ll.experts + ex * stride;
+        let (dw13, dw2) = g.dparams[base..base + 3 * f * c].split_at_mut(2 * f * c);
+        expert(params, ll, stride, ex, c, f).backward(
+            &mut g.dxg[lo * c..(lo + m) * c],
+            dw13,
+            dw2,
+            &mut g.dh13[lo * 2 * f..(lo + m) * 2 * f],
+            &mut g.dact[lo * f..(lo + m) * f],
+            &g.dye[lo * c..(lo + m) * c],
+            &la.xg[lo * c..(lo + m) * c],
+            &la.h13[lo * 2 * f..(lo + m) * 2 * f],
+            &la.act[lo * f..(lo + m) * f],
+            m,
+        );
+    }
+    // forward: xg[s] = xn2[slot_row[s]]  (gather → scatter-add)
+    g.dxn.iter_mut().for_each(|x| *x = 0.0);
+    for (s, &r) in la.slot_row.iter().enumerate() {
+        let r = r as usize;
+        for (d, &x) in g.dxn[r * c..(r + 1) * c].iter_mut().zip(&g.dxg[s * c..(s + 1) * c]) {
+            *d += x;
+        }
+    }
+    let wg = &params[ll.router..ll.router + e * c];
+    let dwg = &mut g.dparams[ll.router..ll.router + e * c];
+    router::backward(g.dxn, dwg, g.drprobs, g.dtopk_w, la.rprobs, la.topk_idx, la.topk_w, aux, la.xn2, wg, n, c, e, k);
+}

@@ -1,0 +1,89 @@
+//! E12 — router: `p = softmax(x·W_gateᵀ)` over all `e` experts, top-k by
+//! probability (ties: lower expert index first), renormalised
+//! `wⱼ = pⱼ / Σ_{i∈topk} pᵢ`.
+//!
+//! Backward, given `dw` (gradient of the renormalised weights) and the aux-loss
+//! term `a_e = ∂(α·aux)/∂p_e` (same for every row, see `loss::aux_grad_coef`):
+//! ```text
+//! dp_m = a_m + [m ∈ topk] · (dw_m − Σ_j dw_j w_j) / S        S = Σ_topk p
+//! dz   = p ⊙ (dp − ⟨p, dp⟩)                                (softmax backward, E1)
+//! dx  += dz·W_gate      dW_gate += dzᵀ·x
+//! ```
+
+use crate::kernels::softmax;
+use crate::linear;
+
+/// Forward for `n` rows. `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
+/// (saved), `x: [n, c]`, `wg: [e, c]`.
+pub fn forward(rprobs: &mut [f32], topk_idx: &mut [u32], topk_w: &mut [f32], x: &[f32], wg: &[f32], n: usize, c: usize, e: usize, k: usize) {
+    linear::forward(rprobs, x, wg, n, c, e, 0.0);
+    for ((p, idx), w) in rprobs.chunks_exact_mut(e).zip(topk_idx.chunks_exact_mut(k)).zip(topk_w.chunks_exact_mut(k)) {
+        softmax::forward_inplace(p);
+        select_topk(idx, w, p);
+        let sum: f32 = w.iter().sum();
+        let inv = 1.0 / sum;
+        for x in w.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// Writes the `idx.len()` largest entries of `p` (descending; ties to the
+/// lower index) and their values. NaNs are never preferred, but indices stay
+/// distinct even then.
+pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
+    // k ≤ e ≤ a few dozen: a selection pass per choice beats sorting.
+    for kk in 0..idx.len() {
+        let mut best = usize::MAX;
+        for (j, &pj) in p.iter().enumerate() {
+            if idx[..kk].contains(&(j as u32)) {
+                continue;
+            }
+            if best == usize::MAX || pj > p[best] {
+                best = j;
+            }
+        }
+        idx[kk] = best as u32;
+        val[kk] = p[best];
+    }
+}
+
+/// Backward for `n` rows. Accumulates into `dx: [n, c]` and `dwg: [e, c]`;
+/// uses `dp: [n, e]` as scratch; `aux: [e]` is the aux-loss gradient per
+/// probability (zeros when `α = 0`).
+pub fn backward(
+    dx: &mut [f32],
+    dwg: &mut [f32],
+    dp: &mut [f32],
+    dtopk_w: &[f32],
+    rprobs: &[f32],
+    topk_idx: &[u32],
+    topk_w: &[f32],
+    aux: &[f32],
+    x: &[f32],
+    wg: &[f32],
+    n: usize,
+    c: usize,
+    e: usize,
+    k: usize,
+) {
+    for r in 0..n {
+        let p = &rprobs[r * e..(r + 1) * e];
+        let idx = &topk_idx[r * k..(r + 1) * k];
+        let w = &topk_w[r * k..(r + 1) * k];
+        let dw = &dtopk_w[r * k..(r + 1) * k];
+        let g = &mut dp[r * e..(r + 1) * e];
+        g.copy_from_slice(aux);
+        // forward: w_j = p_j / S
+        let s: f32 = idx.iter().map(|&j| p[j as usize]).sum();
+        let dot: f32 = dw.iter().zip(w).map(|(a, b)| a * b).sum();
+        for (&j, &dwj) in idx.iter().zip(dw) {
+            g[j as usize] += (dwj - dot) / s;
+        }
+        // forward: p = softmax(z)
+        softmax::backward_inplace(g, p);
+    }
+    // forward: z = x·W_gateᵀ
+    linear::backward_input(dx, dp, wg, n, c, e, 1.0);
+    linear::backward_weight(dwg, dp, x, n, c, e);
+}

@@ -1,0 +1,77 @@
+//! E8 — one SwiGLU expert on its gathered rows:
+//! `Expert(x) = w2( silu(x·w1ᵀ) ⊙ (x·w3ᵀ) )`, with `w1, w3: [f, c]` adjacent in
+//! the flat buffer as one `w13: [2f, c]` (one GEMM for gate and up) and `w2: [c, f]`.
+//!
+//! Shapes for an expert that owns `m` rows: `xg: [m, c]`, `h13: [m, 2f]`
+//! (row = `[h1 | h3]`), `act: [m, f]`, `y: [m, c]`. All three are saved.
+//!
+//! Backward, given `dy`:
+//! ```text
+//! dact = dy·w2             dw2  += dyᵀ·act
+//! dh1  = dact ⊙ h3 ⊙ silu'(h1)     dh3 = dact ⊙ silu(h1)
+//! dx   = dh13·w13          dw13 += dh13ᵀ·xg
+//! ```
+
+use crate::kernels::{silu, silu_grad};
+use crate::linear;
+
+/// The expert function, named as in the spec. Borrowed views of its weights.
+#[derive(Debug, Clone, Copy)]
+pub struct SwiGLU<'a> {
+    /// `[w1; w3]`: `[2f, c]`.
+    pub w13: &'a [f32],
+    /// `w2`: `[c, f]`.
+    pub w2: &'a [f32],
+    /// Model width `c`.
+    pub c: usize,
+    /// FFN width `f`.
+    pub f: usize,
+}
+
+impl SwiGLU<'_> {
+    /// Forward over `m` rows; writes `h13`, `act` (saved) and `y`.
+    pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
+        let (c, f) = (self.c, self.f);
+        linear::forward(h13, xg, self.w13, m, c, 2 * f, 0.0);
+        for (a, hr) in act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f)) {
+            let (h1, h3) = hr.split_at(f);
+            for i in 0..f {
+                a[i] = silu(h1[i]) * h3[i];
+            }
+        }
+        linear::forward(y, act, self.w2, m, f, c, 0.0);
+    }
+
+    /// Backward over `m` rows. Overwrites `dxg: [m, c]` and the scratch
+    /// `dh13: [m, 2f]`, `dact: [m, f]`; accumulates `dw13: [2f, c]`, `dw2: [c, f]`.
+    pub fn backward(
+        &self,
+        dxg: &mut [f32],
+        dw13: &mut [f32],
+        dw2: &mut [f32],
+        dh13: &mut [f32],
+        dact: &mut [f32],
+        dy: &[f32],
+        xg: &[f32],
+        h13: &[f32],
+        act: &[f32],
+        m: usize,
+    ) {
+        let (c, f) = (self.c, self.f);
+        // forward: y = act·w2ᵀ
+        linear::backward_input(dact, dy, self.w2, m, f, c, 0.0);
+        linear::backward_weight(dw2, dy, act, m, f, c);
+        // forward: act = silu(h1) ⊙ h3
+        for ((dh, hr), da) in dh13.chunks_exact_mut(2 * f).zip(h13.chunks_exact(2 * f)).zip(dact.chunks_exact(f)) {
+            let (h1, h3) = hr.split_at(f);
+            let (dh1, dh3) = dh.split_at_mut(f);
+            for i in 0..f {
+                dh1[i] = da[i] * h3[i] * silu_grad(h1[i]);
+                dh3[i] = da[i] * silu(h1[i]);
+            }
+        }
+        // forward: h13 = xg·w13ᵀ
+        linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, 0.0);
+        linear::backward_weight(dw13, dh13, xg, m, c, 2 * f);
+    }
+}

@@ -1,0 +1,187 @@
+//! The training step (FR-05): forward → loss → backward → (clip, hook) → AdamW.
+
+use alloc::vec::Vec;
+
+use crate::arena::{Mode, Workspace};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::model::{alloc_zeroed, Losses, MoETransformer, TokenId};
+use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, LrSchedule};
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// AdamW hyper-parameters.
+    pub adamw: AdamWConfig,
+    /// Global-norm clip threshold (`None`: no clipping).
+    pub clip_grad_norm: Option<f32>,
+    /// Weight of the aux load-balancing loss (`alpha`, default 0.01; 0 gives exactly CE).
+    pub aux_alpha: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            schedule: LrSchedule::constant(1e-3),
+            adamw: AdamWConfig::default(),
+            clip_grad_norm: Some(1.0),
+            aux_alpha: 0.01,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field's domain.
+    pub fn validate(&self) -> Result<()> {
+        self.schedule.validate()?;
+        self.adamw.validate()?;
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::InvalidParameter {
+                    param: "clip_grad_norm",
+                    expected: "finite and > 0",
+                    actual: c as f64,
+                });
+            }
+        }
+        if !(self.aux_alpha.is_finite() && self.aux_alpha >= 0.0) {
+            return Err(Error::InvalidParameter {
+                param: "aux_alpha",
+                expected: "finite and >= 0",
+                actual: self.aux_alpha as f64,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What one `train_step` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// `ce + alpha·aux` at the weights before the update.
+    pub loss: f32,
+    /// Cross-entropy part.
+    pub ce_loss: f32,
+    /// Aux load-balancing loss (before `alpha`).
+    pub aux_loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate used for this update.
+    pub lr: f32,
+    /// Step number after this update (1 after the first step).
+    pub step: u64,
+}
+
+/// Owns everything a training loop touches: model, gradients, optimiser
+/// state and the training workspace. After construction a step allocates nothing.
+#[derive(Debug)]
+pub struct Trainer {
+    model: MoETransformer,
+    grads: Vec<f32>,
+    opt: AdamW,
+    ws: Workspace,
+    config: TrainConfig,
+}
+
+impl Trainer {
+    /// A trainer for steps of up to `max_batch × max_seq` tokens.
+    pub fn new(model: MoETransformer, config: TrainConfig, max_batch: usize, max_seq: usize) -> Result<Self> {
+        config.validate()?;
+        let ws = model.workspace(max_batch, max_seq, Mode::Training)?;
+        let len = model.layout().total;
+        Ok(Trainer {
+            grads: alloc_zeroed(len)?,
+            opt: AdamW::new(config.adamw, len)?,
+            model,
+            ws,
+            config,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &MoETransformer {
+        &self.model
+    }
+
+    /// Consumes the trainer, returning the model.
+    pub fn into_model(self) -> MoETransformer {
+        self.model
+    }
+
+    /// Gradients of the last step (after clipping and the hook).
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    /// Optimiser state.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// Optimiser state, mutably (to restore a training checkpoint).
+    pub fn optimizer_mut(&mut self) -> &mut AdamW {
+        &mut self.opt
+    }
+
+    /// Model parameters, mutably (to restore a checkpoint).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        self.model.params_mut()
+    }
+
+    /// The training config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Bytes of the workspace plan.
+    pub fn workspace_bytes(&self) -> usize {
+        self.ws.bytes()
+    }
+
+    /// Forward + loss + backward only: fills [`Trainer::grads`] (zeroed first)
+    /// and optionally copies out the logits; no optimiser step.
+    pub fn compute_gradients(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize, logits_out: Option<&mut [f32]>) -> Result<Losses> {
+        // The one place gradients are zeroed.
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        self.model.loss_and_grad(&mut self.ws, &mut self.grads, tokens, targets, batch, seq, self.config.aux_alpha, logits_out)
+    }
+
+    /// One step: forward, loss, backward, clipping, AdamW.
+    pub fn train_step(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize) -> Result<StepStats> {
+        self.train_step_with_hook(tokens, targets, batch, seq, |_, _| {})
+    }
+
+    /// [`Trainer::train_step`] with a hook that sees (and may change) the
+    /// flat gradients, with their layout, after clipping and before the update.
+    ///
+    /// # Errors
+    /// Any input error of [`MoETransformer::loss_and_grad`]; [`Error::NonFinite`]
+    /// if the loss or the gradient norm is not finite (the weights are then left
+    /// untouched).
+    pub fn train_step_with_hook<F: FnMut(&mut [f32], &Layout)>(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize, mut hook: F) -> Result<StepStats> {
+        let losses = self.compute_gradients(tokens, targets, batch, seq, None)?;
+        let grad_norm = match self.config.clip_grad_norm {
+            Some(max) => clip_grad_norm(&mut self.grads, max),
+            None => global_norm(&self.grads),
+        };
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite {
+                what: "gradient norm",
+                index: 0,
+            });
+        }
+        hook(&mut self.grads, self.model.layout());
+        let lr = self.config.schedule.at(self.opt.step);
+        self.opt.update(self.model.params_mut(), &self.grads, lr);
+        Ok(StepStats {
+            loss: losses.loss,
+            ce_loss: losses.ce,
+            aux_loss: losses.aux,
+            grad_norm,
+            lr,
+            step: self.opt.step,
+        })
+    }
+}
