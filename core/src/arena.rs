@@ -81,23 +81,37 @@ impl PlanEntry {
 
 /// Dimensions of one step, all derived from the config and `(b, t)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Dims {
+pub struct Dims {
+    /// Batch `b`.
     pub b: usize,
+    /// Sequence length `t`.
     pub t: usize,
+    /// Rows `n = b·t`.
     pub n: usize,
+    /// Hidden width `c`.
     pub c: usize,
+    /// Query heads `h`.
     pub h: usize,
+    /// KV heads `kv`.
     pub kv: usize,
+    /// Head dim `d`.
     pub d: usize,
+    /// Fused q/k/v width `(h+2kv)·d`.
     pub q: usize,
+    /// Expert FFN width `f`.
     pub f: usize,
+    /// Experts `e`.
     pub e: usize,
+    /// Top-k `k`.
     pub k: usize,
+    /// Vocabulary `v`.
     pub v: usize,
+    /// Layers `L`.
     pub layers: usize,
 }
 
 impl Dims {
+    /// The dimensions of a `(b, t)` step of `cfg`.
     pub fn new(cfg: &Config, b: usize, t: usize) -> Self {
         Dims {
             b,

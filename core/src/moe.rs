@@ -21,7 +21,7 @@ use crate::router;
 use crate::swiglu::SwiGLU;
 
 /// Counting-sort dispatch of `topk_idx: [n, k]` into per-expert slot ranges.
-pub(crate) fn dispatch(counts: &mut [u32], offsets: &mut [u32], slot_row: &mut [u32], slot_of: &mut [u32], topk_idx: &[u32], k: usize) {
+pub fn dispatch(counts: &mut [u32], offsets: &mut [u32], slot_row: &mut [u32], slot_of: &mut [u32], topk_idx: &[u32], k: usize) {
     counts.iter_mut().for_each(|x| *x = 0);
     for &ex in topk_idx {
         counts[ex as usize] += 1;
