@@ -1,1 +1,3 @@
 //! Shared helpers of the moe-rs test suite.
+
+pub mod golden;
