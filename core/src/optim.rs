@@ -12,6 +12,7 @@
 use alloc::vec::Vec;
 
 use crate::error::{Error, Result};
+use crate::kernels::sqrt;
 use crate::model::alloc_zeroed;
 
 /// AdamW hyper-parameters.
@@ -118,7 +119,7 @@ impl AdamW {
             *w *= decay;
             *m += w1 * (g - *m);
             *v = *v * beta2 + w2 * g * g;
-            let denom = libm::sqrtf(*v) / bc2_sqrt + eps;
+            let denom = sqrt(*v) / bc2_sqrt + eps;
             *w -= step_size * (*m / denom);
         }
     }

@@ -1,8 +1,11 @@
 //! E3 — matrix multiply, `C = α·op(A)·op(B) + β·C`, row-major.
 //!
-//! The only GEMM entry point of the crate. Two backends:
-//! * [`Backend::Portable`]: `matrixmultiply` (pure Rust, strided, so `x·Wᵀ`
-//!   needs no transpose copy; runtime AVX2/AVX-512 detection under `std`).
+//! The only GEMM entry point of the crate. Backends:
+//! * [`Backend::Portable`] (default): the crate's own packed GEMM
+//!   ([`super::gemm`]), allocation-free, AVX2+FMA micro-kernel detected at run time.
+//! * [`Backend::MatrixMultiply`]: the `matrixmultiply` crate, kept for
+//!   comparison in the benchmark; it allocates packing buffers on every call,
+//!   so the model never uses it.
 //! * [`Backend::Blas`] (feature `blas`): CBLAS `cblas_sgemm` from whatever BLAS
 //!   the final binary links (e.g. OpenBLAS through `moe-bench --features openblas`).
 //!
@@ -22,8 +25,10 @@ pub enum Trans {
 /// A GEMM implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// `matrixmultiply` (always built).
+    /// The crate's own allocation-free packed GEMM (always built).
     Portable,
+    /// The `matrixmultiply` crate (always built; allocates per call).
+    MatrixMultiply,
     /// CBLAS `sgemm` (feature `blas`).
     #[cfg(feature = "blas")]
     Blas,
@@ -45,7 +50,8 @@ impl Backend {
     /// Short name for benchmark metadata.
     pub const fn name(self) -> &'static str {
         match self {
-            Backend::Portable => "matrixmultiply",
+            Backend::Portable => "portable",
+            Backend::MatrixMultiply => "matrixmultiply",
             #[cfg(feature = "blas")]
             Backend::Blas => "cblas",
         }
@@ -143,6 +149,11 @@ pub fn gemm_with(
     b.check(k, n, "B");
     match backend {
         Backend::Portable => {
+            let (rsa, csa) = a.strides();
+            let (rsb, csb) = b.strides();
+            super::gemm::gemm(m, n, k, alpha, (a.data, rsa, csa), (b.data, rsb, csb), beta, c, ldc);
+        }
+        Backend::MatrixMultiply => {
             let (rsa, csa) = a.strides();
             let (rsb, csb) = b.strides();
             // Strides are bounded by slice lengths (checked above), which fit isize.

@@ -1,0 +1,196 @@
+//! The portable GEMM backend: packed panels on the stack and a register-tiled
+//! micro-kernel, with no heap allocation (general-purpose GEMM libraries such
+//! as `matrixmultiply` allocate their packing buffers on every call, which the
+//! arena discipline of this crate forbids on the hot path).
+//!
+//! The product is computed as `D = U·V` where `U` (rows × k) is read in place
+//! by broadcasting single elements (any strides) and `V` (k × cols) is packed
+//! into contiguous `[kc][NR]` panels for vector loads. `V` is packed once per
+//! GEMM, costing `k·cols` copies against `2·rows·cols·k` FLOPs; the driver
+//! therefore makes the larger of `m`, `n` the `U` side (computing
+//! `Cᵀ = op(B)ᵀ·op(A)ᵀ` when `n > m`).
+//!
+//! Micro-kernels: AVX2 + FMA `6 × 16` (12 `ymm` accumulators), selected at run
+//! time under `std` (or at compile time when the target enables the features);
+//! otherwise a portable `4 × 16` tile in plain Rust that the compiler vectorises
+//! for the baseline ISA.
+
+/// Depth of one packed panel.
+const KC: usize = 256;
+/// Panel width shared by all micro-kernels (columns of a tile).
+const NR: usize = 16;
+/// Largest tile height of any micro-kernel.
+const MR_MAX: usize = 6;
+
+/// A strided view of a matrix: element `(r, c)` is `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+}
+
+/// Micro-kernel signature: `acc[r][j] = Σ_p U[rows[r] + p·cs] · b[p][j]` over
+/// `kc` steps; `u` is read in place (row offsets `rows`, column stride `cs`),
+/// `b: [kc][NR]` is a packed panel.
+type Micro = fn(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]);
+
+/// Portable micro-kernel, `MR = 4`.
+fn micro_portable(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+    const MR: usize = 4;
+    let mut t = [[0.0f32; NR]; MR];
+    for (p, bp) in b.chunks_exact(NR).take(kc).enumerate() {
+        for r in 0..MR {
+            let x = u[rows[r] + p * cs];
+            for j in 0..NR {
+                t[r][j] += x * bp[j];
+            }
+        }
+    }
+    acc[..MR].copy_from_slice(&t);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR_MAX, NR};
+    use core::arch::x86_64::*;
+
+    pub const MR: usize = 6;
+
+    /// AVX2 + FMA micro-kernel, `6 × 16`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn micro(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+        if kc == 0 {
+            acc.iter_mut().for_each(|r| *r = [0.0; NR]);
+            return;
+        }
+        // Every offset read below is rows[r] + p·cs with p < kc, or < kc·NR in `b`.
+        let last = rows[..MR].iter().max().copied().unwrap_or(0) + (kc - 1) * cs;
+        assert!(last < u.len() && b.len() >= kc * NR, "gemm micro-kernel out of bounds");
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        let pb = b.as_ptr();
+        let pu = u.as_ptr();
+        for p in 0..kc {
+            // SAFETY: p < kc, so p·NR + 16 <= kc·NR <= b.len() and
+            // rows[r] + p·cs <= last < u.len() (asserted above).
+            unsafe {
+                let b0 = _mm256_loadu_ps(pb.add(p * NR));
+                let b1 = _mm256_loadu_ps(pb.add(p * NR + 8));
+                for r in 0..MR {
+                    let x = _mm256_broadcast_ss(&*pu.add(rows[r] + p * cs));
+                    c[r][0] = _mm256_fmadd_ps(x, b0, c[r][0]);
+                    c[r][1] = _mm256_fmadd_ps(x, b1, c[r][1]);
+                }
+            }
+        }
+        for r in 0..MR {
+            // SAFETY: acc[r] has NR = 16 floats: two unaligned 8-float stores.
+            unsafe {
+                _mm256_storeu_ps(acc[r].as_mut_ptr(), c[r][0]);
+                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), c[r][1]);
+            }
+        }
+    }
+
+    pub fn micro_safe(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+        // SAFETY: this function is only selected after runtime (or compile-time)
+        // detection of AVX2 and FMA; `micro` checks its bounds itself.
+        unsafe { micro(kc, u, rows, cs, b, acc) }
+    }
+}
+
+/// The micro-kernel for this CPU and its tile height.
+fn select() -> (Micro, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[cfg(feature = "std")]
+        let fast = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(feature = "std"))]
+        let fast = cfg!(all(target_feature = "avx2", target_feature = "fma"));
+        if fast {
+            return (avx2::micro_safe, avx2::MR);
+        }
+    }
+    (micro_portable, 4)
+}
+
+/// Name of the micro-kernel this CPU uses (for benchmark metadata).
+pub fn kernel_name() -> &'static str {
+    if select().1 == 6 {
+        "avx2+fma 6x16"
+    } else {
+        "portable 4x16"
+    }
+}
+
+/// `D[rows, cols] = α·U·V + β·D` on strided views (`d` with strides `rsd`, `csd`).
+fn gemm_uv(rows: usize, cols: usize, k: usize, alpha: f32, u: View, v: View, beta: f32, d: &mut [f32], rsd: usize, csd: usize) {
+    let (micro, mr) = select();
+    let mut bpack = [0.0f32; KC * NR];
+    let mut acc = [[0.0f32; NR]; MR_MAX];
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = KC.min(k - p0);
+        // The first depth block applies β; later blocks accumulate.
+        let beta_here = if p0 == 0 { beta } else { 1.0 };
+        let mut j0 = 0;
+        while j0 < cols {
+            let nr = NR.min(cols - j0);
+            // Pack V[p0..p0+kc, j0..j0+nr] as [kc][NR], zero-padded.
+            for p in 0..kc {
+                let row = &mut bpack[p * NR..(p + 1) * NR];
+                for j in 0..nr {
+                    row[j] = v.at(p0 + p, j0 + j);
+                }
+                row[nr..].iter_mut().for_each(|x| *x = 0.0);
+            }
+            let mut i0 = 0;
+            while i0 < rows {
+                let m_here = mr.min(rows - i0);
+                // Rows past the end repeat the last valid row; their results are dropped.
+                let mut offs = [0usize; MR_MAX];
+                for (r, o) in offs.iter_mut().enumerate() {
+                    *o = (i0 + r.min(m_here - 1)) * u.rs + p0 * u.cs;
+                }
+                micro(kc, u.data, &offs, u.cs, &bpack[..kc * NR], &mut acc);
+                for r in 0..m_here {
+                    let base = (i0 + r) * rsd + j0 * csd;
+                    for j in 0..nr {
+                        let dst = &mut d[base + j * csd];
+                        let val = alpha * acc[r][j];
+                        *dst = if beta_here == 0.0 { val } else { val + beta_here * *dst };
+                    }
+                }
+                i0 += mr;
+            }
+            j0 += NR;
+        }
+        p0 += kc;
+    }
+}
+
+/// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views
+/// (`(rs, cs)` of `op(A)`, `op(B)`), `C` row-major with row stride `ldc`.
+/// Lengths were checked by the caller.
+pub(super) fn gemm(m: usize, n: usize, k: usize, alpha: f32, a: (&[f32], usize, usize), b: (&[f32], usize, usize), beta: f32, c: &mut [f32], ldc: usize) {
+    let va = View { data: a.0, rs: a.1, cs: a.2 };
+    let vb = View { data: b.0, rs: b.1, cs: b.2 };
+    if n > m {
+        // Cᵀ[n, m] = op(B)ᵀ · op(A)ᵀ: U = op(B)ᵀ, V = op(A)ᵀ, D = Cᵀ (strides 1, ldc).
+        let u = View { data: vb.data, rs: vb.cs, cs: vb.rs };
+        let v = View { data: va.data, rs: va.cs, cs: va.rs };
+        gemm_uv(n, m, k, alpha, u, v, beta, c, 1, ldc);
+    } else {
+        gemm_uv(m, n, k, alpha, va, vb, beta, c, ldc, 1);
+    }
+}

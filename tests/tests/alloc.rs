@@ -1,0 +1,105 @@
+//! Zero heap allocations in steady state: after the model, the workspace and
+//! the trainer exist, a forward pass and a training step allocate nothing.
+//! A counting global allocator counts this thread's allocations.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use moe_core::{Config, Mode, MoETransformer, TrainConfig, Trainer};
+
+struct Counting;
+
+thread_local! {
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+fn record(size: usize) {
+    // `try_with`: the thread-local may already be gone during thread teardown.
+    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    let _ = BYTES.try_with(|b| b.set(b.get() + size as u64));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged;
+// the bookkeeping touches only const-initialised thread-locals and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        record(layout.size());
+        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        record(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        record(new_size);
+        // SAFETY: as above; `ptr`/`layout` come from this allocator, i.e. from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// (allocations, bytes) made by `f` on this thread.
+fn count<R>(f: impl FnOnce() -> R) -> (u64, u64, R) {
+    let (c0, b0) = (COUNT.with(Cell::get), BYTES.with(Cell::get));
+    let r = f();
+    (COUNT.with(Cell::get) - c0, BYTES.with(Cell::get) - b0, r)
+}
+
+fn tokens(n: usize, v: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 7919 + salt) % v as u32).collect()
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // The instrument itself must be able to fail.
+    let (n, bytes, v) = count(|| vec![0u8; 1000]);
+    assert_eq!(v.len(), 1000);
+    assert!(n >= 1 && bytes >= 1000);
+}
+
+#[test]
+fn forward_allocates_nothing_at_several_shapes() {
+    for cfg in [Config::tiny(), Config::scale_256()] {
+        let model = MoETransformer::new(&cfg, 42).unwrap();
+        let mut ws = model.workspace(8, 64, Mode::Inference).unwrap();
+        let shapes = [(1, 8), (2, 32), (8, 64), (2, 16), (1, 1), (8, 64)];
+        let inputs: Vec<Vec<u32>> = shapes.iter().map(|&(b, t)| tokens(b * t, cfg.vocab_size, 3)).collect();
+        // Warm-up: lazy one-time state (e.g. matmul CPU detection) happens here.
+        model.forward(&mut ws, &inputs[0], 1, 8).unwrap();
+        for _ in 0..3 {
+            for (&(b, t), x) in shapes.iter().zip(&inputs) {
+                let (n, bytes, sum) = count(|| model.forward(&mut ws, x, b, t).unwrap().iter().sum::<f32>());
+                assert!(sum.is_finite());
+                assert_eq!((n, bytes), (0, 0), "forward b{b} s{t} (c = {}) allocated", cfg.hidden_size);
+            }
+        }
+    }
+}
+
+#[test]
+fn train_step_allocates_nothing() {
+    for cfg in [Config::tiny(), Config::scale_256()] {
+        let model = MoETransformer::new(&cfg, 42).unwrap();
+        let mut tr = Trainer::new(model, TrainConfig::default(), 4, 16).unwrap();
+        let shapes = [(2, 8), (4, 16), (1, 3)];
+        let data: Vec<(Vec<u32>, Vec<u32>)> =
+            shapes.iter().map(|&(b, t)| (tokens(b * t, cfg.vocab_size, 1), tokens(b * t, cfg.vocab_size, 5))).collect();
+        tr.train_step(&data[0].0, &data[0].1, 2, 8).unwrap();
+        for _ in 0..3 {
+            for (&(b, t), (x, y)) in shapes.iter().zip(&data) {
+                let (n, bytes, st) = count(|| tr.train_step(x, y, b, t).unwrap());
+                assert!(st.loss.is_finite());
+                assert_eq!((n, bytes), (0, 0), "train_step b{b} s{t} (c = {}) allocated", cfg.hidden_size);
+            }
+        }
+    }
+}
