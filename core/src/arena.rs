@@ -142,7 +142,11 @@ fn entries(dm: &Dims, mode: Mode) -> [PlanEntry; 39] {
     let train = mode == Mode::Training;
     let lc = if train { dm.layers } else { 1 };
     let (n, c, s) = (dm.n, dm.c, dm.s());
-    let probs = if train { dm.b * dm.h * dm.t * dm.t } else { dm.t * dm.t };
+    let probs = if train {
+        dm.b * dm.h * dm.t * dm.t
+    } else {
+        dm.t * dm.t
+    };
     let g = |x: usize| if train { x } else { 0 };
     let e = |name, dtype, elems, copies| PlanEntry {
         name,
@@ -292,7 +296,8 @@ impl Workspace {
         }
         let plan_bytes = Self::plan_bytes(cfg, max_batch, max_seq, mode)?;
         let capacity = plan_bytes + Self::table_bytes(cfg, mode) + TABLE_ALIGN_SLACK;
-        let bump = Bump::try_with_capacity(capacity).map_err(|_| Error::AllocationFailed { bytes: capacity })?;
+        let bump = Bump::try_with_capacity(capacity)
+            .map_err(|_| Error::AllocationFailed { bytes: capacity })?;
         // One chunk, never another: a request beyond the plan fails instead of growing.
         bump.set_allocation_limit(Some(bump.allocated_bytes()));
         let rope = RopeTable::new(cfg, max_seq)?;
@@ -309,7 +314,11 @@ impl Workspace {
 
     /// The named buffers of a step at the planned maximum shape.
     pub fn plan(&self) -> Vec<PlanEntry> {
-        entries(&Dims::new(&self.cfg, self.max_batch, self.max_seq), self.mode).to_vec()
+        entries(
+            &Dims::new(&self.cfg, self.max_batch, self.max_seq),
+            self.mode,
+        )
+        .to_vec()
     }
 
     /// Activation bytes of the plan at the maximum shape, checked for overflow.
@@ -342,7 +351,11 @@ impl Workspace {
     }
 
     fn table_bytes(cfg: &Config, mode: Mode) -> usize {
-        let copies = if mode == Mode::Training { cfg.num_hidden_layers } else { 1 };
+        let copies = if mode == Mode::Training {
+            cfg.num_hidden_layers
+        } else {
+            1
+        };
         copies * core::mem::size_of::<LayerActs<'static>>()
     }
 
@@ -420,11 +433,13 @@ impl Workspace {
         let fail = |bytes: usize| Error::AllocationFailed { bytes };
         let f32s = |i: usize| -> Result<&mut [f32]> {
             let n = sizes[i].elems;
-            bump.try_alloc_slice_fill_copy(n, 0.0f32).map_err(|_| fail(n * 4))
+            bump.try_alloc_slice_fill_copy(n, 0.0f32)
+                .map_err(|_| fail(n * 4))
         };
         let u32s = |i: usize| -> Result<&mut [u32]> {
             let n = sizes[i].elems;
-            bump.try_alloc_slice_fill_copy(n, 0u32).map_err(|_| fail(n * 4))
+            bump.try_alloc_slice_fill_copy(n, 0u32)
+                .map_err(|_| fail(n * 4))
         };
         let copies = sizes[1].copies;
         let layers = bump

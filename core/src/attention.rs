@@ -62,7 +62,14 @@ pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save:
 
 /// Backward. Overwrites `dqkv: [n, (h+2kv)·d]` (dq, dk, dv, before RoPE backward);
 /// `datt: [n, h·d]`; `probs: [b, h, t, t]` saved; `dp: [t, t]` scratch.
-pub fn backward(dqkv: &mut [f32], dp: &mut [f32], datt: &[f32], probs: &[f32], qkv: &[f32], dm: &Dims) {
+pub fn backward(
+    dqkv: &mut [f32],
+    dp: &mut [f32],
+    datt: &[f32],
+    probs: &[f32],
+    qkv: &[f32],
+    dm: &Dims,
+) {
     let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);

@@ -104,7 +104,10 @@ impl fmt::Display for Error {
                 field,
                 expected,
                 actual,
-            } => write!(f, "invalid config: `{field}` must be {expected}, got {actual}"),
+            } => write!(
+                f,
+                "invalid config: `{field}` must be {expected}, got {actual}"
+            ),
             Error::EmptyInput { arg } => write!(f, "empty input: `{arg}` must be > 0"),
             Error::SeqTooLong { seq, max } => write!(
                 f,

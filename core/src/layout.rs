@@ -82,11 +82,16 @@ impl Layout {
     /// The config's validation error, or [`Error::Overflow`] if the buffer does not fit `usize`.
     pub fn new(cfg: &Config) -> Result<Self> {
         cfg.validate()?;
-        let total = usize::try_from(cfg.param_counts_checked()?.total).map_err(|_| Error::Overflow {
-            what: "parameter buffer length (usize)",
-        })?;
+        let total =
+            usize::try_from(cfg.param_counts_checked()?.total).map_err(|_| Error::Overflow {
+                what: "parameter buffer length (usize)",
+            })?;
         let (v, c, f) = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size);
-        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let mut tensors = Vec::new();
         let mut off = 0usize;
         // `total` fits usize, and every partial sum below is <= total, so no overflow.
@@ -106,10 +111,19 @@ impl Layout {
             let p = format!("model.layers.{i}.");
             let attn_norm = push(format!("{p}input_layernorm.weight"), alloc::vec![c]);
             let wqkv = push(format!("{p}self_attn.q_proj.weight"), alloc::vec![h * d, c]);
-            push(format!("{p}self_attn.k_proj.weight"), alloc::vec![kv * d, c]);
-            push(format!("{p}self_attn.v_proj.weight"), alloc::vec![kv * d, c]);
+            push(
+                format!("{p}self_attn.k_proj.weight"),
+                alloc::vec![kv * d, c],
+            );
+            push(
+                format!("{p}self_attn.v_proj.weight"),
+                alloc::vec![kv * d, c],
+            );
             let wo = push(format!("{p}self_attn.o_proj.weight"), alloc::vec![c, h * d]);
-            let mlp_norm = push(format!("{p}post_attention_layernorm.weight"), alloc::vec![c]);
+            let mlp_norm = push(
+                format!("{p}post_attention_layernorm.weight"),
+                alloc::vec![c],
+            );
             let router = push(
                 format!("{p}block_sparse_moe.gate.weight"),
                 alloc::vec![cfg.num_local_experts, c],

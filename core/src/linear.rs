@@ -8,17 +8,55 @@ use crate::kernels::matmul::{gemm, Mat};
 /// `y = x·Wᵀ` (`beta = 0`) or `y += x·Wᵀ` (`beta = 1`).
 #[inline]
 pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize, beta: f32) {
-    gemm(n, dout, din, 1.0, Mat::n(x, din), Mat::t(w, din), beta, y, dout);
+    gemm(
+        n,
+        dout,
+        din,
+        1.0,
+        Mat::n(x, din),
+        Mat::t(w, din),
+        beta,
+        y,
+        dout,
+    );
 }
 
 /// `dx (+)= dy·W` with `beta` 0 (overwrite) or 1 (accumulate).
 #[inline]
-pub fn backward_input(dx: &mut [f32], dy: &[f32], w: &[f32], n: usize, din: usize, dout: usize, beta: f32) {
-    gemm(n, din, dout, 1.0, Mat::n(dy, dout), Mat::n(w, din), beta, dx, din);
+pub fn backward_input(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: &[f32],
+    n: usize,
+    din: usize,
+    dout: usize,
+    beta: f32,
+) {
+    gemm(
+        n,
+        din,
+        dout,
+        1.0,
+        Mat::n(dy, dout),
+        Mat::n(w, din),
+        beta,
+        dx,
+        din,
+    );
 }
 
 /// `dW += dyᵀ·x` (always accumulates).
 #[inline]
 pub fn backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, din: usize, dout: usize) {
-    gemm(dout, din, n, 1.0, Mat::t(dy, dout), Mat::n(x, din), 1.0, dw, din);
+    gemm(
+        dout,
+        din,
+        n,
+        1.0,
+        Mat::t(dy, dout),
+        Mat::n(x, din),
+        1.0,
+        dw,
+        din,
+    );
 }

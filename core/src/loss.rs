@@ -14,11 +14,22 @@ use crate::kernels::exp;
 
 /// Writes `dlogits = (softmax(logits) − onehot) · scale` and `ce_row[r]`; returns the mean CE.
 /// `logits`, `dlogits: [n, v]`; `targets` already validated `< v`.
-pub fn cross_entropy(dlogits: &mut [f32], ce_row: &mut [f32], logits: &[f32], targets: &[u32], v: usize) -> f32 {
+pub fn cross_entropy(
+    dlogits: &mut [f32],
+    ce_row: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+) -> f32 {
     let n = targets.len();
     let scale = 1.0 / n as f32;
     let mut total = 0.0f64;
-    for (r, ((dz, z), &tgt)) in dlogits.chunks_exact_mut(v).zip(logits.chunks_exact(v)).zip(targets).enumerate() {
+    for (r, ((dz, z), &tgt)) in dlogits
+        .chunks_exact_mut(v)
+        .zip(logits.chunks_exact(v))
+        .zip(targets)
+        .enumerate()
+    {
         let mut max = f32::NEG_INFINITY;
         for &x in z {
             max = if x > max { x } else { max };

@@ -43,15 +43,21 @@ pub struct Losses {
 
 pub(crate) fn alloc_zeroed(len: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::AllocationFailed {
-        bytes: len.saturating_mul(4),
-    })?;
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len.saturating_mul(4),
+        })?;
     v.resize(len, 0.0);
     Ok(v)
 }
 
 /// Checks `tokens` (`arg`) has `b·t` ids, each `< vocab`.
-pub(crate) fn check_tokens(arg: &'static str, tokens: &[TokenId], n: usize, vocab: usize) -> Result<()> {
+pub(crate) fn check_tokens(
+    arg: &'static str,
+    tokens: &[TokenId],
+    n: usize,
+    vocab: usize,
+) -> Result<()> {
     if tokens.len() != n {
         return Err(Error::ShapeMismatch {
             arg,
@@ -101,7 +107,10 @@ impl MoETransformer {
             });
         }
         if let Some(index) = first_non_finite(&params) {
-            return Err(Error::NonFinite { what: "params", index });
+            return Err(Error::NonFinite {
+                what: "params",
+                index,
+            });
         }
         Ok(MoETransformer {
             config: *config,
@@ -169,7 +178,13 @@ impl MoETransformer {
     /// [`Error::EmptyInput`], [`Error::SeqTooLong`], [`Error::ShapeMismatch`],
     /// [`Error::TokenOutOfRange`], [`Error::WorkspaceTooSmall`]/[`Error::WorkspaceMismatch`],
     /// and [`Error::NonFinite`] if the logits contain NaN/Inf.
-    pub fn forward<'w>(&self, ws: &'w mut Workspace, tokens: &[TokenId], batch: usize, seq: usize) -> Result<&'w [f32]> {
+    pub fn forward<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        tokens: &[TokenId],
+        batch: usize,
+        seq: usize,
+    ) -> Result<&'w [f32]> {
         ws.check(&self.config, batch, seq)?;
         check_tokens("tokens", tokens, batch * seq, self.config.vocab_size)?;
         let acts = ws.carve(batch, seq)?;
@@ -190,21 +205,58 @@ impl MoETransformer {
             let la = &mut acts.layers[if save { l } else { 0 }];
             // x = x + Attn(RMSNorm(x))
             la.x_in.copy_from_slice(acts.resid);
-            rmsnorm::forward(la.xn1, la.rstd1, la.x_in, &p[ll.attn_norm..ll.attn_norm + c], eps);
-            linear::forward(la.qkv, la.xn1, &p[ll.wqkv..ll.wqkv + dm.q * c], n, c, dm.q, 0.0);
+            rmsnorm::forward(
+                la.xn1,
+                la.rstd1,
+                la.x_in,
+                &p[ll.attn_norm..ll.attn_norm + c],
+                eps,
+            );
+            linear::forward(
+                la.qkv,
+                la.xn1,
+                &p[ll.wqkv..ll.wqkv + dm.q * c],
+                n,
+                c,
+                dm.q,
+                0.0,
+            );
             rope::forward(la.qkv, acts.rope, dm.t, 0, dm.h, dm.kv, dm.d);
             attention::forward(la.att, la.probs, la.qkv, &dm, save);
             let hd = dm.h * dm.d;
             linear::forward(acts.resid, la.att, &p[ll.wo..ll.wo + c * hd], n, hd, c, 1.0);
             // x = x + MoE(RMSNorm(x))
             la.x_mid.copy_from_slice(acts.resid);
-            rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, &p[ll.mlp_norm..ll.mlp_norm + c], eps);
+            rmsnorm::forward(
+                la.xn2,
+                la.rstd2,
+                la.x_mid,
+                &p[ll.mlp_norm..ll.mlp_norm + c],
+                eps,
+            );
             moe::forward(la, acts.resid, p, ll, lay.expert_stride, &dm);
         }
-        rmsnorm::forward(acts.xf, acts.rstd_f, acts.resid, &p[lay.final_norm..lay.final_norm + c], eps);
-        linear::forward(acts.logits, acts.xf, &p[lay.lm_head..lay.lm_head + v * c], n, c, v, 0.0);
+        rmsnorm::forward(
+            acts.xf,
+            acts.rstd_f,
+            acts.resid,
+            &p[lay.final_norm..lay.final_norm + c],
+            eps,
+        );
+        linear::forward(
+            acts.logits,
+            acts.xf,
+            &p[lay.lm_head..lay.lm_head + v * c],
+            n,
+            c,
+            v,
+            0.0,
+        );
         if let Some(index) = first_non_finite(acts.logits) {
-            return Err(Error::NonFinite { what: "logits", index });
+            return Err(Error::NonFinite {
+                what: "logits",
+                index,
+            });
         }
         Ok(acts)
     }
@@ -270,7 +322,14 @@ impl MoETransformer {
     }
 
     /// Loss, then the backward pass in exact reverse order of `forward_acts`.
-    fn backward(&self, acts: Acts, grads: &mut [f32], tokens: &[TokenId], targets: &[TokenId], alpha: f32) -> Result<Losses> {
+    fn backward(
+        &self,
+        acts: Acts,
+        grads: &mut [f32],
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        alpha: f32,
+    ) -> Result<Losses> {
         let Acts {
             dims: dm,
             resid,
@@ -299,7 +358,10 @@ impl MoETransformer {
         let aux = loss::aux_finish(g.aux_f, g.aux_p, rows);
         let total = ce + alpha * aux;
         if !total.is_finite() {
-            return Err(Error::NonFinite { what: "loss", index: 0 });
+            return Err(Error::NonFinite {
+                what: "loss",
+                index: 0,
+            });
         }
         loss::aux_grad_coef(g.aux_f, alpha, rows);
         let aux_coef: &[f32] = g.aux_f;
@@ -311,7 +373,14 @@ impl MoETransformer {
         // forward: xf = RMSNorm(resid)
         let wn = lay.final_norm..lay.final_norm + c;
         g.dresid.iter_mut().for_each(|x| *x = 0.0);
-        rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, resid, rstd_f, &p[wn]);
+        rmsnorm::backward(
+            g.dresid,
+            &mut grads[wn.clone()],
+            g.dxn,
+            resid,
+            rstd_f,
+            &p[wn],
+        );
 
         let hd = dm.h * dm.d;
         for (ll, la) in lay.layers.iter().zip(layers.iter()).rev() {
@@ -336,7 +405,14 @@ impl MoETransformer {
                 &dm,
             );
             let wn = ll.mlp_norm..ll.mlp_norm + c;
-            rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, la.x_mid, la.rstd2, &p[wn]);
+            rmsnorm::backward(
+                g.dresid,
+                &mut grads[wn.clone()],
+                g.dxn,
+                la.x_mid,
+                la.rstd2,
+                &p[wn],
+            );
             // forward: x_mid = x_in + att·W_oᵀ
             let wo = ll.wo..ll.wo + c * hd;
             linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, 0.0);
@@ -348,10 +424,26 @@ impl MoETransformer {
             linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, 0.0);
             linear::backward_weight(&mut grads[wq], g.dqkv, la.xn1, n, c, dm.q);
             let wn = ll.attn_norm..ll.attn_norm + c;
-            rmsnorm::backward(g.dresid, &mut grads[wn.clone()], g.dxn, la.x_in, la.rstd1, &p[wn]);
+            rmsnorm::backward(
+                g.dresid,
+                &mut grads[wn.clone()],
+                g.dxn,
+                la.x_in,
+                la.rstd1,
+                &p[wn],
+            );
         }
         // forward: x = E[tokens]
-        embedding::backward(&mut grads[lay.embed..lay.embed + v * c], g.dresid, tokens, c);
-        Ok(Losses { loss: total, ce, aux })
+        embedding::backward(
+            &mut grads[lay.embed..lay.embed + v * c],
+            g.dresid,
+            tokens,
+            c,
+        );
+        Ok(Losses {
+            loss: total,
+            ce,
+            aux,
+        })
     }
 }

@@ -21,7 +21,14 @@ use crate::router;
 use crate::swiglu::SwiGLU;
 
 /// Counting-sort dispatch of `topk_idx: [n, k]` into per-expert slot ranges.
-pub fn dispatch(counts: &mut [u32], offsets: &mut [u32], slot_row: &mut [u32], slot_of: &mut [u32], topk_idx: &[u32], k: usize) {
+pub fn dispatch(
+    counts: &mut [u32],
+    offsets: &mut [u32],
+    slot_row: &mut [u32],
+    slot_of: &mut [u32],
+    topk_idx: &[u32],
+    k: usize,
+) {
     counts.iter_mut().for_each(|x| *x = 0);
     for &ex in topk_idx {
         counts[ex as usize] += 1;
@@ -41,7 +48,14 @@ pub fn dispatch(counts: &mut [u32], offsets: &mut [u32], slot_row: &mut [u32], s
     }
 }
 
-fn expert<'p>(params: &'p [f32], ll: &LayerLayout, stride: usize, ex: usize, c: usize, f: usize) -> SwiGLU<'p> {
+fn expert<'p>(
+    params: &'p [f32],
+    ll: &LayerLayout,
+    stride: usize,
+    ex: usize,
+    c: usize,
+    f: usize,
+) -> SwiGLU<'p> {
     let base = ll.experts + ex * stride;
     SwiGLU {
         w13: &params[base..base + 2 * f * c],
@@ -53,11 +67,25 @@ fn expert<'p>(params: &'p [f32], ll: &LayerLayout, stride: usize, ex: usize, c: 
 
 /// Forward: reads `la.xn2`, writes the router and expert activations of `la`,
 /// and adds the block output into `resid: [n, c]` (the residual connection).
-pub(crate) fn forward(la: &mut LayerActs, resid: &mut [f32], params: &[f32], ll: &LayerLayout, stride: usize, dm: &Dims) {
+pub(crate) fn forward(
+    la: &mut LayerActs,
+    resid: &mut [f32],
+    params: &[f32],
+    ll: &LayerLayout,
+    stride: usize,
+    dm: &Dims,
+) {
     let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
     let wg = &params[ll.router..ll.router + e * c];
     router::forward(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, n, c, e, k);
-    dispatch(la.counts, la.offsets, la.slot_row, la.slot_of, la.topk_idx, k);
+    dispatch(
+        la.counts,
+        la.offsets,
+        la.slot_row,
+        la.slot_of,
+        la.topk_idx,
+        k,
+    );
     // Gather: xg[s] = xn2[slot_row[s]].
     for (s, &r) in la.slot_row.iter().enumerate() {
         let r = r as usize;
@@ -112,7 +140,16 @@ pub(crate) struct MoeGrads<'a> {
 /// stream after the block). Writes `g.dxn` = gradient w.r.t. `la.xn2`
 /// (router and experts), accumulates weight gradients. `aux: [e]` is the
 /// aux-loss gradient per router probability.
-pub(crate) fn backward(g: MoeGrads, dout: &[f32], la: &LayerActs, aux: &[f32], params: &[f32], ll: &LayerLayout, stride: usize, dm: &Dims) {
+pub(crate) fn backward(
+    g: MoeGrads,
+    dout: &[f32],
+    la: &LayerActs,
+    aux: &[f32],
+    params: &[f32],
+    ll: &LayerLayout,
+    stride: usize,
+    dm: &Dims,
+) {
     let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
     // forward: y_r = Σ_j w_rj · ye[slot(r, j)]
     for r in 0..n {
@@ -151,11 +188,29 @@ pub(crate) fn backward(g: MoeGrads, dout: &[f32], la: &LayerActs, aux: &[f32], p
     g.dxn.iter_mut().for_each(|x| *x = 0.0);
     for (s, &r) in la.slot_row.iter().enumerate() {
         let r = r as usize;
-        for (d, &x) in g.dxn[r * c..(r + 1) * c].iter_mut().zip(&g.dxg[s * c..(s + 1) * c]) {
+        for (d, &x) in g.dxn[r * c..(r + 1) * c]
+            .iter_mut()
+            .zip(&g.dxg[s * c..(s + 1) * c])
+        {
             *d += x;
         }
     }
     let wg = &params[ll.router..ll.router + e * c];
     let dwg = &mut g.dparams[ll.router..ll.router + e * c];
-    router::backward(g.dxn, dwg, g.drprobs, g.dtopk_w, la.rprobs, la.topk_idx, la.topk_w, aux, la.xn2, wg, n, c, e, k);
+    router::backward(
+        g.dxn,
+        dwg,
+        g.drprobs,
+        g.dtopk_w,
+        la.rprobs,
+        la.topk_idx,
+        la.topk_w,
+        aux,
+        la.xn2,
+        wg,
+        n,
+        c,
+        e,
+        k,
+    );
 }

@@ -115,7 +115,12 @@ impl AdamW {
         let bc2_sqrt = libm::sqrt(bc2) as f32;
         let decay = 1.0 - lr * weight_decay;
         let (w1, w2) = (1.0 - beta1, 1.0 - beta2);
-        for (((w, &g), m), v) in params.iter_mut().zip(grads).zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
+        for (((w, &g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
             *w *= decay;
             *m += w1 * (g - *m);
             *v = *v * beta2 + w2 * g * g;

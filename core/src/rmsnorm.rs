@@ -8,7 +8,11 @@
 pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     debug_assert!(y.len() == x.len() && x.len() == rstd.len() * c);
-    for ((yr, xr), rs) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(rstd.iter_mut()) {
+    for ((yr, xr), rs) in y
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(rstd.iter_mut())
+    {
         let ss: f32 = xr.iter().map(|v| v * v).sum();
         let r = 1.0 / libm::sqrtf(ss / c as f32 + eps);
         *rs = r;
@@ -23,7 +27,12 @@ pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) 
 pub fn backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32]) {
     let c = w.len();
     debug_assert!(dx.len() == x.len() && dy.len() == x.len() && dw.len() == c);
-    for (((dxr, dyr), xr), &r) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(rstd) {
+    for (((dxr, dyr), xr), &r) in dx
+        .chunks_exact_mut(c)
+        .zip(dy.chunks_exact(c))
+        .zip(x.chunks_exact(c))
+        .zip(rstd)
+    {
         // forward: y = w ⊙ x̂, x̂ = x·r
         let mut dot = 0.0f32; // Σ (dy ⊙ w) ⊙ x̂
         for i in 0..c {

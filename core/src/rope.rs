@@ -30,7 +30,9 @@ impl RopeTable {
     /// Builds the table `[max_seq, d/2]` with `θ_base = cfg.rope_theta()`.
     pub fn new(cfg: &Config, max_seq: usize) -> Result<Self> {
         let half = cfg.head_dim / 2;
-        let len = max_seq.checked_mul(half).ok_or(Error::Overflow { what: "RoPE table" })?;
+        let len = max_seq
+            .checked_mul(half)
+            .ok_or(Error::Overflow { what: "RoPE table" })?;
         let mut cos = Vec::new();
         let mut sin = Vec::new();
         cos.try_reserve_exact(len)
@@ -39,7 +41,9 @@ impl RopeTable {
         let theta = cfg.rope_theta() as f64;
         let d = cfg.head_dim as f32;
         let mut inv_freq: Vec<f32> = Vec::new();
-        inv_freq.try_reserve_exact(half).map_err(|_| Error::AllocationFailed { bytes: 4 * half })?;
+        inv_freq
+            .try_reserve_exact(half)
+            .map_err(|_| Error::AllocationFailed { bytes: 4 * half })?;
         for i in 0..half {
             let expo = (2 * i) as f32 / d;
             let pow = libm::pow(theta, expo as f64) as f32;
@@ -74,7 +78,10 @@ impl RopeTable {
     #[inline]
     pub fn rotate(&self, x: &mut [f32], pos: usize) {
         let h = self.half;
-        let (cos, sin) = (&self.cos[pos * h..pos * h + h], &self.sin[pos * h..pos * h + h]);
+        let (cos, sin) = (
+            &self.cos[pos * h..pos * h + h],
+            &self.sin[pos * h..pos * h + h],
+        );
         let (a, b) = x.split_at_mut(h);
         for i in 0..h {
             let (x1, x2) = (a[i], b[i]);
@@ -87,7 +94,10 @@ impl RopeTable {
     #[inline]
     pub fn rotate_back(&self, dy: &mut [f32], pos: usize) {
         let h = self.half;
-        let (cos, sin) = (&self.cos[pos * h..pos * h + h], &self.sin[pos * h..pos * h + h]);
+        let (cos, sin) = (
+            &self.cos[pos * h..pos * h + h],
+            &self.sin[pos * h..pos * h + h],
+        );
         let (a, b) = dy.split_at_mut(h);
         for i in 0..h {
             let (g1, g2) = (a[i], b[i]);
@@ -100,7 +110,15 @@ impl RopeTable {
 /// Forward over the fused projection `qkv: [n, (h+2kv)·d]`: rotates the `h`
 /// query heads and `kv` key heads of every row (row `r` is at position
 /// `pos0 + r % t`); values are left alone.
-pub fn forward(qkv: &mut [f32], rope: &RopeTable, t: usize, pos0: usize, h: usize, kv: usize, d: usize) {
+pub fn forward(
+    qkv: &mut [f32],
+    rope: &RopeTable,
+    t: usize,
+    pos0: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+) {
     let q = (h + 2 * kv) * d;
     for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
         let pos = pos0 + r % t;

@@ -15,9 +15,23 @@ use crate::linear;
 
 /// Forward for `n` rows. `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
 /// (saved), `x: [n, c]`, `wg: [e, c]`.
-pub fn forward(rprobs: &mut [f32], topk_idx: &mut [u32], topk_w: &mut [f32], x: &[f32], wg: &[f32], n: usize, c: usize, e: usize, k: usize) {
+pub fn forward(
+    rprobs: &mut [f32],
+    topk_idx: &mut [u32],
+    topk_w: &mut [f32],
+    x: &[f32],
+    wg: &[f32],
+    n: usize,
+    c: usize,
+    e: usize,
+    k: usize,
+) {
     linear::forward(rprobs, x, wg, n, c, e, 0.0);
-    for ((p, idx), w) in rprobs.chunks_exact_mut(e).zip(topk_idx.chunks_exact_mut(k)).zip(topk_w.chunks_exact_mut(k)) {
+    for ((p, idx), w) in rprobs
+        .chunks_exact_mut(e)
+        .zip(topk_idx.chunks_exact_mut(k))
+        .zip(topk_w.chunks_exact_mut(k))
+    {
         softmax::forward_inplace(p);
         select_topk(idx, w, p);
         let sum: f32 = w.iter().sum();

@@ -62,7 +62,11 @@ impl SwiGLU<'_> {
         linear::backward_input(dact, dy, self.w2, m, f, c, 0.0);
         linear::backward_weight(dw2, dy, act, m, f, c);
         // forward: act = silu(h1) ⊙ h3
-        for ((dh, hr), da) in dh13.chunks_exact_mut(2 * f).zip(h13.chunks_exact(2 * f)).zip(dact.chunks_exact(f)) {
+        for ((dh, hr), da) in dh13
+            .chunks_exact_mut(2 * f)
+            .zip(h13.chunks_exact(2 * f))
+            .zip(dact.chunks_exact(f))
+        {
             let (h1, h3) = hr.split_at(f);
             let (dh1, dh3) = dh.split_at_mut(f);
             for i in 0..f {

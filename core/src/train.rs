@@ -87,7 +87,12 @@ pub struct Trainer {
 
 impl Trainer {
     /// A trainer for steps of up to `max_batch × max_seq` tokens.
-    pub fn new(model: MoETransformer, config: TrainConfig, max_batch: usize, max_seq: usize) -> Result<Self> {
+    pub fn new(
+        model: MoETransformer,
+        config: TrainConfig,
+        max_batch: usize,
+        max_seq: usize,
+    ) -> Result<Self> {
         config.validate()?;
         let ws = model.workspace(max_batch, max_seq, Mode::Training)?;
         let len = model.layout().total;
@@ -142,14 +147,36 @@ impl Trainer {
 
     /// Forward + loss + backward only: fills [`Trainer::grads`] (zeroed first)
     /// and optionally copies out the logits; no optimiser step.
-    pub fn compute_gradients(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize, logits_out: Option<&mut [f32]>) -> Result<Losses> {
+    pub fn compute_gradients(
+        &mut self,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        logits_out: Option<&mut [f32]>,
+    ) -> Result<Losses> {
         // The one place gradients are zeroed.
         self.grads.iter_mut().for_each(|g| *g = 0.0);
-        self.model.loss_and_grad(&mut self.ws, &mut self.grads, tokens, targets, batch, seq, self.config.aux_alpha, logits_out)
+        self.model.loss_and_grad(
+            &mut self.ws,
+            &mut self.grads,
+            tokens,
+            targets,
+            batch,
+            seq,
+            self.config.aux_alpha,
+            logits_out,
+        )
     }
 
     /// One step: forward, loss, backward, clipping, AdamW.
-    pub fn train_step(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize) -> Result<StepStats> {
+    pub fn train_step(
+        &mut self,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+    ) -> Result<StepStats> {
         self.train_step_with_hook(tokens, targets, batch, seq, |_, _| {})
     }
 
@@ -160,7 +187,14 @@ impl Trainer {
     /// Any input error of [`MoETransformer::loss_and_grad`]; [`Error::NonFinite`]
     /// if the loss or the gradient norm is not finite (the weights are then left
     /// untouched).
-    pub fn train_step_with_hook<F: FnMut(&mut [f32], &Layout)>(&mut self, tokens: &[TokenId], targets: &[TokenId], batch: usize, seq: usize, mut hook: F) -> Result<StepStats> {
+    pub fn train_step_with_hook<F: FnMut(&mut [f32], &Layout)>(
+        &mut self,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        mut hook: F,
+    ) -> Result<StepStats> {
         let losses = self.compute_gradients(tokens, targets, batch, seq, None)?;
         let grad_norm = match self.config.clip_grad_norm {
             Some(max) => clip_grad_norm(&mut self.grads, max),

@@ -98,21 +98,27 @@ impl Fixture {
     }
 
     fn get(&self, name: &str) -> &(Dtype, Vec<usize>, Vec<u8>) {
-        self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor `{name}`"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no tensor `{name}`"))
     }
 
     /// An F32 tensor.
     pub fn f32(&self, name: &str) -> Vec<f32> {
         let (dt, _, data) = self.get(name);
         assert_eq!(*dt, Dtype::F32, "{name}");
-        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 
     /// An F64 tensor.
     pub fn f64(&self, name: &str) -> Vec<f64> {
         let (dt, _, data) = self.get(name);
         assert_eq!(*dt, Dtype::F64, "{name}");
-        data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+        data.chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 
     /// An I64 tensor of token ids, as u32.
@@ -139,7 +145,8 @@ pub fn compare(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) -> (f32, 
     for (i, (&a, &b)) in actual.iter().zip(expected).enumerate() {
         let err = (a - b).abs();
         max = max.max(err);
-        if !(err <= atol + rtol * b.abs()) && bad.is_none() {
+        let ok = err <= atol + rtol * b.abs(); // false for NaN
+        if !ok && bad.is_none() {
             bad = Some(i);
         }
     }

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use moe_core::{Config, Mode, MoETransformer, TrainConfig, Trainer};
+use moe_core::{Config, MoETransformer, Mode, TrainConfig, Trainer};
 
 struct Counting;
 
@@ -55,7 +55,9 @@ fn count<R>(f: impl FnOnce() -> R) -> (u64, u64, R) {
 }
 
 fn tokens(n: usize, v: usize, salt: u32) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 7919 + salt) % v as u32).collect()
+    (0..n as u32)
+        .map(|i| (i * 7919 + salt) % v as u32)
+        .collect()
 }
 
 #[test]
@@ -72,14 +74,23 @@ fn forward_allocates_nothing_at_several_shapes() {
         let model = MoETransformer::new(&cfg, 42).unwrap();
         let mut ws = model.workspace(8, 64, Mode::Inference).unwrap();
         let shapes = [(1, 8), (2, 32), (8, 64), (2, 16), (1, 1), (8, 64)];
-        let inputs: Vec<Vec<u32>> = shapes.iter().map(|&(b, t)| tokens(b * t, cfg.vocab_size, 3)).collect();
+        let inputs: Vec<Vec<u32>> = shapes
+            .iter()
+            .map(|&(b, t)| tokens(b * t, cfg.vocab_size, 3))
+            .collect();
         // Warm-up: lazy one-time state (e.g. matmul CPU detection) happens here.
         model.forward(&mut ws, &inputs[0], 1, 8).unwrap();
         for _ in 0..3 {
             for (&(b, t), x) in shapes.iter().zip(&inputs) {
-                let (n, bytes, sum) = count(|| model.forward(&mut ws, x, b, t).unwrap().iter().sum::<f32>());
+                let (n, bytes, sum) =
+                    count(|| model.forward(&mut ws, x, b, t).unwrap().iter().sum::<f32>());
                 assert!(sum.is_finite());
-                assert_eq!((n, bytes), (0, 0), "forward b{b} s{t} (c = {}) allocated", cfg.hidden_size);
+                assert_eq!(
+                    (n, bytes),
+                    (0, 0),
+                    "forward b{b} s{t} (c = {}) allocated",
+                    cfg.hidden_size
+                );
             }
         }
     }
@@ -91,14 +102,26 @@ fn train_step_allocates_nothing() {
         let model = MoETransformer::new(&cfg, 42).unwrap();
         let mut tr = Trainer::new(model, TrainConfig::default(), 4, 16).unwrap();
         let shapes = [(2, 8), (4, 16), (1, 3)];
-        let data: Vec<(Vec<u32>, Vec<u32>)> =
-            shapes.iter().map(|&(b, t)| (tokens(b * t, cfg.vocab_size, 1), tokens(b * t, cfg.vocab_size, 5))).collect();
+        let data: Vec<(Vec<u32>, Vec<u32>)> = shapes
+            .iter()
+            .map(|&(b, t)| {
+                (
+                    tokens(b * t, cfg.vocab_size, 1),
+                    tokens(b * t, cfg.vocab_size, 5),
+                )
+            })
+            .collect();
         tr.train_step(&data[0].0, &data[0].1, 2, 8).unwrap();
         for _ in 0..3 {
             for (&(b, t), (x, y)) in shapes.iter().zip(&data) {
                 let (n, bytes, st) = count(|| tr.train_step(x, y, b, t).unwrap());
                 assert!(st.loss.is_finite());
-                assert_eq!((n, bytes), (0, 0), "train_step b{b} s{t} (c = {}) allocated", cfg.hidden_size);
+                assert_eq!(
+                    (n, bytes),
+                    (0, 0),
+                    "train_step b{b} s{t} (c = {}) allocated",
+                    cfg.hidden_size
+                );
             }
         }
     }

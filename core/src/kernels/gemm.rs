@@ -40,10 +40,24 @@ impl View<'_> {
 /// Micro-kernel signature: `acc[r][j] = Σ_p U[rows[r] + p·cs] · b[p][j]` over
 /// `kc` steps; `u` is read in place (row offsets `rows`, column stride `cs`),
 /// `b: [kc][NR]` is a packed panel.
-type Micro = fn(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]);
+type Micro = fn(
+    kc: usize,
+    u: &[f32],
+    rows: &[usize; MR_MAX],
+    cs: usize,
+    b: &[f32],
+    acc: &mut [[f32; NR]; MR_MAX],
+);
 
 /// Portable micro-kernel, `MR = 4`.
-fn micro_portable(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+fn micro_portable(
+    kc: usize,
+    u: &[f32],
+    rows: &[usize; MR_MAX],
+    cs: usize,
+    b: &[f32],
+    acc: &mut [[f32; NR]; MR_MAX],
+) {
     const MR: usize = 4;
     let mut t = [[0.0f32; NR]; MR];
     for (p, bp) in b.chunks_exact(NR).take(kc).enumerate() {
@@ -69,14 +83,24 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn micro(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+    unsafe fn micro(
+        kc: usize,
+        u: &[f32],
+        rows: &[usize; MR_MAX],
+        cs: usize,
+        b: &[f32],
+        acc: &mut [[f32; NR]; MR_MAX],
+    ) {
         if kc == 0 {
             acc.iter_mut().for_each(|r| *r = [0.0; NR]);
             return;
         }
         // Every offset read below is rows[r] + p·cs with p < kc, or < kc·NR in `b`.
         let last = rows[..MR].iter().max().copied().unwrap_or(0) + (kc - 1) * cs;
-        assert!(last < u.len() && b.len() >= kc * NR, "gemm micro-kernel out of bounds");
+        assert!(
+            last < u.len() && b.len() >= kc * NR,
+            "gemm micro-kernel out of bounds"
+        );
         let mut c = [[_mm256_setzero_ps(); 2]; MR];
         let pb = b.as_ptr();
         let pu = u.as_ptr();
@@ -102,7 +126,14 @@ mod avx2 {
         }
     }
 
-    pub fn micro_safe(kc: usize, u: &[f32], rows: &[usize; MR_MAX], cs: usize, b: &[f32], acc: &mut [[f32; NR]; MR_MAX]) {
+    pub fn micro_safe(
+        kc: usize,
+        u: &[f32],
+        rows: &[usize; MR_MAX],
+        cs: usize,
+        b: &[f32],
+        acc: &mut [[f32; NR]; MR_MAX],
+    ) {
         // SAFETY: this function is only selected after runtime (or compile-time)
         // detection of AVX2 and FMA; `micro` checks its bounds itself.
         unsafe { micro(kc, u, rows, cs, b, acc) }
@@ -134,7 +165,18 @@ pub fn kernel_name() -> &'static str {
 }
 
 /// `D[rows, cols] = α·U·V + β·D` on strided views (`d` with strides `rsd`, `csd`).
-fn gemm_uv(rows: usize, cols: usize, k: usize, alpha: f32, u: View, v: View, beta: f32, d: &mut [f32], rsd: usize, csd: usize) {
+fn gemm_uv(
+    rows: usize,
+    cols: usize,
+    k: usize,
+    alpha: f32,
+    u: View,
+    v: View,
+    beta: f32,
+    d: &mut [f32],
+    rsd: usize,
+    csd: usize,
+) {
     let (micro, mr) = select();
     let mut bpack = [0.0f32; KC * NR];
     let mut acc = [[0.0f32; NR]; MR_MAX];
@@ -168,7 +210,11 @@ fn gemm_uv(rows: usize, cols: usize, k: usize, alpha: f32, u: View, v: View, bet
                     for j in 0..nr {
                         let dst = &mut d[base + j * csd];
                         let val = alpha * acc[r][j];
-                        *dst = if beta_here == 0.0 { val } else { val + beta_here * *dst };
+                        *dst = if beta_here == 0.0 {
+                            val
+                        } else {
+                            val + beta_here * *dst
+                        };
                     }
                 }
                 i0 += mr;
@@ -182,13 +228,39 @@ fn gemm_uv(rows: usize, cols: usize, k: usize, alpha: f32, u: View, v: View, bet
 /// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views
 /// (`(rs, cs)` of `op(A)`, `op(B)`), `C` row-major with row stride `ldc`.
 /// Lengths were checked by the caller.
-pub(super) fn gemm(m: usize, n: usize, k: usize, alpha: f32, a: (&[f32], usize, usize), b: (&[f32], usize, usize), beta: f32, c: &mut [f32], ldc: usize) {
-    let va = View { data: a.0, rs: a.1, cs: a.2 };
-    let vb = View { data: b.0, rs: b.1, cs: b.2 };
+pub(super) fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let va = View {
+        data: a.0,
+        rs: a.1,
+        cs: a.2,
+    };
+    let vb = View {
+        data: b.0,
+        rs: b.1,
+        cs: b.2,
+    };
     if n > m {
         // Cᵀ[n, m] = op(B)ᵀ · op(A)ᵀ: U = op(B)ᵀ, V = op(A)ᵀ, D = Cᵀ (strides 1, ldc).
-        let u = View { data: vb.data, rs: vb.cs, cs: vb.rs };
-        let v = View { data: va.data, rs: va.cs, cs: va.rs };
+        let u = View {
+            data: vb.data,
+            rs: vb.cs,
+            cs: vb.rs,
+        };
+        let v = View {
+            data: va.data,
+            rs: va.cs,
+            cs: va.rs,
+        };
         gemm_uv(n, m, k, alpha, u, v, beta, c, 1, ldc);
     } else {
         gemm_uv(m, n, k, alpha, va, vb, beta, c, ldc, 1);

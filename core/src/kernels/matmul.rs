@@ -99,7 +99,11 @@ impl<'a> Mat<'a> {
             Trans::N => (rows, cols),
             Trans::T => (cols, rows),
         };
-        assert!(sc <= self.ld || sr <= 1, "gemm: {what} ld {} < cols {sc}", self.ld);
+        assert!(
+            sc <= self.ld || sr <= 1,
+            "gemm: {what} ld {} < cols {sc}",
+            self.ld
+        );
         if sr > 0 && sc > 0 {
             let need = (sr - 1) * self.ld + sc;
             assert!(
@@ -113,7 +117,17 @@ impl<'a> Mat<'a> {
 
 /// `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
 #[inline]
-pub fn gemm(m: usize, n: usize, k: usize, alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     gemm_with(Backend::DEFAULT, m, n, k, alpha, a, b, beta, c, ldc)
 }
 
@@ -151,7 +165,17 @@ pub fn gemm_with(
         Backend::Portable => {
             let (rsa, csa) = a.strides();
             let (rsb, csb) = b.strides();
-            super::gemm::gemm(m, n, k, alpha, (a.data, rsa, csa), (b.data, rsb, csb), beta, c, ldc);
+            super::gemm::gemm(
+                m,
+                n,
+                k,
+                alpha,
+                (a.data, rsa, csa),
+                (b.data, rsb, csb),
+                beta,
+                c,
+                ldc,
+            );
         }
         Backend::MatrixMultiply => {
             let (rsa, csa) = a.strides();
@@ -202,7 +226,17 @@ mod blas {
         }
     }
 
-    pub(super) fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize) {
+    pub(super) fn sgemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Mat,
+        b: Mat,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
         let (mi, ni, ki) = (i(m), i(n), i(k));
         let (lda, ldb, ldci) = (i(a.ld.max(1)), i(b.ld.max(1)), i(ldc.max(1)));
         // SAFETY: the caller (`gemm_with`) asserted that op(A) [m,k], op(B) [k,n] and

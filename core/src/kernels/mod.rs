@@ -21,7 +21,7 @@ pub fn exp(x: f32) -> f32 {
     const HI: f32 = 88.722_83; // ln(f32::MAX)
     const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting rounds to an integer
-    let xc = if x > HI { HI } else if x < LO { LO } else { x };
+    let xc = x.clamp(LO, HI); // NaN stays NaN
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
