@@ -19,7 +19,7 @@
 //! | `rstd1`, `rstd2` | `[n]` | yes | RMSNorm `1/rms` (saved) |
 //! | `xn1`, `xn2` | `[n, c]` | yes | normed inputs of attention / MoE |
 //! | `qkv` | `[n, q]` | yes | q, k after RoPE, v |
-//! | `probs` | `[b, h, t, t]` (train) / `[t, t]` (infer) | yes | attention probabilities |
+//! | `probs` | `[b, h, t, t]` (train) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
 //! | `att` | `[n, h·d]` | yes | attention output before `o_proj` |
 //! | `rprobs` | `[n, e]` | yes | router probabilities |
 //! | `topk_idx`, `topk_w` | `[n, k]` | yes | chosen experts, renormalised weights |
@@ -137,7 +137,9 @@ impl Dims {
 
 /// The named buffer sizes of a step of shape `(b, t)` in `mode`. The single
 /// source of truth for both the plan and the carving.
-fn entries(dm: &Dims, mode: Mode) -> [PlanEntry; 39] {
+/// `max_seq` sizes the inference-mode score row (a query attends to at most
+/// `max_seq` keys, including KV-cached ones).
+fn entries(dm: &Dims, mode: Mode, max_seq: usize) -> [PlanEntry; 39] {
     use Dtype::{F32, U32};
     let train = mode == Mode::Training;
     let lc = if train { dm.layers } else { 1 };
@@ -145,7 +147,7 @@ fn entries(dm: &Dims, mode: Mode) -> [PlanEntry; 39] {
     let probs = if train {
         dm.b * dm.h * dm.t * dm.t
     } else {
-        dm.t * dm.t
+        max_seq
     };
     let g = |x: usize| if train { x } else { 0 };
     let e = |name, dtype, elems, copies| PlanEntry {
@@ -317,6 +319,7 @@ impl Workspace {
         entries(
             &Dims::new(&self.cfg, self.max_batch, self.max_seq),
             self.mode,
+            self.max_seq,
         )
         .to_vec()
     }
@@ -344,7 +347,7 @@ impl Workspace {
                 .ok_or(of.clone())?;
         }
         let dm = Dims::new(cfg, max_batch, max_seq);
-        entries(&dm, mode)
+        entries(&dm, mode, max_seq)
             .iter()
             .try_fold(0usize, |acc, e| acc.checked_add(e.bytes()))
             .ok_or(of)
@@ -429,7 +432,7 @@ impl Workspace {
         let train = self.mode == Mode::Training;
         self.bump.reset();
         let bump = &self.bump;
-        let sizes = entries(&dm, self.mode);
+        let sizes = entries(&dm, self.mode, self.max_seq);
         let fail = |bytes: usize| Error::AllocationFailed { bytes };
         let f32s = |i: usize| -> Result<&mut [f32]> {
             let n = sizes[i].elems;

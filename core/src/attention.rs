@@ -19,41 +19,97 @@
 use crate::arena::Dims;
 use crate::kernels::softmax;
 
+/// Where one sequence's keys and values live: position `j`'s key of KV head
+/// `g` is `k[j·stride + k_off + g·d ..][..d]`, its value likewise at `v_off`.
+/// Either the fused `qkv` rows of the current step or a KV cache.
+#[derive(Debug, Clone, Copy)]
+pub struct KvSource<'a> {
+    /// Key storage.
+    pub k: &'a [f32],
+    /// Value storage.
+    pub v: &'a [f32],
+    /// Elements between consecutive positions.
+    pub stride: usize,
+    /// Offset of KV head 0's key within a position.
+    pub k_off: usize,
+    /// Offset of KV head 0's value within a position.
+    pub v_off: usize,
+}
+
 /// Forward. `att: [n, h·d]`; `probs` is `[b, h, t, t]` when `save` (training),
-/// else a `[t, t]` scratch reused by every head.
+/// else a scratch row of at least `t` scores reused by every query.
 pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save: bool) {
+    let (t, q) = (dm.t, dm.q);
+    let hd = dm.h * dm.d;
+    for bi in 0..dm.b {
+        let rows = &qkv[bi * t * q..(bi + 1) * t * q];
+        let kvs = KvSource {
+            k: rows,
+            v: rows,
+            stride: q,
+            k_off: hd,
+            v_off: hd + dm.kv * dm.d,
+        };
+        let p = if save {
+            &mut probs[bi * dm.h * t * t..(bi + 1) * dm.h * t * t]
+        } else {
+            &mut probs[..]
+        };
+        attend(
+            &mut att[bi * t * hd..(bi + 1) * t * hd],
+            p,
+            save,
+            rows,
+            kvs,
+            0,
+            dm,
+        );
+    }
+}
+
+/// Attention of one sequence: `t` query rows (`qkv_rows: [t, q]`, absolute
+/// positions `pos0 + i`) over keys/values at positions `0 ..= pos0 + i` in `kvs`.
+/// With `save`, `probs` is `[h, t, t]` (requires `pos0 = 0`); otherwise it is a
+/// score row of at least `pos0 + t` elements.
+pub fn attend(
+    att: &mut [f32],
+    probs: &mut [f32],
+    save: bool,
+    qkv_rows: &[f32],
+    kvs: KvSource,
+    pos0: usize,
+    dm: &Dims,
+) {
     let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
     let hd = h * d;
-    for bi in 0..dm.b {
-        let rows = bi * t;
-        for hh in 0..h {
-            let g = hh / group;
-            let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
-            let p_all = if save {
-                &mut probs[(bi * h + hh) * t * t..(bi * h + hh + 1) * t * t]
+    debug_assert!(!save || pos0 == 0);
+    for hh in 0..h {
+        let g = hh / group;
+        let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
+        for i in 0..t {
+            let keys = pos0 + i + 1; // causal: positions 0 ..= pos0 + i
+            let qi = &qkv_rows[i * q + hh * d..i * q + hh * d + d];
+            let prow = if save {
+                &mut probs[(hh * t + i) * t..(hh * t + i + 1) * t]
             } else {
-                &mut probs[..t * t]
+                &mut probs[..keys]
             };
-            for i in 0..t {
-                let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
-                let prow = &mut p_all[i * t..(i + 1) * t];
-                for j in 0..=i {
-                    let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                    prow[j] = dot * scale;
-                }
-                softmax::forward_inplace(&mut prow[..=i]);
-                prow[i + 1..].iter_mut().for_each(|x| *x = 0.0);
-                let oi = &mut att[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
-                oi.iter_mut().for_each(|x| *x = 0.0);
-                for j in 0..=i {
-                    let pij = prow[j];
-                    let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    for (o, &vv) in oi.iter_mut().zip(vj) {
-                        *o += pij * vv;
-                    }
+            for j in 0..keys {
+                let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
+                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                prow[j] = dot * scale;
+            }
+            softmax::forward_inplace(&mut prow[..keys]);
+            prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+            let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
+            oi.iter_mut().for_each(|x| *x = 0.0);
+            for j in 0..keys {
+                let pij = prow[j];
+                let vj = &kvs.v[j * kvs.stride + vo..j * kvs.stride + vo + d];
+                for (o, &vv) in oi.iter_mut().zip(vj) {
+                    *o += pij * vv;
                 }
             }
         }

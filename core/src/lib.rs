@@ -44,6 +44,7 @@ pub mod attention;
 pub mod config;
 pub mod embedding;
 pub mod error;
+pub mod generate;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod layout;
@@ -61,7 +62,13 @@ pub mod train;
 pub use arena::{Mode, PlanEntry, Workspace};
 pub use config::{Config, ParamCounts};
 pub use error::{Error, Result};
+pub use generate::{
+    generate, generate_greedy, generate_sample, generate_topk, generate_topp, Decoder, KvCache,
+    SamplingStrategy,
+};
 pub use layout::{Layout, TensorInfo};
 pub use model::{Losses, MoETransformer, TokenId};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
+pub use rand_chacha::ChaCha8Rng;
+pub use rand_core::{RngCore, SeedableRng};
 pub use train::{StepStats, TrainConfig, Trainer};

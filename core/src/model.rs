@@ -13,6 +13,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::arena::{Acts, Mode, Workspace};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::generate::KvCache;
 use crate::kernels::first_non_finite;
 use crate::layout::Layout;
 use crate::loss;
@@ -188,12 +189,60 @@ impl MoETransformer {
         ws.check(&self.config, batch, seq)?;
         check_tokens("tokens", tokens, batch * seq, self.config.vocab_size)?;
         let acts = ws.carve(batch, seq)?;
-        let Acts { logits, .. } = self.forward_acts(acts, tokens)?;
+        let Acts { logits, .. } = self.forward_acts(acts, tokens, None)?;
+        Ok(logits)
+    }
+
+    /// Forward over `tokens: [seq]` (batch 1) appended after the `cache.len()`
+    /// positions already in `cache`; returns the logits `[seq, vocab]` of the
+    /// new positions. RoPE uses the absolute positions. The workspace must be
+    /// planned for batch 1 and `max_seq >= cache.capacity()`.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::forward`], plus [`Error::SeqTooLong`] when the cache
+    /// would exceed its capacity, and [`Error::WorkspaceMismatch`] for a cache of
+    /// another config or a workspace too short for the cache.
+    pub fn forward_cached<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        tokens: &[TokenId],
+        cache: &mut KvCache,
+    ) -> Result<&'w [f32]> {
+        let seq = tokens.len();
+        if seq == 0 {
+            return Err(Error::EmptyInput { arg: "tokens" });
+        }
+        ws.check(&self.config, 1, seq)?;
+        cache.check(&self.config)?;
+        if ws.max_seq() < cache.capacity() {
+            return Err(Error::WorkspaceMismatch {
+                what: "the workspace's max_seq is smaller than the KV cache capacity",
+            });
+        }
+        let total = cache.len() + seq;
+        if total > cache.capacity() {
+            return Err(Error::SeqTooLong {
+                seq: total,
+                max: cache.capacity(),
+            });
+        }
+        check_tokens("tokens", tokens, seq, self.config.vocab_size)?;
+        let acts = ws.carve(1, seq)?;
+        let Acts { logits, .. } = self.forward_acts(acts, tokens, Some(cache))?;
         Ok(logits)
     }
 
     /// The forward pass proper, on already-validated inputs.
-    pub(crate) fn forward_acts<'a>(&self, acts: Acts<'a>, tokens: &[TokenId]) -> Result<Acts<'a>> {
+    ///
+    /// With a KV cache (`b = 1`), the `t` tokens sit at absolute positions
+    /// `cache.len() ..`, their keys/values are appended to the cache, and
+    /// attention reads all cached positions.
+    pub(crate) fn forward_acts<'a>(
+        &self,
+        acts: Acts<'a>,
+        tokens: &[TokenId],
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Acts<'a>> {
         let dm = acts.dims;
         let (n, c, v) = (dm.n, dm.c, dm.v);
         let p = &self.params[..];
@@ -221,8 +270,18 @@ impl MoETransformer {
                 dm.q,
                 0.0,
             );
-            rope::forward(la.qkv, acts.rope, dm.t, 0, dm.h, dm.kv, dm.d);
-            attention::forward(la.att, la.probs, la.qkv, &dm, save);
+            match cache.as_deref_mut() {
+                None => {
+                    rope::forward(la.qkv, acts.rope, dm.t, 0, dm.h, dm.kv, dm.d);
+                    attention::forward(la.att, la.probs, la.qkv, &dm, save);
+                }
+                Some(kc) => {
+                    let pos0 = kc.len();
+                    rope::forward(la.qkv, acts.rope, dm.t, pos0, dm.h, dm.kv, dm.d);
+                    let kvs = kc.append(l, la.qkv, &dm);
+                    attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, &dm);
+                }
+            }
             let hd = dm.h * dm.d;
             linear::forward(acts.resid, la.att, &p[ll.wo..ll.wo + c * hd], n, hd, c, 1.0);
             // x = x + MoE(RMSNorm(x))
@@ -235,6 +294,9 @@ impl MoETransformer {
                 eps,
             );
             moe::forward(la, acts.resid, p, ll, lay.expert_stride, &dm);
+        }
+        if let Some(kc) = cache {
+            kc.advance(dm.t);
         }
         rmsnorm::forward(
             acts.xf,
@@ -314,7 +376,7 @@ impl MoETransformer {
             }
         }
         let acts = ws.carve(batch, seq)?;
-        let acts = self.forward_acts(acts, tokens)?;
+        let acts = self.forward_acts(acts, tokens, None)?;
         if let Some(out) = logits_out {
             out.copy_from_slice(acts.logits);
         }

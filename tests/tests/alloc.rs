@@ -126,3 +126,37 @@ fn train_step_allocates_nothing() {
         }
     }
 }
+
+#[test]
+fn decoding_a_token_allocates_nothing() {
+    use moe_core::{ChaCha8Rng, Decoder, SamplingStrategy, SeedableRng};
+    let model = MoETransformer::new(&Config::tiny(), 42).unwrap();
+    let mut dec = Decoder::new(&model, 64).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let v = model.config().vocab_size;
+    let strategies = [
+        SamplingStrategy::Greedy,
+        SamplingStrategy::Temperature(0.9),
+        SamplingStrategy::TopK {
+            k: 40,
+            temperature: 1.0,
+        },
+        SamplingStrategy::TopP {
+            p: 0.9,
+            temperature: 1.0,
+        },
+    ];
+    let logits = dec.prefill(&[1, 2, 3, 4]).unwrap();
+    let mut next = strategies[0]
+        .pick_token(&logits[3 * v..], &mut rng)
+        .unwrap();
+    for i in 0..40 {
+        let s = strategies[i % strategies.len()];
+        let (n, bytes, t) = count(|| {
+            let l = dec.step(next).unwrap();
+            s.pick_token(l, &mut rng).unwrap()
+        });
+        assert_eq!((n, bytes), (0, 0), "decode step {i} with {s:?} allocated");
+        next = t;
+    }
+}

@@ -1,0 +1,526 @@
+//! Inference (FR-08): `SamplingStrategy` with `pick_token` (E19 temperature,
+//! E20 top-k, E21 top-p), the KV cache, and `generate` — the one entry point —
+//! with its thin wrappers.
+//!
+//! Sampling: `q = softmax(logits / T)`, restricted to the `k` largest logits
+//! (TopK) or to the smallest prefix, in descending order of `q`, whose mass
+//! reaches `p` (TopP; always at least one token), renormalised, and sampled
+//! with one uniform draw `u ∈ [0, 1)` from the caller's RNG: the token is the
+//! first one (in index order) whose cumulative kept mass exceeds `u·Z`.
+//! Greedy is argmax, lowest index on ties. Neither sorting nor scratch memory
+//! is needed: the top-k and top-p cut-offs are found by bisection over the
+//! IEEE bit patterns of the values (32 passes over the logits at most), so
+//! `pick_token` allocates nothing and touches nothing but the logits.
+
+use alloc::vec::Vec;
+
+use rand_core::RngCore;
+
+use crate::arena::{Dims, Mode, Workspace};
+use crate::attention::KvSource;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::kernels::exp;
+use crate::model::{alloc_zeroed, MoETransformer, TokenId};
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplingStrategy {
+    /// Argmax (lowest index on ties).
+    Greedy,
+    /// Sample from `softmax(logits / T)`, `T > 0`.
+    Temperature(f32),
+    /// Sample among the `k` largest logits (ties: lower index first), at temperature `temperature`.
+    TopK {
+        /// Kept tokens, `k ≥ 1` (`k ≥ vocab` keeps all).
+        k: usize,
+        /// Temperature, `> 0`.
+        temperature: f32,
+    },
+    /// Nucleus sampling: the smallest set of most probable tokens whose mass reaches `p`.
+    TopP {
+        /// Mass, in `(0, 1]`.
+        p: f32,
+        /// Temperature, `> 0`.
+        temperature: f32,
+    },
+}
+
+/// Monotone map of a finite `f32` to `u32` (order-preserving).
+#[inline]
+fn key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The largest key `τ` such that `count(key(x) ≥ τ)` satisfies `enough`
+/// (a predicate monotone in the kept set), by bisection on the 32-bit key.
+fn bisect_threshold(mut enough: impl FnMut(u32) -> bool) -> u32 {
+    let (mut lo, mut hi) = (0u32, u32::MAX); // enough(lo) holds (keeps everything)
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if enough(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+impl SamplingStrategy {
+    /// Checks the parameters (CONTRACT §6).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `T ≤ 0` or non-finite, `k == 0`, `p ∉ (0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        let temp = |t: f32| {
+            if t.is_finite() && t > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::InvalidParameter {
+                    param: "temperature",
+                    expected: "finite and > 0",
+                    actual: t as f64,
+                })
+            }
+        };
+        match *self {
+            SamplingStrategy::Greedy => Ok(()),
+            SamplingStrategy::Temperature(t) => temp(t),
+            SamplingStrategy::TopK { k, temperature } => {
+                if k == 0 {
+                    return Err(Error::InvalidParameter {
+                        param: "k",
+                        expected: ">= 1",
+                        actual: 0.0,
+                    });
+                }
+                temp(temperature)
+            }
+            SamplingStrategy::TopP { p, temperature } => {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(Error::InvalidParameter {
+                        param: "p",
+                        expected: "in (0, 1]",
+                        actual: p as f64,
+                    });
+                }
+                temp(temperature)
+            }
+        }
+    }
+
+    /// Picks the next token from `logits: [vocab]`, drawing at most one
+    /// `u64` from `rng` (none for `Greedy`).
+    ///
+    /// # Errors
+    /// Invalid parameters, [`Error::EmptyInput`] for empty logits,
+    /// [`Error::NonFinite`] if a logit is NaN or infinite.
+    pub fn pick_token<R: RngCore + ?Sized>(&self, logits: &[f32], rng: &mut R) -> Result<TokenId> {
+        self.validate()?;
+        if logits.is_empty() {
+            return Err(Error::EmptyInput { arg: "logits" });
+        }
+        if logits.len() > u32::MAX as usize {
+            return Err(Error::ShapeMismatch {
+                arg: "logits",
+                expected: u32::MAX as usize,
+                actual: logits.len(),
+            });
+        }
+        if let Some(index) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "logits",
+                index,
+            });
+        }
+        let (temperature, keep) = match *self {
+            SamplingStrategy::Greedy => return Ok(argmax(logits)),
+            SamplingStrategy::Temperature(t) => (t, Keep::All),
+            SamplingStrategy::TopK { k, temperature } => (temperature, Keep::TopK(k)),
+            SamplingStrategy::TopP { p, temperature } => (temperature, Keep::TopP(p)),
+        };
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        // Unnormalised probability w_i = exp((x_i − max) / T) ∈ [0, 1]; w(argmax) = 1.
+        let w = |x: f32| exp((x - max) / temperature);
+        // The kept set is {i : key ≥ τ} plus, for ties at τ, the first `ties` of them in index order.
+        let (tau, mut ties) = match keep {
+            Keep::All => (0, usize::MAX),
+            Keep::TopK(k) => {
+                let k = k.min(logits.len());
+                let tau =
+                    bisect_threshold(|t| logits.iter().filter(|&&x| key(x) >= t).count() >= k);
+                let above = logits.iter().filter(|&&x| key(x) > tau).count();
+                (tau, k - above)
+            }
+            Keep::TopP(p) => {
+                // Total mass Z and the cut-off on key(w_i), bisected on the weights.
+                let z: f64 = logits.iter().map(|&x| w(x) as f64).sum();
+                let target = p as f64 * z;
+                let mass_at = |t: u32| -> f64 {
+                    logits
+                        .iter()
+                        .map(|&x| w(x))
+                        .filter(|&wi| key(wi) >= t)
+                        .map(|wi| wi as f64)
+                        .sum()
+                };
+                let tau = bisect_threshold(|t| mass_at(t) >= target * (1.0 - 1e-12));
+                // Ties at τ join in index order until the mass reaches p.
+                let above = mass_at(tau.saturating_add(1));
+                let w_tau = logits
+                    .iter()
+                    .map(|&x| w(x))
+                    .find(|&wi| key(wi) == tau)
+                    .unwrap_or(0.0) as f64;
+                let need = if w_tau > 0.0 {
+                    ((target - above) / w_tau).ceil().max(1.0) as usize
+                } else {
+                    usize::MAX
+                };
+                // Compare the weights, not the logits, for this mode.
+                return Ok(sample(logits, rng, |x| key(w(x)), tau, need, w));
+            }
+        };
+        if ties == 0 {
+            ties = usize::MAX; // cannot happen (k ≥ 1 keeps at least one at τ); stay total
+        }
+        Ok(sample(logits, rng, key, tau, ties, w))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Keep {
+    All,
+    TopK(usize),
+    TopP(f32),
+}
+
+/// Samples from the kept set `{i : kf(x_i) > τ} ∪ (first `ties` of {kf(x_i) = τ})`
+/// with weights `w(x_i)`, using one uniform draw.
+fn sample<R: RngCore + ?Sized>(
+    logits: &[f32],
+    rng: &mut R,
+    kf: impl Fn(f32) -> u32,
+    tau: u32,
+    ties: usize,
+    w: impl Fn(f32) -> f32,
+) -> TokenId {
+    let kept = |ties_left: &mut usize, x: f32| -> bool {
+        let kx = kf(x);
+        if kx > tau {
+            true
+        } else if kx == tau && *ties_left > 0 {
+            *ties_left -= 1;
+            true
+        } else {
+            false
+        }
+    };
+    let mut left = ties;
+    let z: f64 = logits
+        .iter()
+        .filter(|&&x| kept(&mut left, x))
+        .map(|&x| w(x) as f64)
+        .sum();
+    let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    let target = u * z;
+    let mut acc = 0.0f64;
+    let mut last = 0;
+    let mut left = ties;
+    for (i, &x) in logits.iter().enumerate() {
+        if kept(&mut left, x) {
+            acc += w(x) as f64;
+            last = i;
+            if acc > target {
+                return i as TokenId;
+            }
+        }
+    }
+    last as TokenId
+}
+
+/// Index of the largest logit, lowest index on ties.
+pub fn argmax(logits: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as TokenId
+}
+
+/// Keys and values of every layer for the positions decoded so far:
+/// `k`, `v: [L, capacity, kv·d]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    cfg: Config,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// An empty cache for up to `capacity` positions.
+    ///
+    /// # Errors
+    /// [`Error::EmptyInput`] for capacity 0, [`Error::SeqTooLong`] beyond
+    /// `max_position_embeddings`, overflow or allocation failure.
+    pub fn new(cfg: &Config, capacity: usize) -> Result<Self> {
+        cfg.validate()?;
+        if capacity == 0 {
+            return Err(Error::EmptyInput { arg: "capacity" });
+        }
+        if capacity > cfg.max_position_embeddings {
+            return Err(Error::SeqTooLong {
+                seq: capacity,
+                max: cfg.max_position_embeddings,
+            });
+        }
+        let per = cfg.num_key_value_heads * cfg.head_dim;
+        let len = cfg
+            .num_hidden_layers
+            .checked_mul(capacity)
+            .and_then(|x| x.checked_mul(per))
+            .ok_or(Error::Overflow { what: "KV cache" })?;
+        Ok(KvCache {
+            cfg: *cfg,
+            k: alloc_zeroed(len)?,
+            v: alloc_zeroed(len)?,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Maximum positions.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position (the memory is kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+
+    pub(crate) fn check(&self, cfg: &Config) -> Result<()> {
+        if self.cfg != *cfg {
+            return Err(Error::WorkspaceMismatch {
+                what: "the KV cache was made for a different Config",
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies the (RoPE'd) keys and values of `qkv: [t, q]` into layer `l` at
+    /// positions `len .. len + t`; returns the layer's cache as a key/value source.
+    pub(crate) fn append(&mut self, l: usize, qkv: &[f32], dm: &Dims) -> KvSource<'_> {
+        let per = dm.kv * dm.d;
+        let hd = dm.h * dm.d;
+        let base = l * self.capacity * per;
+        for (i, row) in qkv.chunks_exact(dm.q).take(dm.t).enumerate() {
+            let at = base + (self.len + i) * per;
+            self.k[at..at + per].copy_from_slice(&row[hd..hd + per]);
+            self.v[at..at + per].copy_from_slice(&row[hd + per..hd + 2 * per]);
+        }
+        let layer = base..base + self.capacity * per;
+        KvSource {
+            k: &self.k[layer.clone()],
+            v: &self.v[layer],
+            stride: per,
+            k_off: 0,
+            v_off: 0,
+        }
+    }
+
+    /// Marks `t` more positions as held (after every layer appended them).
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}
+
+/// A decoding session: an inference workspace (batch 1) and a KV cache of
+/// `capacity` positions. After construction, `prefill` and `step` allocate nothing.
+#[derive(Debug)]
+pub struct Decoder<'m> {
+    model: &'m MoETransformer,
+    ws: Workspace,
+    cache: KvCache,
+}
+
+impl<'m> Decoder<'m> {
+    /// A session for sequences of up to `capacity` tokens.
+    pub fn new(model: &'m MoETransformer, capacity: usize) -> Result<Self> {
+        let cache = KvCache::new(model.config(), capacity)?;
+        let ws = model.workspace(1, capacity, Mode::Inference)?;
+        Ok(Decoder { model, ws, cache })
+    }
+
+    /// Positions decoded so far.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing has been decoded.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Bytes of the workspace plan plus the cache.
+    pub fn bytes(&self) -> usize {
+        self.ws.bytes() + self.cache.bytes()
+    }
+
+    /// Starts over (keeps the memory).
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Appends `tokens` and returns their logits `[tokens.len(), vocab]`.
+    pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<&[f32]> {
+        self.model
+            .forward_cached(&mut self.ws, tokens, &mut self.cache)
+    }
+
+    /// Appends one token and returns the logits `[vocab]` of its position.
+    pub fn step(&mut self, token: TokenId) -> Result<&[f32]> {
+        self.model
+            .forward_cached(&mut self.ws, &[token], &mut self.cache)
+    }
+}
+
+/// Generates until the sequence holds `max_len` tokens (prompt included) and
+/// returns the whole sequence. The single entry point of inference: prefill
+/// the prompt into a KV cache, then pick and append one token at a time.
+///
+/// # Errors
+/// [`Error::EmptyInput`] for an empty prompt; [`Error::InvalidParameter`] for
+/// `max_len < prompt.len()` or a bad strategy; [`Error::SeqTooLong`] for
+/// `max_len > max_position_embeddings`; token ids out of range; non-finite logits.
+pub fn generate<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    strategy: SamplingStrategy,
+    rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    strategy.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::EmptyInput { arg: "prompt" });
+    }
+    if max_len < prompt.len() {
+        return Err(Error::InvalidParameter {
+            param: "max_len",
+            expected: ">= prompt length",
+            actual: max_len as f64,
+        });
+    }
+    let max = model.config().max_position_embeddings;
+    if max_len > max {
+        return Err(Error::SeqTooLong { seq: max_len, max });
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(max_len)
+        .map_err(|_| Error::AllocationFailed { bytes: max_len * 4 })?;
+    out.extend_from_slice(prompt);
+    if max_len == prompt.len() {
+        // Still validate the prompt's ids.
+        crate::model::check_tokens("prompt", prompt, prompt.len(), model.config().vocab_size)?;
+        return Ok(out);
+    }
+    let v = model.config().vocab_size;
+    let mut dec = Decoder::new(model, max_len)?;
+    let logits = dec.prefill(prompt)?;
+    let mut next = strategy.pick_token(&logits[(prompt.len() - 1) * v..], rng)?;
+    loop {
+        out.push(next);
+        if out.len() == max_len {
+            return Ok(out);
+        }
+        next = strategy.pick_token(dec.step(next)?, rng)?;
+    }
+}
+
+/// `generate` with [`SamplingStrategy::Greedy`] (draws nothing from `rng`).
+pub fn generate_greedy<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    generate(model, prompt, max_len, SamplingStrategy::Greedy, rng)
+}
+
+/// `generate` with [`SamplingStrategy::Temperature`].
+pub fn generate_sample<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    temperature: f32,
+    rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    generate(
+        model,
+        prompt,
+        max_len,
+        SamplingStrategy::Temperature(temperature),
+        rng,
+    )
+}
+
+/// `generate` with [`SamplingStrategy::TopK`].
+pub fn generate_topk<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    k: usize,
+    temperature: f32,
+    rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    generate(
+        model,
+        prompt,
+        max_len,
+        SamplingStrategy::TopK { k, temperature },
+        rng,
+    )
+}
+
+/// `generate` with [`SamplingStrategy::TopP`].
+pub fn generate_topp<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    p: f32,
+    temperature: f32,
+    rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    generate(
+        model,
+        prompt,
+        max_len,
+        SamplingStrategy::TopP { p, temperature },
+        rng,
+    )
+}
