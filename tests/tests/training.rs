@@ -47,3 +47,70 @@ fn tiny_model_learns_a_fixed_stream_deterministically() {
         again.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
+    let mut tr = Trainer::new(
+        MoETransformer::new(&Config::tiny(), 1).unwrap(),
+        TrainConfig::default(),
+        1,
+        8,
+    )
+    .unwrap();
+    let x: Vec<u32> = (0..8).map(|i| i * 3 + 1).collect();
+    let y: Vec<u32> = (0..8).map(|i| i * 5 + 2).collect();
+    let before = tr.model().params().to_vec();
+    let mut seen = 0.0f32;
+    // Freeze lm_head by zeroing its gradient; AdamW then moves it by weight decay only.
+    let st = tr
+        .train_step_with_hook(&x, &y, 1, 8, |g, layout| {
+            let t = layout.get("lm_head.weight").unwrap();
+            seen = g[t.range()].iter().map(|v| v.abs()).sum();
+            g[t.range()].iter_mut().for_each(|v| *v = 0.0);
+        })
+        .unwrap();
+    assert!(seen > 0.0, "the hook must see the real lm_head gradient");
+    let t = tr.model().layout().get("lm_head.weight").unwrap().clone();
+    let decay = 1.0 - st.lr * TrainConfig::default().adamw.weight_decay;
+    for i in t.range() {
+        assert_eq!(
+            tr.model().params()[i],
+            before[i] * decay,
+            "lm_head[{i}] moved beyond weight decay"
+        );
+    }
+    let e = tr
+        .model()
+        .layout()
+        .get("model.embed_tokens.weight")
+        .unwrap()
+        .range();
+    assert!(
+        e.clone()
+            .any(|i| tr.model().params()[i] != before[i] * decay),
+        "other tensors must still train"
+    );
+}
+
+#[test]
+fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
+    let make = |clip| {
+        let cfg = TrainConfig {
+            clip_grad_norm: clip,
+            ..TrainConfig::default()
+        };
+        Trainer::new(MoETransformer::new(&Config::tiny(), 2).unwrap(), cfg, 1, 8).unwrap()
+    };
+    let x: Vec<u32> = (0..8).map(|i| i * 7).collect();
+    let (mut clipped, mut free) = (make(Some(0.5)), make(None));
+    let a = clipped.train_step(&x, &x, 1, 8).unwrap();
+    let b = free.train_step(&x, &x, 1, 8).unwrap();
+    assert_eq!(
+        a.grad_norm, b.grad_norm,
+        "the reported norm is the pre-clip norm"
+    );
+    assert!(a.grad_norm > 0.5);
+    let norm = moe_core::optim::global_norm(clipped.grads());
+    assert!((norm - 0.5).abs() < 1e-3, "clipped gradient norm {norm}");
+    assert!((moe_core::optim::global_norm(free.grads()) - b.grad_norm).abs() < 1e-4);
+}
