@@ -1,0 +1,677 @@
+//! Forward of every moe-core unit against the naive `f64` reference
+//! (`moe_tests::reference`) on seeded random inputs, plus the exact
+//! properties each unit promises (softmax/router rows sum to 1, top-k
+//! distinct with ties to the lower index, causality, dispatch bookkeeping).
+//!
+//! Tolerances are relative to the magnitude of the terms summed
+//! (`Σ|a·b|` for a dot product), so that a rounding-level f32 difference
+//! passes and any real mistake fails.
+
+use moe_core::arena::Dims;
+use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
+use moe_core::kernels::softmax;
+use moe_core::rope::{self, RopeTable};
+use moe_core::swiglu::SwiGLU;
+use moe_core::{attention, embedding, linear, loss, moe, rmsnorm, router, Config};
+use moe_tests::reference as r;
+use moe_tests::reference::to_f64;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// Uniform in `[-scale, scale)`.
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Asserts `|got − want| <= atol + rtol·|want|` elementwise; returns the max abs error.
+fn assert_close(label: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{label}: length");
+    let mut max = 0.0f64;
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a as f64 - b).abs();
+        assert!(
+            err <= atol + rtol * b.abs(),
+            "{label}[{i}]: got {a}, want {b} (|diff| {err:e})"
+        );
+        max = max.max(err);
+    }
+    max
+}
+
+/// A config with small attention / expert dims for unit tests.
+fn small_cfg(h: usize, kv: usize, d: usize) -> Config {
+    Config {
+        vocab_size: 40,
+        hidden_size: 16,
+        num_attention_heads: h,
+        num_key_value_heads: kv,
+        head_dim: d,
+        intermediate_size: 12,
+        max_position_embeddings: 64,
+        ..Config::tiny()
+    }
+}
+
+// ---------------------------------------------------------------- E3 GEMM
+
+/// The stored matrix behind `op(X)` of logical shape `[rows, cols]`, with a row
+/// stride 3 larger than needed (padding filled with random values).
+struct Stored {
+    data: Vec<f32>,
+    ld: usize,
+    trans: bool,
+}
+
+impl Stored {
+    fn new(rng: &mut ChaCha8Rng, rows: usize, cols: usize, trans: bool) -> Self {
+        let (sr, sc) = if trans { (cols, rows) } else { (rows, cols) };
+        let ld = sc + 3;
+        Stored {
+            data: rand_vec(rng, sr * ld, 1.0),
+            ld,
+            trans,
+        }
+    }
+    fn mat(&self) -> Mat<'_> {
+        if self.trans {
+            Mat::t(&self.data, self.ld)
+        } else {
+            Mat::n(&self.data, self.ld)
+        }
+    }
+    /// `op(X)[i, j]`.
+    fn at(&self, i: usize, j: usize) -> f64 {
+        let x = if self.trans {
+            self.data[j * self.ld + i]
+        } else {
+            self.data[i * self.ld + j]
+        };
+        x as f64
+    }
+    /// `op(X)` densely, in f64.
+    fn dense(&self, rows: usize, cols: usize) -> Vec<f64> {
+        (0..rows * cols)
+            .map(|x| self.at(x / cols, x % cols))
+            .collect()
+    }
+}
+
+fn check_gemm(backend: Backend, seed: u64) {
+    let mut g = rng(seed);
+    let shapes = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (17, 13, 9),
+        (33, 1, 65),
+        (1, 19, 4),
+        (8, 8, 0),
+        (31, 29, 37),
+    ];
+    let mut worst = 0.0f64;
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for &(m, n, k) in &shapes {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (-0.75, 1.0), (0.5, 0.0)] {
+                let a = Stored::new(&mut g, m, k, ta);
+                let b = Stored::new(&mut g, k, n, tb);
+                let ldc = n + 2;
+                let c0 = rand_vec(&mut g, m * ldc, 1.0);
+                let mut c = c0.clone();
+                if beta == 0.0 {
+                    // β = 0 must never read C: poison the body.
+                    for i in 0..m {
+                        c[i * ldc..i * ldc + n]
+                            .iter_mut()
+                            .for_each(|x| *x = f32::NAN);
+                    }
+                }
+                gemm_with(backend, m, n, k, alpha, a.mat(), b.mat(), beta, &mut c, ldc);
+                let ab = r::matmul(&a.dense(m, k), &b.dense(k, n), m, k, n);
+                let label = format!(
+                    "gemm {backend:?} {}{} m{m} n{n} k{k} α{alpha} β{beta}",
+                    if ta { 'T' } else { 'N' },
+                    if tb { 'T' } else { 'N' }
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let mag: f64 = (0..k).map(|p| (a.at(i, p) * b.at(p, j)).abs()).sum::<f64>()
+                            * alpha.abs() as f64
+                            + (beta * c0[i * ldc + j]).abs() as f64;
+                        let want =
+                            alpha as f64 * ab[i * n + j] + beta as f64 * c0[i * ldc + j] as f64;
+                        let got = c[i * ldc + j];
+                        let err = (got as f64 - want).abs();
+                        assert!(
+                            err <= 1e-6 + 1e-5 * mag,
+                            "{label} C[{i},{j}]: got {got}, want {want}"
+                        );
+                        worst = worst.max(err);
+                    }
+                    // The padding between rows of C is never touched (exact).
+                    for j in n..ldc {
+                        assert_eq!(
+                            c[i * ldc + j].to_bits(),
+                            c0[i * ldc + j].to_bits(),
+                            "{label}: padding C[{i},{j}] written"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!("gemm {backend:?}: max abs error {worst:e}");
+}
+
+#[test]
+fn gemm_portable_matches_reference_all_transpositions() {
+    check_gemm(Backend::Portable, 1);
+    // moe-tests has no `blas` feature: when moe-core is built with `blas`
+    // (e.g. through moe-bench's `openblas`), the same check applies to
+    // `Backend::Blas`; add a `blas = ["moe-core/blas"]` feature here to run it.
+}
+
+#[test]
+fn linear_forward_matches_reference() {
+    let mut g = rng(2);
+    let (n, din, dout) = (5, 11, 7);
+    let x = rand_vec(&mut g, n * din, 1.0);
+    let w = rand_vec(&mut g, dout * din, 1.0);
+    let want = r::linear(&to_f64(&x), &to_f64(&w), n, din, dout);
+    let mut y = vec![f32::NAN; n * dout];
+    linear::forward(&mut y, &x, &w, n, din, dout, 0.0);
+    assert_close("linear β=0", &y, &want, 1e-5, 1e-5);
+    let mut y = vec![0.5f32; n * dout];
+    linear::forward(&mut y, &x, &w, n, din, dout, 1.0);
+    let want1: Vec<f64> = want.iter().map(|v| v + 0.5).collect();
+    assert_close("linear β=1", &y, &want1, 1e-5, 1e-5);
+}
+
+// ---------------------------------------------------------------- E1 softmax
+
+#[test]
+fn softmax_matches_reference_and_sums_to_one() {
+    let mut g = rng(3);
+    for len in [1, 2, 5, 17, 64] {
+        let x = rand_vec(&mut g, len, 8.0);
+        let mut p = x.clone();
+        softmax::forward_inplace(&mut p);
+        assert_close(
+            &format!("softmax len {len}"),
+            &p,
+            &r::softmax(&to_f64(&x)),
+            1e-7,
+            1e-5,
+        );
+        let sum: f64 = p.iter().map(|&v| v as f64).sum();
+        assert!((sum - 1.0).abs() < 1e-6, "softmax len {len}: sum {sum}");
+    }
+}
+
+#[test]
+fn softmax_is_stable_for_huge_values_and_masked_rows() {
+    // Huge logits: naive exp overflows; the max-shifted form does not.
+    let x = [3.0e38f32, -3.0e38, 3.0e38, 1.0e30, 88.0];
+    let mut p = x;
+    softmax::forward_inplace(&mut p);
+    assert!(p.iter().all(|v| v.is_finite()), "huge row: {p:?}");
+    assert_close("softmax huge", &p, &[0.5, 0.0, 0.5, 0.0, 0.0], 1e-7, 0.0);
+    let x = [1000.0f32, 1001.0, 999.0];
+    let mut p = x;
+    softmax::forward_inplace(&mut p);
+    assert_close("softmax 1e3", &p, &r::softmax(&to_f64(&x)), 1e-7, 1e-5);
+    // Partly masked row: −∞ entries get probability 0 exactly.
+    let mut p = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0];
+    softmax::forward_inplace(&mut p);
+    assert_eq!(p, [0.0, 0.5, 0.0, 0.5]);
+    // Fully masked row: all zeros, not NaN (documented behaviour of moe-core).
+    let mut p = [f32::NEG_INFINITY; 6];
+    softmax::forward_inplace(&mut p);
+    assert!(p.iter().all(|&v| v == 0.0), "fully masked row: {p:?}");
+}
+
+// ---------------------------------------------------------------- E5 RMSNorm
+
+#[test]
+fn rmsnorm_forward_matches_reference() {
+    let mut g = rng(4);
+    let (n, c, eps) = (6, 19, 1e-5f32);
+    let mut x = rand_vec(&mut g, n * c, 2.0);
+    // One row of tiny values, where eps matters.
+    x[..c].iter_mut().for_each(|v| *v *= 1e-3);
+    let w = rand_vec(&mut g, c, 1.5);
+    let mut y = vec![f32::NAN; n * c];
+    let mut rstd = vec![f32::NAN; n];
+    rmsnorm::forward(&mut y, &mut rstd, &x, &w, eps);
+    let xd = to_f64(&x);
+    assert_close(
+        "rmsnorm y",
+        &y,
+        &r::rmsnorm(&xd, &to_f64(&w), eps as f64),
+        1e-6,
+        1e-5,
+    );
+    let want: Vec<f64> = xd
+        .chunks(c)
+        .map(|row| 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps as f64).sqrt())
+        .collect();
+    assert_close("rmsnorm rstd", &rstd, &want, 0.0, 1e-5);
+}
+
+// ---------------------------------------------------------------- E9 RoPE
+
+#[test]
+fn rope_theta_follows_the_contract() {
+    for cfg in [Config::tiny(), Config::scale_256(), Config::full()] {
+        let (base, alpha, d) = (
+            cfg.rope_base as f64,
+            cfg.rope_alpha as f64,
+            cfg.head_dim as f64,
+        );
+        let want = if alpha > 1.0 {
+            base * alpha.powf(d / (d - 2.0))
+        } else {
+            base
+        };
+        let got = cfg.rope_theta() as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * want,
+            "rope_theta {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn rope_rotate_matches_reference_and_preserves_norm() {
+    let mut g = rng(5);
+    for cfg in [small_cfg(2, 1, 8), Config::full()] {
+        let d = cfg.head_dim;
+        let max_seq = 48;
+        let table = RopeTable::new(&cfg, max_seq).unwrap();
+        let theta = cfg.rope_theta() as f64;
+        let mut worst = 0.0f64;
+        for pos in 0..max_seq {
+            let x = rand_vec(&mut g, d, 1.0);
+            let mut y = x.clone();
+            table.rotate(&mut y, pos);
+            let want = r::rope(&to_f64(&x), pos, theta);
+            // f32 angles (PyTorch-style) drift by ~pos·ulp from the f64 ones.
+            worst = worst.max(assert_close(
+                &format!("rope d{d} pos {pos}"),
+                &y,
+                &want,
+                2e-5,
+                0.0,
+            ));
+            let n0: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            let n1: f64 = y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(
+                (n0 - n1).abs() <= 1e-5 * n0,
+                "rope d{d} pos {pos}: norm {n0} → {n1}"
+            );
+            // Position 0 is the identity.
+            if pos == 0 {
+                assert_close("rope pos 0", &y, &to_f64(&x), 0.0, 0.0);
+            }
+        }
+        println!("rope d{d}: max abs error {worst:e}");
+    }
+}
+
+#[test]
+fn rope_forward_on_qkv_rotates_q_and_k_only() {
+    let mut g = rng(6);
+    let cfg = small_cfg(4, 2, 6);
+    let (b, t, h, kv, d) = (2, 5, 4, 2, 6);
+    let q = (h + 2 * kv) * d;
+    let theta = cfg.rope_theta() as f64;
+    let table = RopeTable::new(&cfg, 16).unwrap();
+    for pos0 in [0, 7] {
+        let x = rand_vec(&mut g, b * t * q, 1.0);
+        let mut y = x.clone();
+        rope::forward(&mut y, &table, t, pos0, h, kv, d);
+        for row in 0..b * t {
+            for head in 0..h + 2 * kv {
+                let at = row * q + head * d;
+                let label = format!("rope::forward pos0 {pos0} row {row} head {head}");
+                if head < h + kv {
+                    let want = r::rope(&to_f64(&x[at..at + d]), pos0 + row % t, theta);
+                    assert_close(&label, &y[at..at + d], &want, 2e-5, 0.0);
+                } else {
+                    assert_eq!(
+                        &y[at..at + d],
+                        &x[at..at + d],
+                        "{label}: values must not rotate"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- E10 attention
+
+/// Splits a fused `[n, (h+2kv)·d]` buffer into f64 q `[n, h·d]`, k and v `[n, kv·d]`.
+fn split_qkv(
+    qkv: &[f32],
+    n: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let q = (h + 2 * kv) * d;
+    let part = |lo: usize, w: usize| -> Vec<f64> {
+        (0..n)
+            .flat_map(|r| to_f64(&qkv[r * q + lo..r * q + lo + w]))
+            .collect()
+    };
+    (
+        part(0, h * d),
+        part(h * d, kv * d),
+        part((h + kv) * d, kv * d),
+    )
+}
+
+#[test]
+fn attention_matches_reference_mqa_and_gqa_and_is_causal() {
+    let mut g = rng(7);
+    for kv in [1, 2, 4] {
+        let cfg = small_cfg(4, kv, 8);
+        let (b, t) = (2, 7);
+        let dm = Dims::new(&cfg, b, t);
+        let (n, h, d) = (dm.n, dm.h, dm.d);
+        let qkv = rand_vec(&mut g, n * dm.q, 1.5);
+        let mut att = vec![f32::NAN; n * h * d];
+        let mut probs = vec![f32::NAN; b * h * t * t];
+        attention::forward(&mut att, &mut probs, &qkv, &dm, true);
+        let (q, k, v) = split_qkv(&qkv, n, h, kv, d);
+        let want = r::attention(&q, &k, &v, b, t, h, kv, d);
+        let err = assert_close(&format!("attention kv {kv}"), &att, &want, 1e-6, 1e-5);
+        println!("attention h4 kv{kv}: max abs error {err:e}");
+        // Saved probabilities: rows sum to 1, zero above the diagonal.
+        for (blk, p) in probs.chunks(t * t).enumerate() {
+            for i in 0..t {
+                let s: f32 = p[i * t..i * t + i + 1].iter().sum();
+                assert!(
+                    (s - 1.0).abs() < 1e-5,
+                    "probs block {blk} row {i} sums to {s}"
+                );
+                assert!(
+                    p[i * t + i + 1..(i + 1) * t].iter().all(|&x| x == 0.0),
+                    "probs block {blk} row {i}: non-zero above the diagonal"
+                );
+            }
+        }
+        // Inference mode (t×t scratch) gives the same outputs.
+        let mut att2 = vec![f32::NAN; n * h * d];
+        let mut scratch = vec![f32::NAN; t * t];
+        attention::forward(&mut att2, &mut scratch, &qkv, &dm, false);
+        assert_close("attention inference", &att2, &to_f64(&att), 0.0, 1e-6);
+        // Causality: changing k, v of position `j` of batch row 0 leaves every
+        // earlier position (and the other batch row) exactly unchanged.
+        let j = 4;
+        let mut qkv2 = qkv.clone();
+        for x in &mut qkv2[j * dm.q + h * d..(j + 1) * dm.q] {
+            *x += 0.5;
+        }
+        let mut att3 = vec![f32::NAN; n * h * d];
+        attention::forward(&mut att3, &mut probs, &qkv2, &dm, true);
+        for row in 0..n {
+            let same = att3[row * h * d..(row + 1) * h * d] == att[row * h * d..(row + 1) * h * d];
+            let must_stay = row < j || row >= t;
+            assert_eq!(
+                same, must_stay,
+                "attention kv {kv}: row {row} changed = {}",
+                !same
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- E12 router
+
+/// Runs `router::forward` on `n` rows; returns `(probs, idx, w)`.
+fn run_router(
+    x: &[f32],
+    wg: &[f32],
+    n: usize,
+    c: usize,
+    e: usize,
+    k: usize,
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let mut p = vec![f32::NAN; n * e];
+    let mut idx = vec![u32::MAX; n * k];
+    let mut w = vec![f32::NAN; n * k];
+    router::forward(&mut p, &mut idx, &mut w, x, wg, n, c, e, k);
+    (p, idx, w)
+}
+
+#[test]
+fn router_matches_reference_topk_and_renormalises() {
+    let mut g = rng(8);
+    for (e, k) in [(6, 3), (4, 2), (5, 1), (3, 3)] {
+        let (n, c) = (9, 10);
+        let x = rand_vec(&mut g, n * c, 1.0);
+        let wg = rand_vec(&mut g, e * c, 1.0);
+        let (p, idx, w) = run_router(&x, &wg, n, c, e, k);
+        let want = r::router(&to_f64(&x), &to_f64(&wg), n, c, e, k);
+        assert_close(&format!("router probs e{e}"), &p, &want.probs, 1e-7, 1e-5);
+        let want_idx: Vec<u32> = want.topk.iter().map(|&j| j as u32).collect();
+        assert_eq!(idx, want_idx, "router e{e} k{k}: top-k indices");
+        assert_close(
+            &format!("router weights e{e}"),
+            &w,
+            &want.weights,
+            1e-7,
+            1e-5,
+        );
+        for row in 0..n {
+            let ps: f32 = p[row * e..(row + 1) * e].iter().sum();
+            let ws: f32 = w[row * k..(row + 1) * k].iter().sum();
+            assert!((ps - 1.0).abs() < 1e-5, "probs row {row} sums to {ps}");
+            assert!((ws - 1.0).abs() < 1e-5, "weights row {row} sum to {ws}");
+            let ids = &idx[row * k..(row + 1) * k];
+            for a in 0..k {
+                assert!((ids[a] as usize) < e);
+                assert!(
+                    !ids[a + 1..].contains(&ids[a]),
+                    "row {row}: repeated expert in {ids:?}"
+                );
+            }
+            // Every chosen probability is >= every unchosen one.
+            let chosen_min = ids
+                .iter()
+                .map(|&j| p[row * e + j as usize])
+                .fold(f32::INFINITY, f32::min);
+            for j in 0..e as u32 {
+                if !ids.contains(&j) {
+                    assert!(
+                        p[row * e + j as usize] <= chosen_min,
+                        "row {row}: expert {j} beats a chosen one"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn router_ties_go_to_the_lower_index() {
+    let (n, c, e, k) = (3, 5, 5, 3);
+    let mut g = rng(9);
+    let x = rand_vec(&mut g, n * c, 1.0);
+    // All-zero gate: uniform probabilities, top-k = 0, 1, …, k−1 with weights 1/k.
+    let (p, idx, w) = run_router(&x, &vec![0.0; e * c], n, c, e, k);
+    assert_close("uniform probs", &p, &vec![1.0 / e as f64; n * e], 1e-7, 0.0);
+    assert_eq!(idx, [0, 1, 2].repeat(n), "uniform routing");
+    assert_close(
+        "uniform weights",
+        &w,
+        &vec![1.0 / k as f64; n * k],
+        1e-7,
+        0.0,
+    );
+    // Experts 3 and 1 have identical (dominant) gate rows: 1 must come first.
+    let xpos: Vec<f32> = x.iter().map(|v| v.abs() + 0.1).collect();
+    let mut wg = rand_vec(&mut g, e * c, 0.01);
+    for j in [1, 3] {
+        wg[j * c..(j + 1) * c].iter_mut().for_each(|v| *v = 1.0);
+    }
+    let (_, idx, _) = run_router(&xpos, &wg, n, c, e, k);
+    for row in 0..n {
+        assert_eq!(&idx[row * k..row * k + 2], &[1, 3], "row {row}: tie order");
+    }
+    // select_topk directly.
+    let mut ids = [0u32; 4];
+    let mut vals = [0.0f32; 4];
+    router::select_topk(&mut ids, &mut vals, &[0.1, 0.3, 0.2, 0.3, 0.1]);
+    assert_eq!(ids, [1, 3, 2, 0]);
+    assert_eq!(vals, [0.3, 0.3, 0.2, 0.1]);
+}
+
+// ---------------------------------------------------------------- E8 SwiGLU
+
+#[test]
+fn swiglu_matches_reference() {
+    let mut g = rng(10);
+    let (m, c, f) = (5, 6, 7);
+    let x = rand_vec(&mut g, m * c, 1.5);
+    let w13 = rand_vec(&mut g, 2 * f * c, 1.0);
+    let w2 = rand_vec(&mut g, c * f, 1.0);
+    let ex = SwiGLU {
+        w13: &w13,
+        w2: &w2,
+        c,
+        f,
+    };
+    let (mut y, mut h13, mut act) = (
+        vec![f32::NAN; m * c],
+        vec![f32::NAN; m * 2 * f],
+        vec![f32::NAN; m * f],
+    );
+    ex.forward(&mut y, &mut h13, &mut act, &x, m);
+    let (xd, w13d) = (to_f64(&x), to_f64(&w13));
+    let (w1, w3) = w13d.split_at(f * c);
+    let want = r::swiglu(&xd, w1, w3, &to_f64(&w2), m, c, f);
+    let err = assert_close("swiglu y", &y, &want, 1e-5, 1e-5);
+    println!("swiglu: max abs error {err:e}");
+    // Saved activations: h13 rows are [x·w1ᵀ | x·w3ᵀ], act = silu(h1)·h3.
+    let h1 = r::linear(&xd, w1, m, c, f);
+    let h3 = r::linear(&xd, w3, m, c, f);
+    let want_h13: Vec<f64> = (0..m)
+        .flat_map(|i| {
+            h1[i * f..(i + 1) * f]
+                .iter()
+                .chain(&h3[i * f..(i + 1) * f])
+                .copied()
+        })
+        .collect();
+    assert_close("swiglu h13", &h13, &want_h13, 1e-6, 1e-5);
+    let want_act: Vec<f64> = h1.iter().zip(&h3).map(|(&a, &b)| r::silu(a) * b).collect();
+    assert_close("swiglu act", &act, &want_act, 1e-6, 1e-5);
+}
+
+// ---------------------------------------------------------------- E11 dispatch
+
+#[test]
+fn dispatch_bookkeeping_is_consistent() {
+    let mut g = rng(11);
+    let (n, c, e, k) = (13, 8, 6, 2);
+    let x = rand_vec(&mut g, n * c, 1.0);
+    let mut wg = rand_vec(&mut g, e * c, 1.0);
+    // Expert 4 never wins (x ≥ 0, its gate row is very negative): an empty expert.
+    let xpos: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    wg[4 * c..5 * c].iter_mut().for_each(|v| *v = -10.0);
+    let (_, idx, _) = run_router(&xpos, &wg, n, c, e, k);
+    let mut counts = vec![99u32; e];
+    let mut offsets = vec![99u32; e + 1];
+    let mut slot_row = vec![u32::MAX; n * k];
+    let mut slot_of = vec![u32::MAX; n * k];
+    moe::dispatch(
+        &mut counts,
+        &mut offsets,
+        &mut slot_row,
+        &mut slot_of,
+        &idx,
+        k,
+    );
+    for ex in 0..e {
+        let want = idx.iter().filter(|&&j| j as usize == ex).count() as u32;
+        assert_eq!(counts[ex], want, "counts[{ex}]");
+        assert_eq!(offsets[ex + 1] - offsets[ex], counts[ex], "offsets[{ex}]");
+    }
+    assert_eq!(counts[4], 0, "expert 4 should be empty");
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets[e] as usize, n * k);
+    let mut seen = vec![false; n * k];
+    for row in 0..n {
+        for j in 0..k {
+            let s = slot_of[row * k + j] as usize;
+            assert!(
+                s < n * k && !seen[s],
+                "slot_of[{row},{j}] = {s} out of range or repeated"
+            );
+            seen[s] = true;
+            assert_eq!(slot_row[s] as usize, row, "slot_row[slot_of[{row},{j}]]");
+            let ex = idx[row * k + j] as usize;
+            assert!(
+                (offsets[ex]..offsets[ex + 1]).contains(&(s as u32)),
+                "slot {s} outside expert {ex}'s range"
+            );
+        }
+    }
+    // An expert's slots are in row order.
+    for ex in 0..e {
+        let rows = &slot_row[offsets[ex] as usize..offsets[ex + 1] as usize];
+        assert!(
+            rows.windows(2).all(|w| w[0] < w[1]),
+            "expert {ex}: rows {rows:?} not increasing"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- E14 / E4
+
+#[test]
+fn cross_entropy_matches_reference() {
+    let mut g = rng(12);
+    let (n, v) = (6, 11);
+    let mut logits = rand_vec(&mut g, n * v, 3.0);
+    // A row of large logits (naive exp would overflow f32).
+    logits[v..2 * v].iter_mut().for_each(|x| *x += 200.0);
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % v as u32).collect();
+    let mut dlogits = vec![f32::NAN; n * v];
+    let mut ce_row = vec![f32::NAN; n];
+    let ce = loss::cross_entropy(&mut dlogits, &mut ce_row, &logits, &targets, v);
+    let ld = to_f64(&logits);
+    let want = r::cross_entropy(&ld, &targets, v);
+    assert_close("cross-entropy", &[ce], &[want], 1e-6, 1e-6);
+    for row in 0..n {
+        let w = r::cross_entropy(&ld[row * v..(row + 1) * v], &targets[row..row + 1], v);
+        assert_close(
+            &format!("ce_row[{row}]"),
+            &ce_row[row..row + 1],
+            &[w],
+            1e-5,
+            1e-5,
+        );
+        let s: f32 = dlogits[row * v..(row + 1) * v].iter().sum();
+        assert!(s.abs() < 1e-6, "dlogits row {row} sums to {s}");
+    }
+}
+
+#[test]
+fn embedding_forward_copies_rows() {
+    let mut g = rng(13);
+    let (v, c) = (9, 5);
+    let table = rand_vec(&mut g, v * c, 1.0);
+    let tokens = [3u32, 0, 8, 3, 5];
+    let mut x = vec![f32::NAN; tokens.len() * c];
+    embedding::forward(&mut x, &tokens, &table, c);
+    let want = r::embedding(&tokens, &to_f64(&table), c);
+    assert_close("embedding", &x, &want, 0.0, 0.0);
+}
