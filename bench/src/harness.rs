@@ -1,0 +1,346 @@
+//! `moe bench`, and the hidden `bench-one` / `cold-start` subcommands.
+//!
+//! By default every scenario runs in its own child process (`moe bench-one
+//! ID`, which prints that scenario's JSON on stdout), so that
+//! `peak_rss_bytes` is that scenario's own and no scenario inherits another's
+//! heap or caches; `--in-process` runs them all in this process (then
+//! `peak_rss_bytes` is the process's high-water mark so far).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::meta::{self, RunSettings};
+use crate::scenarios::{self, RunOpts, Scenario, N_TRIALS, N_WARMUP, SCENARIOS, SEED};
+use crate::schema::{BenchFile, ScenarioResult, AXES};
+use crate::BoxError;
+
+/// Options of `moe bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Run only these scenario ids (space- or comma-separated; see --list).
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ID")]
+    pub only: Vec<String>,
+    /// Run only the scenarios of these axes: memory, compiler, type_system, parallel, scale.
+    #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+    pub axis: Vec<String>,
+    /// Timed trials per scenario.
+    #[arg(long, default_value_t = N_TRIALS)]
+    pub trials: usize,
+    /// Warmup runs per scenario (timed, reported apart, not in the statistics).
+    #[arg(long, default_value_t = N_WARMUP)]
+    pub warmup: usize,
+    /// Where to write the JSON result.
+    #[arg(long, default_value = "benchmarks/rust.json")]
+    pub out: PathBuf,
+    /// Intra-op threads per model. moe-core has none: recorded as 1 whatever is given.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Run every scenario in this process instead of one child process each.
+    #[arg(long)]
+    pub in_process: bool,
+    /// List the scenario ids and axes, then exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Options of `moe bench-one`.
+#[derive(Debug, Args)]
+pub struct BenchOneArgs {
+    /// Scenario id.
+    pub id: String,
+    /// Timed trials.
+    #[arg(long, default_value_t = N_TRIALS)]
+    pub trials: usize,
+    /// Warmup runs.
+    #[arg(long, default_value_t = N_WARMUP)]
+    pub warmup: usize,
+}
+
+/// Options of `moe cold-start`.
+#[derive(Debug, Args)]
+pub struct ColdStartArgs {
+    /// Batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Sequence length.
+    #[arg(long, default_value_t = 8)]
+    pub seq: usize,
+    /// Seed.
+    #[arg(long, default_value_t = SEED)]
+    pub seed: u64,
+}
+
+/// The scenarios picked by `--only` and `--axis` (both filters apply).
+fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, BoxError> {
+    for id in only {
+        if scenarios::find(id).is_none() {
+            let known: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
+            return Err(format!("unknown scenario id {id:?}; known: {}", known.join(", ")).into());
+        }
+    }
+    for a in axes {
+        if !AXES.contains(&a.as_str()) {
+            return Err(format!("unknown axis {a:?}; known: {}", AXES.join(", ")).into());
+        }
+    }
+    let picked: Vec<&'static Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|id| id == s.id))
+        .filter(|s| axes.is_empty() || axes.iter().any(|a| a == s.axis))
+        .collect();
+    if picked.is_empty() {
+        return Err("--only/--axis selected no scenario".into());
+    }
+    Ok(picked)
+}
+
+fn run_opts(warmup: usize, trials: usize) -> Result<RunOpts, BoxError> {
+    if trials == 0 {
+        return Err("--trials must be at least 1".into());
+    }
+    Ok(RunOpts {
+        warmup,
+        trials,
+        seed: SEED,
+        exe: std::env::current_exe()?,
+    })
+}
+
+/// Runs `sc` in a child `moe bench-one` and parses its JSON.
+fn run_isolated(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
+    let out = Command::new(&o.exe)
+        .args([
+            "bench-one",
+            sc.id,
+            "--trials",
+            &o.trials.to_string(),
+            "--warmup",
+            &o.warmup.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("`moe bench-one {}` failed ({})", sc.id, out.status).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `moe bench`.
+///
+/// # Errors
+/// Bad flags, an unwritable output, or any failed scenario (the others still
+/// run and are written).
+pub fn bench(args: BenchArgs) -> Result<(), BoxError> {
+    if args.list {
+        for s in SCENARIOS {
+            println!("{:<24} {}", s.id, s.axis);
+        }
+        return Ok(());
+    }
+    let picked = select(&args.only, &args.axis)?;
+    let o = run_opts(args.warmup, args.trials)?;
+    if args.threads != 1 {
+        eprintln!(
+            "note: moe-core has no intra-op threads; --threads {} is recorded as 1",
+            args.threads
+        );
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; run `cargo run --release -p moe-bench -- bench` for real numbers");
+    }
+    let metadata = meta::collect(RunSettings {
+        n_trials: o.trials as u64,
+        n_warmup: o.warmup as u64,
+        seed: o.seed,
+        threads: 1,
+        isolated: !args.in_process,
+    });
+    let t0 = Instant::now();
+    let pb = ProgressBar::new(picked.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let mut results = Vec::with_capacity(picked.len());
+    let mut failures = Vec::new();
+    for sc in &picked {
+        pb.set_message(sc.id);
+        let r = if args.in_process {
+            scenarios::run(sc, &o)
+        } else {
+            run_isolated(sc, &o)
+        };
+        match r {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                pb.println(format!("{}: FAILED: {e}", sc.id));
+                failures.push(sc.id);
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let total = t0.elapsed();
+    let file = BenchFile {
+        metadata,
+        scenarios: results,
+    };
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    std::fs::write(&args.out, text)?;
+    print_summary(&file);
+    println!(
+        "{} scenarios in {:.1} s ({}), wrote {}",
+        file.scenarios.len(),
+        total.as_secs_f64(),
+        file.metadata.isolation,
+        args.out.display()
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} scenario(s) failed: {}",
+            failures.len(),
+            failures.join(", ")
+        )
+        .into())
+    }
+}
+
+/// `moe bench-one ID`: one scenario, JSON on stdout.
+///
+/// # Errors
+/// Unknown id or a failed scenario.
+pub fn bench_one(args: BenchOneArgs) -> Result<(), BoxError> {
+    let sc =
+        scenarios::find(&args.id).ok_or_else(|| format!("unknown scenario id {:?}", args.id))?;
+    let o = run_opts(args.warmup, args.trials)?;
+    let r = scenarios::run(sc, &o)?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &r)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+/// `moe cold-start`: construction + first forward, one JSON line on stdout.
+///
+/// # Errors
+/// moe-core errors.
+pub fn cold_start(args: ColdStartArgs) -> Result<(), BoxError> {
+    let r = scenarios::cold_start(args.batch, args.seq, args.seed)?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &r)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+/// `12.3 µs`-style duration.
+pub fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+/// `1.5 MiB`-style size.
+pub fn fmt_bytes(b: f64) -> String {
+    const K: f64 = 1024.0;
+    if b >= K * K * K {
+        format!("{:.2} GiB", b / (K * K * K))
+    } else if b >= K * K {
+        format!("{:.1} MiB", b / (K * K))
+    } else if b >= K {
+        format!("{:.1} KiB", b / K)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn print_summary(f: &BenchFile) {
+    println!(
+        "{:<24} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
+        "scenario",
+        "axis",
+        "median",
+        "p95",
+        "IQR",
+        "cpu",
+        "alloc",
+        "allocs",
+        "peak RSS",
+        "tokens/s",
+        "GFLOP/s"
+    );
+    for s in &f.scenarios {
+        println!(
+            "{:<24} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
+            s.id,
+            s.axis,
+            fmt_ns(s.median_ns as f64),
+            fmt_ns(s.p95_ns as f64),
+            fmt_ns(s.iqr_ns as f64),
+            fmt_ns(s.cpu_median_ns as f64),
+            fmt_bytes(s.memory.alloc_bytes as f64),
+            s.memory.alloc_count,
+            fmt_bytes(s.memory.peak_rss_bytes as f64),
+            s.throughput_tokens_per_sec
+                .map_or("-".to_owned(), |x| format!("{x:.0}")),
+            s.derived
+                .gflops
+                .map_or("-".to_owned(), |x| format!("{x:.2}")),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_filters_and_rejects_unknown_names() {
+        let ids = |v: Vec<&Scenario>| v.iter().map(|s| s.id).collect::<Vec<_>>();
+        let all = select(&[], &[]).unwrap();
+        assert_eq!(all.len(), SCENARIOS.len());
+        let compiler = select(&[], &["compiler".into()]).unwrap();
+        assert_eq!(
+            ids(compiler),
+            [
+                "kernel_matmul",
+                "kernel_softmax",
+                "kernel_rmsnorm",
+                "kernel_matmul_portable",
+                "machine_peak"
+            ]
+        );
+        let one = select(&["dispatch_cold".into()], &[]).unwrap();
+        assert_eq!(ids(one), ["dispatch_cold"]);
+        assert!(select(&["nope".into()], &[]).is_err());
+        assert!(select(&[], &["gpu".into()]).is_err());
+        assert!(select(&["dispatch_cold".into()], &["memory".into()]).is_err());
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(fmt_ns(999.0), "999 ns");
+        assert_eq!(fmt_ns(1_500.0), "1.50 µs");
+        assert_eq!(fmt_ns(2_345_678.0), "2.35 ms");
+        assert_eq!(fmt_bytes(512.0), "512 B");
+        assert_eq!(fmt_bytes(3.0 * 1024.0 * 1024.0), "3.0 MiB");
+    }
+}

@@ -1,0 +1,937 @@
+//! The scenario table (spec §6–§7: 22 scenarios on 5 axes, then our extras)
+//! and the code that runs each kind.
+//!
+//! Every scenario builds its model, workspace and inputs *outside* the timed
+//! region (except `dispatch_cold*`, whose construction is the workload),
+//! runs `warmup + trials` iterations, and reports per-trial wall time, CPU
+//! time and heap traffic (see [`crate::measure`]).
+//!
+//! Fixed inputs (seed 42):
+//! * tokens `[b, t]`: `token[i, s] = (i·t + s) mod v`, targets `(i·t + s + 1) mod v`
+//!   — the fixture of the other languages' harnesses;
+//! * kernel operands: SplitMix64 seeded with 42, `u = (x >> 40)·2⁻²⁴ ∈ [0, 1)`,
+//!   value `2u − 1` (matmul, rmsnorm `x`), `4·(2u − 1)` (softmax), `0.5 + u` (rmsnorm `w`).
+
+use std::hint::black_box;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+
+use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
+use moe_core::kernels::softmax;
+use moe_core::{rmsnorm, Config, MoETransformer, Mode, TrainConfig, Trainer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::measure::{self, Measurement};
+use crate::rusage;
+use crate::schema::{Derived, Gc, Memory, Numerical, ScenarioResult};
+use crate::stats::{median_u64, summarize};
+use crate::{flops, BoxError};
+
+/// The spec's seed for every model and fixture.
+pub const SEED: u64 = 42;
+/// The spec's warmup runs per scenario.
+pub const N_WARMUP: usize = 3;
+/// The spec's timed trials per scenario.
+pub const N_TRIALS: usize = 10;
+
+/// Model size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `Config::tiny()` (hidden 64).
+    Tiny,
+    /// `Config::scale_256()` (hidden 256).
+    Scale256,
+}
+
+impl Profile {
+    /// The config.
+    pub fn config(self) -> Config {
+        match self {
+            Profile::Tiny => Config::tiny(),
+            Profile::Scale256 => Config::scale_256(),
+        }
+    }
+}
+
+/// What one model iteration does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// `model.forward` (logits).
+    Forward,
+    /// `trainer.train_step` (forward, loss, backward, clip, AdamW).
+    TrainStep,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Forward => "forward",
+            Workload::TrainStep => "train_step",
+        }
+    }
+}
+
+/// How a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// One forward or train step per iteration on a prebuilt model.
+    Model {
+        profile: Profile,
+        workload: Workload,
+        b: usize,
+        t: usize,
+    },
+    /// `C[m,n] = A[m,k]·B[n,k]ᵀ` into a preallocated `C`.
+    Matmul {
+        backend: Backend,
+        m: usize,
+        n: usize,
+        k: usize,
+    },
+    /// In-place row softmax of `n` values (input restored outside the timed region).
+    Softmax { n: usize },
+    /// `rmsnorm::forward` over `[b·t, c]` into preallocated outputs.
+    RmsNorm { b: usize, t: usize, c: usize },
+    /// Model construction from the seed + workspace plan + first forward, fresh each trial.
+    DispatchCold { b: usize, t: usize },
+    /// Spawn `moe cold-start` (construction + first forward) and wait for its exit.
+    DispatchColdProcess { b: usize, t: usize },
+    /// `threads` independent tiny models, one per thread, one iteration each per trial.
+    Parallel {
+        threads: usize,
+        workload: Workload,
+        b: usize,
+        t: usize,
+    },
+}
+
+/// One row of the scenario table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scenario {
+    /// Id in the JSON.
+    pub id: &'static str,
+    /// One of `schema::AXES`.
+    pub axis: &'static str,
+    /// What it runs.
+    pub kind: Kind,
+}
+
+const fn s(id: &'static str, axis: &'static str, kind: Kind) -> Scenario {
+    Scenario { id, axis, kind }
+}
+
+const fn tiny(workload: Workload, b: usize, t: usize) -> Kind {
+    Kind::Model {
+        profile: Profile::Tiny,
+        workload,
+        b,
+        t,
+    }
+}
+
+const fn par(threads: usize, workload: Workload, b: usize, t: usize) -> Kind {
+    Kind::Parallel {
+        threads,
+        workload,
+        b,
+        t,
+    }
+}
+
+use Workload::{Forward, TrainStep};
+
+/// Every scenario, in run order: the spec's 22, then the extras.
+pub const SCENARIOS: &[Scenario] = &[
+    // Axis 1 — memory (9)
+    s("mem_train_step", "memory", tiny(TrainStep, 2, 8)),
+    s("mem_scale_batch_1", "memory", tiny(Forward, 1, 32)),
+    s("mem_scale_batch_2", "memory", tiny(Forward, 2, 32)),
+    s("mem_scale_batch_4", "memory", tiny(Forward, 4, 32)),
+    s("mem_scale_batch_8", "memory", tiny(Forward, 8, 32)),
+    s("mem_scale_seq_8", "memory", tiny(Forward, 2, 8)),
+    s("mem_scale_seq_16", "memory", tiny(Forward, 2, 16)),
+    s("mem_scale_seq_32", "memory", tiny(Forward, 2, 32)),
+    s("mem_scale_seq_64", "memory", tiny(Forward, 2, 64)),
+    // Axis 2 — compiler (3)
+    s(
+        "kernel_matmul",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::DEFAULT,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    ),
+    s("kernel_softmax", "compiler", Kind::Softmax { n: 1000 }),
+    s(
+        "kernel_rmsnorm",
+        "compiler",
+        Kind::RmsNorm { b: 2, t: 32, c: 64 },
+    ),
+    // Axis 3 — type system (2)
+    s("dispatch_warm", "type_system", tiny(Forward, 2, 32)),
+    s(
+        "dispatch_cold",
+        "type_system",
+        Kind::DispatchCold { b: 1, t: 8 },
+    ),
+    // Axis 4 — parallel (6)
+    s("parallel_T1", "parallel", par(1, Forward, 2, 32)),
+    s("parallel_T2", "parallel", par(2, Forward, 2, 32)),
+    s("parallel_T4", "parallel", par(4, Forward, 2, 32)),
+    s("parallel_train_T1", "parallel", par(1, TrainStep, 2, 8)),
+    s("parallel_train_T2", "parallel", par(2, TrainStep, 2, 8)),
+    s("parallel_train_T4", "parallel", par(4, TrainStep, 2, 8)),
+    // Axis 5 — scale (2)
+    s(
+        "scale_forward_256",
+        "scale",
+        Kind::Model {
+            profile: Profile::Scale256,
+            workload: Forward,
+            b: 2,
+            t: 32,
+        },
+    ),
+    s(
+        "scale_train_256",
+        "scale",
+        Kind::Model {
+            profile: Profile::Scale256,
+            workload: TrainStep,
+            b: 2,
+            t: 8,
+        },
+    ),
+    // Extras (new ids, never replacing the 22 above).
+    s(
+        "kernel_matmul_portable",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::Portable,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    ),
+    s(
+        "dispatch_cold_process",
+        "type_system",
+        Kind::DispatchColdProcess { b: 1, t: 8 },
+    ),
+    s(
+        "machine_peak",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::DEFAULT,
+            m: 1024,
+            n: 1024,
+            k: 1024,
+        },
+    ),
+    // Decode: `generate_kv_64` (KV-cache generation of 64 tokens) goes here
+    // once moe-core has generation — a new `Kind` variant plus one row.
+];
+
+/// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
+pub const SPEC_SCENARIOS: usize = 22;
+
+/// Looks a scenario up by id.
+pub fn find(id: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.id == id)
+}
+
+impl Kind {
+    /// The `params` object of the JSON (key names as in the other languages' files).
+    pub fn params(&self) -> serde_json::Value {
+        match *self {
+            Kind::Model {
+                profile,
+                workload,
+                b,
+                t,
+            } => json!({
+                "batch": b, "seq_len": t, "hidden_dim": profile.config().hidden_size, "workload": workload.name(),
+            }),
+            Kind::Matmul { backend, m, n, k } => {
+                json!({ "M": m, "K": k, "N": n, "backend": backend.name(), "op": "C = A * B^T" })
+            }
+            Kind::Softmax { n } => json!({ "n": n }),
+            Kind::RmsNorm { b, t, c } => json!({ "shape": [b, t, c] }),
+            Kind::DispatchCold { b, t } => json!({
+                "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "workload": "construct+forward",
+            }),
+            Kind::DispatchColdProcess { b, t } => json!({
+                "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "workload": "spawn+construct+forward+exit",
+            }),
+            Kind::Parallel {
+                threads,
+                workload,
+                b,
+                t,
+            } => json!({
+                "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "thread_count": threads,
+                "workload": workload.name(), "parallel_semantics": "independent",
+            }),
+        }
+    }
+
+    /// Analytic FLOPs of one iteration (all threads), `None` where not defined
+    /// (cold start is dominated by construction).
+    pub fn flops(&self) -> Option<u64> {
+        let model = |cfg: &Config, w: Workload, b, t| match w {
+            Workload::Forward => flops::forward(cfg, b, t),
+            Workload::TrainStep => flops::train_step(cfg, b, t),
+        };
+        match *self {
+            Kind::Model {
+                profile,
+                workload,
+                b,
+                t,
+            } => Some(model(&profile.config(), workload, b, t)),
+            Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
+            Kind::Softmax { n } => Some(flops::softmax(n)),
+            Kind::RmsNorm { b, t, c } => Some(flops::rmsnorm(b * t, c)),
+            Kind::DispatchCold { .. } | Kind::DispatchColdProcess { .. } => None,
+            Kind::Parallel {
+                threads,
+                workload,
+                b,
+                t,
+            } => Some(threads as u64 * model(&Config::tiny(), workload, b, t)),
+        }
+    }
+
+    /// Tokens processed by one iteration (all threads); `None` for kernels.
+    pub fn tokens(&self) -> Option<u64> {
+        match *self {
+            Kind::Model { b, t, .. }
+            | Kind::DispatchCold { b, t }
+            | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
+            Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
+            Kind::Matmul { .. } | Kind::Softmax { .. } | Kind::RmsNorm { .. } => None,
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    /// Warmup runs.
+    pub warmup: usize,
+    /// Timed trials.
+    pub trials: usize,
+    /// Seed of models and fixtures.
+    pub seed: u64,
+    /// The `moe` binary (for `dispatch_cold_process`).
+    pub exe: PathBuf,
+}
+
+/// What a scenario runner hands back.
+#[derive(Debug)]
+struct Outcome {
+    m: Measurement,
+    numerical: Numerical,
+    arena_bytes: u64,
+    /// Replaces this process's peak RSS (cold process: the child's own).
+    peak_rss_bytes: Option<u64>,
+}
+
+/// Runs one scenario in this process.
+///
+/// # Errors
+/// Model/workspace errors from moe-core, a failed child, or a measurement error.
+pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
+    let out = match sc.kind {
+        Kind::Model {
+            profile,
+            workload: Workload::Forward,
+            b,
+            t,
+        } => run_forward(&profile.config(), b, t, o)?,
+        Kind::Model {
+            profile,
+            workload: Workload::TrainStep,
+            b,
+            t,
+        } => run_train(&profile.config(), b, t, o)?,
+        Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
+        Kind::Softmax { n } => run_softmax(n, o)?,
+        Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
+        Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
+        Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
+        Kind::Parallel {
+            threads,
+            workload,
+            b,
+            t,
+        } => run_parallel(threads, workload, b, t, o)?,
+    };
+    finish(sc, out)
+}
+
+/// Statistics and derived metrics.
+fn finish(sc: &Scenario, out: Outcome) -> Result<ScenarioResult, BoxError> {
+    let timings: Vec<u64> = out.m.trials.iter().map(|s| s.wall_ns).collect();
+    let cpu: Vec<u64> = out.m.trials.iter().map(|s| s.cpu_ns).collect();
+    let warm: Vec<u64> = out.m.warmup.iter().map(|s| s.wall_ns).collect();
+    let alloc_bytes = median_u64(
+        &out.m
+            .trials
+            .iter()
+            .map(|s| s.alloc.bytes)
+            .collect::<Vec<_>>(),
+    );
+    let alloc_count = median_u64(
+        &out.m
+            .trials
+            .iter()
+            .map(|s| s.alloc.count)
+            .collect::<Vec<_>>(),
+    );
+    let sum = summarize(&timings);
+    let peak_rss_bytes = match out.peak_rss_bytes {
+        Some(p) => p,
+        None => rusage::getrusage(rusage::Who::SelfProcess)?.max_rss_bytes,
+    };
+    let secs = sum.median as f64 * 1e-9;
+    let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+    Ok(ScenarioResult {
+        id: sc.id.to_owned(),
+        axis: sc.axis.to_owned(),
+        params: sc.kind.params(),
+        warmup_runs: warm.len() as u64,
+        trial_runs: timings.len() as u64,
+        median_ns: sum.median,
+        p95_ns: sum.p95,
+        min_ns: sum.min,
+        max_ns: sum.max,
+        iqr_ns: sum.iqr,
+        cpu_median_ns: median_u64(&cpu),
+        timings_ns: timings,
+        cpu_times_ns: cpu,
+        warmup_timings_ns: warm,
+        memory: Memory {
+            peak_rss_bytes,
+            alloc_bytes,
+            alloc_count,
+            arena_bytes: out.arena_bytes,
+        },
+        gc: Gc {
+            total_gc_time_ns: 0,
+            gc_pause_count: 0,
+        },
+        numerical: out.numerical,
+        throughput_tokens_per_sec: sc.kind.tokens().map(|n| per_sec(n as f64)),
+        derived: Derived {
+            alloc_rate_bytes_per_sec: per_sec(alloc_bytes as f64),
+            gc_throughput: 1.0,
+            gflops: sc.kind.flops().map(|f| per_sec(f as f64) * 1e-9),
+        },
+    })
+}
+
+/// `token[i, s] = (i·t + s) mod v` (and `+ 1` for targets), `[b, t]` row-major.
+pub fn fixture_tokens(b: usize, t: usize, vocab: usize, shift: usize) -> Vec<u32> {
+    (0..b * t).map(|i| ((i + shift) % vocab) as u32).collect()
+}
+
+/// SplitMix64 uniforms in `[0, 1)` for the kernel operands.
+fn fixture_uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
+        })
+        .collect()
+}
+
+fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let model = MoETransformer::new(cfg, o.seed)?;
+    let mut ws = model.workspace(b, t, Mode::Inference)?;
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let mut numerical = Numerical::default();
+    let m = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        let out = model.forward(&mut ws, &tokens, b, t);
+        p.stop(s);
+        numerical = Numerical::of(out?);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes: ws.bytes() as u64,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_train(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let model = MoETransformer::new(cfg, o.seed)?;
+    let mut trainer = Trainer::new(model, TrainConfig::default(), b, t)?;
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
+    let mut numerical = Numerical::default();
+    let m = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        let out = trainer.train_step(&tokens, &targets, b, t);
+        p.stop(s);
+        numerical = Numerical::of(&[out?.loss]);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes: trainer.workspace_bytes() as u64,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_matmul(
+    backend: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    o: &RunOpts,
+) -> Result<Outcome, BoxError> {
+    let a: Vec<f32> = fixture_uniform(o.seed, m * k)
+        .iter()
+        .map(|u| 2.0 * u - 1.0)
+        .collect();
+    let bt: Vec<f32> = fixture_uniform(o.seed + 1, n * k)
+        .iter()
+        .map(|u| 2.0 * u - 1.0)
+        .collect();
+    let mut c = vec![0.0f32; m * n];
+    let meas = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        gemm_with(
+            backend,
+            m,
+            n,
+            k,
+            1.0,
+            Mat::n(black_box(&a), k),
+            Mat::t(black_box(&bt), k),
+            0.0,
+            black_box(&mut c),
+            n,
+        );
+        p.stop(s);
+        black_box(&c);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m: meas,
+        numerical: Numerical::of(&c),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let x: Vec<f32> = fixture_uniform(o.seed, n)
+        .iter()
+        .map(|u| 4.0 * (2.0 * u - 1.0))
+        .collect();
+    let mut buf = vec![0.0f32; n];
+    let m = measure::run(o.warmup, o.trials, |p| {
+        buf.copy_from_slice(&x);
+        let s = p.start();
+        softmax::forward_inplace(black_box(&mut buf));
+        p.stop(s);
+        black_box(&buf);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical: Numerical::of(&buf),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let eps = Config::tiny().rms_norm_eps;
+    let x: Vec<f32> = fixture_uniform(o.seed, rows * c)
+        .iter()
+        .map(|u| 2.0 * u - 1.0)
+        .collect();
+    let w: Vec<f32> = fixture_uniform(o.seed + 1, c)
+        .iter()
+        .map(|u| 0.5 + u)
+        .collect();
+    let mut y = vec![0.0f32; rows * c];
+    let mut rstd = vec![0.0f32; rows];
+    let m = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        rmsnorm::forward(
+            black_box(&mut y),
+            black_box(&mut rstd),
+            black_box(&x),
+            black_box(&w),
+            eps,
+        );
+        p.stop(s);
+        black_box((&y, &rstd));
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical: Numerical::of(&y),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_cold(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let cfg = Config::tiny();
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let (mut numerical, mut arena_bytes) = (Numerical::default(), 0u64);
+    let m = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        let built = MoETransformer::new(&cfg, o.seed).and_then(|model| {
+            let ws = model.workspace(b, t, Mode::Inference)?;
+            Ok((model, ws))
+        });
+        let (model, mut ws) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                p.stop(s);
+                return Err(e.into());
+            }
+        };
+        let out = model.forward(&mut ws, &tokens, b, t);
+        p.stop(s);
+        numerical = Numerical::of(out?);
+        arena_bytes = ws.bytes() as u64;
+        // `model` and `ws` are dropped here, outside the timed region.
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes,
+        peak_rss_bytes: None,
+    })
+}
+
+/// What `moe cold-start` prints (one JSON line) for `dispatch_cold_process`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ColdReport {
+    /// Heap bytes the child requested from its start to the end of the forward.
+    pub alloc_bytes: u64,
+    /// Heap allocation calls, same window.
+    pub alloc_count: u64,
+    /// Its workspace plan.
+    pub arena_bytes: u64,
+    /// Its logits' finiteness.
+    pub numerical: Numerical,
+}
+
+/// The `moe cold-start` subcommand: build the tiny model from the seed, plan a
+/// `[b, t]` inference workspace, run one forward, print a [`ColdReport`].
+///
+/// # Errors
+/// moe-core errors.
+pub fn cold_start(b: usize, t: usize, seed: u64) -> Result<ColdReport, BoxError> {
+    let cfg = Config::tiny();
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let model = MoETransformer::new(&cfg, seed)?;
+    let mut ws = model.workspace(b, t, Mode::Inference)?;
+    let numerical = Numerical::of(model.forward(&mut ws, &tokens, b, t)?);
+    let a = crate::alloc_counter::AllocSnapshot::now();
+    Ok(ColdReport {
+        alloc_bytes: a.bytes,
+        alloc_count: a.count,
+        arena_bytes: ws.bytes() as u64,
+        numerical,
+    })
+}
+
+fn run_cold_process(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let mut report: Option<ColdReport> = None;
+    let mut peak = 0u64;
+    let m = measure::run(o.warmup, o.trials, |p| {
+        let mut cmd = Command::new(&o.exe);
+        cmd.args([
+            "cold-start",
+            "--batch",
+            &b.to_string(),
+            "--seq",
+            &t.to_string(),
+            "--seed",
+            &o.seed.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let s = p.start();
+        let spawned = cmd.spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                p.stop(s);
+                return Err(format!("spawning {}: {e}", o.exe.display()).into());
+            }
+        };
+        let stdout = child.stdout.take();
+        let waited = rusage::wait_child(child);
+        p.stop(s);
+        let (code, usage) = waited?;
+        let mut text = String::new();
+        if let Some(mut out) = stdout {
+            out.read_to_string(&mut text)?;
+        }
+        if code != 0 {
+            return Err(format!("`moe cold-start` exited with {code}").into());
+        }
+        let r: ColdReport = serde_json::from_str(text.trim())
+            .map_err(|e| format!("cold-start output {text:?}: {e}"))?;
+        if let Some(last) = p.last_mut() {
+            // The child's own CPU time and heap traffic, not this process's spawn bookkeeping.
+            last.cpu_ns = usage.cpu_ns();
+            last.alloc.bytes = r.alloc_bytes;
+            last.alloc.count = r.alloc_count;
+        }
+        peak = peak.max(usage.max_rss_bytes);
+        report = Some(r);
+        Ok(())
+    })?;
+    let r = report.ok_or("no cold-start run")?;
+    Ok(Outcome {
+        m,
+        numerical: r.numerical,
+        arena_bytes: r.arena_bytes,
+        peak_rss_bytes: Some(peak),
+    })
+}
+
+/// Per-thread state of the parallel axis.
+enum Worker {
+    Forward {
+        model: MoETransformer,
+        ws: moe_core::Workspace,
+        tokens: Vec<u32>,
+    },
+    Train {
+        trainer: Trainer,
+        tokens: Vec<u32>,
+        targets: Vec<u32>,
+    },
+}
+
+impl Worker {
+    fn build(workload: Workload, b: usize, t: usize, seed: u64) -> Result<Self, BoxError> {
+        let cfg = Config::tiny();
+        let model = MoETransformer::new(&cfg, seed)?;
+        let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+        Ok(match workload {
+            Workload::Forward => Worker::Forward {
+                ws: model.workspace(b, t, Mode::Inference)?,
+                model,
+                tokens,
+            },
+            Workload::TrainStep => Worker::Train {
+                trainer: Trainer::new(model, TrainConfig::default(), b, t)?,
+                targets: fixture_tokens(b, t, cfg.vocab_size, 1),
+                tokens,
+            },
+        })
+    }
+
+    fn arena_bytes(&self) -> u64 {
+        match self {
+            Worker::Forward { ws, .. } => ws.bytes() as u64,
+            Worker::Train { trainer, .. } => trainer.workspace_bytes() as u64,
+        }
+    }
+}
+
+/// The barriers every thread (workers + the timing thread) passes.
+struct Sync {
+    ready: Barrier,
+    start: Barrier,
+    end: Barrier,
+    failed: AtomicBool,
+}
+
+/// One worker thread: build, then `total` iterations between the start and
+/// end barriers; the output of the last one is scanned after its end barrier.
+fn worker_thread(
+    sync: &Sync,
+    workload: Workload,
+    b: usize,
+    t: usize,
+    seed: u64,
+    total: usize,
+) -> Result<(u64, Numerical), BoxError> {
+    let built = Worker::build(workload, b, t, seed);
+    if built.is_err() {
+        sync.failed.store(true, Ordering::SeqCst);
+    }
+    sync.ready.wait();
+    let mut w = built?;
+    if sync.failed.load(Ordering::SeqCst) {
+        return Ok((0, Numerical::default())); // another worker failed: nobody runs
+    }
+    let arena = w.arena_bytes();
+    let mut numerical = Numerical::default();
+    let mut error: Option<BoxError> = None;
+    // After an error the thread keeps passing the barriers (doing nothing) so
+    // that the others and the timing thread are not left waiting.
+    for i in 0..total {
+        sync.start.wait();
+        match &mut w {
+            Worker::Forward { model, ws, tokens } => {
+                let out = if error.is_none() {
+                    Some(model.forward(ws, tokens, b, t))
+                } else {
+                    None
+                };
+                sync.end.wait();
+                match out {
+                    Some(Ok(logits)) if i + 1 == total => numerical = Numerical::of(logits),
+                    Some(Err(e)) => error = Some(e.into()),
+                    _ => {}
+                }
+            }
+            Worker::Train {
+                trainer,
+                tokens,
+                targets,
+            } => {
+                let out = if error.is_none() {
+                    Some(trainer.train_step(tokens, targets, b, t))
+                } else {
+                    None
+                };
+                sync.end.wait();
+                match out {
+                    Some(Ok(st)) if i + 1 == total => numerical = Numerical::of(&[st.loss]),
+                    Some(Err(e)) => error = Some(e.into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok((arena, numerical)),
+    }
+}
+
+fn run_parallel(
+    threads: usize,
+    workload: Workload,
+    b: usize,
+    t: usize,
+    o: &RunOpts,
+) -> Result<Outcome, BoxError> {
+    let total = o.warmup + o.trials;
+    let sync = Sync {
+        ready: Barrier::new(threads + 1),
+        start: Barrier::new(threads + 1),
+        end: Barrier::new(threads + 1),
+        failed: AtomicBool::new(false),
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let sync = &sync;
+                scope.spawn(move || {
+                    worker_thread(sync, workload, b, t, o.seed, total).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        sync.ready.wait();
+        // The timing thread only waits on the barriers: one trial is the wall
+        // time from releasing the workers to the last one finishing.
+        let m = if sync.failed.load(Ordering::SeqCst) {
+            Ok(Measurement::default())
+        } else {
+            measure::run(o.warmup, o.trials, |p| {
+                let s = p.start();
+                sync.start.wait();
+                sync.end.wait();
+                p.stop(s);
+                Ok(())
+            })
+        };
+        let mut arena_bytes = 0u64;
+        let mut numerical = Numerical::default();
+        for h in handles {
+            let (arena, num) = h.join().map_err(|_| "a worker thread panicked")??;
+            arena_bytes += arena;
+            numerical = numerical.merge(num);
+        }
+        Ok(Outcome {
+            m: m?,
+            numerical,
+            arena_bytes,
+            peak_rss_bytes: None,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_the_spec_ids_first_and_unique_ids() {
+        let spec = [
+            "mem_train_step",
+            "mem_scale_batch_1",
+            "mem_scale_batch_2",
+            "mem_scale_batch_4",
+            "mem_scale_batch_8",
+            "mem_scale_seq_8",
+            "mem_scale_seq_16",
+            "mem_scale_seq_32",
+            "mem_scale_seq_64",
+            "kernel_matmul",
+            "kernel_softmax",
+            "kernel_rmsnorm",
+            "dispatch_warm",
+            "dispatch_cold",
+            "parallel_T1",
+            "parallel_T2",
+            "parallel_T4",
+            "parallel_train_T1",
+            "parallel_train_T2",
+            "parallel_train_T4",
+            "scale_forward_256",
+            "scale_train_256",
+        ];
+        let ids: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
+        assert_eq!(&ids[..SPEC_SCENARIOS], &spec);
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+        assert!(SCENARIOS
+            .iter()
+            .all(|s| crate::schema::AXES.contains(&s.axis)));
+    }
+
+    #[test]
+    fn fixtures_are_the_shared_ones() {
+        assert_eq!(fixture_tokens(2, 3, 1000, 0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(fixture_tokens(1, 3, 3, 1), [1, 2, 0]);
+        let u = fixture_uniform(42, 1000);
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        assert_eq!(u, fixture_uniform(42, 1000));
+    }
+}
