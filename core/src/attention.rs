@@ -17,7 +17,7 @@
 //! `dk`, `dv` sum over the `h/kv` query heads that share a KV head.
 
 use crate::arena::Dims;
-use crate::kernels::softmax;
+use crate::kernels::{axpy, dot, softmax};
 
 /// Where one sequence's keys and values live: position `j`'s key of KV head
 /// `g` is `k[j·stride + k_off + g·d ..][..d]`, its value likewise at `v_off`.
@@ -98,19 +98,15 @@ pub fn attend(
             };
             for j in 0..keys {
                 let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
-                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                prow[j] = dot * scale;
+                prow[j] = dot(qi, kj) * scale;
             }
             softmax::forward_inplace(&mut prow[..keys]);
             prow[keys..].iter_mut().for_each(|x| *x = 0.0);
             let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
             oi.iter_mut().for_each(|x| *x = 0.0);
             for j in 0..keys {
-                let pij = prow[j];
                 let vj = &kvs.v[j * kvs.stride + vo..j * kvs.stride + vo + d];
-                for (o, &vv) in oi.iter_mut().zip(vj) {
-                    *o += pij * vv;
-                }
+                axpy(oi, prow[j], vj);
             }
         }
     }
@@ -144,27 +140,22 @@ pub fn backward(
                 // forward: o_i = Σ_j P_ij v_j
                 for j in 0..=i {
                     let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    dprow[j] = doi.iter().zip(vj).map(|(a, b)| a * b).sum();
-                    let pij = prow[j];
+                    dprow[j] = dot(doi, vj);
                     let dvj = &mut dqkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    for (dv, &g) in dvj.iter_mut().zip(doi) {
-                        *dv += pij * g;
-                    }
+                    axpy(dvj, prow[j], doi);
                 }
                 // forward: P_i = softmax(S_i)
                 softmax::backward_inplace(dprow, prow);
                 // forward: S_ij = s · q_i·k_j
+                let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
+                let dqi = &mut dqkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 for j in 0..=i {
-                    let ds = dprow[j] * scale;
-                    if ds == 0.0 {
-                        continue;
-                    }
-                    for x in 0..d {
-                        let kjx = qkv[(rows + j) * q + ko + x];
-                        let qix = qkv[(rows + i) * q + qo + x];
-                        dqkv[(rows + i) * q + qo + x] += ds * kjx;
-                        dqkv[(rows + j) * q + ko + x] += ds * qix;
-                    }
+                    let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
+                    axpy(dqi, dprow[j] * scale, kj);
+                }
+                for j in 0..=i {
+                    let dkj = &mut dqkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
+                    axpy(dkj, dprow[j] * scale, qi);
                 }
             }
         }

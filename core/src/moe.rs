@@ -16,6 +16,7 @@
 //! ```
 
 use crate::arena::{Dims, LayerActs};
+use crate::kernels::{axpy, dot};
 use crate::layout::LayerLayout;
 use crate::router;
 use crate::swiglu::SwiGLU;
@@ -104,20 +105,25 @@ pub(crate) fn forward(
             m,
         );
     }
-    // Combine: resid_r += Σ_j w_rj · ye[slot(r, j)], summed in expert order as
-    // HF's `index_add_` loop does, then added to the residual.
+    // Combine: resid_r += Σ_j w_rj · ye[slot(r, j)], added in increasing
+    // expert order (the order of HF's per-expert `index_add_` loop).
     for r in 0..n {
         let idx = &la.topk_idx[r * k..(r + 1) * k];
         let out = &mut resid[r * c..(r + 1) * c];
-        for i in 0..c {
-            let mut acc = 0.0f32;
-            for ex in 0..e as u32 {
-                if let Some(j) = idx.iter().position(|&x| x == ex) {
-                    let s = la.slot_of[r * k + j] as usize;
-                    acc += la.ye[s * c + i] * la.topk_w[r * k + j];
+        let mut prev: Option<u32> = None;
+        for _ in 0..k {
+            // The next larger expert index among this row's choices (k is small).
+            let mut j_next = 0;
+            let mut best = u32::MAX;
+            for (j, &ex) in idx.iter().enumerate() {
+                if prev.is_none_or(|p| ex > p) && ex < best {
+                    best = ex;
+                    j_next = j;
                 }
             }
-            out[i] += acc;
+            prev = Some(best);
+            let s = la.slot_of[r * k + j_next] as usize;
+            axpy(out, la.topk_w[r * k + j_next], &la.ye[s * c..(s + 1) * c]);
         }
     }
 }
@@ -157,7 +163,7 @@ pub(crate) fn backward(
         for j in 0..k {
             let s = la.slot_of[r * k + j] as usize;
             let ye = &la.ye[s * c..(s + 1) * c];
-            g.dtopk_w[r * k + j] = dr.iter().zip(ye).map(|(a, b)| a * b).sum();
+            g.dtopk_w[r * k + j] = dot(dr, ye);
             let w = la.topk_w[r * k + j];
             for (d, &x) in g.dye[s * c..(s + 1) * c].iter_mut().zip(dr) {
                 *d = w * x;

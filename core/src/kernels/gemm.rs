@@ -164,6 +164,67 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
+/// Packs `V[p0..p0+kc, j0..j0+nr]` into `bpack` as `[kc][NR]`, zero-padded.
+#[inline]
+fn pack_panel(bpack: &mut [f32; KC * NR], v: View, p0: usize, kc: usize, j0: usize, nr: usize) {
+    if v.cs == 1 {
+        // Rows of V are contiguous: one slice copy per depth step.
+        for p in 0..kc {
+            let src = (p0 + p) * v.rs + j0;
+            let row = &mut bpack[p * NR..(p + 1) * NR];
+            row[..nr].copy_from_slice(&v.data[src..src + nr]);
+            row[nr..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    } else if v.rs == 1 {
+        // Columns of V are contiguous (a transposed operand): read each
+        // column sequentially and write it down the panel.
+        if nr < NR {
+            bpack[..kc * NR].iter_mut().for_each(|x| *x = 0.0);
+        }
+        for j in 0..nr {
+            let at = (j0 + j) * v.cs + p0;
+            for (p, &x) in v.data[at..at + kc].iter().enumerate() {
+                bpack[p * NR + j] = x;
+            }
+        }
+    } else {
+        for p in 0..kc {
+            let row = &mut bpack[p * NR..(p + 1) * NR];
+            for j in 0..nr {
+                row[j] = v.at(p0 + p, j0 + j);
+            }
+            row[nr..].iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+}
+
+/// Writes one tile row: `dst[j·cs] = α·acc[j] + β·dst[j·cs]` (`dst` not read when `β = 0`).
+#[inline(always)]
+fn store_row(d: &mut [f32], base: usize, cs: usize, acc: &[f32], alpha: f32, beta: f32) {
+    if cs == 1 {
+        // Contiguous output row: straight-line loops that vectorise.
+        let dst = &mut d[base..base + acc.len()];
+        if beta == 0.0 {
+            for (o, &a) in dst.iter_mut().zip(acc) {
+                *o = alpha * a;
+            }
+        } else {
+            for (o, &a) in dst.iter_mut().zip(acc) {
+                *o = alpha * a + beta * *o;
+            }
+        }
+    } else {
+        for (j, &a) in acc.iter().enumerate() {
+            let o = &mut d[base + j * cs];
+            *o = if beta == 0.0 {
+                alpha * a
+            } else {
+                alpha * a + beta * *o
+            };
+        }
+    }
+}
+
 /// `D[rows, cols] = α·U·V + β·D` on strided views (`d` with strides `rsd`, `csd`).
 fn gemm_uv(
     rows: usize,
@@ -188,14 +249,7 @@ fn gemm_uv(
         let mut j0 = 0;
         while j0 < cols {
             let nr = NR.min(cols - j0);
-            // Pack V[p0..p0+kc, j0..j0+nr] as [kc][NR], zero-padded.
-            for p in 0..kc {
-                let row = &mut bpack[p * NR..(p + 1) * NR];
-                for j in 0..nr {
-                    row[j] = v.at(p0 + p, j0 + j);
-                }
-                row[nr..].iter_mut().for_each(|x| *x = 0.0);
-            }
+            pack_panel(&mut bpack, v, p0, kc, j0, nr);
             let mut i0 = 0;
             while i0 < rows {
                 let m_here = mr.min(rows - i0);
@@ -206,16 +260,14 @@ fn gemm_uv(
                 }
                 micro(kc, u.data, &offs, u.cs, &bpack[..kc * NR], &mut acc);
                 for r in 0..m_here {
-                    let base = (i0 + r) * rsd + j0 * csd;
-                    for j in 0..nr {
-                        let dst = &mut d[base + j * csd];
-                        let val = alpha * acc[r][j];
-                        *dst = if beta_here == 0.0 {
-                            val
-                        } else {
-                            val + beta_here * *dst
-                        };
-                    }
+                    store_row(
+                        d,
+                        (i0 + r) * rsd + j0 * csd,
+                        csd,
+                        &acc[r][..nr],
+                        alpha,
+                        beta_here,
+                    );
                 }
                 i0 += mr;
             }
@@ -224,6 +276,9 @@ fn gemm_uv(
         p0 += kc;
     }
 }
+
+/// Below this many rows of `op(A)`, `x·Wᵀ` is computed as dot products.
+const GEMV_ROWS: usize = 4;
 
 /// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views
 /// (`(rs, cs)` of `op(A)`, `op(B)`), `C` row-major with row stride `ldc`.
@@ -249,6 +304,21 @@ pub(super) fn gemm(
         rs: b.1,
         cs: b.2,
     };
+    if m < GEMV_ROWS && va.cs == 1 && vb.rs == 1 {
+        // A few rows times a transposed weight (decoding: x·Wᵀ for one token):
+        // every output is a dot product of two contiguous vectors; a packed
+        // panel would be mostly padding.
+        for i in 0..m {
+            let x = &va.data[i * va.rs..i * va.rs + k];
+            for j in 0..n {
+                let w = &vb.data[j * vb.cs..j * vb.cs + k];
+                let o = &mut c[i * ldc + j];
+                let val = alpha * super::dot(x, w);
+                *o = if beta == 0.0 { val } else { val + beta * *o };
+            }
+        }
+        return;
+    }
     if n > m {
         // Cᵀ[n, m] = op(B)ᵀ · op(A)ᵀ: U = op(B)ᵀ, V = op(A)ᵀ, D = Cᵀ (strides 1, ldc).
         let u = View {

@@ -81,9 +81,57 @@ pub fn silu_grad(z: f32) -> f32 {
     s * (1.0 + z * (1.0 - s))
 }
 
+/// Lanes of the vector helpers below: eight independent partial sums, so the
+/// compiler can keep them in one SIMD register (a plain `.sum()` over `f32`
+/// must stay sequential and does not vectorise).
+const LANES: usize = 8;
+
+/// `Σ a_i b_i`, summed in 8 interleaved partial sums (a fixed order: the
+/// result is deterministic for a given length).
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
+        acc[l] += x * y;
+    }
+    let s = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// `y += a·x`.
+#[inline(always)]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
 /// Index of the first NaN/Inf in `x`, if any.
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
-    x.iter().position(|v| !v.is_finite())
+    // Scan in blocks with a branch-free test (vectorises); locate only on a hit.
+    const B: usize = 64;
+    for (bi, blk) in x.chunks(B).enumerate() {
+        let bad = blk.iter().fold(false, |acc, v| acc | !v.is_finite());
+        if bad {
+            return blk.iter().position(|v| !v.is_finite()).map(|i| bi * B + i);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

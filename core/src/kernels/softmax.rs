@@ -3,7 +3,7 @@
 //!
 //! Gradient: with `g = dL/dp`, `dL/dx_i = p_i · (g_i − Σ_j p_j g_j)`.
 
-use super::exp;
+use super::{dot, exp};
 
 /// In-place softmax of one row. An all-`−∞` row (fully masked) becomes all zeros
 /// rather than NaN; NaN inputs propagate (the model reports them as `NonFinite`).
@@ -33,9 +33,9 @@ pub fn forward_inplace(x: &mut [f32]) {
 #[inline]
 pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
     debug_assert!(dx.len() == p.len() && p.len() == g.len());
-    let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+    let pg = dot(p, g);
     for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
-        *d = pi * (gi - dot);
+        *d = pi * (gi - pg);
     }
 }
 
@@ -43,8 +43,8 @@ pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
     debug_assert!(g.len() == p.len());
-    let dot: f32 = p.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+    let pg = dot(p, g);
     for (gi, &pi) in g.iter_mut().zip(p) {
-        *gi = pi * (*gi - dot);
+        *gi = pi * (*gi - pg);
     }
 }
