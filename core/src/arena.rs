@@ -2,7 +2,7 @@
 //! a backward) pass needs, planned from `(config, max_batch, max_seq, mode)`,
 //! allocated once as one bumpalo chunk, and carved into named slices per step.
 //!
-//! Lifetimes make the arena discipline a compile-time fact: [`Workspace::carve`]
+//! Lifetimes make the arena discipline a compile-time fact: `Workspace::carve`
 //! takes `&mut self`, resets the bump arena and hands out slices that borrow
 //! the workspace, so no slice of step `s` can be alive when step `s+1` resets
 //! the arena. The arena has an allocation limit equal to its one chunk, so a

@@ -36,7 +36,9 @@ pub struct KvSource<'a> {
     pub v_off: usize,
 }
 
-/// Forward. `att: [n, h·d]`; `probs` is `[b, h, t, t]` when `save` (training),
+/// E10 forward: `att_i = Σ_j softmax_j(q_i·k_j/√d, j ≤ i) v_j` per batch row and
+/// head, from `qkv: [n, (h+2kv)·d]`.
+/// `att: [n, h·d]`; `probs` is `[b, h, t, t]` when `save` (training),
 /// else a scratch row of at least `t` scores reused by every query.
 pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save: bool) {
     let (t, q) = (dm.t, dm.q);
@@ -67,7 +69,7 @@ pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save:
     }
 }
 
-/// Attention of one sequence: `t` query rows (`qkv_rows: [t, q]`, absolute
+/// E10 — attention of one sequence, `o_i = Σ_{j ≤ pos0+i} softmax_j(s·q_i·k_j) v_j`: `t` query rows (`qkv_rows: [t, q]`, absolute
 /// positions `pos0 + i`) over keys/values at positions `0 ..= pos0 + i` in `kvs`.
 /// With `save`, `probs` is `[h, t, t]` (requires `pos0 = 0`); otherwise it is a
 /// score row of at least `pos0 + t` elements.
@@ -112,7 +114,10 @@ pub fn attend(
     }
 }
 
-/// Backward. Overwrites `dqkv: [n, (h+2kv)·d]` (dq, dk, dv, before RoPE backward);
+/// E28 (backward of E10): `dP_ij = do_i·v_j`, `dv_j += Σ_i P_ij do_i`,
+/// `dS = P ⊙ (dP − rowsum(P ⊙ dP))` (E22), `dq_i = s Σ_j dS_ij k_j`,
+/// `dk_j += s Σ_i dS_ij q_i`.
+/// Overwrites `dqkv: [n, (h+2kv)·d]` (dq, dk, dv, before RoPE backward);
 /// `datt: [n, h·d]`; `probs: [b, h, t, t]` saved; `dp: [t, t]` scratch.
 pub fn backward(
     dqkv: &mut [f32],

@@ -57,7 +57,7 @@ fn key(x: f32) -> u32 {
     }
 }
 
-/// The largest key `τ` such that `count(key(x) ≥ τ)` satisfies `enough`
+/// E20 / E21 cut-off — the largest key `τ` such that `count(key(x) ≥ τ)` satisfies `enough`
 /// (a predicate monotone in the kept set), by bisection on the 32-bit key.
 fn bisect_threshold(mut enough: impl FnMut(u32) -> bool) -> u32 {
     let (mut lo, mut hi) = (0u32, u32::MAX); // enough(lo) holds (keeps everything)
@@ -115,7 +115,9 @@ impl SamplingStrategy {
         }
     }
 
-    /// Picks the next token from `logits: [vocab]`, drawing at most one
+    /// E19–E21 — picks the next token from `logits: [vocab]`: greedy argmax, or
+    /// `softmax(logits / T)` (E19) restricted to the `k` largest (E20, top-k) or to
+    /// the smallest prefix of mass `≥ p` (E21, top-p), renormalised; drawing at most one
     /// `u64` from `rng` (none for `Greedy`).
     ///
     /// # Errors
@@ -201,7 +203,7 @@ enum Keep {
     TopP(f32),
 }
 
-/// Samples from the kept set `{i : kf(x_i) > τ} ∪ (first `ties` of {kf(x_i) = τ})`
+/// E19–E21 draw — samples from the kept set `{i : kf(x_i) > τ} ∪ (first `ties` of {kf(x_i) = τ})`
 /// with weights `w(x_i)`, using one uniform draw.
 fn sample<R: RngCore + ?Sized>(
     logits: &[f32],

@@ -5,7 +5,8 @@
 
 use crate::kernels::matmul::{gemm, Mat};
 
-/// `y = x·Wᵀ` (`beta = 0`) or `y += x·Wᵀ` (`beta = 1`).
+/// E6 — `y = x·Wᵀ` (`beta = 0`) or `y += x·Wᵀ` (`beta = 1`);
+/// `x: [n, din]`, `w: [dout, din]`, `y: [n, dout]`.
 #[inline]
 pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize, beta: f32) {
     gemm(
@@ -21,7 +22,8 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: 
     );
 }
 
-/// `dx (+)= dy·W` with `beta` 0 (overwrite) or 1 (accumulate).
+/// E7 — `dx (+)= dy·W` with `beta` 0 (overwrite) or 1 (accumulate);
+/// `dy: [n, dout]`, `w: [dout, din]`, `dx: [n, din]`.
 #[inline]
 pub fn backward_input(
     dx: &mut [f32],
@@ -45,7 +47,8 @@ pub fn backward_input(
     );
 }
 
-/// `dW += dyᵀ·x` (always accumulates).
+/// E7 — `dW += dyᵀ·x` (always accumulates); `dy: [n, dout]`, `x: [n, din]`,
+/// `dw: [dout, din]`.
 #[inline]
 pub fn backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, din: usize, dout: usize) {
     gemm(

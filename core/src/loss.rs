@@ -12,7 +12,8 @@
 
 use crate::kernels::exp;
 
-/// Writes `dlogits = (softmax(logits) − onehot) · scale` and `ce_row[r]`; returns the mean CE.
+/// E14 — `CE = (1/n) Σ_r [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
+/// `ce_row: [n]`), and E15 — its gradient `dlogits = (softmax(logits) − onehot) / n`.
 /// `logits`, `dlogits: [n, v]`; `targets` already validated `< v`.
 pub fn cross_entropy(
     dlogits: &mut [f32],
@@ -53,7 +54,7 @@ pub fn cross_entropy(
     (total / n as f64) as f32
 }
 
-/// Pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
+/// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
 /// accumulated from each layer's `counts: [e]` and `rprobs: [n, e]`.
 pub fn aux_accumulate(f: &mut [f32], p: &mut [f32], counts: &[u32], rprobs: &[f32]) {
     let e = f.len();
@@ -67,7 +68,7 @@ pub fn aux_accumulate(f: &mut [f32], p: &mut [f32], counts: &[u32], rprobs: &[f3
     }
 }
 
-/// Finishes the aux loss from the pooled sums over `rows = L·n` router rows:
+/// E13 — finishes the aux loss from the pooled sums over `rows = L·n` router rows:
 /// turns `f`, `p` into means and returns `aux = e · Σ f_e P_e`.
 pub fn aux_finish(f: &mut [f32], p: &mut [f32], rows: usize) -> f32 {
     let inv = 1.0 / rows as f32;
@@ -80,7 +81,8 @@ pub fn aux_finish(f: &mut [f32], p: &mut [f32], rows: usize) -> f32 {
     f.len() as f32 * s
 }
 
-/// Per-probability gradient of `α·aux`: `coef[e] = α · e · f_e / rows` (written into `f`).
+/// E31 (gradient of E13) — per-probability gradient of `α·aux` (`f` carries no
+/// gradient): `coef[e] = α · e · f_e / rows`, written into `f: [e]`.
 pub fn aux_grad_coef(f: &mut [f32], alpha: f32, rows: usize) {
     let e = f.len() as f32;
     for fe in f.iter_mut() {

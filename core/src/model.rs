@@ -121,7 +121,8 @@ impl MoETransformer {
     }
 
     /// Deterministic initialisation from `seed`, drawn in layout order from
-    /// `ChaCha8Rng::seed_from_u64(seed)`: each value takes one `next_u32()`,
+    /// `ChaCha8Rng::seed_from_u64(seed)`: each value takes the next 32-bit
+    /// little-endian word `x` of the keystream (`fill_bytes`),
     /// `u = (x >> 8) · 2⁻²⁴ ∈ [0, 1)`, and a matrix `[out, in]` gets
     /// `(2u − 1)/√in` (PyTorch's `nn.Linear` default bound), the embedding
     /// `(2u − 1)·√3` (unit variance, like `nn.Embedding`'s N(0, 1)); norm
@@ -129,6 +130,10 @@ impl MoETransformer {
     pub fn init(layout: &Layout, params: &mut [f32], seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         const TO_UNIT: f32 = 1.0 / (1u32 << 24) as f32;
+        // Keystream words are drawn in blocks (the same sequence as one
+        // `next_u32()` per value, without the per-call bookkeeping).
+        const BLOCK: usize = 256;
+        let mut words = [0u8; 4 * BLOCK];
         for t in layout.tensors() {
             let out = &mut params[t.range()];
             if t.shape.len() == 1 {
@@ -140,9 +145,13 @@ impl MoETransformer {
             } else {
                 1.0 / libm::sqrtf(t.shape[1] as f32)
             };
-            for x in out.iter_mut() {
-                let u = (rng.next_u32() >> 8) as f32 * TO_UNIT;
-                *x = (2.0 * u - 1.0) * bound;
+            for chunk in out.chunks_mut(BLOCK) {
+                let bytes = &mut words[..4 * chunk.len()];
+                rng.fill_bytes(bytes);
+                for (x, w) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                    let u = (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> 8) as f32 * TO_UNIT;
+                    *x = (2.0 * u - 1.0) * bound;
+                }
             }
         }
     }
@@ -383,7 +392,9 @@ impl MoETransformer {
         self.backward(acts, grads, tokens, targets, alpha)
     }
 
-    /// Loss, then the backward pass in exact reverse order of `forward_acts`.
+    /// E32 — loss `CE + α·aux` (E14, E13), then the backward pass in exact reverse
+    /// order of `forward_acts`; a residual `x_out = x + F(x)` passes `dx_out` through
+    /// unchanged and adds `F`'s input gradient. Accumulates into `grads: [P]`.
     fn backward(
         &self,
         acts: Acts,

@@ -21,7 +21,8 @@ use crate::layout::LayerLayout;
 use crate::router;
 use crate::swiglu::SwiGLU;
 
-/// Counting-sort dispatch of `topk_idx: [n, k]` into per-expert slot ranges.
+/// E11 dispatch — counting sort of `topk_idx: [n, k]` into per-expert slot ranges:
+/// `counts: [e]`, `offsets: [e+1]` (exclusive prefix sum), `slot_row`, `slot_of: [n·k]`.
 pub fn dispatch(
     counts: &mut [u32],
     offsets: &mut [u32],
@@ -66,7 +67,9 @@ fn expert<'p>(
     }
 }
 
-/// Forward: reads `la.xn2`, writes the router and expert activations of `la`,
+/// E11 forward: `y_r = Σ_{j ∈ topk(r)} w_rj · Expert_j(x_r)` (router E12,
+/// experts E8 once each on their gathered rows `xg: [s, c]`, `s = n·k`).
+/// Reads `la.xn2: [n, c]`, writes the router and expert activations of `la`,
 /// and adds the block output into `resid: [n, c]` (the residual connection).
 pub(crate) fn forward(
     la: &mut LayerActs,
@@ -142,7 +145,10 @@ pub(crate) struct MoeGrads<'a> {
     pub drprobs: &'a mut [f32],
 }
 
-/// Backward. `dout: [n, c]` is the gradient of the block output (the residual
+/// E29 (backward of E11): `dw_rj = dout_r · Expert_j(x_r)`, `dye_s = w_rj · dout_r`,
+/// expert backward (E26), then the gather's adjoint `dx_r += Σ_j dxg_{slot(r,j)}`
+/// and the router backward (E30).
+/// `dout: [n, c]` is the gradient of the block output (the residual
 /// stream after the block). Writes `g.dxn` = gradient w.r.t. `la.xn2`
 /// (router and experts), accumulates weight gradients. `aux: [e]` is the
 /// aux-loss gradient per router probability.

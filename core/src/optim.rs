@@ -98,8 +98,19 @@ impl AdamW {
         })
     }
 
-    /// One update of `params` with `grads` at learning rate `lr`.
+    /// E16 — one AdamW update of `params` with `grads` (both `[P]`, the flat layout)
+    /// at learning rate `lr`: `w ← w(1 − lr·wd)`, `m ← β1 m + (1−β1) g`,
+    /// `v ← β2 v + (1−β2) g²`, `w ← w − lr · m̂ / (√v̂ + eps)`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
+        self.update_scaled(params, grads, lr, 1.0);
+    }
+
+    /// [`AdamW::update`] with every gradient multiplied by `grad_scale` first
+    /// (`g ← grad_scale·g`, the clipping coefficient), fused into the same pass
+    /// so that clipping costs no extra sweep over the gradients. With
+    /// `grad_scale = 1` the multiplication is skipped, so both paths give
+    /// bit-identical results to scaling the buffer in place.
+    pub fn update_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
         self.step += 1;
         let AdamWConfig {
             beta1,
@@ -122,6 +133,7 @@ impl AdamW {
             .zip(self.v.iter_mut())
         {
             *w *= decay;
+            let g = if grad_scale == 1.0 { g } else { g * grad_scale };
             *m += w1 * (g - *m);
             *v = *v * beta2 + w2 * g * g;
             let denom = sqrt(*v) / bc2_sqrt + eps;
@@ -178,7 +190,7 @@ impl LrSchedule {
         Ok(())
     }
 
-    /// The learning rate at 0-based step `s`.
+    /// E18 — the learning rate at 0-based step `s` (warmup, then cosine to `min_lr`).
     pub fn at(&self, s: u64) -> f32 {
         if s < self.warmup {
             return (self.lr as f64 * (s + 1) as f64 / self.warmup as f64) as f32;
@@ -194,7 +206,30 @@ impl LrSchedule {
 
 /// E17 — global L2 norm of `grads` (accumulated in f64).
 pub fn global_norm(grads: &[f32]) -> f32 {
-    libm::sqrt(grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>()) as f32
+    // Four interleaved f64 partial sums (vectorises; a fixed order, so deterministic).
+    let mut acc = [0.0f64; 4];
+    let chunks = grads.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..4 {
+            acc[l] += (c[l] as f64) * (c[l] as f64);
+        }
+    }
+    for (l, &g) in rest.iter().enumerate() {
+        acc[l] += (g as f64) * (g as f64);
+    }
+    libm::sqrt((acc[0] + acc[2]) + (acc[1] + acc[3])) as f32
+}
+
+/// E17 — the clipping coefficient of `clip_grad_norm_` for a gradient of
+/// global norm `norm`: `max_norm / (norm + 1e-6)` when that is `< 1`, else 1.
+pub fn clip_coef(norm: f32, max_norm: f32) -> f32 {
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        coef
+    } else {
+        1.0
+    }
 }
 
 /// E17 — clips `grads` in place to global norm `max_norm` as
@@ -202,7 +237,7 @@ pub fn global_norm(grads: &[f32]) -> f32 {
 /// `coef < 1`. Returns the pre-clip norm.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
     let norm = global_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
+    let coef = clip_coef(norm, max_norm);
     if coef < 1.0 {
         grads.iter_mut().for_each(|g| *g *= coef);
     }

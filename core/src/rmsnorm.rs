@@ -4,7 +4,8 @@
 //! `x̂ = x·rstd` and `g = dy ⊙ w`:
 //! `dw += Σ_rows dy ⊙ x̂`, `dx += rstd · (g − x̂ · mean(g ⊙ x̂))`.
 
-/// Forward. `y: [n, c]`, `rstd: [n]` (saved), `x: [n, c]`, `w: [c]`.
+/// E5 forward: `y = x · rstd ⊙ w`, `rstd = 1/sqrt(mean(x²) + eps)` per row.
+/// `y: [n, c]`, `rstd: [n]` (saved), `x: [n, c]`, `w: [c]`.
 pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     debug_assert!(y.len() == x.len() && x.len() == rstd.len() * c);
@@ -22,7 +23,9 @@ pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) 
     }
 }
 
-/// Backward; accumulates into `dx: [n, c]` and `dw: [c]`.
+/// E25 (backward of E5): with `x̂ = x·rstd`, `g = dy ⊙ w`,
+/// `dw += Σ_rows dy ⊙ x̂`, `dx += rstd · (g − x̂ · mean(g ⊙ x̂))`.
+/// Accumulates into `dx: [n, c]` and `dw: [c]`.
 /// `dy: [n, c]`, saved `x: [n, c]`, `rstd: [n]`, weights `w: [c]`.
 pub fn backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32]) {
     let c = w.len();

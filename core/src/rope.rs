@@ -74,7 +74,8 @@ impl RopeTable {
         self.max_seq
     }
 
-    /// Rotates one head vector `x: [d]` at position `pos` in place (forward).
+    /// E9 — rotates one head vector `x: [d]` at position `pos` in place (forward):
+    /// `x'ᵢ = xᵢ cos θᵢ − x_{i+d/2} sin θᵢ`, `x'_{i+d/2} = x_{i+d/2} cos θᵢ + xᵢ sin θᵢ`.
     #[inline]
     pub fn rotate(&self, x: &mut [f32], pos: usize) {
         let h = self.half;
@@ -90,7 +91,9 @@ impl RopeTable {
         }
     }
 
-    /// Backward of [`RopeTable::rotate`]: rotates a gradient `dy: [d]` by `−θ` in place.
+    /// E27 (backward of E9) — backward of [`RopeTable::rotate`]: rotates a gradient
+    /// `dy: [d]` by `−θ` in place: `dxᵢ = dyᵢ cos θᵢ + dy_{i+d/2} sin θᵢ`,
+    /// `dx_{i+d/2} = dy_{i+d/2} cos θᵢ − dyᵢ sin θᵢ`.
     #[inline]
     pub fn rotate_back(&self, dy: &mut [f32], pos: usize) {
         let h = self.half;
@@ -107,7 +110,7 @@ impl RopeTable {
     }
 }
 
-/// Forward over the fused projection `qkv: [n, (h+2kv)·d]`: rotates the `h`
+/// E9 forward over the fused projection `qkv: [n, (h+2kv)·d]`: rotates the `h`
 /// query heads and `kv` key heads of every row (row `r` is at position
 /// `pos0 + r % t`); values are left alone.
 pub fn forward(
@@ -128,7 +131,8 @@ pub fn forward(
     }
 }
 
-/// Backward of [`forward`] on `dqkv: [n, (h+2kv)·d]`, in place.
+/// E27 (backward of E9) — backward of [`forward`] on `dqkv: [n, (h+2kv)·d]`, in
+/// place: each q and k head gradient is rotated by `−θ` ([`RopeTable::rotate_back`]).
 pub fn backward(dqkv: &mut [f32], rope: &RopeTable, t: usize, h: usize, kv: usize, d: usize) {
     let q = (h + 2 * kv) * d;
     for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {

@@ -13,7 +13,8 @@
 use crate::kernels::softmax;
 use crate::linear;
 
-/// Forward for `n` rows. `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
+/// E12 forward: `p = softmax(x·W_gateᵀ)`, top-k of `p`, `w_j = p_j / Σ_topk p`.
+/// For `n` rows: `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
 /// (saved), `x: [n, c]`, `wg: [e, c]`.
 pub fn forward(
     rprobs: &mut [f32],
@@ -42,7 +43,7 @@ pub fn forward(
     }
 }
 
-/// Writes the `idx.len()` largest entries of `p` (descending; ties to the
+/// E12 top-k — writes the `idx.len()` largest entries of `p: [e]` (descending; ties to the
 /// lower index) and their values. NaNs are never preferred, but indices stay
 /// distinct even then.
 pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
@@ -62,7 +63,10 @@ pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
     }
 }
 
-/// Backward for `n` rows. Accumulates into `dx: [n, c]` and `dwg: [e, c]`;
+/// E30 (backward of E12, with the aux term of E31):
+/// `dp_m = a_m + [m ∈ topk]·(dw_m − Σ_j dw_j w_j)/S`, `dz = p ⊙ (dp − ⟨p, dp⟩)`,
+/// `dx += dz·W_gate`, `dW_gate += dzᵀ·x`.
+/// For `n` rows. Accumulates into `dx: [n, c]` and `dwg: [e, c]`;
 /// uses `dp: [n, e]` as scratch; `aux: [e]` is the aux-loss gradient per
 /// probability (zeros when `α = 0`).
 pub fn backward(

@@ -29,7 +29,9 @@ pub struct SwiGLU<'a> {
 }
 
 impl SwiGLU<'_> {
-    /// Forward over `m` rows; writes `h13`, `act` (saved) and `y`.
+    /// E8 forward over `m` rows: `[h1 | h3] = xg·w13ᵀ`, `act = silu(h1) ⊙ h3`,
+    /// `y = act·w2ᵀ`. `xg: [m, c]`; writes `h13: [m, 2f]`, `act: [m, f]` (saved)
+    /// and `y: [m, c]`.
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
         let (c, f) = (self.c, self.f);
         linear::forward(h13, xg, self.w13, m, c, 2 * f, 0.0);
@@ -42,7 +44,9 @@ impl SwiGLU<'_> {
         linear::forward(y, act, self.w2, m, f, c, 0.0);
     }
 
-    /// Backward over `m` rows. Overwrites `dxg: [m, c]` and the scratch
+    /// E26 (backward of E8) over `m` rows: `dact = dy·w2`, `dw2 += dyᵀ·act`,
+    /// `dh1 = dact ⊙ h3 ⊙ silu'(h1)`, `dh3 = dact ⊙ silu(h1)`,
+    /// `dxg = dh13·w13`, `dw13 += dh13ᵀ·xg`. Overwrites `dxg: [m, c]` and the scratch
     /// `dh13: [m, 2f]`, `dact: [m, f]`; accumulates `dw13: [2f, c]`, `dw2: [c, f]`.
     pub fn backward(
         &self,

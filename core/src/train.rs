@@ -6,7 +6,7 @@ use crate::arena::{Mode, Workspace};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::model::{alloc_zeroed, Losses, MoETransformer, TokenId};
-use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, LrSchedule};
 
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,7 +115,9 @@ impl Trainer {
         self.model
     }
 
-    /// Gradients of the last step (after clipping and the hook).
+    /// Gradients of the last step: unclipped after [`Trainer::train_step`]
+    /// (clipping is fused into the update), clipped and as the hook left them
+    /// after [`Trainer::train_step_with_hook`].
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
@@ -169,7 +171,10 @@ impl Trainer {
         )
     }
 
-    /// One step: forward, loss, backward, clipping, AdamW.
+    /// One step: forward, loss, backward, clipping, AdamW. Clipping is fused
+    /// into the AdamW pass (the gradient buffer keeps the unclipped values);
+    /// the result is bit-identical to [`Trainer::train_step_with_hook`] with a
+    /// hook that does nothing.
     pub fn train_step(
         &mut self,
         tokens: &[TokenId],
@@ -177,11 +182,12 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<StepStats> {
-        self.train_step_with_hook(tokens, targets, batch, seq, |_, _| {})
+        self.step(tokens, targets, batch, seq, None)
     }
 
     /// [`Trainer::train_step`] with a hook that sees (and may change) the
-    /// flat gradients, with their layout, after clipping and before the update.
+    /// flat gradients, with their layout, after clipping (applied to the
+    /// buffer in place) and before the update.
     ///
     /// # Errors
     /// Any input error of [`MoETransformer::loss_and_grad`]; [`Error::NonFinite`]
@@ -195,20 +201,42 @@ impl Trainer {
         seq: usize,
         mut hook: F,
     ) -> Result<StepStats> {
+        self.step(tokens, targets, batch, seq, Some(&mut hook))
+    }
+
+    fn step(
+        &mut self,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        hook: Option<&mut dyn FnMut(&mut [f32], &Layout)>,
+    ) -> Result<StepStats> {
         let losses = self.compute_gradients(tokens, targets, batch, seq, None)?;
-        let grad_norm = match self.config.clip_grad_norm {
-            Some(max) => clip_grad_norm(&mut self.grads, max),
-            None => global_norm(&self.grads),
-        };
+        let grad_norm = global_norm(&self.grads);
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 what: "gradient norm",
                 index: 0,
             });
         }
-        hook(&mut self.grads, self.model.layout());
+        let coef = match self.config.clip_grad_norm {
+            Some(max) => clip_coef(grad_norm, max),
+            None => 1.0,
+        };
         let lr = self.config.schedule.at(self.opt.step);
-        self.opt.update(self.model.params_mut(), &self.grads, lr);
+        let scale = match hook {
+            None => coef,
+            Some(hook) => {
+                if coef < 1.0 {
+                    self.grads.iter_mut().for_each(|g| *g *= coef);
+                }
+                hook(&mut self.grads, self.model.layout());
+                1.0
+            }
+        };
+        self.opt
+            .update_scaled(self.model.params_mut(), &self.grads, lr, scale);
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,

@@ -103,7 +103,10 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
     };
     let x: Vec<u32> = (0..8).map(|i| i * 7).collect();
     let (mut clipped, mut free) = (make(Some(0.5)), make(None));
-    let a = clipped.train_step(&x, &x, 1, 8).unwrap();
+    // The hook variant applies the clip to the buffer in place.
+    let a = clipped
+        .train_step_with_hook(&x, &x, 1, 8, |_, _| {})
+        .unwrap();
     let b = free.train_step(&x, &x, 1, 8).unwrap();
     assert_eq!(
         a.grad_norm, b.grad_norm,
@@ -113,4 +116,37 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
     let norm = moe_core::optim::global_norm(clipped.grads());
     assert!((norm - 0.5).abs() < 1e-3, "clipped gradient norm {norm}");
     assert!((moe_core::optim::global_norm(free.grads()) - b.grad_norm).abs() < 1e-4);
+}
+
+#[test]
+fn fused_clipping_equals_clipping_in_place() {
+    let make = || {
+        let cfg = TrainConfig {
+            clip_grad_norm: Some(0.3),
+            ..TrainConfig::default()
+        };
+        Trainer::new(MoETransformer::new(&Config::tiny(), 4).unwrap(), cfg, 2, 8).unwrap()
+    };
+    let x: Vec<u32> = (0..16).map(|i| (i * 13 + 1) % 1000).collect();
+    let y: Vec<u32> = (0..16).map(|i| (i * 17 + 2) % 1000).collect();
+    let (mut fused, mut explicit) = (make(), make());
+    for _ in 0..4 {
+        let a = fused.train_step(&x, &y, 2, 8).unwrap();
+        let b = explicit
+            .train_step_with_hook(&x, &y, 2, 8, |_, _| {})
+            .unwrap();
+        assert_eq!(a, b);
+        assert!(
+            a.grad_norm > 0.3,
+            "the clip must be active for this test to mean anything"
+        );
+    }
+    let bits = |t: &Trainer| {
+        t.model()
+            .params()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&fused), bits(&explicit));
 }

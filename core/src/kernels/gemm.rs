@@ -96,7 +96,9 @@ mod avx2 {
             return;
         }
         // Every offset read below is rows[r] + p·cs with p < kc, or < kc·NR in `b`.
-        let last = rows[..MR].iter().max().copied().unwrap_or(0) + (kc - 1) * cs;
+        // Row offsets are non-decreasing (the driver builds them so), so the
+        // last one is the largest.
+        let last = rows[MR - 1] + (kc - 1) * cs;
         assert!(
             last < u.len() && b.len() >= kc * NR,
             "gemm micro-kernel out of bounds"
@@ -259,15 +261,26 @@ fn gemm_uv(
                     *o = (i0 + r.min(m_here - 1)) * u.rs + p0 * u.cs;
                 }
                 micro(kc, u.data, &offs, u.cs, &bpack[..kc * NR], &mut acc);
-                for r in 0..m_here {
-                    store_row(
-                        d,
-                        (i0 + r) * rsd + j0 * csd,
-                        csd,
-                        &acc[r][..nr],
-                        alpha,
-                        beta_here,
-                    );
+                if csd == 1 || rsd != 1 {
+                    for r in 0..m_here {
+                        let at = (i0 + r) * rsd + j0 * csd;
+                        store_row(d, at, csd, &acc[r][..nr], alpha, beta_here);
+                    }
+                } else {
+                    // Transposed output (D = Cᵀ): for each column j the tile's
+                    // rows are contiguous in C.
+                    for j in 0..nr {
+                        let at = i0 + (j0 + j) * csd;
+                        let col = &mut d[at..at + m_here];
+                        for (r, o) in col.iter_mut().enumerate() {
+                            let val = alpha * acc[r][j];
+                            *o = if beta_here == 0.0 {
+                                val
+                            } else {
+                                val + beta_here * *o
+                            };
+                        }
+                    }
                 }
                 i0 += mr;
             }

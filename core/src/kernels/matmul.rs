@@ -6,7 +6,7 @@
 //! * [`Backend::MatrixMultiply`]: the `matrixmultiply` crate, kept for
 //!   comparison in the benchmark; it allocates packing buffers on every call,
 //!   so the model never uses it.
-//! * [`Backend::Blas`] (feature `blas`): CBLAS `cblas_sgemm` from whatever BLAS
+//! * `Backend::Blas` (feature `blas`): CBLAS `cblas_sgemm` from whatever BLAS
 //!   the final binary links (e.g. OpenBLAS through `moe-bench --features openblas`).
 //!
 //! Shapes: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]` with
@@ -115,7 +115,7 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
+/// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
 #[inline]
 pub fn gemm(
     m: usize,
@@ -131,7 +131,7 @@ pub fn gemm(
     gemm_with(Backend::DEFAULT, m, n, k, alpha, a, b, beta, c, ldc)
 }
 
-/// [`gemm`] with an explicit backend. Panics (a bug, not user input) if an
+/// E3 — [`gemm`] (`C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C`) with an explicit backend. Panics (a bug, not user input) if an
 /// operand is too short for its shape.
 pub fn gemm_with(
     backend: Backend,

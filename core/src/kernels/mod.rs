@@ -74,7 +74,7 @@ pub fn silu(z: f32) -> f32 {
     z * sigmoid(z)
 }
 
-/// E2 gradient — `d silu / dz = σ(z) · (1 + z · (1 − σ(z)))`.
+/// E23 (gradient of E2) — `d silu / dz = σ(z) · (1 + z · (1 − σ(z)))` (scalar).
 #[inline(always)]
 pub fn silu_grad(z: f32) -> f32 {
     let s = sigmoid(z);

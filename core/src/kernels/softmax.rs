@@ -5,7 +5,8 @@
 
 use super::{dot, exp};
 
-/// In-place softmax of one row. An all-`−∞` row (fully masked) becomes all zeros
+/// E1 — in-place softmax of one row `x: [len]`:
+/// `p_i = exp(x_i − max x) / Σ_j exp(x_j − max x)`. An all-`−∞` row (fully masked) becomes all zeros
 /// rather than NaN; NaN inputs propagate (the model reports them as `NonFinite`).
 #[inline]
 pub fn forward_inplace(x: &mut [f32]) {
@@ -28,7 +29,8 @@ pub fn forward_inplace(x: &mut [f32]) {
     }
 }
 
-/// `dx = p ⊙ (g − ⟨p, g⟩)` for one row; writes (not accumulates) `dx`.
+/// E22 (backward of E1) — `dx = p ⊙ (g − ⟨p, g⟩)` for one row (`dx`, `p`,
+/// `g = dL/dp`: `[len]`); writes (not accumulates) `dx`.
 /// `dx` may alias neither `p` nor `g` (use [`backward_inplace`] for that).
 #[inline]
 pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
@@ -39,7 +41,7 @@ pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
     }
 }
 
-/// Like [`backward`] with `g` overwritten by `dx`.
+/// E22 — like [`backward`] (`g ← p ⊙ (g − ⟨p, g⟩)`) with `g: [len]` overwritten by `dx`.
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
     debug_assert!(g.len() == p.len());
