@@ -8,6 +8,9 @@ use crate::layout::Layout;
 use crate::model::{alloc_zeroed, Losses, MoETransformer, TokenId};
 use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, LrSchedule};
 
+/// A caller's function over the flat gradients and their layout.
+type GradHook<'a> = dyn FnMut(&mut [f32], &Layout) + 'a;
+
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {
@@ -210,7 +213,7 @@ impl Trainer {
         targets: &[TokenId],
         batch: usize,
         seq: usize,
-        hook: Option<&mut dyn FnMut(&mut [f32], &Layout)>,
+        hook: Option<&mut GradHook<'_>>,
     ) -> Result<StepStats> {
         let losses = self.compute_gradients(tokens, targets, batch, seq, None)?;
         let grad_norm = global_norm(&self.grads);
