@@ -1,5 +1,6 @@
 //! Captures the compiler version for the benchmark metadata
-//! (`metadata.language_version`), as `MOE_RUSTC_VERSION`.
+//! (`metadata.language_version`), as `MOE_RUSTC_VERSION`, and with the
+//! `openblas` feature links the system OpenBLAS (which exports CBLAS).
 
 use std::process::Command;
 
@@ -14,6 +15,9 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "rustc (unknown version)".to_owned());
     println!("cargo:rustc-env=MOE_RUSTC_VERSION={version}");
+    if std::env::var_os("CARGO_FEATURE_OPENBLAS").is_some() {
+        println!("cargo:rustc-link-lib=dylib=openblas");
+    }
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
 }

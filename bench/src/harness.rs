@@ -325,6 +325,7 @@ mod tests {
                 "kernel_softmax",
                 "kernel_rmsnorm",
                 "kernel_matmul_portable",
+                "kernel_matmul_matrixmultiply",
                 "machine_peak"
             ]
         );

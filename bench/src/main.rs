@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 
 mod alloc_counter;
 mod demo;
+mod dispatch_compare;
 mod flops;
 mod harness;
 mod measure;
 mod meta;
+mod plan;
 mod report;
 mod rusage;
 mod scenarios;
@@ -54,6 +56,16 @@ enum Command {
     ColdStart(harness::ColdStartArgs),
     /// Logits, losses and every parameter gradient of one batch, as safetensors.
     Grads(moe_bench::grads::GradsArgs),
+    /// Train on a text file (byte-level tokens): loss.csv, loss.svg and a checkpoint.
+    Train(moe_bench::train::TrainArgs),
+    /// Generate text from a checkpoint (greedy, temperature, top-k or top-p).
+    Generate(moe_bench::generate::GenerateArgs),
+    /// Print the memory plan: flat buffers, workspace entries per mode, KV cache.
+    Plan(plan::PlanArgs),
+    /// Time `pick_token` through an enum, a `dyn` trait object and a generic (cold/warm).
+    DispatchCompare(dispatch_compare::DispatchCompareArgs),
+    /// Run extreme-but-valid inputs and write docs/stability.md (NaN/Inf, divergence, typed errors).
+    Stress(moe_bench::stress::StressArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +77,11 @@ fn main() -> ExitCode {
         Command::BenchOne(args) => harness::bench_one(args),
         Command::ColdStart(args) => harness::cold_start(args),
         Command::Grads(args) => moe_bench::grads::run(args).map_err(BoxError::from),
+        Command::Train(args) => moe_bench::train::run(args),
+        Command::Generate(args) => moe_bench::generate::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::DispatchCompare(args) => dispatch_compare::run(args),
+        Command::Stress(args) => moe_bench::stress::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

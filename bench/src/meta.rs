@@ -43,6 +43,7 @@ pub fn collect(s: RunSettings) -> Metadata {
         n_warmup: s.n_warmup,
         seed: s.seed,
         matmul_backend: Backend::DEFAULT.name().to_owned(),
+        matmul_kernel: moe_core::kernels::gemm::kernel_name().to_owned(),
         threads: s.threads,
         git_rev: git_rev(),
         schema_version: SCHEMA_VERSION,

@@ -331,6 +331,7 @@ fn render(
         "n_warmup",
         "seed",
         "matmul_backend",
+        "matmul_kernel",
         "threads",
         "git_rev",
         "build_profile",
@@ -629,7 +630,7 @@ fn render(
     let mut header = vec![h("scenario")];
     for n in &names {
         header.push(format!("{n} NaN/Inf"));
-        header.push(format!("{n} max|x|"));
+        header.push(format!("{n} max \\|x\\|"));
     }
     let rows: Vec<Vec<String>> = ids
         .iter()
@@ -688,10 +689,13 @@ fn notes(o: &mut String, runs: &[Run]) {
         "**Kernels time one call per trial**, like the other harnesses, so `kernel_softmax`/`kernel_rmsnorm` \
          (a few µs) include the ~20–40 ns cost of reading the clock; their IQR is at the timer's resolution."
             .to_owned(),
-        "**Matmul backend.** `kernel_matmul` uses the model's default GEMM (`metadata.matmul_backend`): \
-         `matrixmultiply` (pure Rust, runtime AVX2/FMA detection) unless built with `--features openblas`. The \
-         spec's study used Apple Accelerate everywhere; `kernel_matmul_portable` † always times the portable \
-         path and `machine_peak` † (single-thread SGEMM 1024³) gives the roof to read the other GFLOP/s against."
+        "**Matmul backend.** `kernel_matmul` and the model use the default GEMM (`metadata.matmul_backend`): \
+         `portable` is moe-core's own allocation-free packed GEMM (its micro-kernel, chosen at run time, is \
+         `metadata.matmul_kernel`), `cblas` when built with `--features openblas`. The spec's study used Apple \
+         Accelerate everywhere. `kernel_matmul_portable` † always times moe-core's GEMM (the interesting \
+         comparison under BLAS), `kernel_matmul_matrixmultiply` † the `matrixmultiply` crate (which allocates its \
+         packing buffers per call, hence its non-zero `alloc_bytes`), and `machine_peak` † (single-thread SGEMM \
+         1024³, default backend) gives the roof to read the other GFLOP/s against."
             .to_owned(),
         "**Small-model regime.** With hidden 64 the GEMMs are tiny (64×64 weights), so time goes to loop and \
          call overhead, attention's scalar loops and the LM head; GFLOP/s well below `machine_peak` is expected. \
@@ -894,6 +898,7 @@ mod plots {
         let kernels: Vec<&str> = [
             "kernel_matmul",
             "kernel_matmul_portable",
+            "kernel_matmul_matrixmultiply",
             "kernel_softmax",
             "kernel_rmsnorm",
             "machine_peak",

@@ -219,6 +219,18 @@ pub const SCENARIOS: &[Scenario] = &[
             k: 64,
         },
     ),
+    // The `matrixmultiply` crate, which moe-core keeps for comparison only: it
+    // allocates its packing buffers on every call (visible in `alloc_bytes`).
+    s(
+        "kernel_matmul_matrixmultiply",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::MatrixMultiply,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    ),
     s(
         "dispatch_cold_process",
         "type_system",

@@ -50,6 +50,8 @@ pub struct Metadata {
     pub seed: u64,
     /// GEMM backend of the model (`Backend::DEFAULT.name()`).
     pub matmul_backend: String,
+    /// Micro-kernel of moe-core's portable GEMM on this CPU (`kernels::gemm::kernel_name()`).
+    pub matmul_kernel: String,
     /// Intra-op threads per model (moe-core has none: always 1).
     pub threads: u64,
     /// `git rev-parse HEAD` at run time, `"unknown"` outside a checkout.

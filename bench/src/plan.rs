@@ -1,0 +1,395 @@
+//! `moe plan`: where every byte of a model lives — the flat parameter,
+//! gradient and AdamW moment buffers, and the [`Workspace::plan`] entries of
+//! the activation arena per mode, with the KV cache of a decoding session.
+//!
+//! Nothing here runs the model: the workspace is planned and allocated
+//! (untouched pages, so cheap even for `full`), then described. The output of
+//! this command is pasted into `docs/runtime.md`.
+
+use clap::{Args, ValueEnum};
+use moe_core::rope::RopeTable;
+use moe_core::{Config, KvCache, Mode, PlanEntry, Workspace};
+
+use crate::BoxError;
+
+/// Model profile of `moe plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanProfile {
+    /// `Config::tiny()` (hidden 64, the benchmark profile).
+    Tiny,
+    /// `Config::scale_256()` (hidden 256, axis 5).
+    #[value(name = "scale_256", alias = "scale256")]
+    Scale256,
+    /// `Config::full()` (hidden 768, 30 layers; never benchmarked).
+    Full,
+}
+
+impl PlanProfile {
+    fn config(self) -> Config {
+        match self {
+            PlanProfile::Tiny => Config::tiny(),
+            PlanProfile::Scale256 => Config::scale_256(),
+            PlanProfile::Full => Config::full(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PlanProfile::Tiny => "tiny",
+            PlanProfile::Scale256 => "scale_256",
+            PlanProfile::Full => "full",
+        }
+    }
+}
+
+/// Which workspace(s) `moe plan` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanMode {
+    /// `Mode::Inference` (default shape b2 s32, as `mem_scale_*` / `dispatch_warm`).
+    Inference,
+    /// `Mode::Training` (default shape b2 s8, as `mem_train_step`).
+    Training,
+    /// Both, each at its own default shape unless `--batch`/`--seq` are given.
+    Both,
+}
+
+/// Options of `moe plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Model profile.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub profile: PlanProfile,
+    /// Planned batch (default: 2, the benchmark batch).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Planned sequence length (default: 32 for inference, 8 for training — the benchmark shapes).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Workspace mode(s).
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: PlanMode,
+    /// Print markdown tables (for docs/runtime.md) instead of plain text.
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// The benchmark shapes of each mode (spec §6: b2 s32 inference, b2 s8 training).
+fn default_shape(mode: Mode) -> (usize, usize) {
+    match mode {
+        Mode::Inference => (2, 32),
+        Mode::Training => (2, 8),
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Inference => "inference",
+        Mode::Training => "training",
+    }
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(x: u64) -> String {
+    let s = x.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Bytes with a binary-prefixed approximation, e.g. `2,170,112 (2.07 MiB)`.
+fn human(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    let approx = if b >= KIB * KIB * KIB {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    } else if b >= KIB * KIB {
+        format!("{:.2} MiB", b / (KIB * KIB))
+    } else if b >= KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{bytes} B")
+    };
+    format!("{} ({approx})", thousands(bytes))
+}
+
+/// A table: header and rows of cells, printed as markdown or aligned text.
+struct Table {
+    header: Vec<&'static str>,
+    /// Columns that are right-aligned in text output.
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn print(&self, markdown: bool) {
+        if markdown {
+            println!("| {} |", self.header.join(" | "));
+            let rule: Vec<&str> = self
+                .right
+                .iter()
+                .map(|&r| if r { "---:" } else { "---" })
+                .collect();
+            println!("|{}|", rule.join("|"));
+            for r in &self.rows {
+                println!("| {} |", r.join(" | "));
+            }
+            return;
+        }
+        let mut w: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        // Plain text: drop the markdown emphasis and code marks.
+        let plain = |c: &str| c.replace("**", "").replace('`', "");
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|c| plain(c)).collect())
+            .collect();
+        for r in &rows {
+            for (i, cell) in r.iter().enumerate() {
+                w[i] = w[i].max(cell.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            let parts: Vec<String> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if self.right[i] {
+                        format!("{c:>width$}", width = w[i])
+                    } else {
+                        format!("{c:<width$}", width = w[i])
+                    }
+                })
+                .collect();
+            println!("  {}", parts.join("  ").trim_end());
+        };
+        line(self.header.iter().map(|h| plain(h)).collect());
+        for r in rows {
+            line(r);
+        }
+    }
+}
+
+fn heading(markdown: bool, text: &str) {
+    if markdown {
+        println!("\n**{text}**\n");
+    } else {
+        println!("\n{text}");
+    }
+}
+
+/// The flat buffers: parameters, and in training gradients + both AdamW moments.
+fn print_flat(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+    let counts = cfg.param_counts_checked()?;
+    let params = counts.total;
+    let bytes = params
+        .checked_mul(4)
+        .ok_or("parameter bytes overflow u64")?;
+    heading(
+        markdown,
+        &format!(
+            "Flat buffers ({} parameters, {} active per token)",
+            thousands(params),
+            thousands(counts.active)
+        ),
+    );
+    let row = |name: &str, when: &str| vec![format!("`{name}`"), when.to_owned(), human(bytes)];
+    Table {
+        header: vec!["buffer", "held by", "bytes"],
+        right: vec![false, false, true],
+        rows: vec![
+            row("params", "MoETransformer (always)"),
+            row("grads", "Trainer (training)"),
+            row("AdamW m", "Trainer (training)"),
+            row("AdamW v", "Trainer (training)"),
+            vec![
+                "**total in training**".to_owned(),
+                String::new(),
+                human(4 * bytes),
+            ],
+        ],
+    }
+    .print(markdown);
+    Ok(())
+}
+
+/// One workspace: every plan entry, then the byte accounting of `Workspace::bytes`.
+fn print_workspace(
+    cfg: &Config,
+    mode: Mode,
+    batch: usize,
+    seq: usize,
+    markdown: bool,
+) -> Result<(), BoxError> {
+    let ws = Workspace::new(cfg, batch, seq, mode)?;
+    let plan: Vec<PlanEntry> = ws.plan();
+    heading(
+        markdown,
+        &format!(
+            "Workspace, {} mode, b{batch} s{seq} ({} buffers in the plan)",
+            mode_name(mode),
+            plan.len()
+        ),
+    );
+    let mut rows = Vec::new();
+    let mut zero = Vec::new();
+    let mut sum: u64 = 0;
+    for e in &plan {
+        let bytes = e.bytes() as u64;
+        sum += bytes;
+        if e.elems == 0 {
+            zero.push(e.name);
+            continue;
+        }
+        let dtype = match e.dtype {
+            moe_core::arena::Dtype::F32 => "f32",
+            moe_core::arena::Dtype::U32 => "u32",
+        };
+        rows.push(vec![
+            format!("`{}`", e.name),
+            dtype.to_owned(),
+            thousands(e.elems as u64),
+            e.copies.to_string(),
+            thousands(bytes),
+        ]);
+    }
+    Table {
+        header: vec!["buffer", "dtype", "elems", "copies", "bytes"],
+        right: vec![false, false, true, true, true],
+        rows,
+    }
+    .print(markdown);
+    if !zero.is_empty() {
+        println!();
+        println!(
+            "{} entries are empty in this mode: {}.",
+            zero.len(),
+            zero.iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let rope = RopeTable::new(cfg, seq)?.bytes() as u64;
+    let total = ws.bytes() as u64;
+    let table = total.saturating_sub(sum + rope);
+    println!();
+    Table {
+        header: vec!["part of `Workspace::bytes()`", "bytes"],
+        right: vec![false, true],
+        rows: vec![
+            vec!["activation buffers (Σ above)".to_owned(), human(sum)],
+            vec!["per-layer slice table".to_owned(), human(table)],
+            vec![format!("RoPE cos/sin table [{seq}, d/2]"), human(rope)],
+            vec!["**total (`arena_bytes`)**".to_owned(), human(total)],
+        ],
+    }
+    .print(markdown);
+    if mode == Mode::Inference && batch == 1 {
+        let kv = KvCache::new(cfg, seq)?.bytes() as u64;
+        println!();
+        println!(
+            "KV cache for {seq} positions (a `Decoder` holds this workspace + the cache): {}",
+            human(kv)
+        );
+    }
+    Ok(())
+}
+
+/// The KV cache of `generate` for a few lengths: `2 · L · capacity · kv · d` f32.
+fn print_kv(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+    let per = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4;
+    heading(
+        markdown,
+        &format!(
+            "KV cache: k and v [L, capacity, kv·d] f32 = {} bytes per position",
+            thousands(per as u64)
+        ),
+    );
+    let mut caps = vec![32usize, 64, 512, cfg.max_position_embeddings];
+    caps.retain(|&c| c <= cfg.max_position_embeddings);
+    caps.dedup();
+    let mut rows = Vec::new();
+    for cap in caps {
+        let bytes = (per as u64) * cap as u64;
+        // Cross-check against the real allocation where that is cheap (it is zero-filled).
+        if bytes <= 16 << 20 {
+            let real = KvCache::new(cfg, cap)?.bytes() as u64;
+            if real != bytes {
+                return Err(
+                    format!("KV cache of {cap} positions: {real} bytes, expected {bytes}").into(),
+                );
+            }
+        }
+        rows.push(vec![thousands(cap as u64), human(bytes)]);
+    }
+    Table {
+        header: vec!["capacity (positions)", "bytes"],
+        right: vec![true, true],
+        rows,
+    }
+    .print(markdown);
+    Ok(())
+}
+
+/// Runs `moe plan`.
+///
+/// # Errors
+/// moe-core errors (invalid shape, overflow, allocation failure).
+pub fn run(args: PlanArgs) -> Result<(), BoxError> {
+    let cfg = args.profile.config();
+    let modes: &[Mode] = match args.mode {
+        PlanMode::Inference => &[Mode::Inference],
+        PlanMode::Training => &[Mode::Training],
+        PlanMode::Both => &[Mode::Inference, Mode::Training],
+    };
+    if args.markdown {
+        println!("#### Profile `{}`", args.profile.name());
+    } else {
+        println!("profile {}", args.profile.name());
+    }
+    print_flat(&cfg, args.markdown)?;
+    for &mode in modes {
+        let (b0, t0) = default_shape(mode);
+        let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
+        print_workspace(&cfg, mode, b, t, args.markdown)?;
+    }
+    if modes.contains(&Mode::Inference) {
+        print_kv(&cfg, args.markdown)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(542_528), "542,528");
+        assert_eq!(thousands(6_880_000_000), "6,880,000,000");
+    }
+
+    #[test]
+    fn workspace_bytes_decompose() {
+        // Σ plan entries + slice table + RoPE table = Workspace::bytes().
+        let cfg = Config::tiny();
+        for (mode, (b, t)) in [
+            (Mode::Inference, default_shape(Mode::Inference)),
+            (Mode::Training, default_shape(Mode::Training)),
+        ] {
+            let ws = Workspace::new(&cfg, b, t, mode).unwrap();
+            let sum: usize = ws.plan().iter().map(PlanEntry::bytes).sum();
+            let rope = RopeTable::new(&cfg, t).unwrap().bytes();
+            assert!(ws.bytes() >= sum + rope);
+            assert!(ws.bytes() - sum - rope < 4096, "slice table is small");
+        }
+    }
+}
