@@ -139,7 +139,7 @@ fn run_isolated(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> 
 pub fn bench(args: BenchArgs) -> Result<(), BoxError> {
     if args.list {
         for s in SCENARIOS {
-            println!("{:<24} {}", s.id, s.axis);
+            println!("{:<29} {}", s.id, s.axis);
         }
         return Ok(());
     }
@@ -274,7 +274,7 @@ pub fn fmt_bytes(b: f64) -> String {
 
 fn print_summary(f: &BenchFile) {
     println!(
-        "{:<24} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
+        "{:<29} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
         "scenario",
         "axis",
         "median",
@@ -289,7 +289,7 @@ fn print_summary(f: &BenchFile) {
     );
     for s in &f.scenarios {
         println!(
-            "{:<24} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
+            "{:<29} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
             s.id,
             s.axis,
             fmt_ns(s.median_ns as f64),

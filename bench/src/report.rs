@@ -717,6 +717,27 @@ fn notes(o: &mut String, runs: &[Run]) {
                 ));
             }
         }
+        // A single-threaded scenario whose CPU time is well below its wall time
+        // spent part of its trials off the CPU: preempted by another process.
+        let preempted: Vec<String> = r
+            .ids
+            .iter()
+            .filter(|id| !id.starts_with("parallel_") && *id != "dispatch_cold_process")
+            .filter(|id| {
+                let cpu = r.get(id, &["cpu_median_ns"]);
+                let wall = r.median(id);
+                matches!((cpu, wall), (Some(c), Some(w)) if w > 100_000.0 && c / w < 0.9)
+            })
+            .map(|id| format!("`{id}`"))
+            .collect();
+        if !preempted.is_empty() {
+            lines.push(format!(
+                "**{}: preempted scenarios.** CPU time below 90 % of wall time in single-threaded {} — the \
+                 process waited for a core during those trials; their times include that wait.",
+                r.name,
+                preempted.join(", ")
+            ));
+        }
         if r.meta.get("build_profile").and_then(Value::as_str) == Some("debug") {
             lines.push(format!(
                 "**{}: debug build** — these numbers are not benchmarks.",

@@ -21,7 +21,7 @@
 //! [`run_suite`] runs the cases; [`render_markdown`] writes `docs/stability.md`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use moe_core::{Config, Error, LrSchedule, MoETransformer, Mode, TrainConfig, Trainer};
@@ -521,7 +521,9 @@ fn notes(reports: &[CaseReport]) -> Vec<String> {
             underflow.join(", ")
         ));
     }
-    let decay = ids(&|r| r.case.steps > 0 && r.case.train.schedule.lr * r.case.train.adamw.weight_decay > 2.0);
+    let decay = ids(&|r| {
+        r.case.steps > 0 && r.case.train.schedule.lr * r.case.train.adamw.weight_decay > 2.0
+    });
     if !decay.is_empty() {
         out.push(format!(
             "Huge learning rates ({}): decoupled weight decay multiplies every weight by \
@@ -659,16 +661,14 @@ pub fn run(args: StressArgs) -> Result<(), BoxError> {
     if args.seed != 42 {
         let _ = write!(command, " --seed {}", args.seed);
     }
-    if args.out != PathBuf::from("docs/stability.md") {
+    if args.out != Path::new("docs/stability.md") {
         let _ = write!(command, " --out {}", args.out.display());
     }
     let md = render_markdown(&reports, &command, args.seed);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::checkpoint::write_atomic(&args.out, |w| {
-        std::io::Write::write_all(w, md.as_bytes())
-    })?;
+    crate::checkpoint::write_atomic(&args.out, |w| std::io::Write::write_all(w, md.as_bytes()))?;
     for r in &reports {
         println!(
             "{:<18} {:<18} nan/inf {}/{}  m/v non-finite {}  max|logit| {:<10} {}",

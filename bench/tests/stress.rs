@@ -83,7 +83,11 @@ fn every_stress_case_stays_finite_or_returns_non_finite() {
     let md = render_markdown(&reports, "moe stress --steps 12", 42);
     assert!(md.lines().nth(2).unwrap().contains("moe stress --steps 12"));
     for r in &reports {
-        assert!(md.contains(&format!("| `{}` |", r.case.id)), "{}", r.case.id);
+        assert!(
+            md.contains(&format!("| `{}` |", r.case.id)),
+            "{}",
+            r.case.id
+        );
     }
 }
 

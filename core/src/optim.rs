@@ -105,7 +105,7 @@ impl AdamW {
         self.update_scaled(params, grads, lr, 1.0);
     }
 
-    /// [`AdamW::update`] with every gradient multiplied by `grad_scale` first
+    /// E16 (with E17's coefficient fused) — [`AdamW::update`] with every gradient multiplied by `grad_scale` first
     /// (`g ← grad_scale·g`, the clipping coefficient), fused into the same pass
     /// so that clipping costs no extra sweep over the gradients. With
     /// `grad_scale = 1` the multiplication is skipped, so both paths give

@@ -22,7 +22,12 @@ fn dir() -> &'static Path {
         let mut b = tempfile::Builder::new();
         b.prefix("moe-fuzz-ckpt");
         let shm = Path::new("/dev/shm");
-        let d = if shm.is_dir() { b.tempdir_in(shm) } else { b.tempdir() }.unwrap();
+        let d = if shm.is_dir() {
+            b.tempdir_in(shm)
+        } else {
+            b.tempdir()
+        }
+        .unwrap();
         let text = config_json(&CKPT_CONFIG, &SaveOptions::default());
         std::fs::write(d.path().join(CONFIG_FILE), text).unwrap();
         d
@@ -37,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(*model.config(), CKPT_CONFIG);
-    assert_eq!(model.params().len() as u64, CKPT_CONFIG.param_counts().total);
+    assert_eq!(
+        model.params().len() as u64,
+        CKPT_CONFIG.param_counts().total
+    );
     assert!(model.params().iter().all(|x| x.is_finite()));
     let mut ws = model.workspace(1, 4, Mode::Inference).unwrap();
     // Finite but huge weights may overflow the logits: that must be the typed error.

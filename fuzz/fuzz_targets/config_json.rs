@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cfg = parsed.config;
-    assert!(cfg.validate().is_ok(), "parse_config returned an invalid {cfg:?}");
+    assert!(
+        cfg.validate().is_ok(),
+        "parse_config returned an invalid {cfg:?}"
+    );
     let written = config_json(&cfg, &SaveOptions::default());
     match parse_config(&written, path) {
         Ok(back) => assert_eq!(back.config, cfg, "round trip changed the config"),

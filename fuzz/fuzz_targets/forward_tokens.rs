@@ -29,8 +29,12 @@ fn state() -> &'static Mutex<State> {
     static S: OnceLock<Mutex<State>> = OnceLock::new();
     S.get_or_init(|| {
         let model = MoETransformer::new(&MODEL_CONFIG, 42).unwrap();
-        let infer = model.workspace(PLAN_BATCH, PLAN_SEQ, Mode::Inference).unwrap();
-        let train = model.workspace(PLAN_BATCH, PLAN_SEQ, Mode::Training).unwrap();
+        let infer = model
+            .workspace(PLAN_BATCH, PLAN_SEQ, Mode::Inference)
+            .unwrap();
+        let train = model
+            .workspace(PLAN_BATCH, PLAN_SEQ, Mode::Training)
+            .unwrap();
         let grads = vec![0.0; model.layout().total];
         Mutex::new(State {
             model,
@@ -61,14 +65,18 @@ fuzz_target!(|data: &[u8]| {
     } = &mut *guard;
 
     if !training {
-        let want = expected_forward_error(&MODEL_CONFIG, PLAN_BATCH, PLAN_SEQ, b, t, "tokens", &ids);
+        let want =
+            expected_forward_error(&MODEL_CONFIG, PLAN_BATCH, PLAN_SEQ, b, t, "tokens", &ids);
         match (want, model.forward(infer, &ids, b, t)) {
             (None, Ok(logits)) => {
                 assert_eq!(logits.len(), b * t * v);
                 assert!(logits.iter().all(|x| x.is_finite()));
             }
             (Some(w), Err(e)) => assert_eq!(w, e),
-            (w, g) => panic!("forward(b={b}, t={t}, {ids:?}): want {w:?}, got {:?}", g.map(|l| l.len())),
+            (w, g) => panic!(
+                "forward(b={b}, t={t}, {ids:?}): want {w:?}, got {:?}",
+                g.map(|l| l.len())
+            ),
         }
         return;
     }
@@ -88,14 +96,23 @@ fuzz_target!(|data: &[u8]| {
     let got = model.loss_and_grad(train, grads, tokens, targets, b, t, alpha, None);
     match (want, got) {
         (None, Ok(l)) => {
-            assert!(l.loss.is_finite() && l.ce.is_finite() && l.aux.is_finite(), "{l:?}");
+            assert!(
+                l.loss.is_finite() && l.ce.is_finite() && l.aux.is_finite(),
+                "{l:?}"
+            );
             if alpha <= 1e6 {
-                assert!(grads.iter().all(|g| g.is_finite()), "non-finite gradient, alpha {alpha}");
+                assert!(
+                    grads.iter().all(|g| g.is_finite()),
+                    "non-finite gradient, alpha {alpha}"
+                );
             }
         }
         // CE ≤ ~log v + small and aux ≤ e·k: only an enormous alpha overflows the loss.
         (None, Err(Error::NonFinite { what: "loss", .. })) if alpha > 1e36 => {}
-        (Some(Error::InvalidParameter { param, .. }), Err(Error::InvalidParameter { param: p, .. })) => {
+        (
+            Some(Error::InvalidParameter { param, .. }),
+            Err(Error::InvalidParameter { param: p, .. }),
+        ) => {
             assert_eq!(param, p)
         }
         (Some(w), Err(e)) => assert_eq!(w, e),

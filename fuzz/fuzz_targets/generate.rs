@@ -34,7 +34,13 @@ fuzz_target!(|data: &[u8]| {
         prompt.push(r.token(v));
     }
     let max = MODEL_CONFIG.max_position_embeddings;
-    let got = generate(model(), &prompt, max_len, s, &mut ChaCha8Rng::seed_from_u64(seed));
+    let got = generate(
+        model(),
+        &prompt,
+        max_len,
+        s,
+        &mut ChaCha8Rng::seed_from_u64(seed),
+    );
     let bad_id = prompt.iter().position(|&x| x as usize >= v);
     match got {
         Ok(out) => {
@@ -44,20 +50,39 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(out.len(), max_len);
             assert_eq!(&out[..prompt.len()], &prompt[..]);
             assert!(out.iter().all(|&x| (x as usize) < v));
-            let again = generate(model(), &prompt, max_len, s, &mut ChaCha8Rng::seed_from_u64(seed));
+            let again = generate(
+                model(),
+                &prompt,
+                max_len,
+                s,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
             assert_eq!(again.as_deref(), Ok(&out[..]), "not deterministic");
         }
         Err(e) => {
             if let Some(p) = bad_strategy_param(&s) {
-                assert!(matches!(e, Error::InvalidParameter { param, .. } if param == p), "{s:?}: {e:?}");
+                assert!(
+                    matches!(e, Error::InvalidParameter { param, .. } if param == p),
+                    "{s:?}: {e:?}"
+                );
             } else if prompt.is_empty() {
                 assert_eq!(e, Error::EmptyInput { arg: "prompt" });
             } else if max_len < prompt.len() {
-                assert!(matches!(e, Error::InvalidParameter { param: "max_len", .. }), "{e:?}");
+                assert!(
+                    matches!(
+                        e,
+                        Error::InvalidParameter {
+                            param: "max_len",
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
             } else if max_len > max {
                 assert_eq!(e, Error::SeqTooLong { seq: max_len, max });
             } else {
-                let i = bad_id.unwrap_or_else(|| panic!("{s:?}, {prompt:?}, {max_len}: unexpected {e:?}"));
+                let i = bad_id
+                    .unwrap_or_else(|| panic!("{s:?}, {prompt:?}, {max_len}: unexpected {e:?}"));
                 assert!(
                     matches!(e, Error::TokenOutOfRange { index, token, vocab, .. }
                         if index == i && token == prompt[i] && vocab == v),

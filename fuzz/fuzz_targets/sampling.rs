@@ -69,7 +69,9 @@ fuzz_target!(|data: &[u8]| {
             let tok = tok as usize;
             assert!(tok < logits.len());
             assert!(rng.1 <= 1, "{} draws", rng.1);
-            let again = s.pick_token(&logits, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let again = s
+                .pick_token(&logits, &mut ChaCha8Rng::seed_from_u64(seed))
+                .unwrap();
             assert_eq!(again as usize, tok, "not deterministic");
             let x = logits[tok];
             // Tokens ranked strictly before the pick (ties: lower index first).

@@ -33,8 +33,6 @@ const GRADCHECK_CASES: u32 = 16;
 /// Coordinates checked per finite-difference case.
 const COORDS: usize = 24;
 
-/// A random valid tiny config. `dense` forces `e = k = 1`.
-
 /// proptest's config with `cases` cases. Failing inputs persist to
 /// `tests/proptest-regressions/proptest_model.txt` (the path is relative to the
 /// package root, where `cargo test` runs): the default `SourceParallel`
@@ -49,6 +47,8 @@ fn pt_config(cases: u32) -> PtConfig {
         ..PtConfig::default()
     }
 }
+
+/// A random valid tiny config. `dense` forces `e = k = 1`.
 fn config_strategy(dense: bool) -> impl Strategy<Value = Config> {
     (
         (1usize..=12, 1usize..=2, 1usize..=3, 1usize..=4),
