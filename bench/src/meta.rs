@@ -46,6 +46,7 @@ pub fn collect(s: RunSettings) -> Metadata {
         matmul_kernel: moe_core::kernels::gemm::kernel_name().to_owned(),
         threads: s.threads,
         git_rev: git_rev(),
+        git_dirty: git_dirty(),
         schema_version: SCHEMA_VERSION,
         build_profile: if cfg!(debug_assertions) {
             "debug"
@@ -145,6 +146,17 @@ pub fn git_rev() -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Whether tracked files have uncommitted changes; `None` if git fails.
+pub fn git_dirty() -> Option<bool> {
+    Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| !o.stdout.iter().all(u8::is_ascii_whitespace))
 }
 
 /// Seconds since the Unix epoch as RFC 3339 UTC (`YYYY-MM-DDThh:mm:ssZ`),

@@ -334,6 +334,7 @@ fn render(
         "matmul_kernel",
         "threads",
         "git_rev",
+        "git_dirty",
         "build_profile",
         "isolation",
         "openblas_env",

@@ -56,6 +56,9 @@ pub struct Metadata {
     pub threads: u64,
     /// `git rev-parse HEAD` at run time, `"unknown"` outside a checkout.
     pub git_rev: String,
+    /// Whether tracked files differed from `git_rev` (`git status --porcelain
+    /// --untracked-files=no` non-empty); `null` outside a checkout.
+    pub git_dirty: Option<bool>,
     /// [`SCHEMA_VERSION`].
     pub schema_version: u64,
     /// `"release"` or `"debug"` (debug numbers are not benchmarks).

@@ -99,7 +99,7 @@ impl Verdict {
         match self {
             Verdict::Finite => "finite",
             Verdict::TypedNonFinite => "typed `NonFinite`",
-            Verdict::Silent => "**SILENT NaN/Inf**",
+            Verdict::Silent => "**silent non-finite**",
             Verdict::OtherError => "**other error**",
         }
     }
@@ -118,6 +118,8 @@ pub struct CaseReport {
     pub returned_inf: usize,
     /// Largest `|logit|` over every successful forward.
     pub max_abs_logit: f32,
+    /// Successful forwards (the first one and those after each step).
+    pub forwards_ok: usize,
     /// Largest `|parameter|` at the end.
     pub max_abs_param: f32,
     /// Loss of every successful step.
@@ -362,6 +364,7 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
         returned_nan: 0,
         returned_inf: 0,
         max_abs_logit: 0.0,
+        forwards_ok: 0,
         max_abs_param: 0.0,
         losses: Vec::new(),
         grad_norms: Vec::new(),
@@ -377,6 +380,7 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
         report.returned_nan += n;
         report.returned_inf += i;
         report.max_abs_logit = report.max_abs_logit.max(max_abs(logits));
+        report.forwards_ok += 1;
     };
     match model.forward(&mut ws, &tokens, b, t) {
         Ok(logits) => observe_logits(&mut report, logits),
@@ -612,7 +616,11 @@ pub fn render_markdown(reports: &[CaseReport], command: &str, seed: u64) -> Stri
             } else {
                 "—".into()
             },
-            fmt_f(r.max_abs_logit),
+            if r.forwards_ok > 0 {
+                fmt_f(r.max_abs_logit)
+            } else {
+                "—".into()
+            },
             fmt_f(r.max_abs_param),
             loss,
             if r.diverged() { "yes" } else { "no" },

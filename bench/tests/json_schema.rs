@@ -165,6 +165,7 @@ fn check_metadata(m: &Value, isolation: &str) {
     assert!(uint(m, "logical_cpus") >= 1);
     assert!(m["load_average"].is_array());
     assert!(m["openblas_env"].is_object());
+    assert!(m["git_dirty"].is_boolean() || m["git_dirty"].is_null());
     assert_eq!(string(m, "isolation"), isolation);
 }
 

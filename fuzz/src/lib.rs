@@ -128,7 +128,7 @@ impl<'a> Reader<'a> {
     pub fn param(&mut self) -> f32 {
         let m = self.u8();
         let bits = self.u32();
-        if m % 2 == 0 {
+        if m.is_multiple_of(2) {
             f32::from_bits(bits)
         } else {
             (bits % 4096) as f32 / 1024.0 // [0, 4), 0 included

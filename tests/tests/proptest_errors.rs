@@ -13,9 +13,9 @@ use moe_core::{
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 
-const CASES: u32 = 512;
+const CASES: u32 = 2048;
 /// Cases that build a model (still tiny: a few µs each).
-const MODEL_CASES: u32 = 128;
+const MODEL_CASES: u32 = 512;
 
 /// proptest's config with `cases` cases. Failing inputs persist to
 /// `tests/proptest-regressions/proptest_errors.txt` (the path is relative to the

@@ -27,9 +27,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 
 /// Cases per model-level property (each case builds a model and runs a step).
-const MODEL_CASES: u32 = 128;
+const MODEL_CASES: u32 = 512;
 /// Cases of the finite-difference property (each case runs ~2·COORDS reference forwards).
-const GRADCHECK_CASES: u32 = 16;
+const GRADCHECK_CASES: u32 = 64;
 /// Coordinates checked per finite-difference case.
 const COORDS: usize = 24;
 

@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 
 /// Cases per property; each case is a few small kernel calls.
-const CASES: u32 = 512;
+const CASES: u32 = 2048;
 
 /// proptest's config with `cases` cases. Failing inputs persist to
 /// `tests/proptest-regressions/proptest_units.txt` (the path is relative to the
