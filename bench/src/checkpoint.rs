@@ -1301,8 +1301,24 @@ pub fn save_with(dir: impl AsRef<Path>, model: &MoETransformer, opts: &SaveOptio
 
 /// Reads the parameters of `cfg` from a parsed `model.safetensors`.
 fn read_params(file: &StFile, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
-    let layout = Layout::new(cfg)?;
+    // Bound the work by the file before building the layout: a tiny config
+    // can name millions of tensors (fuzzing found `load` spending seconds and
+    // GBs on that). The precise per-tensor diagnosis below names a missing or
+    // malformed tensor; this coarse check only rejects a config that asks for
+    // far more tensors than the file's header holds.
     let st = file.parse()?;
+    let per_layer = 7u64.saturating_add(3u64.saturating_mul(cfg.num_local_experts as u64));
+    let required = 3u64.saturating_add((cfg.num_hidden_layers as u64).saturating_mul(per_layer));
+    let present = st.len() as u64;
+    if required > 4 * present + 16 {
+        return Err(CheckpointError::InvalidField {
+            path: file.path.clone(),
+            field: "num_hidden_layers / num_local_experts".to_owned(),
+            expected: format!("a model file with the {required} tensors they imply"),
+            found: format!("{present} tensors in the file"),
+        });
+    }
+    let layout = Layout::new(cfg)?;
     // Names, dtypes and shapes first: a valid file then bounds the allocation.
     check_tensors(&file.path, &st, &layout, &[""])?;
     let mut params = try_zeroed(layout.total)?;

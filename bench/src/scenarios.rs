@@ -21,7 +21,10 @@ use std::sync::Barrier;
 
 use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
 use moe_core::kernels::softmax;
-use moe_core::{rmsnorm, Config, MoETransformer, Mode, TrainConfig, Trainer};
+use moe_core::{
+    rmsnorm, ChaCha8Rng, Config, Decoder, MoETransformer, Mode, SamplingStrategy, SeedableRng,
+    TrainConfig, Trainer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -100,6 +103,10 @@ pub enum Kind {
     DispatchCold { b: usize, t: usize },
     /// Spawn `moe cold-start` (construction + first forward) and wait for its exit.
     DispatchColdProcess { b: usize, t: usize },
+    /// KV-cache decoding on the tiny model: prefill a `prompt`-token prompt,
+    /// then `new_tokens` greedy steps (`Decoder::step` + `pick_token`); the
+    /// decoder (workspace + cache) is built outside the timed region.
+    Decode { prompt: usize, new_tokens: usize },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -246,8 +253,14 @@ pub const SCENARIOS: &[Scenario] = &[
             k: 1024,
         },
     ),
-    // Decode: `generate_kv_64` (KV-cache generation of 64 tokens) goes here
-    // once moe-core has generation — a new `Kind` variant plus one row.
+    s(
+        "generate_kv_64",
+        "type_system",
+        Kind::Decode {
+            prompt: 8,
+            new_tokens: 64,
+        },
+    ),
 ];
 
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
@@ -274,6 +287,10 @@ impl Kind {
                 json!({ "M": m, "K": k, "N": n, "backend": backend.name(), "op": "C = A * B^T" })
             }
             Kind::Softmax { n } => json!({ "n": n }),
+            Kind::Decode { prompt, new_tokens } => json!({
+                "profile": "tiny", "prompt": prompt, "new_tokens": new_tokens,
+                "strategy": "greedy", "kv_cache": true,
+            }),
             Kind::RmsNorm { b, t, c } => json!({ "shape": [b, t, c] }),
             Kind::DispatchCold { b, t } => json!({
                 "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "workload": "construct+forward",
@@ -310,7 +327,9 @@ impl Kind {
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
             Kind::Softmax { n } => Some(flops::softmax(n)),
             Kind::RmsNorm { b, t, c } => Some(flops::rmsnorm(b * t, c)),
-            Kind::DispatchCold { .. } | Kind::DispatchColdProcess { .. } => None,
+            Kind::DispatchCold { .. } | Kind::DispatchColdProcess { .. } | Kind::Decode { .. } => {
+                None
+            }
             Kind::Parallel {
                 threads,
                 workload,
@@ -327,6 +346,7 @@ impl Kind {
             | Kind::DispatchCold { b, t }
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
+            Kind::Decode { new_tokens, .. } => Some(new_tokens as u64),
             Kind::Matmul { .. } | Kind::Softmax { .. } | Kind::RmsNorm { .. } => None,
         }
     }
@@ -378,6 +398,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
         Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
         Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
+        Kind::Decode { prompt, new_tokens } => run_decode(prompt, new_tokens, o)?,
         Kind::Parallel {
             threads,
             workload,
@@ -570,6 +591,36 @@ fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
         m,
         numerical: Numerical::of(&buf),
         arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+    let cfg = Config::tiny();
+    let model = MoETransformer::new(&cfg, o.seed)?;
+    let v = cfg.vocab_size;
+    let tokens = fixture_tokens(1, prompt, v, 0);
+    let mut dec = Decoder::new(&model, prompt + new_tokens)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let greedy = SamplingStrategy::Greedy;
+    let mut last = vec![0.0f32; v];
+    let m = measure::run(o.warmup, o.trials, |p| {
+        dec.reset();
+        let s = p.start();
+        let logits = dec.prefill(black_box(&tokens))?;
+        let mut next = greedy.pick_token(&logits[(prompt - 1) * v..], &mut rng)?;
+        for _ in 1..new_tokens {
+            next = greedy.pick_token(dec.step(next)?, &mut rng)?;
+        }
+        let l = dec.step(next)?;
+        p.stop(s);
+        last.copy_from_slice(l);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical: Numerical::of(&last),
+        arena_bytes: dec.bytes() as u64,
         peak_rss_bytes: None,
     })
 }

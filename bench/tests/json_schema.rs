@@ -39,6 +39,7 @@ const IDS: [&str; 26] = [
     "kernel_matmul_matrixmultiply",
     "dispatch_cold_process",
     "machine_peak",
+    "generate_kv_64",
 ];
 
 fn expected_axis(id: &str) -> &'static str {

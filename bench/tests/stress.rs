@@ -91,7 +91,7 @@ fn every_stress_case_stays_finite_or_returns_non_finite() {
     }
 }
 
-/// KNOWN BUG (moe-core `optim.rs` / `train.rs`), reported: without gradient
+/// Regression (moe-core `train.rs`, fixed): without gradient
 /// clipping, gradients of ~1e36 (aux alpha 1e36) make AdamW's second moment
 /// `v = β2·v + (1−β2)·g²` overflow to +Inf. `train_step` keeps returning `Ok`
 /// with finite statistics and weights while ~2·10⁵ moment entries are Inf:
@@ -100,7 +100,6 @@ fn every_stress_case_stays_finite_or_returns_non_finite() {
 /// typed `NonFinite` error instead (e.g. check the moments, or form `g²`
 /// without overflow).
 #[test]
-#[ignore = "KNOWN BUG in moe-core AdamW: second moment overflows to Inf while train_step returns Ok"]
 fn known_bug_adamw_second_moment_overflows_silently() {
     let case = cases(STEPS)
         .into_iter()

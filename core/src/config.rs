@@ -171,6 +171,13 @@ impl Config {
                 actual: self.head_dim as f64,
             });
         }
+        if !self.rope_theta().is_finite() {
+            return Err(Error::InvalidConfig {
+                field: "rope_base",
+                expected: "such that rope_base · rope_alpha^(d/(d−2)) is finite in f32",
+                actual: self.rope_base as f64,
+            });
+        }
         // Every size the crate derives from the config must fit in usize.
         self.param_counts_checked()?;
         Ok(())

@@ -49,7 +49,8 @@ pub enum SamplingStrategy {
 /// Monotone map of a finite `f32` to `u32` (order-preserving).
 #[inline]
 fn key(x: f32) -> u32 {
-    let b = x.to_bits();
+    // −0.0 and +0.0 are equal values and must tie (found by fuzzing).
+    let b = (x + 0.0).to_bits();
     if b & 0x8000_0000 != 0 {
         !b
     } else {
@@ -442,13 +443,12 @@ pub fn generate<R: RngCore + ?Sized>(
     if max_len > max {
         return Err(Error::SeqTooLong { seq: max_len, max });
     }
+    crate::model::check_tokens("prompt", prompt, prompt.len(), model.config().vocab_size)?;
     let mut out = Vec::new();
     out.try_reserve_exact(max_len)
         .map_err(|_| Error::AllocationFailed { bytes: max_len * 4 })?;
     out.extend_from_slice(prompt);
     if max_len == prompt.len() {
-        // Still validate the prompt's ids.
-        crate::model::check_tokens("prompt", prompt, prompt.len(), model.config().vocab_size)?;
         return Ok(out);
     }
     let v = model.config().vocab_size;

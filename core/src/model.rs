@@ -208,7 +208,8 @@ impl MoETransformer {
     /// planned for batch 1 and `max_seq >= cache.capacity()`.
     ///
     /// # Errors
-    /// As [`MoETransformer::forward`], plus [`Error::SeqTooLong`] when the cache
+    /// As [`MoETransformer::forward`], plus [`Error::WorkspaceTooSmall`] (`dim`
+    /// `"kv_cache positions"`) when the cache
     /// would exceed its capacity, and [`Error::WorkspaceMismatch`] for a cache of
     /// another config or a workspace too short for the cache.
     pub fn forward_cached<'w>(
@@ -230,9 +231,10 @@ impl MoETransformer {
         }
         let total = cache.len() + seq;
         if total > cache.capacity() {
-            return Err(Error::SeqTooLong {
-                seq: total,
-                max: cache.capacity(),
+            return Err(Error::WorkspaceTooSmall {
+                dim: "kv_cache positions",
+                requested: total,
+                planned: cache.capacity(),
             });
         }
         check_tokens("tokens", tokens, seq, self.config.vocab_size)?;

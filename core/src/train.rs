@@ -8,6 +8,9 @@ use crate::layout::Layout;
 use crate::model::{alloc_zeroed, Losses, MoETransformer, TokenId};
 use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, LrSchedule};
 
+/// `sqrt(f32::MAX)`, the largest gradient magnitude whose square is finite.
+const MAX_SAFE_GRAD: f64 = 1.844_674_3e19;
+
 /// A caller's function over the flat gradients and their layout.
 type GradHook<'a> = dyn FnMut(&mut [f32], &Layout) + 'a;
 
@@ -227,6 +230,15 @@ impl Trainer {
             Some(max) => clip_coef(grad_norm, max),
             None => 1.0,
         };
+        // Every |g_i| ≤ ‖g‖, so below this bound no g² can overflow f32 in the
+        // second moment; above it AdamW would silently store Inf (found by the
+        // stability stress). Refuse before touching any state.
+        if grad_norm as f64 * coef as f64 >= MAX_SAFE_GRAD {
+            return Err(Error::NonFinite {
+                what: "AdamW second moment (gradient norm beyond sqrt(f32::MAX))",
+                index: 0,
+            });
+        }
         let lr = self.config.schedule.at(self.opt.step);
         let scale = match hook {
             None => coef,

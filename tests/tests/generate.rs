@@ -79,7 +79,11 @@ fn generation_beyond_the_context_is_an_error() {
     dec.step(4).unwrap();
     assert_eq!(
         dec.step(5).unwrap_err(),
-        Error::SeqTooLong { seq: 5, max: 4 }
+        Error::WorkspaceTooSmall {
+            dim: "kv_cache positions",
+            requested: 5,
+            planned: 4
+        }
     );
     assert_eq!(
         Decoder::new(&m, 513).unwrap_err(),

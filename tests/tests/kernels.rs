@@ -682,8 +682,12 @@ fn embedding_forward_copies_rows() {
 fn blas_backend_matches_portable() {
     use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
     let (m, n, k) = (37, 53, 29);
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0).collect();
-    let b: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0).collect();
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let b: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 104_729) % 97) as f32 / 48.0 - 1.0)
+        .collect();
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let ma = if ta { Mat::t(&a, m) } else { Mat::n(&a, k) };
         let mb = if tb { Mat::t(&b, k) } else { Mat::n(&b, n) };
@@ -692,7 +696,10 @@ fn blas_backend_matches_portable() {
         gemm_with(Backend::Portable, m, n, k, 0.7, ma, mb, 1.0, &mut c1, n);
         gemm_with(Backend::Blas, m, n, k, 0.7, ma, mb, 1.0, &mut c2, n);
         for (x, y) in c1.iter().zip(&c2) {
-            assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "ta {ta} tb {tb}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 + 1e-5 * y.abs(),
+                "ta {ta} tb {tb}: {x} vs {y}"
+            );
         }
     }
     assert_eq!(Backend::DEFAULT, Backend::Blas);

@@ -784,11 +784,11 @@ fn build() -> Table {
         |e| matches!(e, Error::TokenOutOfRange { arg: "prompt", .. }),
     );
     t.core(
-        "prompt id `>= vocab` (checked by the prefill)",
+        "prompt id `>= vocab` (with tokens to generate)",
         "`generate(model, &[1, 5000], 4, …)`",
         GEN_TESTS,
         generate(&m, &[1, 5000], 4, greedy, &mut rng),
-        |e| matches!(e, Error::TokenOutOfRange { arg: "tokens", .. }),
+        |e| matches!(e, Error::TokenOutOfRange { arg: "prompt", .. }),
     );
     t.core(
         "KV cache of capacity 0",
@@ -812,7 +812,15 @@ fn build() -> Table {
         "`decoder.step(token)` with 4 of 4 positions used",
         GEN_TESTS,
         dec.step(5).map(|_| ()),
-        |e| matches!(e, Error::SeqTooLong { .. }),
+        |e| {
+            matches!(
+                e,
+                Error::WorkspaceTooSmall {
+                    dim: "kv_cache positions",
+                    ..
+                }
+            )
+        },
     );
     t.core(
         "empty prefill",
