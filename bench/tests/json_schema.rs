@@ -12,7 +12,7 @@ const MOE: &str = env!("CARGO_BIN_EXE_moe");
 /// Every scenario id, in run order: the spec's 22, then the extras. The
 /// whole set takes about 2 s at the test profile's opt-level with
 /// `--trials 2 --warmup 1`, so the test runs all of them.
-const IDS: [&str; 26] = [
+const IDS: [&str; 27] = [
     "mem_train_step",
     "mem_scale_batch_1",
     "mem_scale_batch_2",
@@ -46,7 +46,7 @@ fn expected_axis(id: &str) -> &'static str {
     match id {
         _ if id.starts_with("mem_") => "memory",
         _ if id.starts_with("kernel_") || id == "machine_peak" => "compiler",
-        _ if id.starts_with("dispatch_") => "type_system",
+        _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") => "parallel",
         _ if id.starts_with("scale_") => "scale",
         _ => panic!("unexpected id {id}"),
@@ -228,6 +228,10 @@ fn check_scenario(s: &Value) {
             alloc > 1 << 20,
             "{id}: construction allocates the parameters"
         );
+        assert_eq!(gflops, None, "{id}");
+    } else if id == "generate_kv_64" {
+        // Decoding: no analytic FLOP count is claimed, but still no allocation.
+        assert_eq!(alloc, 0, "{id}: steady-state allocation");
         assert_eq!(gflops, None, "{id}");
     } else if id == "kernel_matmul_matrixmultiply" {
         // The `matrixmultiply` crate allocates its packing buffers per call.
