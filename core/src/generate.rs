@@ -182,7 +182,7 @@ impl SamplingStrategy {
                     .find(|&wi| key(wi) == tau)
                     .unwrap_or(0.0) as f64;
                 let need = if w_tau > 0.0 {
-                    ((target - above) / w_tau).ceil().max(1.0) as usize
+                    libm::ceil((target - above) / w_tau).max(1.0) as usize
                 } else {
                     usize::MAX
                 };
