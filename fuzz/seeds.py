@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the committed seed corpora of the fuzz targets into fuzz/corpus/<target>/.
+"""Writes the committed seed corpora of the fuzz targets into fuzz/seeds/<target>/ (fuzz/corpus/ is cargo-fuzz's default working corpus, git-ignored).
 
 Run from anywhere: `python3 fuzz/seeds.py`. The byte formats are those of
 fuzz/src/lib.rs (`Reader`) and of each target's doc comment. Seeds whose
@@ -11,7 +11,7 @@ import os
 import random
 import struct
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
 
 
 def write(target, name, data):

@@ -5,7 +5,7 @@
 #
 # SECONDS per target (default 60) is passed to libFuzzer as -max_total_time.
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
-# Each target starts from its committed seeds (fuzz/corpus/<target>/, read
+# Each target starts from its committed seeds (fuzz/seeds/<target>/, read
 # only) plus a working corpus in fuzz/target/corpus-work/<target>/ (ignored
 # by git; it grows across runs), so the committed seeds stay small.
 # Crashes are written to fuzz/artifacts/<target>/ by cargo-fuzz. Prints one
@@ -43,7 +43,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$work"
   echo "== fuzz $t for ${secs}s (log: $log)"
   status=0
-  "${nice_cmd[@]}" cargo +nightly fuzz run "$t" "$work" "fuzz/corpus/$t" -- \
+  "${nice_cmd[@]}" cargo +nightly fuzz run "$t" "$work" "fuzz/seeds/$t" -- \
     -max_total_time="$secs" -timeout=30 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || status=$?
   if [ "$t" = checkpoint_load ]; then
     # Its temporary checkpoint directory (never dropped: libFuzzer exits).

@@ -5,7 +5,7 @@
 //! entry point must return for a given input (CONTRACT §6: the right `Err`
 //! for an invalid input, `Ok` with finite values otherwise, never a panic).
 //!
-//! Byte formats (what the seed corpora in `corpus/<target>/` encode) are
+//! Byte formats (what the seed corpora in `seeds/<target>/` encode) are
 //! described at each target.
 
 use moe_core::{Config, Error, SamplingStrategy, TokenId};
@@ -286,7 +286,7 @@ mod tests {
 
     fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("corpus")
+            .join("seeds")
             .join(target);
         let mut out: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
