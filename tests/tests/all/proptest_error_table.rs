@@ -1178,7 +1178,7 @@ fn render(t: &Table) -> String {
          never a panic (CONTRACT §6): `moe_core::Error` for the core, \
          `moe_bench::checkpoint::CheckpointError` for checkpoint directories and \
          `moe_bench::grads::TokensError` for token files. Messages name the argument and \
-         the expected and actual values. Test names are `file::test`, in `tests/tests/` \
+         the expected and actual values. Test names are `file::test`, in `tests/tests/all/` \
          (`errors.rs`, `generate.rs`, `proptest_*.rs`) or `bench/tests/` (`checkpoint.rs`, \
          `grads.rs`, `stress.rs`); *fuzz* names a target in `fuzz/fuzz_targets/`. \
          Every row is also checked by `proptest_error_table.rs::errors_md_is_generated_from_the_code`.\n",
