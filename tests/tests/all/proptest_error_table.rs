@@ -540,7 +540,7 @@ fn build() -> Table {
         |e| matches!(e, Error::NonFinite { what: "params", .. }),
     );
     let mut big = tiny();
-    let lm = big.layout().lm_head;
+    let lm = big.layout().lm_head.start;
     big.params_mut()[lm..].iter_mut().for_each(|w| *w *= 3e38);
     let mut ws1 = big.workspace(1, 4, Mode::Inference).unwrap();
     t.core(
