@@ -2,7 +2,7 @@
 //! a backward) pass needs, planned from `(config, max_batch, max_seq, mode)`,
 //! allocated once as one bumpalo chunk, and carved into named slices per step.
 //! The arena knows sizes, not math: the RoPE table that a step also needs is
-//! held next to it by [`crate::workspace::Workspace`].
+//! held next to it by `Workspace` (`workspace.rs`).
 //!
 //! Every buffer is one line of the `buffers!` table below, which generates the
 //! plan entries (names, order, sizes), the `LayerActs` / `GradActs` / `Acts`
