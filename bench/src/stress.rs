@@ -343,18 +343,14 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
     let start = Instant::now();
     let cfg = Config::tiny();
     let mut model = MoETransformer::new(&cfg, seed)?;
-    let (v, c) = (cfg.vocab_size, cfg.hidden_size);
+    let v = cfg.vocab_size;
     let lay = model.layout().clone();
     let scale = |x: &mut [f32], s: f32| x.iter_mut().for_each(|w| *w *= s);
     match case.mutation {
         Mutation::None => {}
         Mutation::ScaleAll(s) => scale(model.params_mut(), s),
-        Mutation::ScaleEmbedding(s) => {
-            scale(&mut model.params_mut()[lay.embed..lay.embed + v * c], s)
-        }
-        Mutation::ScaleLmHead(s) => {
-            scale(&mut model.params_mut()[lay.lm_head..lay.lm_head + v * c], s)
-        }
+        Mutation::ScaleEmbedding(s) => scale(&mut model.params_mut()[lay.embed.clone()], s),
+        Mutation::ScaleLmHead(s) => scale(&mut model.params_mut()[lay.lm_head.clone()], s),
     }
     let (b, t) = (case.batch, case.seq);
     let (tokens, targets) = batch(b, t, v);

@@ -271,7 +271,7 @@ fn loads_golden_generator_checkpoint() {
     // Element 0 of t=0 and t=40 (tests/golden/README.md).
     assert_eq!(model.params()[0].to_bits(), 0x3E6C_CA58);
     assert_eq!(
-        model.params()[model.layout().lm_head].to_bits(),
+        model.params()[model.layout().lm_head.start].to_bits(),
         0x3DF4_3100
     );
 }

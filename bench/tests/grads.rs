@@ -48,7 +48,7 @@ fn formula_params(cfg: &Config, seed: u64) -> Vec<f32> {
             let u = formula_u(seed, t as u64, i as u64);
             *w = if info.shape.len() == 1 {
                 1.0f32 + 0.25f32 * u
-            } else if info.offset == layout.embed {
+            } else if info.offset == layout.embed.start {
                 u
             } else {
                 scale * u

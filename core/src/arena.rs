@@ -1,8 +1,14 @@
-//! The workspace: every activation buffer a forward (and, in training mode,
+//! The arena: every activation buffer a forward (and, in training mode,
 //! a backward) pass needs, planned from `(config, max_batch, max_seq, mode)`,
 //! allocated once as one bumpalo chunk, and carved into named slices per step.
+//! The arena knows sizes, not math: the RoPE table that a step also needs is
+//! held next to it by `Workspace` (`workspace.rs`).
 //!
-//! Lifetimes make the arena discipline a compile-time fact: `Workspace::carve`
+//! Every buffer is one line of the `buffers!` table below, which generates the
+//! plan entries (names, order, sizes), the `LayerActs` / `GradActs` / `Acts`
+//! structs and the carving; no buffer is picked by position.
+//!
+//! Lifetimes make the arena discipline a compile-time fact: `Arena::carve`
 //! takes `&mut self`, resets the bump arena and hands out slices that borrow
 //! the workspace, so no slice of step `s` can be alive when step `s+1` resets
 //! the arena. The arena has an allocation limit equal to its one chunk, so a
@@ -31,15 +37,12 @@
 //! | `xf`, `rstd_f` | `[n, c]`, `[n]` | | final norm output / `1/rms` |
 //! | `logits` | `[n, v]` | | output |
 //! | training only: `dlogits` `[n,v]`, `dresid`, `dxn` `[n,c]`, `dqkv` `[n,q]`, `datt` `[n,h·d]`, `dprobs` `[t,t]`, `drprobs` `[n,e]`, `dtopk_w` `[n,k]`, `dxg`, `dye` `[s,c]`, `dh13` `[s,2f]`, `dact` `[s,f]` | | | backward scratch, shared by all layers |
-//!
-//! Persistent (not reset per step): the RoPE `cos`/`sin` table `[max_seq, d/2]`.
 
 use alloc::vec::Vec;
 use bumpalo::Bump;
 
-use crate::config::Config;
+use crate::config::{Config, Dims};
 use crate::error::{Error, Result};
-use crate::rope::RopeTable;
 
 /// What the workspace is planned for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,185 +82,268 @@ impl PlanEntry {
     }
 }
 
-/// Dimensions of one step, all derived from the config and `(b, t)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dims {
-    /// Batch `b`.
-    pub b: usize,
-    /// Sequence length `t`.
-    pub t: usize,
-    /// Rows `n = b·t`.
-    pub n: usize,
-    /// Hidden width `c`.
-    pub c: usize,
-    /// Query heads `h`.
-    pub h: usize,
-    /// KV heads `kv`.
-    pub kv: usize,
-    /// Head dim `d`.
-    pub d: usize,
-    /// Fused q/k/v width `(h+2kv)·d`.
-    pub q: usize,
-    /// Expert FFN width `f`.
-    pub f: usize,
-    /// Experts `e`.
-    pub e: usize,
-    /// Top-k `k`.
-    pub k: usize,
-    /// Vocabulary `v`.
-    pub v: usize,
-    /// Layers `L`.
-    pub layers: usize,
+/// An element type a buffer can hold; both are 4 bytes.
+trait Elem: Copy + 'static {
+    const DTYPE: Dtype;
+    const ZERO: Self;
 }
 
-impl Dims {
-    /// The dimensions of a `(b, t)` step of `cfg`.
-    pub fn new(cfg: &Config, b: usize, t: usize) -> Self {
-        Dims {
-            b,
-            t,
-            n: b * t,
-            c: cfg.hidden_size,
-            h: cfg.num_attention_heads,
-            kv: cfg.num_key_value_heads,
-            d: cfg.head_dim,
-            q: cfg.qkv_dim(),
-            f: cfg.intermediate_size,
-            e: cfg.num_local_experts,
-            k: cfg.num_experts_per_tok,
-            v: cfg.vocab_size,
-            layers: cfg.num_hidden_layers,
+impl Elem for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    const ZERO: Self = 0.0;
+}
+
+impl Elem for u32 {
+    const DTYPE: Dtype = Dtype::U32;
+    const ZERO: Self = 0;
+}
+
+/// A zero-filled slice of `len` elements from `bump`, failure as an `Err`.
+fn zeroed<T: Elem>(bump: &Bump, len: usize) -> Result<&mut [T]> {
+    bump.try_alloc_slice_fill_copy(len, T::ZERO)
+        .map_err(|_| Error::AllocationFailed { bytes: len * 4 })
+}
+
+/// The quantities the buffer table is written in (elements, for one step of `(b, t)`).
+#[derive(Debug, Clone, Copy)]
+struct Sz {
+    /// Rows `n = b·t`.
+    n: usize,
+    /// Hidden width `c`.
+    c: usize,
+    /// Fused q/k/v width `(h+2kv)·d`.
+    q: usize,
+    /// Attention output width `h·d`.
+    hd: usize,
+    /// Experts `e`.
+    e: usize,
+    /// Top-k `k`.
+    k: usize,
+    /// Expert FFN width `f`.
+    f: usize,
+    /// Vocabulary `v`.
+    v: usize,
+    /// Routed slots `s = n·k`.
+    s: usize,
+    /// Sequence length `t`.
+    t: usize,
+    /// Attention probabilities: `b·h·t·t` saved (training), else one score row of `max_seq`.
+    probs: usize,
+}
+
+impl Sz {
+    fn new(dm: &Dims, train: bool, max_seq: usize) -> Self {
+        Sz {
+            n: dm.n,
+            c: dm.c,
+            q: dm.q,
+            hd: dm.h * dm.d,
+            e: dm.e,
+            k: dm.k,
+            f: dm.f,
+            v: dm.v,
+            s: dm.s(),
+            t: dm.t,
+            probs: if train {
+                dm.b * dm.h * dm.t * dm.t
+            } else {
+                max_seq
+            },
         }
     }
-    /// Routed slots, `n·k`.
-    pub fn s(&self) -> usize {
-        self.n * self.k
+}
+
+/// Generates, from one table of `name: type = elements;` lines in four
+/// sections, the plan (`N_BUFFERS`, `entries`), the structs `LayerActs`,
+/// `GradActs`, `Acts` and `carve_acts`. Plan order is the table order:
+/// `head`, `layer` (one copy per layer in training mode), `tail`, `grad`
+/// (training only; zero elements in inference mode).
+macro_rules! buffers {
+    (
+        |$z:ident|
+        head { $( $(#[$hm:meta])* $hn:ident : $ht:ty = $hs:expr; )* }
+        layer { $( $(#[$lm:meta])* $ln:ident : $lt:ty = $ls:expr; )* }
+        tail { $( $(#[$tm:meta])* $tn:ident : $tt:ty = $ts:expr; )* }
+        grad { $( $(#[$gm:meta])* $gn:ident : $gt:ty = $gs:expr; )* }
+    ) => {
+        /// Number of named buffers in the plan.
+        const N_BUFFERS: usize = [
+            $(stringify!($hn),)* $(stringify!($ln),)* $(stringify!($tn),)* $(stringify!($gn),)*
+        ]
+        .len();
+
+        /// The named buffer sizes of a step of shape `(b, t)` in `mode`; the
+        /// single source of truth for both the plan and the carving.
+        /// `max_seq` sizes the inference-mode score row (a query attends to at
+        /// most `max_seq` keys, including KV-cached ones).
+        fn entries(dm: &Dims, mode: Mode, max_seq: usize) -> [PlanEntry; N_BUFFERS] {
+            let train = mode == Mode::Training;
+            let $z = Sz::new(dm, train, max_seq);
+            let lc = if train { dm.layers } else { 1 };
+            let g = |x: usize| if train { x } else { 0 };
+            let e = |name, dtype, elems, copies| PlanEntry {
+                name,
+                dtype,
+                elems,
+                copies,
+            };
+            [
+                $( e(stringify!($hn), <$ht as Elem>::DTYPE, $hs, 1), )*
+                $( e(stringify!($ln), <$lt as Elem>::DTYPE, $ls, lc), )*
+                $( e(stringify!($tn), <$tt as Elem>::DTYPE, $ts, 1), )*
+                $( e(stringify!($gn), <$gt as Elem>::DTYPE, g($gs), 1), )*
+            ]
+        }
+
+        /// Activations of one transformer block (see the module table for shapes).
+        #[derive(Debug, Default)]
+        pub(crate) struct LayerActs<'a> {
+            $( $(#[$lm])* pub $ln: &'a mut [$lt], )*
+        }
+
+        /// Backward scratch, shared by all layers.
+        #[derive(Debug)]
+        pub(crate) struct GradActs<'a> {
+            $( $(#[$gm])* pub $gn: &'a mut [$gt], )*
+        }
+
+        /// Everything carved for one step.
+        #[derive(Debug)]
+        pub(crate) struct Acts<'a> {
+            /// The step's dimensions.
+            pub dims: Dims,
+            $( $(#[$hm])* pub $hn: &'a mut [$ht], )*
+            /// One `LayerActs` per layer (training) or one shared by all (inference).
+            pub layers: &'a mut [LayerActs<'a>],
+            $( $(#[$tm])* pub $tn: &'a mut [$tt], )*
+            /// `Some` in training mode.
+            pub grads: Option<GradActs<'a>>,
+        }
+
+        /// Carves every buffer of a step of `dm` from `bump` (already reset),
+        /// zero-filled: the per-layer table, each layer's buffers, then the
+        /// `head`, `tail` and (training) `grad` buffers.
+        fn carve_acts(bump: &Bump, dm: Dims, train: bool, max_seq: usize) -> Result<Acts<'_>> {
+            let $z = Sz::new(&dm, train, max_seq);
+            let copies = if train { dm.layers } else { 1 };
+            let layers = bump
+                .try_alloc_slice_fill_with(copies, |_| LayerActs::default())
+                .map_err(|_| Error::AllocationFailed {
+                    bytes: copies * core::mem::size_of::<LayerActs<'static>>(),
+                })?;
+            for la in layers.iter_mut() {
+                *la = LayerActs {
+                    $( $ln: zeroed::<$lt>(bump, $ls)?, )*
+                };
+            }
+            $( let $hn = zeroed::<$ht>(bump, $hs)?; )*
+            $( let $tn = zeroed::<$tt>(bump, $ts)?; )*
+            let grads = if train {
+                Some(GradActs {
+                    $( $gn: zeroed::<$gt>(bump, $gs)?, )*
+                })
+            } else {
+                None
+            };
+            Ok(Acts {
+                dims: dm,
+                $( $hn, )*
+                layers,
+                $( $tn, )*
+                grads,
+            })
+        }
+    };
+}
+
+buffers! {
+    |z|
+    head {
+        /// Residual stream `[n, c]`.
+        resid: f32 = z.n * z.c;
     }
-}
-
-/// The named buffer sizes of a step of shape `(b, t)` in `mode`. The single
-/// source of truth for both the plan and the carving.
-/// `max_seq` sizes the inference-mode score row (a query attends to at most
-/// `max_seq` keys, including KV-cached ones).
-fn entries(dm: &Dims, mode: Mode, max_seq: usize) -> [PlanEntry; 39] {
-    use Dtype::{F32, U32};
-    let train = mode == Mode::Training;
-    let lc = if train { dm.layers } else { 1 };
-    let (n, c, s) = (dm.n, dm.c, dm.s());
-    let probs = if train {
-        dm.b * dm.h * dm.t * dm.t
-    } else {
-        max_seq
-    };
-    let g = |x: usize| if train { x } else { 0 };
-    let e = |name, dtype, elems, copies| PlanEntry {
-        name,
-        dtype,
-        elems,
-        copies,
-    };
-    [
-        e("resid", F32, n * c, 1),
-        e("x_in", F32, n * c, lc),
-        e("rstd1", F32, n, lc),
-        e("xn1", F32, n * c, lc),
-        e("qkv", F32, n * dm.q, lc),
-        e("probs", F32, probs, lc),
-        e("att", F32, n * dm.h * dm.d, lc),
-        e("x_mid", F32, n * c, lc),
-        e("rstd2", F32, n, lc),
-        e("xn2", F32, n * c, lc),
-        e("rprobs", F32, n * dm.e, lc),
-        e("topk_idx", U32, n * dm.k, lc),
-        e("topk_w", F32, n * dm.k, lc),
-        e("counts", U32, dm.e, lc),
-        e("offsets", U32, dm.e + 1, lc),
-        e("slot_row", U32, s, lc),
-        e("slot_of", U32, s, lc),
-        e("xg", F32, s * c, lc),
-        e("h13", F32, s * 2 * dm.f, lc),
-        e("act", F32, s * dm.f, lc),
-        e("ye", F32, s * c, lc),
-        e("xf", F32, n * c, 1),
-        e("rstd_f", F32, n, 1),
-        e("logits", F32, n * dm.v, 1),
-        e("dlogits", F32, g(n * dm.v), 1),
-        e("dresid", F32, g(n * c), 1),
-        e("dxn", F32, g(n * c), 1),
-        e("dqkv", F32, g(n * dm.q), 1),
-        e("datt", F32, g(n * dm.h * dm.d), 1),
-        e("dprobs", F32, g(dm.t * dm.t), 1),
-        e("drprobs", F32, g(n * dm.e), 1),
-        e("dtopk_w", F32, g(n * dm.k), 1),
-        e("dxg", F32, g(s * c), 1),
-        e("dh13", F32, g(s * 2 * dm.f), 1),
-        e("dact", F32, g(s * dm.f), 1),
-        e("dye", F32, g(s * c), 1),
-        e("ce_row", F32, g(n), 1),
-        e("aux_f", F32, g(dm.e), 1),
-        e("aux_p", F32, g(dm.e), 1),
-    ]
-}
-
-/// Activations of one transformer block (see the module table for shapes).
-#[allow(missing_docs)]
-#[derive(Debug, Default)]
-pub(crate) struct LayerActs<'a> {
-    pub x_in: &'a mut [f32],
-    pub rstd1: &'a mut [f32],
-    pub xn1: &'a mut [f32],
-    pub qkv: &'a mut [f32],
-    pub probs: &'a mut [f32],
-    pub att: &'a mut [f32],
-    pub x_mid: &'a mut [f32],
-    pub rstd2: &'a mut [f32],
-    pub xn2: &'a mut [f32],
-    pub rprobs: &'a mut [f32],
-    pub topk_idx: &'a mut [u32],
-    pub topk_w: &'a mut [f32],
-    pub counts: &'a mut [u32],
-    pub offsets: &'a mut [u32],
-    pub slot_row: &'a mut [u32],
-    pub slot_of: &'a mut [u32],
-    pub xg: &'a mut [f32],
-    pub h13: &'a mut [f32],
-    pub act: &'a mut [f32],
-    pub ye: &'a mut [f32],
-}
-
-/// Backward scratch, shared by all layers.
-#[allow(missing_docs)]
-#[derive(Debug)]
-pub(crate) struct GradActs<'a> {
-    pub dlogits: &'a mut [f32],
-    pub dresid: &'a mut [f32],
-    pub dxn: &'a mut [f32],
-    pub dqkv: &'a mut [f32],
-    pub datt: &'a mut [f32],
-    pub dprobs: &'a mut [f32],
-    pub drprobs: &'a mut [f32],
-    pub dtopk_w: &'a mut [f32],
-    pub dxg: &'a mut [f32],
-    pub dh13: &'a mut [f32],
-    pub dact: &'a mut [f32],
-    pub dye: &'a mut [f32],
-    pub ce_row: &'a mut [f32],
-    pub aux_f: &'a mut [f32],
-    pub aux_p: &'a mut [f32],
-}
-
-/// Everything carved for one step.
-#[derive(Debug)]
-pub(crate) struct Acts<'a> {
-    pub dims: Dims,
-    pub resid: &'a mut [f32],
-    pub layers: &'a mut [LayerActs<'a>],
-    pub xf: &'a mut [f32],
-    pub rstd_f: &'a mut [f32],
-    pub logits: &'a mut [f32],
-    /// `Some` in training mode.
-    pub grads: Option<GradActs<'a>>,
-    pub rope: &'a RopeTable,
+    layer {
+        /// RMSNorm input before attention `[n, c]` (saved).
+        x_in: f32 = z.n * z.c;
+        /// Its `1/rms` `[n]` (saved).
+        rstd1: f32 = z.n;
+        /// Normed attention input `[n, c]`.
+        xn1: f32 = z.n * z.c;
+        /// q, k after RoPE, v `[n, q]`.
+        qkv: f32 = z.n * z.q;
+        /// Attention probabilities `[b, h, t, t]` (train) / one score row `[max_seq]` (infer).
+        probs: f32 = z.probs;
+        /// Attention output before `o_proj` `[n, h·d]`.
+        att: f32 = z.n * z.hd;
+        /// RMSNorm input before the MoE `[n, c]` (saved).
+        x_mid: f32 = z.n * z.c;
+        /// Its `1/rms` `[n]` (saved).
+        rstd2: f32 = z.n;
+        /// Normed MoE input `[n, c]`.
+        xn2: f32 = z.n * z.c;
+        /// Router probabilities `[n, e]`.
+        rprobs: f32 = z.n * z.e;
+        /// Chosen experts `[n, k]`.
+        topk_idx: u32 = z.n * z.k;
+        /// Renormalised weights of the chosen experts `[n, k]`.
+        topk_w: f32 = z.n * z.k;
+        /// Slots per expert `[e]`.
+        counts: u32 = z.e;
+        /// Exclusive prefix sum of `counts` `[e+1]`.
+        offsets: u32 = z.e + 1;
+        /// Row of each slot `[s]`.
+        slot_row: u32 = z.s;
+        /// Slot of each (row, choice) `[s]`.
+        slot_of: u32 = z.s;
+        /// Gathered expert inputs `[s, c]`.
+        xg: f32 = z.s * z.c;
+        /// `[x·w1ᵀ, x·w3ᵀ]` pre-activations `[s, 2f]`.
+        h13: f32 = z.s * 2 * z.f;
+        /// `silu(h1) ⊙ h3` `[s, f]`.
+        act: f32 = z.s * z.f;
+        /// Expert outputs `[s, c]`.
+        ye: f32 = z.s * z.c;
+    }
+    tail {
+        /// Final norm output `[n, c]`.
+        xf: f32 = z.n * z.c;
+        /// Its `1/rms` `[n]`.
+        rstd_f: f32 = z.n;
+        /// Output logits `[n, v]`.
+        logits: f32 = z.n * z.v;
+    }
+    grad {
+        /// `dL/dlogits` `[n, v]`.
+        dlogits: f32 = z.n * z.v;
+        /// Gradient of the residual stream `[n, c]`.
+        dresid: f32 = z.n * z.c;
+        /// Gradient of a normed input `[n, c]`.
+        dxn: f32 = z.n * z.c;
+        /// `[n, q]`.
+        dqkv: f32 = z.n * z.q;
+        /// `[n, h·d]`.
+        datt: f32 = z.n * z.hd;
+        /// One sequence-head's score gradient `[t, t]`.
+        dprobs: f32 = z.t * z.t;
+        /// `[n, e]`.
+        drprobs: f32 = z.n * z.e;
+        /// `[n, k]`.
+        dtopk_w: f32 = z.n * z.k;
+        /// `[s, c]`.
+        dxg: f32 = z.s * z.c;
+        /// `[s, 2f]`.
+        dh13: f32 = z.s * 2 * z.f;
+        /// `[s, f]`.
+        dact: f32 = z.s * z.f;
+        /// `[s, c]`.
+        dye: f32 = z.s * z.c;
+        /// Per-row cross-entropy `[n]`.
+        ce_row: f32 = z.n;
+        /// Aux loss: routed fraction per expert `[e]`.
+        aux_f: f32 = z.e;
+        /// Aux loss: mean probability per expert `[e]`.
+        aux_p: f32 = z.e;
+    }
 }
 
 /// Slack for the alignment of the per-layer table inside the arena.
@@ -265,24 +351,23 @@ const TABLE_ALIGN_SLACK: usize = 16;
 
 /// Planned activation memory for one model shape; see the module docs.
 #[derive(Debug)]
-pub struct Workspace {
+pub(crate) struct Arena {
     cfg: Config,
     mode: Mode,
     max_batch: usize,
     max_seq: usize,
     plan_bytes: usize,
     bump: Bump,
-    rope: RopeTable,
 }
 
-impl Workspace {
+impl Arena {
     /// Plans and allocates the workspace for steps of up to `max_batch × max_seq` tokens.
     ///
     /// # Errors
     /// Invalid config, `max_batch == 0` / `max_seq == 0` ([`Error::EmptyInput`]),
     /// `max_seq > max_position_embeddings` ([`Error::SeqTooLong`]), size overflow,
     /// or a failed allocation.
-    pub fn new(cfg: &Config, max_batch: usize, max_seq: usize, mode: Mode) -> Result<Self> {
+    pub(crate) fn new(cfg: &Config, max_batch: usize, max_seq: usize, mode: Mode) -> Result<Self> {
         cfg.validate()?;
         if max_batch == 0 {
             return Err(Error::EmptyInput { arg: "max_batch" });
@@ -302,20 +387,18 @@ impl Workspace {
             .map_err(|_| Error::AllocationFailed { bytes: capacity })?;
         // One chunk, never another: a request beyond the plan fails instead of growing.
         bump.set_allocation_limit(Some(bump.allocated_bytes()));
-        let rope = RopeTable::new(cfg, max_seq)?;
-        Ok(Workspace {
+        Ok(Arena {
             cfg: *cfg,
             mode,
             max_batch,
             max_seq,
             plan_bytes,
             bump,
-            rope,
         })
     }
 
     /// The named buffers of a step at the planned maximum shape.
-    pub fn plan(&self) -> Vec<PlanEntry> {
+    pub(crate) fn plan(&self) -> Vec<PlanEntry> {
         entries(
             &Dims::new(&self.cfg, self.max_batch, self.max_seq),
             self.mode,
@@ -363,29 +446,28 @@ impl Workspace {
     }
 
     /// Bytes of the plan: activation buffers at the maximum shape plus the
-    /// per-layer slice table and the RoPE table. This is what `arena_bytes`
-    /// reports in the benchmark.
-    pub fn bytes(&self) -> usize {
-        self.plan_bytes + Self::table_bytes(&self.cfg, self.mode) + self.rope.bytes()
+    /// per-layer slice table.
+    pub(crate) fn bytes(&self) -> usize {
+        self.plan_bytes + Self::table_bytes(&self.cfg, self.mode)
     }
 
     /// The mode it was planned for.
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.mode
     }
 
     /// Planned maximum batch.
-    pub fn max_batch(&self) -> usize {
+    pub(crate) fn max_batch(&self) -> usize {
         self.max_batch
     }
 
     /// Planned maximum sequence length.
-    pub fn max_seq(&self) -> usize {
+    pub(crate) fn max_seq(&self) -> usize {
         self.max_seq
     }
 
     /// The config it was planned for.
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.cfg
     }
 
@@ -426,86 +508,10 @@ impl Workspace {
     }
 
     /// Resets the arena and carves every buffer for a step of `(batch, seq)`
-    /// (call [`Workspace::check`] first). Buffers are zero-filled.
+    /// (call [`Arena::check`] first). Buffers are zero-filled.
     pub(crate) fn carve(&mut self, batch: usize, seq: usize) -> Result<Acts<'_>> {
         let dm = Dims::new(&self.cfg, batch, seq);
-        let train = self.mode == Mode::Training;
         self.bump.reset();
-        let bump = &self.bump;
-        let sizes = entries(&dm, self.mode, self.max_seq);
-        let fail = |bytes: usize| Error::AllocationFailed { bytes };
-        let f32s = |i: usize| -> Result<&mut [f32]> {
-            let n = sizes[i].elems;
-            bump.try_alloc_slice_fill_copy(n, 0.0f32)
-                .map_err(|_| fail(n * 4))
-        };
-        let u32s = |i: usize| -> Result<&mut [u32]> {
-            let n = sizes[i].elems;
-            bump.try_alloc_slice_fill_copy(n, 0u32)
-                .map_err(|_| fail(n * 4))
-        };
-        let copies = sizes[1].copies;
-        let layers = bump
-            .try_alloc_slice_fill_with(copies, |_| LayerActs::default())
-            .map_err(|_| fail(copies * core::mem::size_of::<LayerActs<'static>>()))?;
-        for l in layers.iter_mut() {
-            *l = LayerActs {
-                x_in: f32s(1)?,
-                rstd1: f32s(2)?,
-                xn1: f32s(3)?,
-                qkv: f32s(4)?,
-                probs: f32s(5)?,
-                att: f32s(6)?,
-                x_mid: f32s(7)?,
-                rstd2: f32s(8)?,
-                xn2: f32s(9)?,
-                rprobs: f32s(10)?,
-                topk_idx: u32s(11)?,
-                topk_w: f32s(12)?,
-                counts: u32s(13)?,
-                offsets: u32s(14)?,
-                slot_row: u32s(15)?,
-                slot_of: u32s(16)?,
-                xg: f32s(17)?,
-                h13: f32s(18)?,
-                act: f32s(19)?,
-                ye: f32s(20)?,
-            };
-        }
-        let resid = f32s(0)?;
-        let xf = f32s(21)?;
-        let rstd_f = f32s(22)?;
-        let logits = f32s(23)?;
-        let grads = if train {
-            Some(GradActs {
-                dlogits: f32s(24)?,
-                dresid: f32s(25)?,
-                dxn: f32s(26)?,
-                dqkv: f32s(27)?,
-                datt: f32s(28)?,
-                dprobs: f32s(29)?,
-                drprobs: f32s(30)?,
-                dtopk_w: f32s(31)?,
-                dxg: f32s(32)?,
-                dh13: f32s(33)?,
-                dact: f32s(34)?,
-                dye: f32s(35)?,
-                ce_row: f32s(36)?,
-                aux_f: f32s(37)?,
-                aux_p: f32s(38)?,
-            })
-        } else {
-            None
-        };
-        Ok(Acts {
-            dims: dm,
-            resid,
-            layers,
-            xf,
-            rstd_f,
-            logits,
-            grads,
-            rope: &self.rope,
-        })
+        carve_acts(&self.bump, dm, self.mode == Mode::Training, self.max_seq)
     }
 }

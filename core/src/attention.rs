@@ -16,25 +16,9 @@
 //! ```
 //! `dk`, `dv` sum over the `h/kv` query heads that share a KV head.
 
-use crate::arena::Dims;
+use crate::config::Dims;
 use crate::kernels::{axpy, dot, softmax};
-
-/// Where one sequence's keys and values live: position `j`'s key of KV head
-/// `g` is `k[j·stride + k_off + g·d ..][..d]`, its value likewise at `v_off`.
-/// Either the fused `qkv` rows of the current step or a KV cache.
-#[derive(Debug, Clone, Copy)]
-pub struct KvSource<'a> {
-    /// Key storage.
-    pub k: &'a [f32],
-    /// Value storage.
-    pub v: &'a [f32],
-    /// Elements between consecutive positions.
-    pub stride: usize,
-    /// Offset of KV head 0's key within a position.
-    pub k_off: usize,
-    /// Offset of KV head 0's value within a position.
-    pub v_off: usize,
-}
+use crate::kv_cache::KvSource;
 
 /// E10 forward: `att_i = Σ_j softmax_j(q_i·k_j/√d, j ≤ i) v_j` per batch row and
 /// head, from `qkv: [n, (h+2kv)·d]`.

@@ -1,6 +1,51 @@
-//! Model hyper-parameters (CONTRACT §1), with Hugging Face Mixtral field names.
+//! Model hyper-parameters (CONTRACT §1), with Hugging Face Mixtral field names;
+//! the per-step dimensions [`Dims`] every unit takes; [`TokenId`]; and
+//! [`check_param`], the one domain check of a scalar parameter.
 
 use crate::error::{Error, Result};
+
+/// A token id (`< vocab_size`).
+pub type TokenId = u32;
+
+/// The domain a scalar hyper-parameter must lie in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Domain {
+    /// Finite and `> 0`.
+    Positive,
+    /// Finite and `>= 0`.
+    NonNegative,
+}
+
+impl Domain {
+    /// Whether `x` lies in the domain (NaN never does).
+    pub(crate) fn holds(self, x: f32) -> bool {
+        match self {
+            Domain::Positive => x.is_finite() && x > 0.0,
+            Domain::NonNegative => x.is_finite() && x >= 0.0,
+        }
+    }
+
+    /// The domain as the `expected` text of an error.
+    pub(crate) const fn expected(self) -> &'static str {
+        match self {
+            Domain::Positive => "finite and > 0",
+            Domain::NonNegative => "finite and >= 0",
+        }
+    }
+}
+
+/// `Ok(())` if `x` lies in `domain`, else [`Error::InvalidParameter`] naming `param`.
+pub(crate) fn check_param(param: &'static str, x: f32, domain: Domain) -> Result<()> {
+    if domain.holds(x) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            param,
+            expected: domain.expected(),
+            actual: x as f64,
+        })
+    }
+}
 
 /// The hyper-parameters of a [`crate::MoETransformer`].
 ///
@@ -151,12 +196,12 @@ impl Config {
             });
         }
         let finite_pos = |field, x: f32| {
-            if x.is_finite() && x > 0.0 {
+            if Domain::Positive.holds(x) {
                 Ok(())
             } else {
                 Err(Error::InvalidConfig {
                     field,
-                    expected: "finite and > 0",
+                    expected: Domain::Positive.expected(),
                     actual: x as f64,
                 })
             }
@@ -244,5 +289,61 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Self::tiny()
+    }
+}
+
+/// Dimensions of one step, all derived from the config and `(b, t)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Batch `b`.
+    pub b: usize,
+    /// Sequence length `t`.
+    pub t: usize,
+    /// Rows `n = b·t`.
+    pub n: usize,
+    /// Hidden width `c`.
+    pub c: usize,
+    /// Query heads `h`.
+    pub h: usize,
+    /// KV heads `kv`.
+    pub kv: usize,
+    /// Head dim `d`.
+    pub d: usize,
+    /// Fused q/k/v width `(h+2kv)·d`.
+    pub q: usize,
+    /// Expert FFN width `f`.
+    pub f: usize,
+    /// Experts `e`.
+    pub e: usize,
+    /// Top-k `k`.
+    pub k: usize,
+    /// Vocabulary `v`.
+    pub v: usize,
+    /// Layers `L`.
+    pub layers: usize,
+}
+
+impl Dims {
+    /// The dimensions of a `(b, t)` step of `cfg`.
+    pub fn new(cfg: &Config, b: usize, t: usize) -> Self {
+        Dims {
+            b,
+            t,
+            n: b * t,
+            c: cfg.hidden_size,
+            h: cfg.num_attention_heads,
+            kv: cfg.num_key_value_heads,
+            d: cfg.head_dim,
+            q: cfg.qkv_dim(),
+            f: cfg.intermediate_size,
+            e: cfg.num_local_experts,
+            k: cfg.num_experts_per_tok,
+            v: cfg.vocab_size,
+            layers: cfg.num_hidden_layers,
+        }
+    }
+    /// Routed slots, `n·k`.
+    pub fn s(&self) -> usize {
+        self.n * self.k
     }
 }

@@ -40,38 +40,56 @@ impl TensorInfo {
     }
 }
 
-/// Offsets of one transformer block's tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ranges of one transformer block's tensors in the flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerLayout {
     /// `input_layernorm.weight` `[c]`.
-    pub attn_norm: usize,
-    /// `q_proj.weight` `[h·d, c]`, followed directly by `k_proj`, `v_proj`.
-    pub wqkv: usize,
+    pub attn_norm: Range<usize>,
+    /// `q_proj`, `k_proj`, `v_proj` weights, adjacent: one `[(h+2kv)·d, c]` matrix.
+    pub wqkv: Range<usize>,
     /// `o_proj.weight` `[c, h·d]`.
-    pub wo: usize,
+    pub wo: Range<usize>,
     /// `post_attention_layernorm.weight` `[c]`.
-    pub mlp_norm: usize,
+    pub mlp_norm: Range<usize>,
     /// `block_sparse_moe.gate.weight` `[e, c]`.
-    pub router: usize,
-    /// Expert 0's `w1`; expert `j` starts at `experts + j · expert_stride`.
-    pub experts: usize,
+    pub router: Range<usize>,
+    /// All experts, `[e, 3·f·c]`: expert `j` is [`Layout::expert`]`(l, j)`.
+    pub experts: Range<usize>,
 }
 
-/// The whole table: offsets by role (for the hot path) and by name (for I/O).
+/// Ranges of one expert's weights (adjacent: `w13` then `w2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertRanges {
+    /// `[w1; w3]`: `[2f, c]`.
+    pub w13: Range<usize>,
+    /// `w2`: `[c, f]`.
+    pub w2: Range<usize>,
+}
+
+impl ExpertRanges {
+    /// The whole expert, `w13.start .. w2.end` (`3·f·c` elements).
+    pub fn all(&self) -> Range<usize> {
+        self.w13.start..self.w2.end
+    }
+}
+
+/// The whole table: ranges by role (for the hot path) and by name (for I/O).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     /// `model.embed_tokens.weight` `[v, c]`.
-    pub embed: usize,
-    /// Per-layer offsets.
+    pub embed: Range<usize>,
+    /// Per-layer ranges.
     pub layers: Vec<LayerLayout>,
     /// `model.norm.weight` `[c]`.
-    pub final_norm: usize,
+    pub final_norm: Range<usize>,
     /// `lm_head.weight` `[v, c]`.
-    pub lm_head: usize,
+    pub lm_head: Range<usize>,
     /// Elements of one expert (`3·f·c`): `w1` at +0, `w3` at +f·c, `w2` at +2·f·c.
     pub expert_stride: usize,
     /// Total number of parameters.
     pub total: usize,
+    /// `f·c`: elements of `w1` (and of `w3`, and of `w2`).
+    fc: usize,
     tensors: Vec<TensorInfo>,
 }
 
@@ -95,7 +113,7 @@ impl Layout {
         let mut tensors = Vec::new();
         let mut off = 0usize;
         // `total` fits usize, and every partial sum below is <= total, so no overflow.
-        let mut push = |name: String, shape: Vec<usize>| -> usize {
+        let mut push = |name: String, shape: Vec<usize>| -> Range<usize> {
             let at = off;
             off += shape.iter().product::<usize>();
             tensors.push(TensorInfo {
@@ -103,22 +121,23 @@ impl Layout {
                 offset: at,
                 shape,
             });
-            at
+            at..off
         };
         let embed = push("model.embed_tokens.weight".into(), alloc::vec![v, c]);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}.");
             let attn_norm = push(format!("{p}input_layernorm.weight"), alloc::vec![c]);
-            let wqkv = push(format!("{p}self_attn.q_proj.weight"), alloc::vec![h * d, c]);
+            let wq = push(format!("{p}self_attn.q_proj.weight"), alloc::vec![h * d, c]);
             push(
                 format!("{p}self_attn.k_proj.weight"),
                 alloc::vec![kv * d, c],
             );
-            push(
+            let wv = push(
                 format!("{p}self_attn.v_proj.weight"),
                 alloc::vec![kv * d, c],
             );
+            let wqkv = wq.start..wv.end;
             let wo = push(format!("{p}self_attn.o_proj.weight"), alloc::vec![c, h * d]);
             let mlp_norm = push(
                 format!("{p}post_attention_layernorm.weight"),
@@ -128,15 +147,12 @@ impl Layout {
                 format!("{p}block_sparse_moe.gate.weight"),
                 alloc::vec![cfg.num_local_experts, c],
             );
-            let mut experts = 0;
+            let mut experts = router.end..router.end;
             for j in 0..cfg.num_local_experts {
                 let q = format!("{p}block_sparse_moe.experts.{j}.");
-                let w1 = push(format!("{q}w1.weight"), alloc::vec![f, c]);
+                push(format!("{q}w1.weight"), alloc::vec![f, c]);
                 push(format!("{q}w3.weight"), alloc::vec![f, c]);
-                push(format!("{q}w2.weight"), alloc::vec![c, f]);
-                if j == 0 {
-                    experts = w1;
-                }
+                experts.end = push(format!("{q}w2.weight"), alloc::vec![c, f]).end;
             }
             layers.push(LayerLayout {
                 attn_norm,
@@ -157,8 +173,19 @@ impl Layout {
             lm_head,
             expert_stride: 3 * f * c,
             total,
+            fc: f * c,
             tensors,
         })
+    }
+
+    /// The ranges of expert `j` of layer `l` (panics if either is out of range).
+    pub fn expert(&self, l: usize, j: usize) -> ExpertRanges {
+        let base = self.layers[l].experts.start + j * self.expert_stride;
+        debug_assert!(base + self.expert_stride <= self.layers[l].experts.end);
+        ExpertRanges {
+            w13: base..base + 2 * self.fc,
+            w2: base + 2 * self.fc..base + 3 * self.fc,
+        }
     }
 
     /// All tensors in flat order.
@@ -175,4 +202,15 @@ impl Layout {
     pub fn is_norm(&self, index: usize) -> bool {
         self.tensors.get(index).is_some_and(|t| t.shape.len() == 1)
     }
+}
+
+/// A zero-filled `Vec<f32>` of `len` elements, allocation failure as an `Err`.
+pub(crate) fn alloc_zeroed(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len.saturating_mul(4),
+        })?;
+    v.resize(len, 0.0);
+    Ok(v)
 }

@@ -20,7 +20,8 @@
 //! RMSNorm → lm_head → logits [b, t, v] → CE (E14) + α·aux (E13)
 //! ```
 //!
-//! The numbers E1…E21 refer to `docs/equations.md`.
+//! The numbers E1–E32 refer to `docs/equations.md` (E1–E21 the forward
+//! units and sampling, E22–E32 their gradients).
 //!
 //! ```
 //! use moe_core::{Config, MoETransformer, Mode};
@@ -47,6 +48,7 @@ pub mod error;
 pub mod generate;
 #[allow(unsafe_code)]
 pub mod kernels;
+pub mod kv_cache;
 pub mod layout;
 pub mod linear;
 pub mod loss;
@@ -56,19 +58,23 @@ pub mod optim;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
+pub mod sampling;
 pub mod swiglu;
 pub mod train;
+pub mod workspace;
 
-pub use arena::{Mode, PlanEntry, Workspace};
-pub use config::{Config, ParamCounts};
+pub use arena::{Mode, PlanEntry};
+pub use config::{Config, Dims, ParamCounts, TokenId};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_greedy, generate_sample, generate_topk, generate_topp, Decoder, KvCache,
-    SamplingStrategy,
+    generate, generate_greedy, generate_sample, generate_topk, generate_topp, Decoder,
 };
-pub use layout::{Layout, TensorInfo};
-pub use model::{Losses, MoETransformer, TokenId};
+pub use kv_cache::KvCache;
+pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
+pub use model::{Losses, MoETransformer};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use rand_chacha::ChaCha8Rng;
 pub use rand_core::{RngCore, SeedableRng};
+pub use sampling::SamplingStrategy;
 pub use train::{StepStats, TrainConfig, Trainer};
+pub use workspace::Workspace;

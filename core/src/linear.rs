@@ -1,14 +1,33 @@
 //! E6 / E7 — linear layer without bias, PyTorch convention `W: [out, in]`.
 //!
 //! Forward `y = x·Wᵀ` (`x: [n, in]`, `y: [n, out]`).
-//! Backward (two GEMMs, both accumulating): `dx += dy·W`, `dW += dyᵀ·x`.
+//! Backward (two GEMMs): `dx (+)= dy·W`, `dW += dyᵀ·x` (always accumulates).
 
-use crate::kernels::matmul::{gemm, Mat};
+use crate::kernels::gemm::{gemm, Mat};
 
-/// E6 — `y = x·Wᵀ` (`beta = 0`) or `y += x·Wᵀ` (`beta = 1`);
+/// Whether a unit overwrites its output or adds into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accum {
+    /// `y = f(x)`: the previous contents of `y` are never read.
+    Set,
+    /// `y += f(x)` (e.g. a residual connection, or a gradient summed over uses).
+    Add,
+}
+
+impl Accum {
+    /// The GEMM `β`: 0 for [`Accum::Set`], 1 for [`Accum::Add`].
+    const fn beta(self) -> f32 {
+        match self {
+            Accum::Set => 0.0,
+            Accum::Add => 1.0,
+        }
+    }
+}
+
+/// E6 — `y = x·Wᵀ` ([`Accum::Set`]) or `y += x·Wᵀ` ([`Accum::Add`]);
 /// `x: [n, din]`, `w: [dout, din]`, `y: [n, dout]`.
 #[inline]
-pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize, beta: f32) {
+pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize, acc: Accum) {
     gemm(
         n,
         dout,
@@ -16,13 +35,13 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: 
         1.0,
         Mat::n(x, din),
         Mat::t(w, din),
-        beta,
+        acc.beta(),
         y,
         dout,
     );
 }
 
-/// E7 — `dx (+)= dy·W` with `beta` 0 (overwrite) or 1 (accumulate);
+/// E7 — `dx = dy·W` ([`Accum::Set`]) or `dx += dy·W` ([`Accum::Add`]);
 /// `dy: [n, dout]`, `w: [dout, din]`, `dx: [n, din]`.
 #[inline]
 pub fn backward_input(
@@ -32,7 +51,7 @@ pub fn backward_input(
     n: usize,
     din: usize,
     dout: usize,
-    beta: f32,
+    acc: Accum,
 ) {
     gemm(
         n,
@@ -41,7 +60,7 @@ pub fn backward_input(
         1.0,
         Mat::n(dy, dout),
         Mat::n(w, din),
-        beta,
+        acc.beta(),
         dx,
         din,
     );

@@ -10,18 +10,19 @@ use alloc::vec::Vec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::arena::{Acts, Mode, Workspace};
-use crate::config::Config;
+use crate::arena::{Acts, Mode};
+pub use crate::config::TokenId;
+use crate::config::{check_param, Config, Domain};
 use crate::error::{Error, Result};
-use crate::generate::KvCache;
 use crate::kernels::first_non_finite;
-use crate::layout::Layout;
+use crate::kv_cache::KvCache;
+use crate::layout::{alloc_zeroed, Layout};
+use crate::linear::Accum;
 use crate::loss;
 use crate::moe::{self, MoeGrads};
+use crate::rope::RopeTable;
+use crate::workspace::Workspace;
 use crate::{attention, embedding, linear, rmsnorm, rope};
-
-/// A token id (`< vocab_size`).
-pub type TokenId = u32;
 
 /// The model: config, layout and the flat parameter buffer.
 #[derive(Debug, Clone)]
@@ -40,16 +41,6 @@ pub struct Losses {
     pub ce: f32,
     /// Load-balancing aux loss (before `alpha`).
     pub aux: f32,
-}
-
-pub(crate) fn alloc_zeroed(len: usize) -> Result<Vec<f32>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| Error::AllocationFailed {
-            bytes: len.saturating_mul(4),
-        })?;
-    v.resize(len, 0.0);
-    Ok(v)
 }
 
 /// Checks `tokens` (`arg`) has `b·t` ids, each `< vocab`.
@@ -140,7 +131,7 @@ impl MoETransformer {
                 out.iter_mut().for_each(|x| *x = 1.0);
                 continue;
             }
-            let bound = if t.offset == layout.embed {
+            let bound = if t.offset == layout.embed.start {
                 libm::sqrtf(3.0)
             } else {
                 1.0 / libm::sqrtf(t.shape[1] as f32)
@@ -197,8 +188,8 @@ impl MoETransformer {
     ) -> Result<&'w [f32]> {
         ws.check(&self.config, batch, seq)?;
         check_tokens("tokens", tokens, batch * seq, self.config.vocab_size)?;
-        let acts = ws.carve(batch, seq)?;
-        let Acts { logits, .. } = self.forward_acts(acts, tokens, None)?;
+        let (acts, rope) = ws.carve(batch, seq)?;
+        let Acts { logits, .. } = self.forward_acts(acts, rope, tokens, None)?;
         Ok(logits)
     }
 
@@ -238,12 +229,13 @@ impl MoETransformer {
             });
         }
         check_tokens("tokens", tokens, seq, self.config.vocab_size)?;
-        let acts = ws.carve(1, seq)?;
-        let Acts { logits, .. } = self.forward_acts(acts, tokens, Some(cache))?;
+        let (acts, rope) = ws.carve(1, seq)?;
+        let Acts { logits, .. } = self.forward_acts(acts, rope, tokens, Some(cache))?;
         Ok(logits)
     }
 
-    /// The forward pass proper, on already-validated inputs.
+    /// The forward pass proper, on already-validated inputs; `rope` is the
+    /// workspace's table.
     ///
     /// With a KV cache (`b = 1`), the `t` tokens sit at absolute positions
     /// `cache.len() ..`, their keys/values are appended to the cache, and
@@ -251,80 +243,53 @@ impl MoETransformer {
     pub(crate) fn forward_acts<'a>(
         &self,
         acts: Acts<'a>,
+        rope: &RopeTable,
         tokens: &[TokenId],
         mut cache: Option<&mut KvCache>,
     ) -> Result<Acts<'a>> {
         let dm = acts.dims;
         let (n, c, v) = (dm.n, dm.c, dm.v);
+        let hd = dm.h * dm.d;
         let p = &self.params[..];
         let lay = &self.layout;
         let eps = self.config.rms_norm_eps;
         let save = acts.grads.is_some();
-        embedding::forward(acts.resid, tokens, &p[lay.embed..lay.embed + v * c], c);
+        embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c);
         for (l, ll) in lay.layers.iter().enumerate() {
             let la = &mut acts.layers[if save { l } else { 0 }];
             // x = x + Attn(RMSNorm(x))
             la.x_in.copy_from_slice(acts.resid);
-            rmsnorm::forward(
-                la.xn1,
-                la.rstd1,
-                la.x_in,
-                &p[ll.attn_norm..ll.attn_norm + c],
-                eps,
-            );
-            linear::forward(
-                la.qkv,
-                la.xn1,
-                &p[ll.wqkv..ll.wqkv + dm.q * c],
-                n,
-                c,
-                dm.q,
-                0.0,
-            );
+            let w_norm = &p[ll.attn_norm.clone()];
+            rmsnorm::forward(la.xn1, la.rstd1, la.x_in, w_norm, eps);
+            let w_qkv = &p[ll.wqkv.clone()];
+            linear::forward(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
             match cache.as_deref_mut() {
                 None => {
-                    rope::forward(la.qkv, acts.rope, dm.t, 0, dm.h, dm.kv, dm.d);
+                    rope::forward(la.qkv, rope, 0, &dm);
                     attention::forward(la.att, la.probs, la.qkv, &dm, save);
                 }
                 Some(kc) => {
                     let pos0 = kc.len();
-                    rope::forward(la.qkv, acts.rope, dm.t, pos0, dm.h, dm.kv, dm.d);
+                    rope::forward(la.qkv, rope, pos0, &dm);
                     let kvs = kc.append(l, la.qkv, &dm);
                     attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, &dm);
                 }
             }
-            let hd = dm.h * dm.d;
-            linear::forward(acts.resid, la.att, &p[ll.wo..ll.wo + c * hd], n, hd, c, 1.0);
+            let w_o = &p[ll.wo.clone()];
+            linear::forward(acts.resid, la.att, w_o, n, hd, c, Accum::Add);
             // x = x + MoE(RMSNorm(x))
             la.x_mid.copy_from_slice(acts.resid);
-            rmsnorm::forward(
-                la.xn2,
-                la.rstd2,
-                la.x_mid,
-                &p[ll.mlp_norm..ll.mlp_norm + c],
-                eps,
-            );
-            moe::forward(la, acts.resid, p, ll, lay.expert_stride, &dm);
+            let w_norm = &p[ll.mlp_norm.clone()];
+            rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, w_norm, eps);
+            moe::forward(la, acts.resid, p, lay, l, &dm);
         }
         if let Some(kc) = cache {
             kc.advance(dm.t);
         }
-        rmsnorm::forward(
-            acts.xf,
-            acts.rstd_f,
-            acts.resid,
-            &p[lay.final_norm..lay.final_norm + c],
-            eps,
-        );
-        linear::forward(
-            acts.logits,
-            acts.xf,
-            &p[lay.lm_head..lay.lm_head + v * c],
-            n,
-            c,
-            v,
-            0.0,
-        );
+        let w_norm = &p[lay.final_norm.clone()];
+        rmsnorm::forward(acts.xf, acts.rstd_f, acts.resid, w_norm, eps);
+        let w_lm = &p[lay.lm_head.clone()];
+        linear::forward(acts.logits, acts.xf, w_lm, n, c, v, Accum::Set);
         if let Some(index) = first_non_finite(acts.logits) {
             return Err(Error::NonFinite {
                 what: "logits",
@@ -343,6 +308,7 @@ impl MoETransformer {
     /// not a training workspace, [`Error::ShapeMismatch`] for `targets`/`grads`,
     /// [`Error::InvalidParameter`] for a non-finite or negative `alpha`, and
     /// [`Error::NonFinite`] for a non-finite loss.
+    #[allow(clippy::too_many_arguments)] // reason: public API since v0.1 (grads, tokens, targets, shape, alpha, optional logits copy); callers depend on it
     pub fn loss_and_grad(
         &self,
         ws: &mut Workspace,
@@ -370,13 +336,7 @@ impl MoETransformer {
                 actual: grads.len(),
             });
         }
-        if !(alpha.is_finite() && alpha >= 0.0) {
-            return Err(Error::InvalidParameter {
-                param: "aux_alpha",
-                expected: "finite and >= 0",
-                actual: alpha as f64,
-            });
-        }
+        check_param("aux_alpha", alpha, Domain::NonNegative)?;
         if let Some(out) = &logits_out {
             if out.len() != n * self.config.vocab_size {
                 return Err(Error::ShapeMismatch {
@@ -386,12 +346,12 @@ impl MoETransformer {
                 });
             }
         }
-        let acts = ws.carve(batch, seq)?;
-        let acts = self.forward_acts(acts, tokens, None)?;
+        let (acts, rope) = ws.carve(batch, seq)?;
+        let acts = self.forward_acts(acts, rope, tokens, None)?;
         if let Some(out) = logits_out {
             out.copy_from_slice(acts.logits);
         }
-        self.backward(acts, grads, tokens, targets, alpha)
+        self.backward(acts, rope, grads, tokens, targets, alpha)
     }
 
     /// E32 — loss `CE + α·aux` (E14, E13), then the backward pass in exact reverse
@@ -400,6 +360,7 @@ impl MoETransformer {
     fn backward(
         &self,
         acts: Acts,
+        rope_table: &RopeTable,
         grads: &mut [f32],
         tokens: &[TokenId],
         targets: &[TokenId],
@@ -413,7 +374,6 @@ impl MoETransformer {
             rstd_f,
             logits,
             grads: g,
-            rope: rope_table,
         } = acts;
         let Some(g) = g else {
             return Err(Error::WorkspaceMismatch {
@@ -421,6 +381,7 @@ impl MoETransformer {
             });
         };
         let (n, c, v) = (dm.n, dm.c, dm.v);
+        let hd = dm.h * dm.d;
         let p = &self.params[..];
         let lay = &self.layout;
 
@@ -442,11 +403,11 @@ impl MoETransformer {
         let aux_coef: &[f32] = g.aux_f;
 
         // forward: logits = xf·W_lmᵀ
-        let wl = lay.lm_head..lay.lm_head + v * c;
-        linear::backward_input(g.dxn, g.dlogits, &p[wl.clone()], n, c, v, 0.0);
+        let wl = lay.lm_head.clone();
+        linear::backward_input(g.dxn, g.dlogits, &p[wl.clone()], n, c, v, Accum::Set);
         linear::backward_weight(&mut grads[wl], g.dlogits, xf, n, c, v);
         // forward: xf = RMSNorm(resid)
-        let wn = lay.final_norm..lay.final_norm + c;
+        let wn = lay.final_norm.clone();
         g.dresid.iter_mut().for_each(|x| *x = 0.0);
         rmsnorm::backward(
             g.dresid,
@@ -457,29 +418,20 @@ impl MoETransformer {
             &p[wn],
         );
 
-        let hd = dm.h * dm.d;
-        for (ll, la) in lay.layers.iter().zip(layers.iter()).rev() {
+        for (l, (ll, la)) in lay.layers.iter().zip(layers.iter()).enumerate().rev() {
             // forward: x_out = x_mid + MoE(RMSNorm(x_mid))
-            moe::backward(
-                MoeGrads {
-                    dxn: g.dxn,
-                    dparams: grads,
-                    dtopk_w: g.dtopk_w,
-                    dye: g.dye,
-                    dxg: g.dxg,
-                    dh13: g.dh13,
-                    dact: g.dact,
-                    drprobs: g.drprobs,
-                },
-                g.dresid,
-                la,
-                aux_coef,
-                p,
-                ll,
-                lay.expert_stride,
-                &dm,
-            );
-            let wn = ll.mlp_norm..ll.mlp_norm + c;
+            let mg = MoeGrads {
+                dxn: g.dxn,
+                dparams: grads,
+                dtopk_w: g.dtopk_w,
+                dye: g.dye,
+                dxg: g.dxg,
+                dh13: g.dh13,
+                dact: g.dact,
+                drprobs: g.drprobs,
+            };
+            moe::backward(mg, g.dresid, la, aux_coef, p, lay, l, &dm);
+            let wn = ll.mlp_norm.clone();
             rmsnorm::backward(
                 g.dresid,
                 &mut grads[wn.clone()],
@@ -489,16 +441,16 @@ impl MoETransformer {
                 &p[wn],
             );
             // forward: x_mid = x_in + att·W_oᵀ
-            let wo = ll.wo..ll.wo + c * hd;
-            linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, 0.0);
+            let wo = ll.wo.clone();
+            linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, Accum::Set);
             linear::backward_weight(&mut grads[wo], g.dresid, la.att, n, hd, c);
             attention::backward(g.dqkv, g.dprobs, g.datt, la.probs, la.qkv, &dm);
-            rope::backward(g.dqkv, rope_table, dm.t, dm.h, dm.kv, dm.d);
+            rope::backward(g.dqkv, rope_table, &dm);
             // forward: qkv = xn1·W_qkvᵀ
-            let wq = ll.wqkv..ll.wqkv + dm.q * c;
-            linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, 0.0);
+            let wq = ll.wqkv.clone();
+            linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, Accum::Set);
             linear::backward_weight(&mut grads[wq], g.dqkv, la.xn1, n, c, dm.q);
-            let wn = ll.attn_norm..ll.attn_norm + c;
+            let wn = ll.attn_norm.clone();
             rmsnorm::backward(
                 g.dresid,
                 &mut grads[wn.clone()],
@@ -509,12 +461,7 @@ impl MoETransformer {
             );
         }
         // forward: x = E[tokens]
-        embedding::backward(
-            &mut grads[lay.embed..lay.embed + v * c],
-            g.dresid,
-            tokens,
-            c,
-        );
+        embedding::backward(&mut grads[lay.embed.clone()], g.dresid, tokens, c);
         Ok(Losses {
             loss: total,
             ce,

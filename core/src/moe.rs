@@ -15,9 +15,10 @@
 //! dx_r   += Σ_j dxg_{slot(r,j)} + router dx
 //! ```
 
-use crate::arena::{Dims, LayerActs};
+use crate::arena::LayerActs;
+use crate::config::Dims;
 use crate::kernels::{axpy, dot};
-use crate::layout::LayerLayout;
+use crate::layout::Layout;
 use crate::router;
 use crate::swiglu::SwiGLU;
 
@@ -50,20 +51,14 @@ pub fn dispatch(
     }
 }
 
-fn expert<'p>(
-    params: &'p [f32],
-    ll: &LayerLayout,
-    stride: usize,
-    ex: usize,
-    c: usize,
-    f: usize,
-) -> SwiGLU<'p> {
-    let base = ll.experts + ex * stride;
+/// Expert `ex` of layer `l` as a [`SwiGLU`] over the flat `params`.
+fn expert<'p>(params: &'p [f32], lay: &Layout, l: usize, ex: usize, dm: &Dims) -> SwiGLU<'p> {
+    let r = lay.expert(l, ex);
     SwiGLU {
-        w13: &params[base..base + 2 * f * c],
-        w2: &params[base + 2 * f * c..base + 3 * f * c],
-        c,
-        f,
+        w13: &params[r.w13],
+        w2: &params[r.w2],
+        c: dm.c,
+        f: dm.f,
     }
 }
 
@@ -71,17 +66,18 @@ fn expert<'p>(
 /// experts E8 once each on their gathered rows `xg: [s, c]`, `s = n·k`).
 /// Reads `la.xn2: [n, c]`, writes the router and expert activations of `la`,
 /// and adds the block output into `resid: [n, c]` (the residual connection).
+/// The block's weights are layer `l` of `lay` in the flat `params`.
 pub(crate) fn forward(
     la: &mut LayerActs,
     resid: &mut [f32],
     params: &[f32],
-    ll: &LayerLayout,
-    stride: usize,
+    lay: &Layout,
+    l: usize,
     dm: &Dims,
 ) {
     let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
-    let wg = &params[ll.router..ll.router + e * c];
-    router::forward(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, n, c, e, k);
+    let wg = &params[lay.layers[l].router.clone()];
+    router::forward(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, dm);
     dispatch(
         la.counts,
         la.offsets,
@@ -100,7 +96,7 @@ pub(crate) fn forward(
         if m == 0 {
             continue;
         }
-        expert(params, ll, stride, ex, c, f).forward(
+        expert(params, lay, l, ex, dm).forward(
             &mut la.ye[lo * c..(lo + m) * c],
             &mut la.h13[lo * 2 * f..(lo + m) * 2 * f],
             &mut la.act[lo * f..(lo + m) * f],
@@ -151,15 +147,17 @@ pub(crate) struct MoeGrads<'a> {
 /// `dout: [n, c]` is the gradient of the block output (the residual
 /// stream after the block). Writes `g.dxn` = gradient w.r.t. `la.xn2`
 /// (router and experts), accumulates weight gradients. `aux: [e]` is the
-/// aux-loss gradient per router probability.
+/// aux-loss gradient per router probability. The block's weights are layer
+/// `l` of `lay` in the flat `params`.
+#[allow(clippy::too_many_arguments)] // reason: llm.c order — grads, dout, saved, aux coefficients, then the weights (params, layout, layer) and dims
 pub(crate) fn backward(
     g: MoeGrads,
     dout: &[f32],
     la: &LayerActs,
     aux: &[f32],
     params: &[f32],
-    ll: &LayerLayout,
-    stride: usize,
+    lay: &Layout,
+    l: usize,
     dm: &Dims,
 ) {
     let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
@@ -181,9 +179,9 @@ pub(crate) fn backward(
         if m == 0 {
             continue;
         }
-        let base = ll.experts + ex * stride;
-        let (dw13, dw2) = g.dparams[base..base + 3 * f * c].split_at_mut(2 * f * c);
-        expert(params, ll, stride, ex, c, f).backward(
+        let r = lay.expert(l, ex);
+        let (dw13, dw2) = g.dparams[r.all()].split_at_mut(r.w13.len());
+        expert(params, lay, l, ex, dm).backward(
             &mut g.dxg[lo * c..(lo + m) * c],
             dw13,
             dw2,
@@ -207,8 +205,8 @@ pub(crate) fn backward(
             *d += x;
         }
     }
-    let wg = &params[ll.router..ll.router + e * c];
-    let dwg = &mut g.dparams[ll.router..ll.router + e * c];
+    let wr = lay.layers[l].router.clone();
+    let (wg, dwg) = (&params[wr.clone()], &mut g.dparams[wr]);
     router::backward(
         g.dxn,
         dwg,
@@ -220,9 +218,6 @@ pub(crate) fn backward(
         aux,
         la.xn2,
         wg,
-        n,
-        c,
-        e,
-        k,
+        dm,
     );
 }

@@ -11,9 +11,10 @@
 
 use alloc::vec::Vec;
 
+use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
 use crate::kernels::sqrt;
-use crate::model::alloc_zeroed;
+use crate::layout::alloc_zeroed;
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,21 +56,8 @@ impl AdamWConfig {
         };
         unit("beta1", self.beta1)?;
         unit("beta2", self.beta2)?;
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::InvalidParameter {
-                param: "eps",
-                expected: "finite and > 0",
-                actual: self.eps as f64,
-            });
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::InvalidParameter {
-                param: "weight_decay",
-                expected: "finite and >= 0",
-                actual: self.weight_decay as f64,
-            });
-        }
-        Ok(())
+        check_param("eps", self.eps, Domain::Positive)?;
+        check_param("weight_decay", self.weight_decay, Domain::NonNegative)
     }
 }
 
@@ -172,13 +160,7 @@ impl LrSchedule {
     /// Checks the schedule's domain.
     pub fn validate(&self) -> Result<()> {
         for (param, x) in [("lr", self.lr), ("min_lr", self.min_lr)] {
-            if !(x.is_finite() && x >= 0.0) {
-                return Err(Error::InvalidParameter {
-                    param,
-                    expected: "finite and >= 0",
-                    actual: x as f64,
-                });
-            }
+            check_param(param, x, Domain::NonNegative)?;
         }
         if self.warmup > self.total && self.total > 0 {
             return Err(Error::InvalidParameter {

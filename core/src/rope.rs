@@ -14,7 +14,7 @@
 
 use alloc::vec::Vec;
 
-use crate::config::Config;
+use crate::config::{Config, Dims};
 use crate::error::{Error, Result};
 
 /// `cos θ` and `sin θ` for every position `< max_seq` and frequency `< d/2`.
@@ -112,16 +112,9 @@ impl RopeTable {
 
 /// E9 forward over the fused projection `qkv: [n, (h+2kv)·d]`: rotates the `h`
 /// query heads and `kv` key heads of every row (row `r` is at position
-/// `pos0 + r % t`); values are left alone.
-pub fn forward(
-    qkv: &mut [f32],
-    rope: &RopeTable,
-    t: usize,
-    pos0: usize,
-    h: usize,
-    kv: usize,
-    d: usize,
-) {
+/// `pos0 + r % t`); values are left alone. Uses `t, h, kv, d` of `dm`.
+pub fn forward(qkv: &mut [f32], rope: &RopeTable, pos0: usize, dm: &Dims) {
+    let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
     for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
         let pos = pos0 + r % t;
@@ -133,7 +126,9 @@ pub fn forward(
 
 /// E27 (backward of E9) — backward of [`forward`] on `dqkv: [n, (h+2kv)·d]`, in
 /// place: each q and k head gradient is rotated by `−θ` ([`RopeTable::rotate_back`]).
-pub fn backward(dqkv: &mut [f32], rope: &RopeTable, t: usize, h: usize, kv: usize, d: usize) {
+/// Uses `t, h, kv, d` of `dm`.
+pub fn backward(dqkv: &mut [f32], rope: &RopeTable, dm: &Dims) {
+    let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
     for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
         let pos = r % t;

@@ -10,24 +10,23 @@
 //! dx  += dz·W_gate      dW_gate += dzᵀ·x
 //! ```
 
+use crate::config::Dims;
 use crate::kernels::softmax;
-use crate::linear;
+use crate::linear::{self, Accum};
 
 /// E12 forward: `p = softmax(x·W_gateᵀ)`, top-k of `p`, `w_j = p_j / Σ_topk p`.
 /// For `n` rows: `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
-/// (saved), `x: [n, c]`, `wg: [e, c]`.
+/// (saved), `x: [n, c]`, `wg: [e, c]`. Uses `n, c, e, k` of `dm`.
 pub fn forward(
     rprobs: &mut [f32],
     topk_idx: &mut [u32],
     topk_w: &mut [f32],
     x: &[f32],
     wg: &[f32],
-    n: usize,
-    c: usize,
-    e: usize,
-    k: usize,
+    dm: &Dims,
 ) {
-    linear::forward(rprobs, x, wg, n, c, e, 0.0);
+    let (n, c, e, k) = (dm.n, dm.c, dm.e, dm.k);
+    linear::forward(rprobs, x, wg, n, c, e, Accum::Set);
     for ((p, idx), w) in rprobs
         .chunks_exact_mut(e)
         .zip(topk_idx.chunks_exact_mut(k))
@@ -68,7 +67,8 @@ pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
 /// `dx += dz·W_gate`, `dW_gate += dzᵀ·x`.
 /// For `n` rows. Accumulates into `dx: [n, c]` and `dwg: [e, c]`;
 /// uses `dp: [n, e]` as scratch; `aux: [e]` is the aux-loss gradient per
-/// probability (zeros when `α = 0`).
+/// probability (zeros when `α = 0`). Uses `n, c, e, k` of `dm`.
+#[allow(clippy::too_many_arguments)] // reason: llm.c order — d-inputs, d-weights, scratch, dout, the three saved forward outputs, aux coefficients, input, weight, dims; each a different slice
 pub fn backward(
     dx: &mut [f32],
     dwg: &mut [f32],
@@ -80,11 +80,9 @@ pub fn backward(
     aux: &[f32],
     x: &[f32],
     wg: &[f32],
-    n: usize,
-    c: usize,
-    e: usize,
-    k: usize,
+    dm: &Dims,
 ) {
+    let (n, c, e, k) = (dm.n, dm.c, dm.e, dm.k);
     for r in 0..n {
         let p = &rprobs[r * e..(r + 1) * e];
         let idx = &topk_idx[r * k..(r + 1) * k];
@@ -102,6 +100,6 @@ pub fn backward(
         softmax::backward_inplace(g, p);
     }
     // forward: z = x·W_gateᵀ
-    linear::backward_input(dx, dp, wg, n, c, e, 1.0);
+    linear::backward_input(dx, dp, wg, n, c, e, Accum::Add);
     linear::backward_weight(dwg, dp, x, n, c, e);
 }

@@ -13,7 +13,7 @@
 //! ```
 
 use crate::kernels::{silu, silu_grad};
-use crate::linear;
+use crate::linear::{self, Accum};
 
 /// The expert function, named as in the spec. Borrowed views of its weights.
 #[derive(Debug, Clone, Copy)]
@@ -34,20 +34,21 @@ impl SwiGLU<'_> {
     /// and `y: [m, c]`.
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
         let (c, f) = (self.c, self.f);
-        linear::forward(h13, xg, self.w13, m, c, 2 * f, 0.0);
+        linear::forward(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
         for (a, hr) in act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f)) {
             let (h1, h3) = hr.split_at(f);
             for i in 0..f {
                 a[i] = silu(h1[i]) * h3[i];
             }
         }
-        linear::forward(y, act, self.w2, m, f, c, 0.0);
+        linear::forward(y, act, self.w2, m, f, c, Accum::Set);
     }
 
     /// E26 (backward of E8) over `m` rows: `dact = dy·w2`, `dw2 += dyᵀ·act`,
     /// `dh1 = dact ⊙ h3 ⊙ silu'(h1)`, `dh3 = dact ⊙ silu(h1)`,
     /// `dxg = dh13·w13`, `dw13 += dh13ᵀ·xg`. Overwrites `dxg: [m, c]` and the scratch
     /// `dh13: [m, 2f]`, `dact: [m, f]`; accumulates `dw13: [2f, c]`, `dw2: [c, f]`.
+    #[allow(clippy::too_many_arguments)] // reason: llm.c order — d-input, two d-weights, two scratch buffers, dout, the input and two saved activations, rows; each a different slice
     pub fn backward(
         &self,
         dxg: &mut [f32],
@@ -63,7 +64,7 @@ impl SwiGLU<'_> {
     ) {
         let (c, f) = (self.c, self.f);
         // forward: y = act·w2ᵀ
-        linear::backward_input(dact, dy, self.w2, m, f, c, 0.0);
+        linear::backward_input(dact, dy, self.w2, m, f, c, Accum::Set);
         linear::backward_weight(dw2, dy, act, m, f, c);
         // forward: act = silu(h1) ⊙ h3
         for ((dh, hr), da) in dh13
@@ -79,7 +80,7 @@ impl SwiGLU<'_> {
             }
         }
         // forward: h13 = xg·w13ᵀ
-        linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, 0.0);
+        linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, Accum::Set);
         linear::backward_weight(dw13, dh13, xg, m, c, 2 * f);
     }
 }

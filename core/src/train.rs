@@ -2,11 +2,13 @@
 
 use alloc::vec::Vec;
 
-use crate::arena::{Mode, Workspace};
+use crate::arena::Mode;
+use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
-use crate::layout::Layout;
-use crate::model::{alloc_zeroed, Losses, MoETransformer, TokenId};
+use crate::layout::{alloc_zeroed, Layout};
+use crate::model::{Losses, MoETransformer};
 use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::workspace::Workspace;
 
 /// `sqrt(f32::MAX)`, the largest gradient magnitude whose square is finite.
 const MAX_SAFE_GRAD: f64 = 1.844_674_3e19;
@@ -44,22 +46,9 @@ impl TrainConfig {
         self.schedule.validate()?;
         self.adamw.validate()?;
         if let Some(c) = self.clip_grad_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::InvalidParameter {
-                    param: "clip_grad_norm",
-                    expected: "finite and > 0",
-                    actual: c as f64,
-                });
-            }
+            check_param("clip_grad_norm", c, Domain::Positive)?;
         }
-        if !(self.aux_alpha.is_finite() && self.aux_alpha >= 0.0) {
-            return Err(Error::InvalidParameter {
-                param: "aux_alpha",
-                expected: "finite and >= 0",
-                actual: self.aux_alpha as f64,
-            });
-        }
-        Ok(())
+        check_param("aux_alpha", self.aux_alpha, Domain::NonNegative)
     }
 }
 

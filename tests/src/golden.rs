@@ -35,7 +35,7 @@ pub fn formula_params(cfg: &Config, seed: u64) -> Vec<f32> {
         let out = &mut params[info.range()];
         let kind = if info.shape.len() == 1 {
             0
-        } else if info.offset == layout.embed {
+        } else if info.offset == layout.embed.start {
             1
         } else {
             2

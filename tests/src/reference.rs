@@ -116,6 +116,7 @@ pub fn rope_heads(x: &[f64], t: usize, heads: usize, d: usize, theta: f64) -> Ve
 /// E10 — causal MQA/GQA: `q: [b·t, h·d]`, `k, v: [b·t, kv·d]` (q, k already
 /// rotated); query head `j` uses KV head `j / (h/kv)`;
 /// `o_i = Σ_{l ≤ i} softmax_l(q_i·k_l / √d) v_l` → `[b·t, h·d]`.
+#[allow(clippy::too_many_arguments)] // reason: an f64 reference independent of moe-core, so it takes loose dims instead of `moe_core::Dims`
 pub fn attention(
     q: &[f64],
     k: &[f64],

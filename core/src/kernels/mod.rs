@@ -1,10 +1,17 @@
 //! Numeric kernels shared by the equation units: GEMM (E3), row softmax (E1)
-//! and SiLU (E2). `unsafe` is allowed only in this module tree (BLAS FFI and
-//! the `matrixmultiply` call), each block with a `// SAFETY:` comment.
+//! and SiLU (E2). `unsafe` is allowed only in this module tree (the AVX2
+//! micro-kernel, BLAS FFI and the `matrixmultiply` call), each block with a
+//! `// SAFETY:` comment.
 
 pub mod gemm;
-pub mod matmul;
 pub mod softmax;
+
+/// The former path of the GEMM dispatcher (`kernels::matmul`), kept so that
+/// downstream code keeps compiling; new code uses [`gemm`].
+#[doc(hidden)]
+pub mod matmul {
+    pub use super::gemm::{gemm, gemm_with, Backend, Mat};
+}
 
 /// `exp` in `f32`, branch-free so that loops over it vectorise (libm's `expf`
 /// is a scalar call and dominated the forward pass).

@@ -15,27 +15,14 @@
 //! otherwise a portable `4 × 16` tile in plain Rust that the compiler vectorises
 //! for the baseline ISA.
 
+use super::Mat;
+
 /// Depth of one packed panel.
 const KC: usize = 256;
 /// Panel width shared by all micro-kernels (columns of a tile).
 const NR: usize = 16;
 /// Largest tile height of any micro-kernel.
 const MR_MAX: usize = 6;
-
-/// A strided view of a matrix: element `(r, c)` is `data[r·rs + c·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    #[inline(always)]
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.rs + c * self.cs]
-    }
-}
 
 /// Micro-kernel signature: `acc[r][j] = Σ_p U[rows[r] + p·cs] · b[p][j]` over
 /// `kc` steps; `u` is read in place (row offsets `rows`, column stride `cs`),
@@ -168,7 +155,7 @@ pub fn kernel_name() -> &'static str {
 
 /// Packs `V[p0..p0+kc, j0..j0+nr]` into `bpack` as `[kc][NR]`, zero-padded.
 #[inline]
-fn pack_panel(bpack: &mut [f32; KC * NR], v: View, p0: usize, kc: usize, j0: usize, nr: usize) {
+fn pack_panel(bpack: &mut [f32; KC * NR], v: Mat, p0: usize, kc: usize, j0: usize, nr: usize) {
     if v.cs == 1 {
         // Rows of V are contiguous: one slice copy per depth step.
         for p in 0..kc {
@@ -228,13 +215,14 @@ fn store_row(d: &mut [f32], base: usize, cs: usize, acc: &[f32], alpha: f32, bet
 }
 
 /// `D[rows, cols] = α·U·V + β·D` on strided views (`d` with strides `rsd`, `csd`).
+#[allow(clippy::too_many_arguments)] // reason: BLAS-style signature (shape, α, U, V, β, D and its two strides)
 fn gemm_uv(
     rows: usize,
     cols: usize,
     k: usize,
     alpha: f32,
-    u: View,
-    v: View,
+    u: Mat,
+    v: Mat,
     beta: f32,
     d: &mut [f32],
     rsd: usize,
@@ -293,30 +281,21 @@ fn gemm_uv(
 /// Below this many rows of `op(A)`, `x·Wᵀ` is computed as dot products.
 const GEMV_ROWS: usize = 4;
 
-/// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views
-/// (`(rs, cs)` of `op(A)`, `op(B)`), `C` row-major with row stride `ldc`.
+/// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views of
+/// `op(A)` `[m, k]` and `op(B)` `[k, n]`, `C` row-major with row stride `ldc`.
 /// Lengths were checked by the caller.
+#[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature
 pub(super) fn gemm(
     m: usize,
     n: usize,
     k: usize,
     alpha: f32,
-    a: (&[f32], usize, usize),
-    b: (&[f32], usize, usize),
+    va: Mat,
+    vb: Mat,
     beta: f32,
     c: &mut [f32],
     ldc: usize,
 ) {
-    let va = View {
-        data: a.0,
-        rs: a.1,
-        cs: a.2,
-    };
-    let vb = View {
-        data: b.0,
-        rs: b.1,
-        cs: b.2,
-    };
     if m < GEMV_ROWS && va.cs == 1 && vb.rs == 1 {
         // A few rows times a transposed weight (decoding: x·Wᵀ for one token):
         // every output is a dot product of two contiguous vectors; a packed
@@ -326,7 +305,7 @@ pub(super) fn gemm(
             for j in 0..n {
                 let w = &vb.data[j * vb.cs..j * vb.cs + k];
                 let o = &mut c[i * ldc + j];
-                let val = alpha * super::dot(x, w);
+                let val = alpha * crate::kernels::dot(x, w);
                 *o = if beta == 0.0 { val } else { val + beta * *o };
             }
         }
@@ -334,17 +313,18 @@ pub(super) fn gemm(
     }
     if n > m {
         // Cᵀ[n, m] = op(B)ᵀ · op(A)ᵀ: U = op(B)ᵀ, V = op(A)ᵀ, D = Cᵀ (strides 1, ldc).
-        let u = View {
-            data: vb.data,
-            rs: vb.cs,
-            cs: vb.rs,
-        };
-        let v = View {
-            data: va.data,
-            rs: va.cs,
-            cs: va.rs,
-        };
-        gemm_uv(n, m, k, alpha, u, v, beta, c, 1, ldc);
+        gemm_uv(
+            n,
+            m,
+            k,
+            alpha,
+            vb.transposed(),
+            va.transposed(),
+            beta,
+            c,
+            1,
+            ldc,
+        );
     } else {
         gemm_uv(m, n, k, alpha, va, vb, beta, c, ldc, 1);
     }

@@ -540,7 +540,7 @@ fn build() -> Table {
         |e| matches!(e, Error::NonFinite { what: "params", .. }),
     );
     let mut big = tiny();
-    let lm = big.layout().lm_head;
+    let lm = big.layout().lm_head.start;
     big.params_mut()[lm..].iter_mut().for_each(|w| *w *= 3e38);
     let mut ws1 = big.workspace(1, 4, Mode::Inference).unwrap();
     t.core(
@@ -1178,7 +1178,7 @@ fn render(t: &Table) -> String {
          never a panic (CONTRACT §6): `moe_core::Error` for the core, \
          `moe_bench::checkpoint::CheckpointError` for checkpoint directories and \
          `moe_bench::grads::TokensError` for token files. Messages name the argument and \
-         the expected and actual values. Test names are `file::test`, in `tests/tests/` \
+         the expected and actual values. Test names are `file::test`, in `tests/tests/all/` \
          (`errors.rs`, `generate.rs`, `proptest_*.rs`) or `bench/tests/` (`checkpoint.rs`, \
          `grads.rs`, `stress.rs`); *fuzz* names a target in `fuzz/fuzz_targets/`. \
          Every row is also checked by `proptest_error_table.rs::errors_md_is_generated_from_the_code`.\n",

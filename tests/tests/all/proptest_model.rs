@@ -16,9 +16,10 @@
 //! Case counts are bounded so that the whole proptest suite stays well under
 //! 20 s in `cargo test --release` on 2 cores.
 
-use moe_core::arena::Dims;
+use moe_core::linear::Accum;
 use moe_core::rope::{self, RopeTable};
 use moe_core::swiglu::SwiGLU;
+use moe_core::Dims;
 use moe_core::{
     attention, embedding, linear, rmsnorm, Config, MoETransformer, Mode, TrainConfig, Trainer,
 };
@@ -142,7 +143,7 @@ fn dense_forward(model: &MoETransformer, tokens: &[u32], b: usize, t: usize) -> 
     let table = RopeTable::new(&cfg, t).unwrap();
 
     let mut resid = vec![0.0f32; n * c];
-    embedding::forward(&mut resid, tokens, &p[lay.embed..lay.embed + v * c], c);
+    embedding::forward(&mut resid, tokens, &p[lay.embed.clone()], c);
     let mut xn = vec![0.0f32; n * c];
     let mut rstd = vec![0.0f32; n];
     let mut qkv = vec![0.0f32; n * dm.q];
@@ -152,33 +153,13 @@ fn dense_forward(model: &MoETransformer, tokens: &[u32], b: usize, t: usize) -> 
     let mut h13 = vec![0.0f32; n * 2 * f];
     let mut act = vec![0.0f32; n * f];
     for ll in &lay.layers {
-        rmsnorm::forward(
-            &mut xn,
-            &mut rstd,
-            &resid,
-            &p[ll.attn_norm..ll.attn_norm + c],
-            eps,
-        );
-        linear::forward(
-            &mut qkv,
-            &xn,
-            &p[ll.wqkv..ll.wqkv + dm.q * c],
-            n,
-            c,
-            dm.q,
-            0.0,
-        );
-        rope::forward(&mut qkv, &table, t, 0, dm.h, dm.kv, dm.d);
+        rmsnorm::forward(&mut xn, &mut rstd, &resid, &p[ll.attn_norm.clone()], eps);
+        linear::forward(&mut qkv, &xn, &p[ll.wqkv.clone()], n, c, dm.q, Accum::Set);
+        rope::forward(&mut qkv, &table, 0, &dm);
         attention::forward(&mut att, &mut probs, &qkv, &dm, true);
-        linear::forward(&mut resid, &att, &p[ll.wo..ll.wo + c * hd], n, hd, c, 1.0);
-        rmsnorm::forward(
-            &mut xn,
-            &mut rstd,
-            &resid,
-            &p[ll.mlp_norm..ll.mlp_norm + c],
-            eps,
-        );
-        let base = ll.experts;
+        linear::forward(&mut resid, &att, &p[ll.wo.clone()], n, hd, c, Accum::Add);
+        rmsnorm::forward(&mut xn, &mut rstd, &resid, &p[ll.mlp_norm.clone()], eps);
+        let base = ll.experts.start;
         let expert = SwiGLU {
             w13: &p[base..base + 2 * f * c],
             w2: &p[base + 2 * f * c..base + 3 * f * c],
@@ -189,22 +170,16 @@ fn dense_forward(model: &MoETransformer, tokens: &[u32], b: usize, t: usize) -> 
         resid.iter_mut().zip(&y).for_each(|(r, &yi)| *r += yi);
     }
     let mut xf = vec![0.0f32; n * c];
-    rmsnorm::forward(
-        &mut xf,
-        &mut rstd,
-        &resid,
-        &p[lay.final_norm..lay.final_norm + c],
-        eps,
-    );
+    rmsnorm::forward(&mut xf, &mut rstd, &resid, &p[lay.final_norm.clone()], eps);
     let mut logits = vec![0.0f32; n * v];
     linear::forward(
         &mut logits,
         &xf,
-        &p[lay.lm_head..lay.lm_head + v * c],
+        &p[lay.lm_head.clone()],
         n,
         c,
         v,
-        0.0,
+        Accum::Set,
     );
     logits
 }
@@ -287,7 +262,7 @@ proptest! {
 
         // Change every router weight: nothing changes.
         let mut other = model.clone();
-        let routers: Vec<usize> = other.layout().layers.iter().map(|l| l.router).collect();
+        let routers: Vec<usize> = other.layout().layers.iter().map(|l| l.router.start).collect();
         let c = cfg.hidden_size;
         for at in routers.iter().copied() {
             for (i, w) in other.params_mut()[at..at + c].iter_mut().enumerate() {

@@ -11,11 +11,13 @@
 //!   `rmsnorm::backward`, `softmax::backward`, `attention::backward`,
 //!   `SwiGLU::backward`, `router::backward` (aux term zero) and `rope::backward`.
 
-use moe_core::arena::Dims;
 use moe_core::kernels::softmax;
+use moe_core::linear::Accum;
 use moe_core::rope::{self, RopeTable};
 use moe_core::swiglu::SwiGLU;
+use moe_core::Dims;
 use moe_core::{attention, linear, rmsnorm, router, Config};
+use moe_tests::router_dims;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 
@@ -144,7 +146,7 @@ proptest! {
         let mut rprobs = vec![f32::NAN; n * e];
         let mut idx = vec![u32::MAX; n * k];
         let mut w = vec![f32::NAN; n * k];
-        router::forward(&mut rprobs, &mut idx, &mut w, &x, &wg, n, c, e, k);
+        router::forward(&mut rprobs, &mut idx, &mut w, &x, &wg, &router_dims(n, c, e, k));
         for r in 0..n {
             let p = &rprobs[r * e..(r + 1) * e];
             let s: f32 = p.iter().sum();
@@ -205,7 +207,7 @@ proptest! {
     ) {
         check_linear("linear", &g1, &g2, |dy| {
             let mut dx = vec![f32::NAN; n * din];
-            linear::backward_input(&mut dx, dy, &w, n, din, dout, 0.0);
+            linear::backward_input(&mut dx, dy, &w, n, din, dout, Accum::Set);
             let mut dw = vec![0.0; dout * din];
             linear::backward_weight(&mut dw, dy, &x, n, din, dout);
             vec![dx, dw]
@@ -292,13 +294,13 @@ proptest! {
         let table = RopeTable::new(&cfg, t).unwrap();
         check_linear("rope", &g1, &g2, |g| {
             let mut dq = g.to_vec();
-            rope::backward(&mut dq, &table, t, dm.h, dm.kv, dm.d);
+            rope::backward(&mut dq, &table, &dm);
             vec![dq]
         })?;
         // Backward is the inverse rotation: backward(forward(x)) = x.
         let mut y = x.clone();
-        rope::forward(&mut y, &table, t, 0, dm.h, dm.kv, dm.d);
-        rope::backward(&mut y, &table, t, dm.h, dm.kv, dm.d);
+        rope::forward(&mut y, &table, 0, &dm);
+        rope::backward(&mut y, &table, &dm);
         assert_close("rope round trip", &y, &x)?;
     }
 
@@ -337,13 +339,13 @@ proptest! {
         let mut rprobs = vec![0.0; n * e];
         let mut idx = vec![0u32; n * k];
         let mut w = vec![0.0; n * k];
-        router::forward(&mut rprobs, &mut idx, &mut w, &x, &wg, n, c, e, k);
+        router::forward(&mut rprobs, &mut idx, &mut w, &x, &wg, &router_dims(n, c, e, k));
         let aux = vec![0.0f32; e]; // α = 0: the map is linear, not affine
         check_linear("router", &g1, &g2, |dtopk_w| {
             let mut dx = vec![0.0; n * c];
             let mut dwg = vec![0.0; e * c];
             let mut dp = vec![f32::NAN; n * e];
-            router::backward(&mut dx, &mut dwg, &mut dp, dtopk_w, &rprobs, &idx, &w, &aux, &x, &wg, n, c, e, k);
+            router::backward(&mut dx, &mut dwg, &mut dp, dtopk_w, &rprobs, &idx, &w, &aux, &x, &wg, &router_dims(n, c, e, k));
             vec![dx, dwg]
         })?;
     }

@@ -15,7 +15,7 @@ use moe_core::{ChaCha8Rng, Config, Decoder, Error, MoETransformer, SamplingStrat
 /// Found by the `sampling` fuzz target (input kept as the seed
 /// `fuzz/corpus/sampling/regress_topk_signed_zero`: TopK k = 3 over
 /// `[2.4e-38, −0.0, 1.8e-43, +0.0, 0, …]` picked index 3): top-k ranks logits by
-/// their IEEE bit pattern (`generate.rs`, `key`), so −0.0 sorts below +0.0.
+/// their IEEE bit pattern (`sampling.rs`, `key`), so −0.0 sorts below +0.0.
 /// They are equal values, so the tie rule ("ties: lower index first") keeps
 /// the −0.0 at index 1, not the +0.0 at index 2.
 #[test]

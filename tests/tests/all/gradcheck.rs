@@ -16,15 +16,17 @@
 //! ~1e-7, so the looser `1e-4 + 1e-3·|fd|` would accept a wrong gradient of a
 //! small coordinate (or a missing aux term of ~1e-4) outright.
 
-use moe_core::arena::Dims;
 use moe_core::kernels::softmax;
+use moe_core::linear::Accum;
 use moe_core::rope::{self, RopeTable};
 use moe_core::swiglu::SwiGLU;
+use moe_core::Dims;
 use moe_core::{
     attention, embedding, linear, loss, rmsnorm, router, Config, Layout, MoETransformer, Mode,
 };
 use moe_tests::reference as r;
 use moe_tests::reference::to_f64;
+use moe_tests::router_dims;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -187,10 +189,10 @@ fn linear_backward() {
     let want_dx = fd(&xd, |x| dot(&gd, &r::linear(x, &wd, n, din, dout)));
     let want_dw = fd(&wd, |w| dot(&gd, &r::linear(&xd, w, n, din, dout)));
     let mut dx = vec![f32::NAN; n * din];
-    linear::backward_input(&mut dx, &gy, &w, n, din, dout, 0.0);
+    linear::backward_input(&mut dx, &gy, &w, n, din, dout, Accum::Set);
     check("linear::backward_input β=0", &dx, &want_dx);
     let mut dx = vec![PREFILL; n * din];
-    linear::backward_input(&mut dx, &gy, &w, n, din, dout, 1.0);
+    linear::backward_input(&mut dx, &gy, &w, n, din, dout, Accum::Add);
     check("linear::backward_input β=1", &minus_prefill(&dx), &want_dx);
     let mut dw = vec![PREFILL; dout * din];
     linear::backward_weight(&mut dw, &gy, &x, n, din, dout);
@@ -225,7 +227,7 @@ fn rope_backward() {
     let x = rand_vec(&mut g, b * t * q, 1.0);
     let gy = rand_vec(&mut g, b * t * q, 1.0);
     let mut dx = gy.clone();
-    rope::backward(&mut dx, &table, t, h, kv, d);
+    rope::backward(&mut dx, &table, &Dims::new(&cfg, b, t));
     let (gd, theta) = (to_f64(&gy), cfg.rope_theta() as f64);
     let want = fd(&to_f64(&x), |x| {
         dot(&gd, &ref_rope_qkv(x, t, h, kv, d, theta))
@@ -293,12 +295,13 @@ fn router_backward_with_aux() {
     let mut p = vec![0.0; n * e];
     let mut idx = vec![0u32; n * k];
     let mut w = vec![0.0; n * k];
-    router::forward(&mut p, &mut idx, &mut w, &x, &wg, n, c, e, k);
+    let dm = router_dims(n, c, e, k);
+    router::forward(&mut p, &mut idx, &mut w, &x, &wg, &dm);
     let mut dx = vec![PREFILL; n * c];
     let mut dwg = vec![PREFILL; e * c];
     let mut dp = vec![f32::NAN; n * e];
     router::backward(
-        &mut dx, &mut dwg, &mut dp, &gw, &p, &idx, &w, &aux, &x, &wg, n, c, e, k,
+        &mut dx, &mut dwg, &mut dp, &gw, &p, &idx, &w, &aux, &x, &wg, &dm,
     );
     let (xd, wgd, gwd, auxd) = (to_f64(&x), to_f64(&wg), to_f64(&gw), to_f64(&aux));
     let base = r::router(&xd, &wgd, n, c, e, k);

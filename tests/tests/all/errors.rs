@@ -346,7 +346,7 @@ fn non_finite_parameters_logits_and_losses_are_reported() {
     );
     // Finite but huge weights overflow the logits to ±Inf.
     let mut m = MoETransformer::new(&cfg, 1).unwrap();
-    let lm = m.layout().lm_head;
+    let lm = m.layout().lm_head.start;
     m.params_mut()[lm..].iter_mut().for_each(|w| *w = 3e38);
     let mut ws = m.workspace(1, 4, Mode::Inference).unwrap();
     let err = m.forward(&mut ws, &[1, 2, 3, 4], 1, 4).unwrap_err();

@@ -7,14 +7,16 @@
 //! (`Σ|a·b|` for a dot product), so that a rounding-level f32 difference
 //! passes and any real mistake fails.
 
-use moe_core::arena::Dims;
-use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
+use moe_core::kernels::gemm::{gemm_with, Backend, Mat};
 use moe_core::kernels::softmax;
+use moe_core::linear::Accum;
 use moe_core::rope::{self, RopeTable};
 use moe_core::swiglu::SwiGLU;
+use moe_core::Dims;
 use moe_core::{attention, embedding, linear, loss, moe, rmsnorm, router, Config};
 use moe_tests::reference as r;
 use moe_tests::reference::to_f64;
+use moe_tests::router_dims;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -183,10 +185,10 @@ fn linear_forward_matches_reference() {
     let w = rand_vec(&mut g, dout * din, 1.0);
     let want = r::linear(&to_f64(&x), &to_f64(&w), n, din, dout);
     let mut y = vec![f32::NAN; n * dout];
-    linear::forward(&mut y, &x, &w, n, din, dout, 0.0);
+    linear::forward(&mut y, &x, &w, n, din, dout, Accum::Set);
     assert_close("linear β=0", &y, &want, 1e-5, 1e-5);
     let mut y = vec![0.5f32; n * dout];
-    linear::forward(&mut y, &x, &w, n, din, dout, 1.0);
+    linear::forward(&mut y, &x, &w, n, din, dout, Accum::Add);
     let want1: Vec<f64> = want.iter().map(|v| v + 0.5).collect();
     assert_close("linear β=1", &y, &want1, 1e-5, 1e-5);
 }
@@ -333,7 +335,7 @@ fn rope_forward_on_qkv_rotates_q_and_k_only() {
     for pos0 in [0, 7] {
         let x = rand_vec(&mut g, b * t * q, 1.0);
         let mut y = x.clone();
-        rope::forward(&mut y, &table, t, pos0, h, kv, d);
+        rope::forward(&mut y, &table, pos0, &Dims::new(&cfg, b, t));
         for row in 0..b * t {
             for head in 0..h + 2 * kv {
                 let at = row * q + head * d;
@@ -446,7 +448,7 @@ fn run_router(
     let mut p = vec![f32::NAN; n * e];
     let mut idx = vec![u32::MAX; n * k];
     let mut w = vec![f32::NAN; n * k];
-    router::forward(&mut p, &mut idx, &mut w, x, wg, n, c, e, k);
+    router::forward(&mut p, &mut idx, &mut w, x, wg, &router_dims(n, c, e, k));
     (p, idx, w)
 }
 
@@ -680,7 +682,7 @@ fn embedding_forward_copies_rows() {
 #[cfg(feature = "openblas")]
 #[test]
 fn blas_backend_matches_portable() {
-    use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
+    use moe_core::kernels::gemm::{gemm_with, Backend, Mat};
     let (m, n, k) = (37, 53, 29);
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)

@@ -62,8 +62,8 @@ fn one_full_width_block_runs_forward_and_backward() {
     assert!(grads.iter().all(|g| g.is_finite()));
     let lay = m.layout();
     let nonzero = |r: std::ops::Range<usize>| grads[r].iter().any(|&g| g != 0.0);
-    assert!(nonzero(lay.lm_head..lay.lm_head + 32_000 * 768));
-    let l0 = lay.layers[0];
-    assert!(nonzero(l0.wqkv..l0.wqkv + cfg.qkv_dim() * 768));
-    assert!(nonzero(l0.router..l0.router + 16 * 768));
+    assert!(nonzero(lay.lm_head.start..lay.lm_head.start + 32_000 * 768));
+    let l0 = &lay.layers[0];
+    assert!(nonzero(l0.wqkv.start..l0.wqkv.start + cfg.qkv_dim() * 768));
+    assert!(nonzero(l0.router.start..l0.router.start + 16 * 768));
 }

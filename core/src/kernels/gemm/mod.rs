@@ -1,0 +1,193 @@
+//! E3 — matrix multiply, `C = α·op(A)·op(B) + β·C`, row-major.
+//!
+//! The only GEMM entry point of the crate: the strided-matrix type [`Mat`],
+//! the [`Backend`] choice and the dispatcher [`gemm`] / [`gemm_with`], which
+//! checks every operand once and hands it to one file per backend:
+//! * [`Backend::Portable`] (default, [`portable`]): the crate's own packed GEMM,
+//!   allocation-free, AVX2+FMA micro-kernel detected at run time.
+//! * `Backend::MatrixMultiply` (feature `matrixmultiply`, off by default): the
+//!   `matrixmultiply` crate, kept for comparison in the benchmark; it
+//!   allocates packing buffers on every call, so the model never uses it.
+//! * `Backend::Blas` (feature `blas`): CBLAS `cblas_sgemm` from whatever BLAS
+//!   the final binary links (e.g. OpenBLAS through `moe-bench --features openblas`).
+//!
+//! Shapes: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]` with row
+//! stride `ldc`. With `β = 0` the previous contents of `C` are never read.
+
+#[cfg(feature = "blas")]
+mod blas;
+#[cfg(feature = "matrixmultiply")]
+mod matrixmultiply;
+mod portable;
+
+pub use portable::kernel_name;
+
+/// A GEMM implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The crate's own allocation-free packed GEMM (always built).
+    Portable,
+    /// The `matrixmultiply` crate (feature `matrixmultiply`; allocates per call).
+    #[cfg(feature = "matrixmultiply")]
+    MatrixMultiply,
+    /// CBLAS `sgemm` (feature `blas`).
+    #[cfg(feature = "blas")]
+    Blas,
+}
+
+impl Backend {
+    /// The backend the model uses: BLAS when built with `blas`, else portable.
+    pub const DEFAULT: Backend = {
+        #[cfg(feature = "blas")]
+        {
+            Backend::Blas
+        }
+        #[cfg(not(feature = "blas"))]
+        {
+            Backend::Portable
+        }
+    };
+
+    /// Short name for benchmark metadata.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Portable => "portable",
+            #[cfg(feature = "matrixmultiply")]
+            Backend::MatrixMultiply => "matrixmultiply",
+            #[cfg(feature = "blas")]
+            Backend::Blas => "cblas",
+        }
+    }
+}
+
+/// A strided matrix operand `op(X)`: element `(r, c)` is `data[r·rs + c·cs]`.
+/// [`Mat::n`] is a row-major matrix used as stored, [`Mat::t`] one used transposed.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    /// Stored elements.
+    pub data: &'a [f32],
+    /// Row stride of `op(X)`.
+    pub rs: usize,
+    /// Column stride of `op(X)`.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major matrix used as stored, with row stride `ld`: strides `(ld, 1)`.
+    pub const fn n(data: &'a [f32], ld: usize) -> Self {
+        Mat {
+            data,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// A row-major matrix used transposed; `ld` is the row stride of the
+    /// *stored* matrix: strides `(1, ld)`.
+    pub const fn t(data: &'a [f32], ld: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+
+    /// `op(X)ᵀ`: the same elements with the strides swapped.
+    #[inline(always)]
+    pub const fn transposed(self) -> Self {
+        Mat {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// Element `(r, c)`.
+    #[inline(always)]
+    pub fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+
+    /// Asserts that `op(self)` of shape `[rows, cols]` lies inside `data` and
+    /// that a row-major (or transposed) operand's stride covers its width.
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if self.cs == 1 {
+            assert!(
+                self.rs >= cols || rows <= 1,
+                "gemm: {what} ld {} < cols {cols}",
+                self.rs
+            );
+        } else if self.rs == 1 {
+            assert!(
+                self.cs >= rows || cols <= 1,
+                "gemm: {what} ld {} < cols {rows}",
+                self.cs
+            );
+        }
+        if rows > 0 && cols > 0 {
+            let need = (rows - 1) * self.rs + (cols - 1) * self.cs + 1;
+            assert!(
+                self.data.len() >= need,
+                "gemm: {what} has {} elements, needs {need}",
+                self.data.len()
+            );
+        }
+    }
+}
+
+/// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
+#[inline]
+#[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature (shape, α, A, B, β, C, ldc)
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm_with(Backend::DEFAULT, m, n, k, alpha, a, b, beta, c, ldc)
+}
+
+/// E3 — [`gemm`] (`C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C`) with an explicit
+/// backend. Panics (a bug, not user input) if an operand is too short for its shape.
+#[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature plus the backend
+pub fn gemm_with(
+    backend: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= ldc || m <= 1, "gemm: ldc {ldc} < n {n}");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: C too short");
+    if k == 0 {
+        // op(A)·op(B) is zero: C = β·C.
+        for i in 0..m {
+            for x in &mut c[i * ldc..i * ldc + n] {
+                *x = if beta == 0.0 { 0.0 } else { beta * *x };
+            }
+        }
+        return;
+    }
+    a.check(m, k, "A");
+    b.check(k, n, "B");
+    match backend {
+        Backend::Portable => portable::gemm(m, n, k, alpha, a, b, beta, c, ldc),
+        #[cfg(feature = "matrixmultiply")]
+        Backend::MatrixMultiply => matrixmultiply::sgemm(m, n, k, alpha, a, b, beta, c, ldc),
+        #[cfg(feature = "blas")]
+        Backend::Blas => blas::sgemm(m, n, k, alpha, a, b, beta, c, ldc),
+    }
+}
