@@ -50,11 +50,9 @@ use moe_core::{
     TrainConfig, Trainer,
 };
 
-use crate::checkpoint::{self, CheckpointError};
-use crate::corpus::{cross_entropy_sum, Corpus};
-
-/// Error type of the command.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::io::checkpoint::{self, CheckpointError};
+use crate::io::corpus::{cross_entropy_sum, Corpus};
+use crate::Error;
 
 /// Name of the checkpoint subdirectory of `--out`.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
@@ -150,7 +148,7 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
 }
 
-fn arg_error(flag: &str, msg: impl std::fmt::Display) -> BoxError {
+fn arg_error(flag: &str, msg: impl std::fmt::Display) -> Error {
     format!("{flag}: {msg}").into()
 }
 
@@ -312,7 +310,7 @@ fn write_csv(path: &Path, rows: &[Row]) -> Result<(), CheckpointError> {
 }
 
 /// Reads the rows of an earlier `loss.csv` (empty if there is none).
-fn read_csv(path: &Path) -> Result<Vec<Row>, BoxError> {
+fn read_csv(path: &Path) -> Result<Vec<Row>, Error> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -337,7 +335,7 @@ fn read_csv(path: &Path) -> Result<Vec<Row>, BoxError> {
 }
 
 /// Runs `moe train`.
-pub fn run(args: TrainArgs) -> Result<(), BoxError> {
+pub fn run(args: TrainArgs) -> Result<(), Error> {
     let wall = Instant::now();
     // ---- arguments -------------------------------------------------------------------
     if args.steps == 0 {
@@ -409,7 +407,7 @@ pub fn run(args: TrainArgs) -> Result<(), BoxError> {
         );
     }
     let corpus = Corpus::split(&data, args.train_fraction, args.seq).map_err(|e| match e {
-        crate::corpus::CorpusError::BadFraction(_) => arg_error("--train-fraction", e),
+        crate::io::corpus::CorpusError::BadFraction(_) => arg_error("--train-fraction", e),
         _ => arg_error("--data", e),
     })?;
 
@@ -709,7 +707,7 @@ fn write_outputs(
     extra: &BTreeMap<String, String>,
     rows: &[Row],
     unigram: f64,
-) -> Result<(), BoxError> {
+) -> Result<(), Error> {
     checkpoint::save_training(ckpt_dir, trainer, extra)?;
     write_csv(&out.join(LOSS_CSV), rows)?;
     let svg = plot::loss_svg(rows, unigram)?;
@@ -722,13 +720,14 @@ fn write_outputs(
 mod plot {
     use plotters::prelude::*;
 
-    use super::{BoxError, Row};
+    use super::Row;
+    use crate::Error;
 
     const SIZE: (u32, u32) = (900, 520);
 
     /// The SVG text of the loss curves: train CE per step (light), its moving
     /// average, held-out CE at the evaluation steps, and the unigram baseline.
-    pub(super) fn loss_svg(rows: &[Row], unigram: f64) -> Result<String, BoxError> {
+    pub(super) fn loss_svg(rows: &[Row], unigram: f64) -> Result<String, Error> {
         let train: Vec<(f64, f64)> = rows
             .iter()
             .filter_map(|r| Some((r.step as f64, f64::from(r.train_ce?))))

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use moe_core::rope::RopeTable;
 use moe_core::{Config, KvCache, Mode, PlanEntry, Workspace};
 
-use crate::BoxError;
+use crate::Error;
 
 /// Model profile of `moe plan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,7 +183,7 @@ fn heading(markdown: bool, text: &str) {
 }
 
 /// The flat buffers: parameters, and in training gradients + both AdamW moments.
-fn print_flat(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
     let counts = cfg.param_counts_checked()?;
     let params = counts.total;
     let bytes = params
@@ -224,7 +224,7 @@ fn print_workspace(
     batch: usize,
     seq: usize,
     markdown: bool,
-) -> Result<(), BoxError> {
+) -> Result<(), Error> {
     let ws = Workspace::new(cfg, batch, seq, mode)?;
     let plan: Vec<PlanEntry> = ws.plan();
     heading(
@@ -301,7 +301,7 @@ fn print_workspace(
 }
 
 /// The KV cache of `generate` for a few lengths: `2 · L · capacity · kv · d` f32.
-fn print_kv(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+fn print_kv(cfg: &Config, markdown: bool) -> Result<(), Error> {
     let per = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4;
     heading(
         markdown,
@@ -340,7 +340,7 @@ fn print_kv(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
 ///
 /// # Errors
 /// moe-core errors (invalid shape, overflow, allocation failure).
-pub fn run(args: PlanArgs) -> Result<(), BoxError> {
+pub fn run(args: PlanArgs) -> Result<(), Error> {
     let cfg = args.profile.config();
     let modes: &[Mode] = match args.mode {
         PlanMode::Inference => &[Mode::Inference],

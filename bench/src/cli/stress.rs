@@ -26,9 +26,6 @@ use std::time::Instant;
 
 use moe_core::{Config, Error, LrSchedule, MoETransformer, Mode, TrainConfig, Trainer};
 
-/// Error type of the command.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Arguments of `moe stress`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StressArgs {
@@ -660,7 +657,7 @@ pub fn render_markdown(reports: &[CaseReport], command: &str, seed: u64) -> Stri
 ///
 /// # Errors
 /// Setup failures of the suite, or the report cannot be written.
-pub fn run(args: StressArgs) -> Result<(), BoxError> {
+pub fn run(args: StressArgs) -> Result<(), crate::Error> {
     let reports = run_suite(args.steps, args.seed)?;
     let mut command = "cargo run --release -p moe-bench --bin moe -- stress".to_owned();
     if args.steps != 20 {
@@ -676,7 +673,9 @@ pub fn run(args: StressArgs) -> Result<(), BoxError> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::checkpoint::write_atomic(&args.out, |w| std::io::Write::write_all(w, md.as_bytes()))?;
+    crate::io::checkpoint::write_atomic(&args.out, |w| {
+        std::io::Write::write_all(w, md.as_bytes())
+    })?;
     for r in &reports {
         println!(
             "{:<18} {:<18} nan/inf {}/{}  m/v non-finite {}  max|logit| {:<10} {}",

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::Value;
 
-use crate::harness::{fmt_bytes, fmt_ns};
-use crate::scenarios::{self, SCENARIOS, SPEC_SCENARIOS};
-use crate::schema::AXES;
-use crate::BoxError;
+use crate::fmt::{fmt_bytes, fmt_ns};
+use crate::harness::scenarios::{self, SCENARIOS, SPEC_SCENARIOS};
+use crate::harness::schema::AXES;
+use crate::Error;
 
 /// Options of `moe report`.
 #[derive(Debug, Args)]
@@ -55,7 +55,7 @@ fn num(v: &Value, path: &[&str]) -> Option<f64> {
 }
 
 impl Run {
-    fn load(path: &Path) -> Result<Run, BoxError> {
+    fn load(path: &Path) -> Result<Run, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -244,7 +244,7 @@ fn h(s: &str) -> String {
 ///
 /// # Errors
 /// Unreadable or malformed files, or unwritable outputs.
-pub fn run(args: ReportArgs) -> Result<(), BoxError> {
+pub fn run(args: ReportArgs) -> Result<(), Error> {
     let mut runs = args
         .files
         .iter()
@@ -806,7 +806,7 @@ mod plots {
     use plotters::prelude::*;
 
     use super::Run;
-    use crate::BoxError;
+    use crate::Error;
 
     const SIZE: (u32, u32) = (760, 460);
 
@@ -824,7 +824,7 @@ mod plots {
     }
 
     /// Writes every plot the data allows; returns the file names written.
-    pub(super) fn write_all(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, BoxError> {
+    pub(super) fn write_all(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, Error> {
         let mut written = Vec::new();
         let series = |ids: &[(f64, String)],
                       f: &dyn Fn(&Run, &str) -> Option<f64>|
@@ -985,7 +985,7 @@ mod plots {
         y_label: &str,
         series: &[(String, Vec<(f64, f64)>)],
         ideal: Option<Vec<(f64, f64)>>,
-    ) -> Result<(), BoxError> {
+    ) -> Result<(), Error> {
         let all = series
             .iter()
             .flat_map(|(_, p)| p.iter())
@@ -1048,7 +1048,7 @@ mod plots {
         Ok(())
     }
 
-    fn bar_plot(path: &Path, title: &str, ids: &[&str], runs: &[Run]) -> Result<(), BoxError> {
+    fn bar_plot(path: &Path, title: &str, ids: &[&str], runs: &[Run]) -> Result<(), Error> {
         let values: Vec<Vec<Option<f64>>> = runs
             .iter()
             .map(|r| ids.iter().map(|id| r.gflops(id)).collect())

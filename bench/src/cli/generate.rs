@@ -26,9 +26,9 @@ use std::time::Instant;
 
 use moe_core::{ChaCha8Rng, Error, SamplingStrategy, SeedableRng};
 
-use crate::checkpoint;
-use crate::corpus::{decode, encode};
-use crate::train::{BoxError, CHECKPOINT_DIR};
+use crate::cli::train::CHECKPOINT_DIR;
+use crate::io::checkpoint;
+use crate::io::corpus::{decode, encode};
 
 /// Sampling strategy names of the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +107,7 @@ pub fn flag_of(e: &Error) -> Option<&'static str> {
     }
 }
 
-fn with_flag(e: Error) -> BoxError {
+fn with_flag(e: Error) -> crate::Error {
     match flag_of(&e) {
         Some(flag) => format!("{flag}: {e}").into(),
         None => e.into(),
@@ -125,7 +125,7 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
 }
 
 /// Runs `moe generate`.
-pub fn run(args: GenerateArgs) -> Result<(), BoxError> {
+pub fn run(args: GenerateArgs) -> Result<(), crate::Error> {
     let strategy = args.sampling();
     // Check the sampling parameters before loading anything.
     strategy.validate().map_err(with_flag)?;
