@@ -52,6 +52,7 @@ use moe_core::{
 
 use crate::io::checkpoint::{self, CheckpointError};
 use crate::io::corpus::{cross_entropy_sum, Corpus};
+use crate::report::plots;
 use crate::Error;
 
 /// Name of the checkpoint subdirectory of `--out`.
@@ -710,121 +711,24 @@ fn write_outputs(
 ) -> Result<(), Error> {
     checkpoint::save_training(ckpt_dir, trainer, extra)?;
     write_csv(&out.join(LOSS_CSV), rows)?;
-    let svg = plot::loss_svg(rows, unigram)?;
+    let svg = loss_svg(rows, unigram)?;
     checkpoint::write_atomic(&out.join(LOSS_SVG), |w| w.write_all(svg.as_bytes()))?;
     Ok(())
 }
 
-/// The loss plot (plotters' SVG backend only, as in `moe report`: text is SVG
-/// `<text>` laid out with plotters' built-in metrics, no font library).
-mod plot {
-    use plotters::prelude::*;
-
-    use super::Row;
-    use crate::Error;
-
-    const SIZE: (u32, u32) = (900, 520);
-
-    /// The SVG text of the loss curves: train CE per step (light), its moving
-    /// average, held-out CE at the evaluation steps, and the unigram baseline.
-    pub(super) fn loss_svg(rows: &[Row], unigram: f64) -> Result<String, Error> {
-        let train: Vec<(f64, f64)> = rows
-            .iter()
-            .filter_map(|r| Some((r.step as f64, f64::from(r.train_ce?))))
-            .collect();
-        let held: Vec<(f64, f64)> = rows
-            .iter()
-            .filter_map(|r| Some((r.step as f64, r.heldout_ce?)))
-            .collect();
-        let window = (train.len() / 50).clamp(1, 100);
-        let smooth: Vec<(f64, f64)> = train
-            .iter()
-            .enumerate()
-            .map(|(i, &(x, _))| {
-                let lo = i.saturating_sub(window - 1);
-                let s = &train[lo..=i];
-                (x, s.iter().map(|p| p.1).sum::<f64>() / s.len() as f64)
-            })
-            .collect();
-        let xmax = rows.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
-        // Show everything up to twice the baseline; the first steps (CE ≈ 7) are cut off.
-        let observed = train
-            .iter()
-            .chain(&held)
-            .map(|p| p.1)
-            .fold(unigram, f64::max);
-        let ymax = observed.min(2.0 * unigram).max(1.0) * 1.05;
-        let clamp = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-            pts.iter().map(|&(x, y)| (x, y.min(ymax))).collect()
-        };
-
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-            root.fill(&WHITE)?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption("moe train: byte-level cross-entropy", ("sans-serif", 20))
-                .margin(16)
-                .x_label_area_size(42)
-                .y_label_area_size(64)
-                .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
-            chart
-                .configure_mesh()
-                .x_desc("step")
-                .y_desc("cross-entropy (nats/byte)")
-                .x_labels(10)
-                .x_label_formatter(&|x| format!("{}", x.round()))
-                .y_labels(10)
-                .light_line_style(WHITE.mix(0.0))
-                .draw()?;
-            let light = RGBColor(0x9e, 0xc5, 0xe8);
-            let blue = RGBColor(0x1f, 0x77, 0xb4);
-            let red = RGBColor(0xd6, 0x27, 0x28);
-            let gray = RGBColor(0x55, 0x55, 0x55);
-            if !train.is_empty() {
-                chart
-                    .draw_series(LineSeries::new(clamp(&train), light.stroke_width(1)))?
-                    .label("train CE (per step)")
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], light.stroke_width(1))
-                    });
-                chart
-                    .draw_series(LineSeries::new(clamp(&smooth), blue.stroke_width(2)))?
-                    .label(format!("train CE (moving average of {window})"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2))
-                    });
-            }
-            if !held.is_empty() {
-                let held = clamp(&held);
-                chart
-                    .draw_series(LineSeries::new(held.iter().copied(), red.stroke_width(2)))?
-                    .label("held-out CE")
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2))
-                    });
-                chart.draw_series(held.iter().map(|&p| Circle::new(p, 3, red.filled())))?;
-            }
-            let style = ShapeStyle::from(&gray).stroke_width(1);
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(0.0, unigram), (xmax, unigram)],
-                    6,
-                    4,
-                    style,
-                ))?
-                .label(format!("unigram baseline ({unigram:.3})"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .draw()?;
-            root.present()?;
-        }
-        Ok(svg)
-    }
+/// The loss plot (see [`crate::report::plots::loss_svg`]): train CE per
+/// step, held-out CE at the evaluation steps, the unigram baseline.
+fn loss_svg(rows: &[Row], unigram: f64) -> Result<String, Error> {
+    let train: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.step as f64, f64::from(r.train_ce?))))
+        .collect();
+    let held: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.step as f64, r.heldout_ce?)))
+        .collect();
+    let xmax = rows.iter().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
+    plots::loss_svg(&train, &held, xmax, unigram)
 }
 
 #[cfg(test)]
@@ -863,7 +767,7 @@ mod tests {
                 ..Row::default()
             })
             .collect();
-        let svg = plot::loss_svg(&rows, 3.0).unwrap();
+        let svg = loss_svg(&rows, 3.0).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("held-out CE") && svg.contains("train CE"));
     }

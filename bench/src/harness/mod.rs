@@ -206,7 +206,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
     }
     let mut text = serde_json::to_string_pretty(&file)?;
     text.push('\n');
-    std::fs::write(&args.out, text)?;
+    crate::io::atomic::write_bytes(&args.out, text.as_bytes())?;
     print_summary(&file);
     println!(
         "{} scenarios in {:.1} s ({}), wrote {}",

@@ -129,3 +129,16 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// [`write_atomic`] of `bytes`, failing with the bare OS error as
+/// `std::fs::write` does: for the writers (`moe report`, `moe bench --out`)
+/// whose error messages never named the path.
+///
+/// # Errors
+/// The OS error of creating, writing, syncing or renaming the file.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic(path, |w| w.write_all(bytes)).map_err(|e| match e.kind {
+        CheckpointErrorKind::Io { source } => source,
+        _ => io::Error::other(e.to_string()),
+    })
+}
