@@ -15,7 +15,8 @@
 //!   `plan`, `dispatch-compare`, `demo`) and what they share (model profiles,
 //!   core-error → flag mapping, checkpoint-directory resolution).
 //!
-//! [`Error`] is the one error type of the subcommands; [`fmt`] formats numbers
+//! [`profile::Profile`] is the model-size preset of the scenarios and the
+//! `--profile` flags. [`Error`] is the one error type of the subcommands; [`fmt`] formats numbers
 //! for humans. The old flat paths `moe_bench::{checkpoint, corpus, grads,
 //! generate, stress, train}` are kept as re-exports.
 
@@ -24,6 +25,7 @@ mod error;
 pub mod fmt;
 pub mod harness;
 pub mod io;
+pub mod profile;
 pub mod report;
 
 pub use error::Error;

@@ -12,33 +12,12 @@ use moe_core::{Config, KvCache, Mode, PlanEntry, Workspace};
 
 use crate::Error;
 
-/// Model profile of `moe plan`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlanProfile {
-    /// `Config::tiny()` (hidden 64, the benchmark profile).
-    Tiny,
-    /// `Config::scale_256()` (hidden 256, axis 5).
-    #[value(name = "scale_256", alias = "scale256")]
-    Scale256,
-    /// `Config::full()` (hidden 768, 30 layers; never benchmarked).
-    Full,
-}
-
-impl PlanProfile {
-    fn config(self) -> Config {
-        match self {
-            PlanProfile::Tiny => Config::tiny(),
-            PlanProfile::Scale256 => Config::scale_256(),
-            PlanProfile::Full => Config::full(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            PlanProfile::Tiny => "tiny",
-            PlanProfile::Scale256 => "scale_256",
-            PlanProfile::Full => "full",
-        }
+crate::profile_choices! {
+    /// Model profile of `moe plan`.
+    PlanProfile {
+        Tiny => "`Config::tiny()` (hidden 64, the benchmark profile)",
+        Scale256 => "`Config::scale_256()` (hidden 256, axis 5)" alias "scale256",
+        Full => "`Config::full()` (hidden 768, 30 layers; never benchmarked)",
     }
 }
 
@@ -341,16 +320,16 @@ fn print_kv(cfg: &Config, markdown: bool) -> Result<(), Error> {
 /// # Errors
 /// moe-core errors (invalid shape, overflow, allocation failure).
 pub fn run(args: PlanArgs) -> Result<(), Error> {
-    let cfg = args.profile.config();
+    let cfg = args.profile.0.config();
     let modes: &[Mode] = match args.mode {
         PlanMode::Inference => &[Mode::Inference],
         PlanMode::Training => &[Mode::Training],
         PlanMode::Both => &[Mode::Inference, Mode::Training],
     };
     if args.markdown {
-        println!("#### Profile `{}`", args.profile.name());
+        println!("#### Profile `{}`", args.profile.0.name());
     } else {
-        println!("profile {}", args.profile.name());
+        println!("profile {}", args.profile.0.name());
     }
     print_flat(&cfg, args.markdown)?;
     for &mode in modes {

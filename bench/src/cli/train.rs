@@ -44,19 +44,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clap::ValueEnum as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_core::{
-    AdamWConfig, ChaCha8Rng, Config, LrSchedule, MoETransformer, Mode, SeedableRng, TokenId,
-    TrainConfig, Trainer,
+    AdamWConfig, ChaCha8Rng, LrSchedule, MoETransformer, Mode, SeedableRng, TokenId, TrainConfig,
+    Trainer, Workspace,
 };
 
+use super::{arg_error, train_checkpoint, with_flag};
 use crate::io::checkpoint::{self, CheckpointError};
 use crate::io::corpus::{cross_entropy_sum, Corpus};
 use crate::report::plots;
 use crate::Error;
 
-/// Name of the checkpoint subdirectory of `--out`.
-pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub use super::CHECKPOINT_DIR;
 /// Name of the loss table in `--out`.
 pub const LOSS_CSV: &str = "loss.csv";
 /// Name of the loss plot in `--out`.
@@ -66,30 +67,11 @@ pub const SUMMARY_JSON: &str = "summary.json";
 /// Header of `loss.csv`.
 pub const CSV_HEADER: &str = "step,train_loss,train_ce,aux,heldout_ce,lr,grad_norm,tokens_per_sec";
 
-/// Model size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Profile {
-    /// `Config::tiny()` (c = 64, 542,528 parameters).
-    Tiny,
-    /// `Config::scale_256()` (c = 256, 7,134,464 parameters).
-    #[value(name = "scale_256")]
-    Scale256,
-}
-
-impl Profile {
-    /// The model config.
-    pub fn config(self) -> Config {
-        match self {
-            Profile::Tiny => Config::tiny(),
-            Profile::Scale256 => Config::scale_256(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Profile::Tiny => "tiny",
-            Profile::Scale256 => "scale_256",
-        }
+crate::profile_choices! {
+    /// Model size of `moe train`.
+    TrainProfile {
+        Tiny => "`Config::tiny()` (c = 64, 542,528 parameters)",
+        Scale256 => "`Config::scale_256()` (c = 256, 7,134,464 parameters)",
     }
 }
 
@@ -104,7 +86,7 @@ pub struct TrainArgs {
     pub steps: u64,
     /// Model size.
     #[arg(long, value_enum, default_value = "tiny")]
-    pub profile: Profile,
+    pub profile: TrainProfile,
     /// Seed of the weight initialisation and of the batch sampling.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -147,10 +129,6 @@ pub struct TrainArgs {
     /// Resume from a training checkpoint (an earlier --out directory or its checkpoint/).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-}
-
-fn arg_error(flag: &str, msg: impl std::fmt::Display) -> Error {
-    format!("{flag}: {msg}").into()
 }
 
 /// One row of `loss.csv`.
@@ -231,7 +209,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// evaluated `batch` windows at a time with a forward-only workspace.
 fn evaluate(
     model: &MoETransformer,
-    ws: &mut moe_core::Workspace,
+    ws: &mut Workspace,
     corpus: &Corpus,
     windows: &[usize],
     batch: usize,
@@ -254,17 +232,18 @@ fn evaluate(
     Ok(sum / (windows.len() * seq) as f64)
 }
 
-/// Resolves `--resume DIR`: the checkpoint directory and the run directory.
+/// Resolves `--resume DIR`: the checkpoint directory and the run directory
+/// (`DIR/checkpoint` and `DIR` for a `--out` directory, else `DIR` and its parent).
 fn resume_dirs(dir: &Path) -> (PathBuf, PathBuf) {
-    let sub = dir.join(CHECKPOINT_DIR);
-    if sub.join(checkpoint::CONFIG_FILE).is_file() {
-        (sub, dir.to_path_buf())
-    } else {
-        let run = dir
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        (dir.to_path_buf(), run)
+    match train_checkpoint(dir) {
+        Some(sub) => (sub, dir.to_path_buf()),
+        None => {
+            let run = dir
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (dir.to_path_buf(), run)
+        }
     }
 }
 
@@ -335,24 +314,27 @@ fn read_csv(path: &Path) -> Result<Vec<Row>, Error> {
         .collect()
 }
 
-/// Runs `moe train`.
+/// Runs `moe train`: [`Session::start`] (arguments → data → model), then
+/// [`Session::train`] (the loop), then [`Session::finish`] (the summary).
 pub fn run(args: TrainArgs) -> Result<(), Error> {
     let wall = Instant::now();
-    // ---- arguments -------------------------------------------------------------------
-    if args.steps == 0 {
-        return Err(arg_error("--steps", "must be >= 1, got 0"));
-    }
-    if args.batch == 0 {
-        return Err(arg_error("--batch", "must be >= 1, got 0"));
-    }
-    if args.seq == 0 {
-        return Err(arg_error("--seq", "must be >= 1, got 0"));
-    }
-    if args.eval_every == 0 {
-        return Err(arg_error("--eval-every", "must be >= 1, got 0"));
-    }
-    if args.eval_windows == 0 {
-        return Err(arg_error("--eval-windows", "must be >= 1, got 0"));
+    let mut session = Session::start(args, wall)?;
+    session.train()?;
+    session.finish()
+}
+
+/// Checks the flags and builds the schedule and the training config.
+fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error> {
+    for (flag, value) in [
+        ("--steps", args.steps),
+        ("--batch", args.batch as u64),
+        ("--seq", args.seq as u64),
+        ("--eval-every", args.eval_every),
+        ("--eval-windows", args.eval_windows as u64),
+    ] {
+        if value == 0 {
+            return Err(arg_error(flag, "must be >= 1, got 0"));
+        }
     }
     if !(args.clip.is_finite() && args.clip >= 0.0) {
         return Err(arg_error(
@@ -382,23 +364,14 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         clip_grad_norm: (args.clip > 0.0).then_some(args.clip),
         aux_alpha: args.aux_alpha,
     };
-    train_config.validate().map_err(|e| {
-        let flag = match &e {
-            moe_core::Error::InvalidParameter { param, .. } => match *param {
-                "lr" => "--lr",
-                "min_lr" => "--min-lr",
-                "warmup" => "--warmup",
-                "weight_decay" => "--weight-decay",
-                "aux_alpha" => "--aux-alpha",
-                "clip_grad_norm" => "--clip",
-                _ => "training config",
-            },
-            _ => "training config",
-        };
-        arg_error(flag, e)
-    })?;
+    train_config
+        .validate()
+        .map_err(|e| with_flag(e, Some("training config")))?;
+    Ok((schedule, train_config))
+}
 
-    // ---- data --------------------------------------------------------------------------
+/// Reads `--data` and splits it into the training and held-out parts.
+fn read_data(args: &TrainArgs) -> Result<(Vec<u8>, Corpus), Error> {
     let data = fs::read(&args.data)
         .map_err(|e| arg_error("--data", format!("{}: {e}", args.data.display())))?;
     if std::str::from_utf8(&data).is_err() {
@@ -411,289 +384,396 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         crate::io::corpus::CorpusError::BadFraction(_) => arg_error("--train-fraction", e),
         _ => arg_error("--data", e),
     })?;
+    Ok((data, corpus))
+}
 
-    // ---- model / trainer -------------------------------------------------------------------
-    let profile_name;
-    let (mut trainer, mut rows) = match &args.resume {
-        None => {
-            let cfg = args.profile.config();
-            if args.seq > cfg.max_position_embeddings {
+/// `--seq` must fit the model's context.
+fn check_seq(args: &TrainArgs, max_position_embeddings: usize) -> Result<(), Error> {
+    if args.seq > max_position_embeddings {
+        return Err(arg_error(
+            "--seq",
+            format!(
+                "must be <= max_position_embeddings = {max_position_embeddings}, got {}",
+                args.seq
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A model and trainer from `--profile` and `--seed`; returns the profile name.
+fn fresh(args: &TrainArgs, train_config: TrainConfig) -> Result<(Trainer, String), Error> {
+    let cfg = args.profile.0.config();
+    check_seq(args, cfg.max_position_embeddings)?;
+    let model = MoETransformer::new(&cfg, args.seed)?;
+    let trainer = Trainer::new(model, train_config, args.batch, args.seq)?;
+    Ok((trainer, args.profile.0.name().to_owned()))
+}
+
+/// The trainer of `--resume DIR` and the rows of its `loss.csv` up to its
+/// step; returns the profile name found in the checkpoint.
+fn resume(
+    args: &TrainArgs,
+    dir: &Path,
+    train_config: TrainConfig,
+    data: &[u8],
+    schedule: &LrSchedule,
+) -> Result<(Trainer, Vec<Row>, String), Error> {
+    let (ckpt, run_dir) = resume_dirs(dir);
+    let cc = checkpoint::read_config(&ckpt).map_err(|e| arg_error("--resume", e))?;
+    check_seq(args, cc.config.max_position_embeddings)?;
+    let (trainer, extra) =
+        checkpoint::load_training_with_extra(&ckpt, train_config, args.batch, args.seq)
+            .map_err(|e| arg_error("--resume", e))?;
+    let mine = run_extra(args, "", data, schedule);
+    for key in ["data_bytes", "data_fnv1a64", "train_fraction"] {
+        if let Some(theirs) = extra.get(key) {
+            if theirs != &mine[key] {
                 return Err(arg_error(
-                    "--seq",
+                    "--resume",
                     format!(
-                        "must be <= max_position_embeddings = {}, got {}",
-                        cfg.max_position_embeddings, args.seq
+                        "the checkpoint was trained on other data ({key} = {theirs}, now {}); \
+                         resume with the same --data and --train-fraction",
+                        mine[key]
                     ),
                 ));
             }
-            profile_name = args.profile.name().to_owned();
-            let model = MoETransformer::new(&cfg, args.seed)?;
-            (
-                Trainer::new(model, train_config, args.batch, args.seq)?,
-                Vec::new(),
-            )
         }
-        Some(dir) => {
-            let (ckpt, run_dir) = resume_dirs(dir);
-            let cc = checkpoint::read_config(&ckpt).map_err(|e| arg_error("--resume", e))?;
-            if args.seq > cc.config.max_position_embeddings {
-                return Err(arg_error(
-                    "--seq",
-                    format!(
-                        "must be <= max_position_embeddings = {}, got {}",
-                        cc.config.max_position_embeddings, args.seq
-                    ),
-                ));
+    }
+    for key in ["seed", "batch", "seq", "steps", "lr", "min_lr", "warmup"] {
+        if let Some(theirs) = extra.get(key) {
+            if theirs != &mine[key] {
+                eprintln!(
+                    "warning: resuming with {key} = {} (the checkpoint's run had {theirs})",
+                    mine[key]
+                );
             }
-            let (trainer, extra) =
-                checkpoint::load_training_with_extra(&ckpt, train_config, args.batch, args.seq)
-                    .map_err(|e| arg_error("--resume", e))?;
-            let mine = run_extra(&args, "", &data, &schedule);
-            for key in ["data_bytes", "data_fnv1a64", "train_fraction"] {
-                if let Some(theirs) = extra.get(key) {
-                    if theirs != &mine[key] {
-                        return Err(arg_error(
-                            "--resume",
-                            format!(
-                                "the checkpoint was trained on other data ({key} = {theirs}, now {}); \
-                                 resume with the same --data and --train-fraction",
-                                mine[key]
-                            ),
-                        ));
-                    }
-                }
-            }
-            for key in ["seed", "batch", "seq", "steps", "lr", "min_lr", "warmup"] {
-                if let Some(theirs) = extra.get(key) {
-                    if theirs != &mine[key] {
-                        eprintln!(
-                            "warning: resuming with {key} = {} (the checkpoint's run had {theirs})",
-                            mine[key]
-                        );
-                    }
-                }
-            }
-            let found = trainer.model().config();
-            profile_name = match *found {
-                c if c == Config::tiny() => "tiny".to_owned(),
-                c if c == Config::scale_256() => "scale_256".to_owned(),
-                _ => "custom".to_owned(),
-            };
-            if *found != args.profile.config() {
-                eprintln!("note: the model config is taken from the checkpoint ({profile_name}), not --profile");
-            }
-            let step = trainer.optimizer().step;
-            let mut rows = read_csv(&run_dir.join(LOSS_CSV))?;
-            rows.retain(|r| r.step <= step);
-            (trainer, rows)
         }
-    };
-    let extra = run_extra(&args, &profile_name, &data, &schedule);
-    let start = trainer.optimizer().step;
-    let cfg = *trainer.model().config();
-    let params = cfg.param_counts();
+    }
+    let found = trainer.model().config();
+    let profile_name = TrainProfile::value_variants()
+        .iter()
+        .find(|p| p.0.config() == *found)
+        .map_or("custom", |p| p.0.name())
+        .to_owned();
+    if *found != args.profile.0.config() {
+        eprintln!(
+            "note: the model config is taken from the checkpoint ({profile_name}), not --profile"
+        );
+    }
+    let step = trainer.optimizer().step;
+    let mut rows = read_csv(&run_dir.join(LOSS_CSV))?;
+    rows.retain(|r| r.step <= step);
+    Ok((trainer, rows, profile_name))
+}
 
-    let out = &args.out;
-    fs::create_dir_all(out).map_err(|e| arg_error("--out", format!("{}: {e}", out.display())))?;
-    let ckpt_dir = out.join(CHECKPOINT_DIR);
+/// One `moe train` run, from its checked arguments to its summary.
+struct Session {
+    args: TrainArgs,
+    /// Started before the arguments were checked (`wall_seconds`).
+    wall: Instant,
+    schedule: LrSchedule,
+    data: Vec<u8>,
+    corpus: Corpus,
+    trainer: Trainer,
+    /// `loss.csv` so far.
+    rows: Vec<Row>,
+    profile_name: String,
+    /// What a resumed run must share with this one (`optimizer.safetensors` metadata).
+    extra: BTreeMap<String, String>,
+    /// The step this run starts from (0, or the resumed checkpoint's).
+    start: u64,
+    /// The step reached.
+    step: u64,
+    unigram: f64,
+    /// Start offsets of the fixed held-out windows.
+    windows: Vec<usize>,
+    eval_ws: Workspace,
+    ckpt_dir: PathBuf,
+    /// Seconds spent in training steps, and the tokens they trained on.
+    train_secs: f64,
+    trained_tokens: u64,
+    last_heldout: Option<f64>,
+}
 
-    // ---- baseline and initial evaluation -------------------------------------------------------
-    let unigram = corpus.unigram_baseline();
-    let windows = corpus.eval_windows(args.eval_windows, args.seq);
-    let mut eval_ws =
-        trainer
-            .model()
-            .workspace(args.batch.min(windows.len()), args.seq, Mode::Inference)?;
-    println!(
-        "moe train: {} ({} bytes: {} train, {} held out), profile {profile_name} ({} parameters), \
-         batch {} x seq {}, steps {}..{}",
-        args.data.display(),
-        data.len(),
-        corpus.train.len(),
-        corpus.heldout.len(),
-        params.total,
-        args.batch,
-        args.seq,
-        start,
-        args.steps,
-    );
-    println!(
-        "unigram baseline (train byte frequencies on the held-out bytes): {unigram:.4} nats/byte"
-    );
-    if start == 0 {
-        let ce = evaluate(
-            trainer.model(),
-            &mut eval_ws,
-            &corpus,
-            &windows,
+impl Session {
+    /// Arguments → data → model; prints the header and evaluates the
+    /// initial weights (step-0 row) unless resuming.
+    fn start(args: TrainArgs, wall: Instant) -> Result<Session, Error> {
+        let (schedule, train_config) = training_config(&args)?;
+        let (data, corpus) = read_data(&args)?;
+        let (trainer, rows, profile_name) = match &args.resume {
+            None => {
+                let (trainer, name) = fresh(&args, train_config)?;
+                (trainer, Vec::new(), name)
+            }
+            Some(dir) => resume(&args, dir, train_config, &data, &schedule)?,
+        };
+        let extra = run_extra(&args, &profile_name, &data, &schedule);
+        let start = trainer.optimizer().step;
+        let out = &args.out;
+        fs::create_dir_all(out)
+            .map_err(|e| arg_error("--out", format!("{}: {e}", out.display())))?;
+        let ckpt_dir = out.join(CHECKPOINT_DIR);
+        let unigram = corpus.unigram_baseline();
+        let windows = corpus.eval_windows(args.eval_windows, args.seq);
+        let eval_ws =
+            trainer
+                .model()
+                .workspace(args.batch.min(windows.len()), args.seq, Mode::Inference)?;
+        // A resumed run's last held-out CE; a fresh run's is set by `header`.
+        let last_heldout = rows.iter().rev().find_map(|r| r.heldout_ce);
+        let mut session = Session {
+            args,
+            wall,
+            schedule,
+            data,
+            corpus,
+            trainer,
+            rows,
+            profile_name,
+            extra,
+            start,
+            step: start,
+            unigram,
+            windows,
+            eval_ws,
+            ckpt_dir,
+            train_secs: 0.0,
+            trained_tokens: 0,
+            last_heldout,
+        };
+        session.header()?;
+        Ok(session)
+    }
+
+    /// The run's first lines, and the step-0 evaluation of a fresh run.
+    fn header(&mut self) -> Result<(), Error> {
+        let args = &self.args;
+        println!(
+            "moe train: {} ({} bytes: {} train, {} held out), profile {} ({} parameters), \
+             batch {} x seq {}, steps {}..{}",
+            args.data.display(),
+            self.data.len(),
+            self.corpus.train.len(),
+            self.corpus.heldout.len(),
+            self.profile_name,
+            self.trainer.model().config().param_counts().total,
             args.batch,
             args.seq,
-        )?;
-        println!("held-out CE of the initial weights: {ce:.4} nats/byte");
-        rows.push(Row {
-            step: 0,
-            heldout_ce: Some(ce),
-            ..Row::default()
-        });
-    } else {
-        println!("resumed at step {start}");
-    }
-
-    // ---- training loop ---------------------------------------------------------------------------
-    let pb = ProgressBar::new(args.steps);
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_position(start.min(args.steps));
-    let (b, t) = (args.batch, args.seq);
-    let mut tokens: Vec<TokenId> = Vec::with_capacity(b * t);
-    let mut targets: Vec<TokenId> = Vec::with_capacity(b * t);
-    let mut train_secs = 0.0f64;
-    let mut trained_tokens = 0u64;
-    let mut tps_ema = 0.0f64;
-    let mut last_heldout = rows.iter().rev().find_map(|r| r.heldout_ce);
-    let mut since_eval: (f64, u64) = (0.0, 0);
-    let mut step = start;
-    while step < args.steps {
-        let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-        rng.set_stream(step + 1);
-        corpus.sample_batch(&mut rng, b, t, &mut tokens, &mut targets);
-        let t0 = Instant::now();
-        let stats = trainer.train_step(&tokens, &targets, b, t)?;
-        let secs = t0.elapsed().as_secs_f64();
-        step = stats.step;
-        train_secs += secs;
-        trained_tokens += (b * t) as u64;
-        let tps = (b * t) as f64 / secs.max(1e-9);
-        tps_ema = if tps_ema == 0.0 {
-            tps
+            self.start,
+            args.steps,
+        );
+        println!(
+            "unigram baseline (train byte frequencies on the held-out bytes): {:.4} nats/byte",
+            self.unigram
+        );
+        if self.start == 0 {
+            let ce = self.evaluate()?;
+            println!("held-out CE of the initial weights: {ce:.4} nats/byte");
+            self.last_heldout = Some(ce);
+            self.rows.push(Row {
+                step: 0,
+                heldout_ce: Some(ce),
+                ..Row::default()
+            });
         } else {
-            0.95 * tps_ema + 0.05 * tps
-        };
-        since_eval.0 += f64::from(stats.ce_loss);
-        since_eval.1 += 1;
-        let mut row = Row {
-            step,
-            train_loss: Some(stats.loss),
-            train_ce: Some(stats.ce_loss),
-            aux: Some(stats.aux_loss),
-            heldout_ce: None,
-            lr: Some(stats.lr),
-            grad_norm: Some(stats.grad_norm),
-            tokens_per_sec: Some(tps),
-        };
-        let eval_now = step % args.eval_every == 0 || step == args.steps;
-        if eval_now {
-            let ce = evaluate(trainer.model(), &mut eval_ws, &corpus, &windows, b, t)?;
-            row.heldout_ce = Some(ce);
-            last_heldout = Some(ce);
+            println!("resumed at step {}", self.start);
         }
-        rows.push(row);
-        pb.set_position(step);
-        pb.set_message(format!(
-            "loss {:.3} ce {:.3} held-out {} | {:.0} tok/s",
-            stats.loss,
-            stats.ce_loss,
-            last_heldout.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}")),
-            tps_ema
-        ));
-        if eval_now {
-            say(
-                &pb,
-                format!(
-                    "step {step:>6}/{}  train CE {:.4} (mean of {} steps)  held-out CE {:.4}  lr {:.3e}  {:.0} tok/s",
-                    args.steps,
-                    since_eval.0 / since_eval.1 as f64,
-                    since_eval.1,
-                    row.heldout_ce.unwrap_or(f64::NAN),
-                    stats.lr,
-                    tps_ema
-                ),
-            );
-            since_eval = (0.0, 0);
-            write_outputs(out, &ckpt_dir, &trainer, &extra, &rows, unigram)?;
-        }
-    }
-    pb.finish_and_clear();
-    if start >= args.steps {
-        // Nothing trained: still leave a complete output directory.
-        write_outputs(out, &ckpt_dir, &trainer, &extra, &rows, unigram)?;
+        Ok(())
     }
 
-    // ---- summary -------------------------------------------------------------------------------
-    let wall_s = wall.elapsed().as_secs_f64();
-    let trained: Vec<&Row> = rows.iter().filter(|r| r.train_ce.is_some()).collect();
-    let tail = &trained[trained.len().saturating_sub(args.eval_every as usize)..];
-    let tail_ce = if tail.is_empty() {
-        None
-    } else {
-        Some(
-            tail.iter()
-                .filter_map(|r| r.train_ce)
-                .map(f64::from)
-                .sum::<f64>()
-                / tail.len() as f64,
+    /// Held-out CE of the current weights.
+    fn evaluate(&mut self) -> Result<f64, Error> {
+        let (b, t) = (self.args.batch, self.args.seq);
+        let model = self.trainer.model();
+        Ok(evaluate(
+            model,
+            &mut self.eval_ws,
+            &self.corpus,
+            &self.windows,
+            b,
+            t,
+        )?)
+    }
+
+    /// `loss.csv`, `loss.svg` and the checkpoint, as of now.
+    fn write_outputs(&self) -> Result<(), Error> {
+        write_outputs(
+            &self.args.out,
+            &self.ckpt_dir,
+            &self.trainer,
+            &self.extra,
+            &self.rows,
+            self.unigram,
         )
-    };
-    let mean_tps = if train_secs > 0.0 {
-        trained_tokens as f64 / train_secs
-    } else {
-        0.0
-    };
-    let summary = serde_json::json!({
-        "data": args.data.display().to_string(),
-        "data_bytes": data.len(),
-        "train_bytes": corpus.train.len(),
-        "heldout_bytes": corpus.heldout.len(),
-        "tokenizer": "bytes (token id = byte value)",
-        "profile": profile_name,
-        "parameters": params.total,
-        "seed": args.seed,
-        "batch": b,
-        "seq": t,
-        "steps": step,
-        "resumed_from_step": (start > 0).then_some(start),
-        "lr": short(schedule.lr),
-        "min_lr": short(schedule.min_lr),
-        "warmup": schedule.warmup,
-        "aux_alpha": short(args.aux_alpha),
-        "unigram_baseline_ce": unigram,
-        "final_heldout_ce": last_heldout,
-        "final_train_ce_mean": tail_ce,
-        "final_train_ce_window": tail.len(),
-        "tokens_per_sec": mean_tps,
-        "train_seconds": train_secs,
-        "wall_seconds": wall_s,
-    });
-    let text = serde_json::to_string_pretty(&summary)? + "\n";
-    checkpoint::write_atomic(&out.join(SUMMARY_JSON), |w| w.write_all(text.as_bytes()))?;
+    }
 
-    println!("unigram baseline CE:   {unigram:.4} nats/byte");
-    if let Some(ce) = tail_ce {
-        println!(
-            "final train CE:        {ce:.4} nats/byte (mean of the last {} steps)",
-            tail.len()
+    /// The training loop, up to `--steps`: one row per step, an evaluation
+    /// (and the outputs) every `--eval-every` steps and at the last.
+    fn train(&mut self) -> Result<(), Error> {
+        let steps = self.args.steps;
+        let pb = ProgressBar::new(steps);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        pb.set_position(self.start.min(steps));
+        let (b, t) = (self.args.batch, self.args.seq);
+        let mut tokens: Vec<TokenId> = Vec::with_capacity(b * t);
+        let mut targets: Vec<TokenId> = Vec::with_capacity(b * t);
+        let mut tps_ema = 0.0f64;
+        let mut since_eval: (f64, u64) = (0.0, 0);
+        while self.step < steps {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.args.seed);
+            rng.set_stream(self.step + 1);
+            self.corpus
+                .sample_batch(&mut rng, b, t, &mut tokens, &mut targets);
+            let t0 = Instant::now();
+            let stats = self.trainer.train_step(&tokens, &targets, b, t)?;
+            let secs = t0.elapsed().as_secs_f64();
+            self.step = stats.step;
+            self.train_secs += secs;
+            self.trained_tokens += (b * t) as u64;
+            let tps = (b * t) as f64 / secs.max(1e-9);
+            tps_ema = if tps_ema == 0.0 {
+                tps
+            } else {
+                0.95 * tps_ema + 0.05 * tps
+            };
+            since_eval.0 += f64::from(stats.ce_loss);
+            since_eval.1 += 1;
+            let mut row = Row {
+                step: self.step,
+                train_loss: Some(stats.loss),
+                train_ce: Some(stats.ce_loss),
+                aux: Some(stats.aux_loss),
+                heldout_ce: None,
+                lr: Some(stats.lr),
+                grad_norm: Some(stats.grad_norm),
+                tokens_per_sec: Some(tps),
+            };
+            let eval_now = self.step % self.args.eval_every == 0 || self.step == steps;
+            if eval_now {
+                let ce = self.evaluate()?;
+                row.heldout_ce = Some(ce);
+                self.last_heldout = Some(ce);
+            }
+            self.rows.push(row);
+            pb.set_position(self.step);
+            pb.set_message(format!(
+                "loss {:.3} ce {:.3} held-out {} | {:.0} tok/s",
+                stats.loss,
+                stats.ce_loss,
+                self.last_heldout
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.3}")),
+                tps_ema
+            ));
+            if eval_now {
+                say(
+                    &pb,
+                    format!(
+                        "step {:>6}/{steps}  train CE {:.4} (mean of {} steps)  held-out CE {:.4}  lr {:.3e}  {:.0} tok/s",
+                        self.step,
+                        since_eval.0 / since_eval.1 as f64,
+                        since_eval.1,
+                        row.heldout_ce.unwrap_or(f64::NAN),
+                        stats.lr,
+                        tps_ema
+                    ),
+                );
+                since_eval = (0.0, 0);
+                self.write_outputs()?;
+            }
+        }
+        pb.finish_and_clear();
+        if self.start >= steps {
+            // Nothing trained: still leave a complete output directory.
+            self.write_outputs()?;
+        }
+        Ok(())
     }
-    if let Some(ce) = last_heldout {
+
+    /// `summary.json` and the printed summary.
+    fn finish(self) -> Result<(), Error> {
+        let args = &self.args;
+        let (out, t) = (&args.out, args.seq);
+        let wall_s = self.wall.elapsed().as_secs_f64();
+        let trained: Vec<&Row> = self.rows.iter().filter(|r| r.train_ce.is_some()).collect();
+        let tail = &trained[trained.len().saturating_sub(args.eval_every as usize)..];
+        let tail_ce = if tail.is_empty() {
+            None
+        } else {
+            Some(
+                tail.iter()
+                    .filter_map(|r| r.train_ce)
+                    .map(f64::from)
+                    .sum::<f64>()
+                    / tail.len() as f64,
+            )
+        };
+        let (train_secs, trained_tokens) = (self.train_secs, self.trained_tokens);
+        let mean_tps = if train_secs > 0.0 {
+            trained_tokens as f64 / train_secs
+        } else {
+            0.0
+        };
+        let summary = serde_json::json!({
+            "data": args.data.display().to_string(),
+            "data_bytes": self.data.len(),
+            "train_bytes": self.corpus.train.len(),
+            "heldout_bytes": self.corpus.heldout.len(),
+            "tokenizer": "bytes (token id = byte value)",
+            "profile": self.profile_name,
+            "parameters": self.trainer.model().config().param_counts().total,
+            "seed": args.seed,
+            "batch": args.batch,
+            "seq": t,
+            "steps": self.step,
+            "resumed_from_step": (self.start > 0).then_some(self.start),
+            "lr": short(self.schedule.lr),
+            "min_lr": short(self.schedule.min_lr),
+            "warmup": self.schedule.warmup,
+            "aux_alpha": short(args.aux_alpha),
+            "unigram_baseline_ce": self.unigram,
+            "final_heldout_ce": self.last_heldout,
+            "final_train_ce_mean": tail_ce,
+            "final_train_ce_window": tail.len(),
+            "tokens_per_sec": mean_tps,
+            "train_seconds": train_secs,
+            "wall_seconds": wall_s,
+        });
+        let text = serde_json::to_string_pretty(&summary)? + "\n";
+        checkpoint::write_atomic(&out.join(SUMMARY_JSON), |w| w.write_all(text.as_bytes()))?;
+
+        println!("unigram baseline CE:   {:.4} nats/byte", self.unigram);
+        if let Some(ce) = tail_ce {
+            println!(
+                "final train CE:        {ce:.4} nats/byte (mean of the last {} steps)",
+                tail.len()
+            );
+        }
+        if let Some(ce) = self.last_heldout {
+            println!(
+                "final held-out CE:     {ce:.4} nats/byte ({} windows of {t})",
+                self.windows.len()
+            );
+        }
         println!(
-            "final held-out CE:     {ce:.4} nats/byte ({} windows of {t})",
-            windows.len()
+            "throughput:            {mean_tps:.0} tokens/s ({trained_tokens} tokens in {train_secs:.1} s of training steps)"
         );
+        println!("wall time:             {wall_s:.1} s");
+        println!(
+            "outputs:               {} {} {} {}",
+            out.join(LOSS_CSV).display(),
+            out.join(LOSS_SVG).display(),
+            self.ckpt_dir.display(),
+            out.join(SUMMARY_JSON).display()
+        );
+        Ok(())
     }
-    println!(
-        "throughput:            {mean_tps:.0} tokens/s ({trained_tokens} tokens in {train_secs:.1} s of training steps)"
-    );
-    println!("wall time:             {wall_s:.1} s");
-    println!(
-        "outputs:               {} {} {} {}",
-        out.join(LOSS_CSV).display(),
-        out.join(LOSS_SVG).display(),
-        ckpt_dir.display(),
-        out.join(SUMMARY_JSON).display()
-    );
-    Ok(())
 }
 
 /// An f32 as the f64 of its shortest decimal form (0.01, not 0.009999999776).

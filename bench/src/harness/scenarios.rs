@@ -33,6 +33,7 @@ use crate::harness::measure::{self, Measurement};
 use crate::harness::schema::{Derived, Gc, Memory, Numerical, ScenarioResult};
 use crate::harness::stats::{median_u64, summarize};
 use crate::harness::sys::rusage;
+pub use crate::profile::Profile;
 use crate::Error;
 
 /// The spec's seed for every model and fixture.
@@ -41,25 +42,6 @@ pub const SEED: u64 = 42;
 pub const N_WARMUP: usize = 3;
 /// The spec's timed trials per scenario.
 pub const N_TRIALS: usize = 10;
-
-/// Model size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    /// `Config::tiny()` (hidden 64).
-    Tiny,
-    /// `Config::scale_256()` (hidden 256).
-    Scale256,
-}
-
-impl Profile {
-    /// The config.
-    pub fn config(self) -> Config {
-        match self {
-            Profile::Tiny => Config::tiny(),
-            Profile::Scale256 => Config::scale_256(),
-        }
-    }
-}
 
 /// What one model iteration does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
