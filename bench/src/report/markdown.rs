@@ -485,9 +485,29 @@ fn extra_mark(id: &str) -> &'static str {
     }
 }
 
+/// Interpretation notes and known limitations: general, then per run.
 fn notes(o: &mut String, runs: &[Run]) {
     let _ = writeln!(o, "## Interpretation notes and known limitations\n");
-    let mut lines: Vec<String> = vec![
+    let mut lines = general_notes();
+    for r in runs {
+        lines.extend(run_notes(r));
+    }
+    if runs.len() > 1 {
+        lines.push(
+            "**Side-by-side columns** come from different machines unless the metadata rows say otherwise; \
+             compare ratios, not absolute times, across machines."
+                .to_owned(),
+        );
+    }
+    for l in lines {
+        let _ = writeln!(o, "- {l}");
+    }
+    o.push('\n');
+}
+
+/// The notes that hold for every report.
+fn general_notes() -> Vec<String> {
+    vec![
         "**`alloc_bytes` is not comparable across languages.** Rust counts every heap request through a counting \
          global allocator (bytes requested, reallocations counted at their new size, frees not subtracted), per \
          trial, all threads. Python's tracemalloc sees only the Python heap, not NumPy's buffers; Go reports \
@@ -525,95 +545,88 @@ fn notes(o: &mut String, runs: &[Run]) {
         "**Quantiles** are type 7 (linear interpolation between closest ranks), rounded to whole ns; with 10 \
          trials the p95 is interpolated between the two slowest trials."
             .to_owned(),
-    ];
-    for r in runs {
-        let cpus = r.meta.get("logical_cpus").and_then(Value::as_u64);
-        if let Some(c) = cpus {
-            if c < 4 && r.by_id.contains_key("parallel_T4") {
-                lines.push(format!(
-                    "**{}: {c} logical CPUs vs T4.** With fewer cores than threads, T4 is oversubscribed: the \
-                     speedup is capped near {c} and the extra threads only add scheduling. Read T4 as an \
-                     oversubscription test on this machine, not as 4-way scaling.",
-                    r.name
-                ));
-            }
-        }
-        // Four scenarios run the identical workload (tiny forward, b2 s32), each
-        // in its own process by default: their spread is a built-in noise floor.
-        let same: Vec<f64> = [
-            "mem_scale_batch_2",
-            "mem_scale_seq_32",
-            "dispatch_warm",
-            "parallel_T1",
-        ]
-        .iter()
-        .filter_map(|id| r.median(id))
-        .collect();
-        if same.len() >= 2 {
-            let lo = same.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = same.iter().copied().fold(0.0, f64::max);
+    ]
+}
+
+/// The notes about one run: oversubscription, noise floor, preemption, build, load.
+fn run_notes(r: &Run) -> Vec<String> {
+    let mut lines = Vec::new();
+    let cpus = r.meta.get("logical_cpus").and_then(Value::as_u64);
+    if let Some(c) = cpus {
+        if c < 4 && r.by_id.contains_key("parallel_T4") {
             lines.push(format!(
-                "**{}: noise floor.** `mem_scale_batch_2`, `mem_scale_seq_32`, `dispatch_warm` and `parallel_T1` \
-                 run the identical workload (tiny forward, b2 s32); their medians span {} – {} ({:.0} %). \
-                 Differences between scenarios or runs smaller than that are not significant.",
-                r.name,
-                fmt_ns(lo),
-                fmt_ns(hi),
-                100.0 * (hi - lo) / lo
-            ));
-        }
-        // A single-threaded scenario whose CPU time is well below its wall time
-        // spent part of its trials off the CPU: preempted by another process.
-        let preempted: Vec<String> = r
-            .ids
-            .iter()
-            .filter(|id| !id.starts_with("parallel_") && *id != "dispatch_cold_process")
-            .filter(|id| {
-                let cpu = r.get(id, &["cpu_median_ns"]);
-                let wall = r.median(id);
-                matches!((cpu, wall), (Some(c), Some(w)) if w > 100_000.0 && c / w < 0.9)
-            })
-            .map(|id| format!("`{id}`"))
-            .collect();
-        if !preempted.is_empty() {
-            lines.push(format!(
-                "**{}: preempted scenarios.** CPU time below 90 % of wall time in single-threaded {} — the \
-                 process waited for a core during those trials; their times include that wait.",
-                r.name,
-                preempted.join(", ")
-            ));
-        }
-        if r.meta.get("build_profile").and_then(Value::as_str) == Some("debug") {
-            lines.push(format!(
-                "**{}: debug build** — these numbers are not benchmarks.",
+                "**{}: {c} logical CPUs vs T4.** With fewer cores than threads, T4 is oversubscribed: the \
+                 speedup is capped near {c} and the extra threads only add scheduling. Read T4 as an \
+                 oversubscription test on this machine, not as 4-way scaling.",
                 r.name
             ));
         }
-        if let Some(la) = r
-            .meta
-            .get("load_average")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_f64)
-        {
-            if la > 0.5 {
-                lines.push(format!(
-                    "**{}: load average {la:.2} at start** — other processes were running; expect noisier \
-                     numbers, especially on the parallel axis.",
-                    r.name
-                ));
-            }
+    }
+    // Four scenarios run the identical workload (tiny forward, b2 s32), each
+    // in its own process by default: their spread is a built-in noise floor.
+    let same: Vec<f64> = [
+        "mem_scale_batch_2",
+        "mem_scale_seq_32",
+        "dispatch_warm",
+        "parallel_T1",
+    ]
+    .iter()
+    .filter_map(|id| r.median(id))
+    .collect();
+    if same.len() >= 2 {
+        let lo = same.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = same.iter().copied().fold(0.0, f64::max);
+        lines.push(format!(
+            "**{}: noise floor.** `mem_scale_batch_2`, `mem_scale_seq_32`, `dispatch_warm` and `parallel_T1` \
+             run the identical workload (tiny forward, b2 s32); their medians span {} – {} ({:.0} %). \
+             Differences between scenarios or runs smaller than that are not significant.",
+            r.name,
+            fmt_ns(lo),
+            fmt_ns(hi),
+            100.0 * (hi - lo) / lo
+        ));
+    }
+    // A single-threaded scenario whose CPU time is well below its wall time
+    // spent part of its trials off the CPU: preempted by another process.
+    let preempted: Vec<String> = r
+        .ids
+        .iter()
+        .filter(|id| !id.starts_with("parallel_") && *id != "dispatch_cold_process")
+        .filter(|id| {
+            let cpu = r.get(id, &["cpu_median_ns"]);
+            let wall = r.median(id);
+            matches!((cpu, wall), (Some(c), Some(w)) if w > 100_000.0 && c / w < 0.9)
+        })
+        .map(|id| format!("`{id}`"))
+        .collect();
+    if !preempted.is_empty() {
+        lines.push(format!(
+            "**{}: preempted scenarios.** CPU time below 90 % of wall time in single-threaded {} — the \
+             process waited for a core during those trials; their times include that wait.",
+            r.name,
+            preempted.join(", ")
+        ));
+    }
+    if r.meta.get("build_profile").and_then(Value::as_str) == Some("debug") {
+        lines.push(format!(
+            "**{}: debug build** — these numbers are not benchmarks.",
+            r.name
+        ));
+    }
+    if let Some(la) = r
+        .meta
+        .get("load_average")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_f64)
+    {
+        if la > 0.5 {
+            lines.push(format!(
+                "**{}: load average {la:.2} at start** — other processes were running; expect noisier \
+                 numbers, especially on the parallel axis.",
+                r.name
+            ));
         }
     }
-    if runs.len() > 1 {
-        lines.push(
-            "**Side-by-side columns** come from different machines unless the metadata rows say otherwise; \
-             compare ratios, not absolute times, across machines."
-                .to_owned(),
-        );
-    }
-    for l in lines {
-        let _ = writeln!(o, "- {l}");
-    }
-    o.push('\n');
+    lines
 }
