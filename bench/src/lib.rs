@@ -5,20 +5,26 @@
 //!
 //! * [`io`] — files: [`io::atomic`] (every file the tool writes is written
 //!   atomically), [`io::corpus`] (the byte-level tokenizer and the train/held-out
-//!   text corpus) and [`io::checkpoint`] (checkpoint directories: `config.json`
-//!   + `model.safetensors`, plus `optimizer.safetensors` for training; typed errors).
+//!   text corpus) and [`io::checkpoint`] (checkpoint directories with
+//!   `config.json` and `model.safetensors`, plus `optimizer.safetensors` for
+//!   training; typed errors).
 //! * [`harness`] — `moe bench` and its child processes (`bench-one`,
 //!   `cold-start`): scenarios, measurement, statistics, the JSON schema, and in
-//!   [`harness::sys`] the tool's only `unsafe` (getrusage, uname, the counting allocator).
-//! * [`report`] — `moe report`: `docs/bench-results.md` and the SVG plots.
+//!   [`harness::sys`] the tool's only `unsafe` (getrusage, getloadavg, uname,
+//!   the counting allocator); the rest of the crate denies `unsafe_code`.
+//! * [`report`] — `moe report`: `docs/bench-results.md` and the SVG plots
+//!   (whose chart code also draws `moe train`'s loss plot).
 //! * [`cli`] — the other subcommands (`train`, `generate`, `grads`, `stress`,
-//!   `plan`, `dispatch-compare`, `demo`) and what they share (model profiles,
-//!   core-error → flag mapping, checkpoint-directory resolution).
+//!   `plan`, `dispatch-compare`, `demo`) and what they share (core-error →
+//!   flag mapping, checkpoint-directory resolution).
 //!
-//! [`profile::Profile`] is the model-size preset of the scenarios and the
-//! `--profile` flags. [`Error`] is the one error type of the subcommands; [`fmt`] formats numbers
-//! for humans. The old flat paths `moe_bench::{checkpoint, corpus, grads,
-//! generate, stress, train}` are kept as re-exports.
+//! Around them: [`profile::Profile`], the model-size presets of the scenarios
+//! and of the `--profile` flags; [`Error`], the one error type of the
+//! subcommands; [`fmt`], numbers for humans. The flat paths of before,
+//! `moe_bench::{checkpoint, corpus, grads, generate, stress, train}`, are kept
+//! as re-exports (the tests and fuzz targets use them).
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 mod error;

@@ -3,7 +3,7 @@
 //!
 //! A leaf module (not in `cli/`) so that the harness does not depend on the
 //! command-line layer. Each command offers its own subset of profiles with its
-//! own help lines: [`profile_choices!`] declares that set as a `clap`
+//! own help lines: [`profile_choices!`](crate::profile_choices) declares that set as a `clap`
 //! [`ValueEnum`](clap::ValueEnum) over `Profile`, so the flag's values, help
 //! and errors are exactly those of a derived value enum.
 

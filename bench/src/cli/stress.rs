@@ -299,7 +299,7 @@ const TRAINED: [(&str, &str, f32, Option<f32>, f32); 8] = [
 ];
 
 /// The cases of `moe stress` with `steps` training steps each (where they train):
-/// [`MUTATED`], the longest sequence, then [`TRAINED`].
+/// `MUTATED`, the longest sequence, then `TRAINED`.
 pub fn cases(steps: usize) -> Vec<Case> {
     let mutated = MUTATED.iter().map(|&(id, input, mutation)| Case {
         id,

@@ -314,8 +314,8 @@ fn read_csv(path: &Path) -> Result<Vec<Row>, Error> {
         .collect()
 }
 
-/// Runs `moe train`: [`Session::start`] (arguments → data → model), then
-/// [`Session::train`] (the loop), then [`Session::finish`] (the summary).
+/// Runs `moe train`: `Session::start` (arguments → data → model), then
+/// `Session::train` (the loop), then `Session::finish` (the summary).
 pub fn run(args: TrainArgs) -> Result<(), Error> {
     let wall = Instant::now();
     let mut session = Session::start(args, wall)?;

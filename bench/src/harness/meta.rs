@@ -69,9 +69,12 @@ pub fn cpu_model() -> String {
             return m;
         }
     }
-    Command::new("sysctl")
-        .args(["-n", "machdep.cpu.brand_string"])
-        .output()
+    stdout_of(Command::new("sysctl").args(["-n", "machdep.cpu.brand_string"]))
+}
+
+/// The trimmed stdout of a successful `cmd`, `"unknown"` if it fails or prints nothing.
+fn stdout_of(cmd: &mut Command) -> String {
+    cmd.output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
@@ -96,16 +99,11 @@ pub fn parse_cpuinfo_model(info: &str) -> Option<String> {
 
 /// `git rev-parse HEAD` in the current directory, `"unknown"` if that fails.
 pub fn git_rev() -> String {
-    Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+    stdout_of(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .stderr(std::process::Stdio::null()),
+    )
 }
 
 /// Whether tracked files have uncommitted changes; `None` if git fails.

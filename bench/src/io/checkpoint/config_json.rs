@@ -17,7 +17,7 @@ use super::{CheckpointError, CheckpointErrorKind, Result, CONFIG_FILE, FORMAT_VE
 // Writing
 // ---------------------------------------------------------------------------------------
 
-/// Options of [`save_with`].
+/// Options of [`save_with`](super::save_with).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SaveOptions {
     /// Written as `router_aux_loss_coef` (default 0.01).

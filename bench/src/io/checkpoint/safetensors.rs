@@ -115,7 +115,7 @@ pub(super) fn stage_safetensors(
     stage(path, |w| write_safetensors_to(w, tensors, metadata))
 }
 
-/// Writes a safetensors file of F32 tensors atomically (see [`write_atomic`]),
+/// Writes a safetensors file of F32 tensors atomically (see [`write_atomic`](crate::io::atomic::write_atomic)),
 /// tensors in the given order, `__metadata__` keys sorted: the same inputs
 /// always give the same bytes.
 ///
