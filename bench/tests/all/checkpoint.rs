@@ -1110,7 +1110,7 @@ fn save_failing_mid_write_keeps_previous_checkpoint() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "save_failing_mid_write_keeps_previous_checkpoint",
+            "checkpoint::save_failing_mid_write_keeps_previous_checkpoint",
             "--test-threads=1",
             "--nocapture",
         ])
