@@ -1,19 +1,47 @@
 //! # moe-bench (library)
 //!
-//! The parts of the `moe` command-line tool that other code (and the
-//! integration tests in `bench/tests/`) use directly.
+//! Everything behind the `moe` command-line tool, in four rooms; `main.rs`
+//! only parses the command line and dispatches.
 //!
-//! * [`checkpoint`] — checkpoint directories (`config.json` + `model.safetensors`,
-//!   plus `optimizer.safetensors` for training), atomic writes, typed errors.
-//! * [`grads`] — `moe grads`: logits, losses and all gradients of one batch.
-//! * [`corpus`] — the byte-level tokenizer and the train/held-out text corpus.
-//! * [`train`] — `moe train`: training on a text file, loss.csv, loss plot, checkpoints.
-//! * [`generate`] — `moe generate`: text from a checkpoint.
-//! * [`stress`] — `moe stress`: numerical stability under extreme inputs (`docs/stability.md`).
+//! * [`io`] — files: [`io::atomic`] (every file the tool writes is written
+//!   atomically), [`io::corpus`] (the byte-level tokenizer and the train/held-out
+//!   text corpus) and [`io::checkpoint`] (checkpoint directories with
+//!   `config.json` and `model.safetensors`, plus `optimizer.safetensors` for
+//!   training; typed errors).
+//! * [`harness`] — `moe bench` and its child processes (`bench-one`,
+//!   `cold-start`): scenarios, measurement, statistics, the JSON schema, and in
+//!   [`harness::sys`] the tool's only `unsafe` (getrusage, getloadavg, uname,
+//!   the counting allocator); the rest of the crate denies `unsafe_code`.
+//! * [`report`] — `moe report`: `docs/bench-results.md` and the SVG plots
+//!   (whose chart code also draws `moe train`'s loss plot).
+//! * [`cli`] — the other subcommands (`train`, `generate`, `grads`, `stress`,
+//!   `plan`, `dispatch-compare`, `demo`) and what they share (core-error →
+//!   flag mapping, checkpoint-directory resolution).
+//!
+//! Around them: [`profile::Profile`], the model-size presets of the scenarios
+//! and of the `--profile` flags; [`Error`], the one error type of the
+//! subcommands; [`fmt`], numbers for humans. The flat paths of before,
+//! `moe_bench::{checkpoint, corpus, grads, generate, stress, train}`, are kept
+//! as re-exports (the tests and fuzz targets use them).
 
-pub mod checkpoint;
-pub mod corpus;
-pub mod generate;
-pub mod grads;
-pub mod stress;
-pub mod train;
+#![deny(unsafe_code)]
+
+pub mod cli;
+mod error;
+pub mod fmt;
+pub mod harness;
+pub mod io;
+pub mod profile;
+pub mod report;
+
+pub use error::Error;
+
+pub use cli::{generate, grads, stress, train};
+pub use io::{checkpoint, corpus};
+
+/// The lib's own unit tests count allocations too (as `main.rs` installs the
+/// counter for the `moe` binary; the library never installs it for its users).
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: harness::sys::alloc_counter::CountingAlloc =
+    harness::sys::alloc_counter::CountingAlloc;

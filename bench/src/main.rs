@@ -1,33 +1,18 @@
 //! `moe` — command-line front end of moe-rs.
 //!
-//! Each subcommand is one variant of [`Command`] dispatching to one module
+//! Each subcommand is one variant of [`Command`] dispatching to one library
 //! function; adding a subcommand is a new variant, a new module and one match
 //! arm.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use moe_bench::{cli, harness, report};
 
-mod alloc_counter;
-mod demo;
-mod dispatch_compare;
-mod flops;
-mod harness;
-mod measure;
-mod meta;
-mod plan;
-mod report;
-mod rusage;
-mod scenarios;
-mod schema;
-mod stats;
-
-/// Every heap allocation is counted (see `alloc_counter`).
+/// Every heap allocation is counted (see `moe_bench::harness::sys::alloc_counter`).
 #[global_allocator]
-static GLOBAL: alloc_counter::CountingAlloc = alloc_counter::CountingAlloc;
-
-/// The error type of the command-line layer.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+static GLOBAL: harness::sys::alloc_counter::CountingAlloc =
+    harness::sys::alloc_counter::CountingAlloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,33 +40,32 @@ enum Command {
     #[command(hide = true)]
     ColdStart(harness::ColdStartArgs),
     /// Logits, losses and every parameter gradient of one batch, as safetensors.
-    Grads(moe_bench::grads::GradsArgs),
+    Grads(cli::grads::GradsArgs),
     /// Train on a text file (byte-level tokens): loss.csv, loss.svg and a checkpoint.
-    Train(moe_bench::train::TrainArgs),
+    Train(cli::train::TrainArgs),
     /// Generate text from a checkpoint (greedy, temperature, top-k or top-p).
-    Generate(moe_bench::generate::GenerateArgs),
+    Generate(cli::generate::GenerateArgs),
     /// Print the memory plan: flat buffers, workspace entries per mode, KV cache.
-    Plan(plan::PlanArgs),
+    Plan(cli::plan::PlanArgs),
     /// Time `pick_token` through an enum, a `dyn` trait object and a generic (cold/warm).
-    DispatchCompare(dispatch_compare::DispatchCompareArgs),
+    DispatchCompare(cli::dispatch_compare::DispatchCompareArgs),
     /// Run extreme-but-valid inputs and write docs/stability.md (NaN/Inf, divergence, typed errors).
-    Stress(moe_bench::stress::StressArgs),
+    Stress(cli::stress::StressArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo => demo::run(),
+    let result = match Cli::parse().command {
+        Command::Demo => cli::demo::run(),
         Command::Bench(args) => harness::bench(args),
         Command::Report(args) => report::run(args),
         Command::BenchOne(args) => harness::bench_one(args),
         Command::ColdStart(args) => harness::cold_start(args),
-        Command::Grads(args) => moe_bench::grads::run(args).map_err(BoxError::from),
-        Command::Train(args) => moe_bench::train::run(args),
-        Command::Generate(args) => moe_bench::generate::run(args),
-        Command::Plan(args) => plan::run(args),
-        Command::DispatchCompare(args) => dispatch_compare::run(args),
-        Command::Stress(args) => moe_bench::stress::run(args),
+        Command::Grads(args) => cli::grads::run(args).map_err(moe_bench::Error::from),
+        Command::Train(args) => cli::train::run(args),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Plan(args) => cli::plan::run(args),
+        Command::DispatchCompare(args) => cli::dispatch_compare::run(args),
+        Command::Stress(args) => cli::stress::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

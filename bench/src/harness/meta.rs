@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use moe_core::kernels::matmul::Backend;
 
-use crate::schema::{Metadata, SCHEMA_VERSION};
+use super::schema::{Metadata, SCHEMA_VERSION};
+use super::sys::os::{kernel, load_average};
 
 /// Settings of the run that go into the metadata.
 #[derive(Debug, Clone, Copy)]
@@ -61,47 +62,6 @@ pub fn collect(s: RunSettings) -> Metadata {
     }
 }
 
-/// The 1-, 5- and 15-minute load averages (`getloadavg(3)`), rounded to 0.01.
-#[cfg(unix)]
-pub fn load_average() -> Vec<f64> {
-    let mut avg = [0.0f64; 3];
-    // SAFETY: `avg` has room for the 3 values requested and outlives the call.
-    let n = unsafe { libc::getloadavg(avg.as_mut_ptr(), 3) };
-    avg.iter()
-        .take(n.max(0) as usize)
-        .map(|x| (x * 100.0).round() / 100.0)
-        .collect()
-}
-
-/// Not available off unix.
-#[cfg(not(unix))]
-pub fn load_average() -> Vec<f64> {
-    Vec::new()
-}
-
-/// `sysname release` from `uname(2)`.
-#[cfg(unix)]
-pub fn kernel() -> String {
-    // SAFETY: `utsname` is a struct of C char arrays; all-zero is valid.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is valid and writable for the duration of the call.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return "unknown".to_owned();
-    }
-    // Each field is NUL-terminated within its array; stop at the NUL (or the end).
-    let field = |f: &[libc::c_char]| -> String {
-        let bytes: Vec<u8> = f.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    format!("{} {}", field(&u.sysname), field(&u.release))
-}
-
-/// Not available off unix.
-#[cfg(not(unix))]
-pub fn kernel() -> String {
-    "unknown".to_owned()
-}
-
 /// The CPU model name (`/proc/cpuinfo` on Linux, `sysctl` on macOS).
 pub fn cpu_model() -> String {
     if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
@@ -109,9 +69,12 @@ pub fn cpu_model() -> String {
             return m;
         }
     }
-    Command::new("sysctl")
-        .args(["-n", "machdep.cpu.brand_string"])
-        .output()
+    stdout_of(Command::new("sysctl").args(["-n", "machdep.cpu.brand_string"]))
+}
+
+/// The trimmed stdout of a successful `cmd`, `"unknown"` if it fails or prints nothing.
+fn stdout_of(cmd: &mut Command) -> String {
+    cmd.output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
@@ -136,16 +99,11 @@ pub fn parse_cpuinfo_model(info: &str) -> Option<String> {
 
 /// `git rev-parse HEAD` in the current directory, `"unknown"` if that fails.
 pub fn git_rev() -> String {
-    Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
+    stdout_of(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .stderr(std::process::Stdio::null()),
+    )
 }
 
 /// Whether tracked files have uncommitted changes; `None` if git fails.

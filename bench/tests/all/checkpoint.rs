@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use moe_bench::checkpoint::{
     self, config_json, load, load_training, load_training_with_extra, parse_config, read_config,
-    save, save_training, save_with, write_atomic, CheckpointError, SaveOptions, CONFIG_FILE,
-    MODEL_FILE, OPTIMIZER_FILE,
+    save, save_training, save_with, write_atomic, CheckpointError, CheckpointErrorKind,
+    SaveOptions, CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE,
 };
 use moe_core::{Config, LrSchedule, MoETransformer, Mode, StepStats, TrainConfig, Trainer};
 use safetensors::SafeTensors;
@@ -366,9 +366,13 @@ fn optimizer_and_model_from_different_saves_are_detected() {
 
     fs::copy(b.path().join(OPTIMIZER_FILE), a.path().join(OPTIMIZER_FILE)).unwrap();
     match load_training(a.path(), tc, 2, 8) {
-        Err(CheckpointError::StepMismatch {
-            model_step: Some(2),
-            optimizer_step: 3,
+        Err(CheckpointError {
+            kind:
+                CheckpointErrorKind::StepMismatch {
+                    model_step: Some(2),
+                    optimizer_step: 3,
+                    ..
+                },
             ..
         }) => {}
         other => panic!("expected StepMismatch, got {other:?}"),
@@ -380,8 +384,11 @@ fn optimizer_and_model_from_different_saves_are_detected() {
     assert!(
         matches!(
             e,
-            CheckpointError::StepMismatch {
-                model_step: None,
+            CheckpointError {
+                kind: CheckpointErrorKind::StepMismatch {
+                    model_step: None,
+                    ..
+                },
                 ..
             }
         ),
@@ -435,7 +442,7 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
     rewrite(&|r| r.retain(|t| t.0 != "v.model.norm.weight"));
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::MissingTensor { name, .. } if name == "v.model.norm.weight"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::MissingTensor { name, .. }, .. } if name == "v.model.norm.weight"),
         "{e}"
     );
 
@@ -445,7 +452,7 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
     });
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::InvalidValue { name, index: 10, .. } if name == "v.lm_head.weight"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::InvalidValue { name, index: 10, .. }, .. } if name == "v.lm_head.weight"),
         "{e}"
     );
 
@@ -455,7 +462,7 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
     });
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::NonFinite { name, index: 0, .. } if name == "m.model.embed_tokens.weight"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::NonFinite { name, index: 0, .. }, .. } if name == "m.model.embed_tokens.weight"),
         "{e}"
     );
 
@@ -465,7 +472,7 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
     rewrite_meta(&meta, &|_| {});
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::Metadata { key, .. } if key == "format"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::Metadata { key, .. }, .. } if key == "format"),
         "{e}"
     );
     let mut meta = header_meta.clone();
@@ -473,14 +480,14 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
     rewrite_meta(&meta, &|_| {});
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::Metadata { key, found: None, .. } if key == "step"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::Metadata { key, found: None, .. }, .. } if key == "step"),
         "{e}"
     );
     meta.insert("step".into(), "-1".into());
     rewrite_meta(&meta, &|_| {});
     let e = load_training(dir.path(), tc, 2, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::Metadata { key, found: Some(_), .. } if key == "step"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::Metadata { key, found: Some(_), .. }, .. } if key == "step"),
         "{e}"
     );
     // The pristine file still loads.
@@ -508,10 +515,14 @@ fn truncated_model_file() {
     fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
     let e = load_err(dir.path());
     match &e {
-        CheckpointError::Truncated {
-            tensor: Some(t),
-            expected_bytes,
-            actual_bytes,
+        CheckpointError {
+            kind:
+                CheckpointErrorKind::Truncated {
+                    tensor: Some(t),
+                    expected_bytes,
+                    actual_bytes,
+                    ..
+                },
             ..
         } => {
             assert_eq!(t, "lm_head.weight");
@@ -527,7 +538,7 @@ fn truncated_model_file() {
     fs::write(&path, &bytes[..8 + n + 256_000 + 100]).unwrap();
     let e = load_err(dir.path());
     assert!(
-        matches!(&e, CheckpointError::Truncated { tensor: Some(t), .. } if t == "model.layers.0.input_layernorm.weight"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::Truncated { tensor: Some(t), .. }, .. } if t == "model.layers.0.input_layernorm.weight"),
         "{e}"
     );
 
@@ -535,14 +546,26 @@ fn truncated_model_file() {
     fs::write(&path, &bytes[..100]).unwrap();
     assert!(matches!(
         load_err(dir.path()),
-        CheckpointError::Truncated { tensor: None, .. }
+        CheckpointError {
+            kind: CheckpointErrorKind::Truncated { tensor: None, .. },
+            ..
+        }
     ));
 
     // Shorter than the length prefix; empty.
     for len in [5, 0] {
         fs::write(&path, &bytes[..len]).unwrap();
         let e = load_err(dir.path());
-        assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CheckpointError {
+                    kind: CheckpointErrorKind::Safetensors { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }
 
@@ -555,7 +578,16 @@ fn garbage_header() {
     bytes[8..24].copy_from_slice(b"not json at all!");
     fs::write(&path, &bytes).unwrap();
     let e = load_err(dir.path());
-    assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Safetensors { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // A valid length prefix and garbage after it; invalid UTF-8; absurd header length.
     let mut g = 16u64.to_le_bytes().to_vec();
@@ -567,7 +599,16 @@ fn garbage_header() {
     ] {
         fs::write(&path, &file).unwrap();
         let e = load_err(dir.path());
-        assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CheckpointError {
+                    kind: CheckpointErrorKind::Safetensors { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     // Overlapping / wrong data offsets.
@@ -577,7 +618,16 @@ fn garbage_header() {
     file.extend(vec![0u8; 256_256]);
     fs::write(&path, &file).unwrap();
     let e = load_err(dir.path());
-    assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Safetensors { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -591,7 +641,10 @@ fn wrong_dtype_names_the_tensor() {
             t.3 = vec![0u8; 64 * 64 * size];
         });
         match load_err(dir.path()) {
-            CheckpointError::WrongDtype { name: n, found, .. } => {
+            CheckpointError {
+                kind: CheckpointErrorKind::WrongDtype { name: n, found, .. },
+                ..
+            } => {
                 assert_eq!(n, name);
                 assert_eq!(found, dtype);
             }
@@ -607,10 +660,14 @@ fn wrong_shape_names_the_tensor() {
     edit_model(dir.path(), |r| find(r, name).2 = vec![64, 16]);
     let e = load_err(dir.path());
     match &e {
-        CheckpointError::WrongShape {
-            name: n,
-            expected,
-            found,
+        CheckpointError {
+            kind:
+                CheckpointErrorKind::WrongShape {
+                    name: n,
+                    expected,
+                    found,
+                    ..
+                },
             ..
         } => {
             assert_eq!(n, name);
@@ -633,7 +690,7 @@ fn wrong_shape_names_the_tensor() {
     });
     assert!(matches!(
         load_err(dir.path()),
-        CheckpointError::WrongShape { name, .. } if name == "model.layers.1.block_sparse_moe.gate.weight"
+        CheckpointError { kind: CheckpointErrorKind::WrongShape { name, .. }, .. } if name == "model.layers.1.block_sparse_moe.gate.weight"
     ));
 }
 
@@ -644,7 +701,7 @@ fn missing_tensor_names_the_tensor() {
     edit_model(dir.path(), |r| r.retain(|t| t.0 != name));
     let e = load_err(dir.path());
     assert!(
-        matches!(&e, CheckpointError::MissingTensor { name: n, .. } if n == name),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::MissingTensor { name: n, .. }, .. } if n == name),
         "{e}"
     );
     assert!(e.to_string().contains(name));
@@ -659,7 +716,7 @@ fn extra_tensor_names_the_tensor() {
     });
     let e = load_err(dir.path());
     assert!(
-        matches!(&e, CheckpointError::UnexpectedTensor { name: n, .. } if n == name),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::UnexpectedTensor { name: n, .. }, .. } if n == name),
         "{e}"
     );
 }
@@ -674,7 +731,10 @@ fn nan_or_inf_in_a_tensor_names_tensor_and_index() {
         });
         let e = load_err(dir.path());
         match &e {
-            CheckpointError::NonFinite { name: n, index, .. } => {
+            CheckpointError {
+                kind: CheckpointErrorKind::NonFinite { name: n, index, .. },
+                ..
+            } => {
                 assert_eq!(n, name);
                 assert_eq!(*index, 12);
             }
@@ -702,7 +762,10 @@ fn missing_config_field() {
         });
         let e = load_err(dir.path());
         match &e {
-            CheckpointError::MissingField { field: f, path } => {
+            CheckpointError {
+                path,
+                kind: CheckpointErrorKind::MissingField { field: f },
+            } => {
                 assert_eq!(*f, field);
                 assert!(path.ends_with(CONFIG_FILE));
             }
@@ -716,8 +779,11 @@ fn missing_config_field() {
     });
     assert!(matches!(
         load_err(dir.path()),
-        CheckpointError::MissingField {
-            field: "vocab_size",
+        CheckpointError {
+            kind: CheckpointErrorKind::MissingField {
+                field: "vocab_size",
+                ..
+            },
             ..
         }
     ));
@@ -732,8 +798,12 @@ fn bad_config_values() {
     });
     let e = load_err(dir.path());
     match &e {
-        CheckpointError::InvalidConfig {
-            source: moe_core::Error::InvalidConfig { field, actual, .. },
+        CheckpointError {
+            kind:
+                CheckpointErrorKind::InvalidConfig {
+                    source: moe_core::Error::InvalidConfig { field, actual, .. },
+                    ..
+                },
             ..
         } => {
             assert_eq!(*field, "num_key_value_heads");
@@ -754,7 +824,13 @@ fn bad_config_values() {
             c.insert(field.into(), value.into());
         });
         assert!(
-            matches!(load_err(dir.path()), CheckpointError::InvalidConfig { .. }),
+            matches!(
+                load_err(dir.path()),
+                CheckpointError {
+                    kind: CheckpointErrorKind::InvalidConfig { .. },
+                    ..
+                }
+            ),
             "{field}"
         );
     }
@@ -790,7 +866,10 @@ fn bad_config_values() {
         });
         let e = load_err(dir.path());
         match &e {
-            CheckpointError::InvalidField { field: f, .. } => {
+            CheckpointError {
+                kind: CheckpointErrorKind::InvalidField { field: f, .. },
+                ..
+            } => {
                 assert!(f.starts_with(field), "{field}: {e}")
             }
             other => panic!("{field} = {value}: expected InvalidField, got {other:?}"),
@@ -802,12 +881,18 @@ fn bad_config_values() {
     fs::write(dir.path().join(CONFIG_FILE), "{\"vocab_size\": 1000,").unwrap();
     assert!(matches!(
         load_err(dir.path()),
-        CheckpointError::ConfigJson { .. }
+        CheckpointError {
+            kind: CheckpointErrorKind::ConfigJson { .. },
+            ..
+        }
     ));
     fs::write(dir.path().join(CONFIG_FILE), "[1, 2]").unwrap();
     assert!(matches!(
         load_err(dir.path()),
-        CheckpointError::InvalidField { .. }
+        CheckpointError {
+            kind: CheckpointErrorKind::InvalidField { .. },
+            ..
+        }
     ));
 }
 
@@ -816,7 +901,10 @@ fn missing_files() {
     let (dir, _) = saved(1);
     fs::remove_file(dir.path().join(MODEL_FILE)).unwrap();
     match load_err(dir.path()) {
-        CheckpointError::Io { path, source } => {
+        CheckpointError {
+            path,
+            kind: CheckpointErrorKind::Io { source },
+        } => {
             assert!(path.ends_with(MODEL_FILE));
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
         }
@@ -824,18 +912,24 @@ fn missing_files() {
     }
     fs::remove_file(dir.path().join(CONFIG_FILE)).unwrap();
     match load_err(dir.path()) {
-        CheckpointError::Io { path, .. } => assert!(path.ends_with(CONFIG_FILE)),
+        CheckpointError {
+            path,
+            kind: CheckpointErrorKind::Io { .. },
+        } => assert!(path.ends_with(CONFIG_FILE)),
         other => panic!("expected Io, got {other:?}"),
     }
     assert!(matches!(
         load_err(&dir.path().join("does-not-exist")),
-        CheckpointError::Io { .. }
+        CheckpointError {
+            kind: CheckpointErrorKind::Io { .. },
+            ..
+        }
     ));
     // Training: no optimizer file.
     let (dir, _) = saved(1);
     let e = load_training(dir.path(), train_config(), 1, 8).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::Io { path, .. } if path.ends_with(OPTIMIZER_FILE)),
+        matches!(&e, CheckpointError { path, kind: CheckpointErrorKind::Io { .. } } if path.ends_with(OPTIMIZER_FILE)),
         "{e}"
     );
 }
@@ -888,7 +982,7 @@ fn failing_save_keeps_previous_checkpoint() {
     bad.params_mut()[at] = f32::NAN;
     let e = save(dir.path(), &bad).unwrap_err();
     assert!(
-        matches!(&e, CheckpointError::NonFinite { name, index: 5, .. } if name == "model.layers.1.self_attn.v_proj.weight"),
+        matches!(&e, CheckpointError { kind: CheckpointErrorKind::NonFinite { name, index: 5, .. }, .. } if name == "model.layers.1.self_attn.v_proj.weight"),
         "{e}"
     );
     assert_eq!(snapshot(dir.path()), before);
@@ -899,7 +993,16 @@ fn failing_save_keeps_previous_checkpoint() {
         Err(std::io::Error::other("disk on fire"))
     })
     .unwrap_err();
-    assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Io { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(snapshot(dir.path()), before);
     assert_eq!(
         bits(load(dir.path()).unwrap().params()),
@@ -913,11 +1016,29 @@ fn save_into_a_file_path_fails_cleanly() {
     let file = tmp.path().join("not-a-dir");
     fs::write(&file, b"hello").unwrap();
     let e = save(&file, &tiny_model(1)).unwrap_err();
-    assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Io { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(fs::read(&file).unwrap(), b"hello");
     // Below a file.
     let e = save(file.join("sub"), &tiny_model(1)).unwrap_err();
-    assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Io { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[cfg(unix)]
@@ -935,7 +1056,16 @@ fn save_into_read_only_dir_keeps_previous_checkpoint() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     if enforced {
         let e = result.unwrap_err();
-        assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CheckpointError {
+                    kind: CheckpointErrorKind::Io { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(snapshot(dir.path()), before);
     } else {
         eprintln!("permission bits not enforced (running as root?): read-only case skipped");
@@ -965,7 +1095,10 @@ fn save_failing_mid_write_keeps_previous_checkpoint() {
         assert_eq!(rc, 0);
         let e = save(&dir, &tiny_model(2)).unwrap_err();
         match e {
-            CheckpointError::Io { source, .. } => {
+            CheckpointError {
+                kind: CheckpointErrorKind::Io { source, .. },
+                ..
+            } => {
                 assert_eq!(source.raw_os_error(), Some(libc::EFBIG), "{source}")
             }
             other => panic!("expected Io(EFBIG), got {other:?}"),
@@ -977,7 +1110,7 @@ fn save_failing_mid_write_keeps_previous_checkpoint() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "save_failing_mid_write_keeps_previous_checkpoint",
+            "checkpoint::save_failing_mid_write_keeps_previous_checkpoint",
             "--test-threads=1",
             "--nocapture",
         ])

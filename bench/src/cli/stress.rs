@@ -26,9 +26,6 @@ use std::time::Instant;
 
 use moe_core::{Config, Error, LrSchedule, MoETransformer, Mode, TrainConfig, Trainer};
 
-/// Error type of the command.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Arguments of `moe stress`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StressArgs {
@@ -209,129 +206,129 @@ fn train_config(lr: f32, clip: Option<f32>, alpha: f32) -> TrainConfig {
     }
 }
 
-/// The cases of `moe stress` with `steps` training steps each (where they train).
+/// The one-step cases on mutated parameters (b 2, t 32): id, input, mutation.
+const MUTATED: [(&str, &str, Mutation); 11] = [
+    ("baseline", "as initialised", Mutation::None),
+    (
+        "scale_all_1e-20",
+        "every parameter × 1e-20",
+        Mutation::ScaleAll(1e-20),
+    ),
+    (
+        "scale_all_1e-10",
+        "every parameter × 1e-10",
+        Mutation::ScaleAll(1e-10),
+    ),
+    (
+        "scale_all_1e3",
+        "every parameter × 1e3",
+        Mutation::ScaleAll(1e3),
+    ),
+    (
+        "scale_all_1e6",
+        "every parameter × 1e6",
+        Mutation::ScaleAll(1e6),
+    ),
+    (
+        "embed_1e-20",
+        "embedding × 1e-20",
+        Mutation::ScaleEmbedding(1e-20),
+    ),
+    (
+        "embed_1e30",
+        "embedding × 1e30 (x² overflows in RMSNorm)",
+        Mutation::ScaleEmbedding(1e30),
+    ),
+    (
+        "lm_head_1e30",
+        "lm_head × 1e30 (logits ~1e30)",
+        Mutation::ScaleLmHead(1e30),
+    ),
+    (
+        "lm_head_1e36",
+        "lm_head × 1e36 (logits ~1e36–1e37)",
+        Mutation::ScaleLmHead(1e36),
+    ),
+    (
+        "lm_head_1e38",
+        "lm_head × 1e38 (logits ~2.6e38, just below f32::MAX)",
+        Mutation::ScaleLmHead(1e38),
+    ),
+    (
+        "lm_head_3e38",
+        "lm_head × 3e38 (logits beyond f32::MAX)",
+        Mutation::ScaleLmHead(3e38),
+    ),
+];
+
+/// The training cases (b 2, t 16): id, input (followed by `, N steps`),
+/// learning rate, clipping threshold, aux alpha.
+const TRAINED: [(&str, &str, f32, Option<f32>, f32); 8] = [
+    ("lr_10", "lr 10, clip 1.0", 10.0, Some(1.0), 0.01),
+    ("lr_1e3", "lr 1e3, clip 1.0", 1e3, Some(1.0), 0.01),
+    ("lr_1e3_noclip", "lr 1e3, no clipping", 1e3, None, 0.01),
+    ("alpha_1e3", "aux alpha 1e3, lr 1e-3", 1e-3, Some(1.0), 1e3),
+    (
+        "alpha_1e3_noclip",
+        "aux alpha 1e3, lr 1e-3, no clipping",
+        1e-3,
+        None,
+        1e3,
+    ),
+    (
+        "alpha_1e36",
+        "aux alpha 1e36 (loss ~1e36)",
+        1e-3,
+        Some(1.0),
+        1e36,
+    ),
+    (
+        "alpha_1e36_noclip",
+        "aux alpha 1e36, no clipping (g² overflows)",
+        1e-3,
+        None,
+        1e36,
+    ),
+    (
+        "alpha_3e38",
+        "aux alpha 3e38 (loss beyond f32::MAX)",
+        1e-3,
+        Some(1.0),
+        3e38,
+    ),
+];
+
+/// The cases of `moe stress` with `steps` training steps each (where they train):
+/// `MUTATED`, the longest sequence, then `TRAINED`.
 pub fn cases(steps: usize) -> Vec<Case> {
-    let default = TrainConfig::default();
-    let one = |id, input: &str, mutation| Case {
+    let mutated = MUTATED.iter().map(|&(id, input, mutation)| Case {
         id,
         input: input.to_owned(),
         mutation,
         batch: 2,
         seq: 32,
         steps: 1,
-        train: default,
+        train: TrainConfig::default(),
+    });
+    let longest = Case {
+        id: "seq_512",
+        input: "b 1, t 512 = max_seq_len".into(),
+        mutation: Mutation::None,
+        batch: 1,
+        seq: 512,
+        steps: 1,
+        train: TrainConfig::default(),
     };
-    let trained = |id, input: String, train| Case {
+    let trained = TRAINED.iter().map(|&(id, input, lr, clip, alpha)| Case {
         id,
-        input,
+        input: format!("{input}, {steps} steps"),
         mutation: Mutation::None,
         batch: 2,
         seq: 16,
         steps,
-        train,
-    };
-    vec![
-        one("baseline", "as initialised", Mutation::None),
-        one(
-            "scale_all_1e-20",
-            "every parameter × 1e-20",
-            Mutation::ScaleAll(1e-20),
-        ),
-        one(
-            "scale_all_1e-10",
-            "every parameter × 1e-10",
-            Mutation::ScaleAll(1e-10),
-        ),
-        one(
-            "scale_all_1e3",
-            "every parameter × 1e3",
-            Mutation::ScaleAll(1e3),
-        ),
-        one(
-            "scale_all_1e6",
-            "every parameter × 1e6",
-            Mutation::ScaleAll(1e6),
-        ),
-        one(
-            "embed_1e-20",
-            "embedding × 1e-20",
-            Mutation::ScaleEmbedding(1e-20),
-        ),
-        one(
-            "embed_1e30",
-            "embedding × 1e30 (x² overflows in RMSNorm)",
-            Mutation::ScaleEmbedding(1e30),
-        ),
-        one(
-            "lm_head_1e30",
-            "lm_head × 1e30 (logits ~1e30)",
-            Mutation::ScaleLmHead(1e30),
-        ),
-        one(
-            "lm_head_1e36",
-            "lm_head × 1e36 (logits ~1e36–1e37)",
-            Mutation::ScaleLmHead(1e36),
-        ),
-        one(
-            "lm_head_1e38",
-            "lm_head × 1e38 (logits ~2.6e38, just below f32::MAX)",
-            Mutation::ScaleLmHead(1e38),
-        ),
-        one(
-            "lm_head_3e38",
-            "lm_head × 3e38 (logits beyond f32::MAX)",
-            Mutation::ScaleLmHead(3e38),
-        ),
-        Case {
-            id: "seq_512",
-            input: "b 1, t 512 = max_seq_len".into(),
-            mutation: Mutation::None,
-            batch: 1,
-            seq: 512,
-            steps: 1,
-            train: default,
-        },
-        trained(
-            "lr_10",
-            format!("lr 10, clip 1.0, {steps} steps"),
-            train_config(10.0, Some(1.0), 0.01),
-        ),
-        trained(
-            "lr_1e3",
-            format!("lr 1e3, clip 1.0, {steps} steps"),
-            train_config(1e3, Some(1.0), 0.01),
-        ),
-        trained(
-            "lr_1e3_noclip",
-            format!("lr 1e3, no clipping, {steps} steps"),
-            train_config(1e3, None, 0.01),
-        ),
-        trained(
-            "alpha_1e3",
-            format!("aux alpha 1e3, lr 1e-3, {steps} steps"),
-            train_config(1e-3, Some(1.0), 1e3),
-        ),
-        trained(
-            "alpha_1e3_noclip",
-            format!("aux alpha 1e3, lr 1e-3, no clipping, {steps} steps"),
-            train_config(1e-3, None, 1e3),
-        ),
-        trained(
-            "alpha_1e36",
-            format!("aux alpha 1e36 (loss ~1e36), {steps} steps"),
-            train_config(1e-3, Some(1.0), 1e36),
-        ),
-        trained(
-            "alpha_1e36_noclip",
-            format!("aux alpha 1e36, no clipping (g² overflows), {steps} steps"),
-            train_config(1e-3, None, 1e36),
-        ),
-        trained(
-            "alpha_3e38",
-            format!("aux alpha 3e38 (loss beyond f32::MAX), {steps} steps"),
-            train_config(1e-3, Some(1.0), 3e38),
-        ),
-    ]
+        train: train_config(lr, clip, alpha),
+    });
+    mutated.chain([longest]).chain(trained).collect()
 }
 
 /// Runs one case on the tiny model initialised from `seed`.
@@ -656,7 +653,7 @@ pub fn render_markdown(reports: &[CaseReport], command: &str, seed: u64) -> Stri
 ///
 /// # Errors
 /// Setup failures of the suite, or the report cannot be written.
-pub fn run(args: StressArgs) -> Result<(), BoxError> {
+pub fn run(args: StressArgs) -> Result<(), crate::Error> {
     let reports = run_suite(args.steps, args.seed)?;
     let mut command = "cargo run --release -p moe-bench --bin moe -- stress".to_owned();
     if args.steps != 20 {
@@ -672,7 +669,9 @@ pub fn run(args: StressArgs) -> Result<(), BoxError> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::checkpoint::write_atomic(&args.out, |w| std::io::Write::write_all(w, md.as_bytes()))?;
+    crate::io::checkpoint::write_atomic(&args.out, |w| {
+        std::io::Write::write_all(w, md.as_bytes())
+    })?;
     for r in &reports {
         println!(
             "{:<18} {:<18} nan/inf {}/{}  m/v non-finite {}  max|logit| {:<10} {}",

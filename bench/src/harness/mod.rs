@@ -6,6 +6,16 @@
 //! heap or caches; `--in-process` runs them all in this process (then
 //! `peak_rss_bytes` is the process's high-water mark so far).
 
+pub mod flops;
+pub mod measure;
+pub mod meta;
+pub mod scenarios;
+pub mod schema;
+pub mod stats;
+// The only `unsafe` of the tool (`#![deny(unsafe_code)]` everywhere else).
+#[allow(unsafe_code)]
+pub mod sys;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,10 +24,11 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::meta::{self, RunSettings};
-use crate::scenarios::{self, RunOpts, Scenario, N_TRIALS, N_WARMUP, SCENARIOS, SEED};
-use crate::schema::{BenchFile, ScenarioResult, AXES};
-use crate::BoxError;
+use self::meta::RunSettings;
+use self::scenarios::{RunOpts, Scenario, N_TRIALS, N_WARMUP, SCENARIOS, SEED};
+use self::schema::{BenchFile, ScenarioResult, AXES};
+use crate::fmt::{fmt_bytes, fmt_ns};
+use crate::Error;
 
 /// Options of `moe bench`.
 #[derive(Debug, Args)]
@@ -76,7 +87,7 @@ pub struct ColdStartArgs {
 }
 
 /// The scenarios picked by `--only` and `--axis` (both filters apply).
-fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, BoxError> {
+fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, Error> {
     for id in only {
         if scenarios::find(id).is_none() {
             let known: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
@@ -99,7 +110,7 @@ fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, Bo
     Ok(picked)
 }
 
-fn run_opts(warmup: usize, trials: usize) -> Result<RunOpts, BoxError> {
+fn run_opts(warmup: usize, trials: usize) -> Result<RunOpts, Error> {
     if trials == 0 {
         return Err("--trials must be at least 1".into());
     }
@@ -112,7 +123,7 @@ fn run_opts(warmup: usize, trials: usize) -> Result<RunOpts, BoxError> {
 }
 
 /// Runs `sc` in a child `moe bench-one` and parses its JSON.
-fn run_isolated(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
+fn run_isolated(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
     let out = Command::new(&o.exe)
         .args([
             "bench-one",
@@ -136,7 +147,7 @@ fn run_isolated(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> 
 /// # Errors
 /// Bad flags, an unwritable output, or any failed scenario (the others still
 /// run and are written).
-pub fn bench(args: BenchArgs) -> Result<(), BoxError> {
+pub fn bench(args: BenchArgs) -> Result<(), Error> {
     if args.list {
         for s in SCENARIOS {
             println!("{:<29} {}", s.id, s.axis);
@@ -197,7 +208,7 @@ pub fn bench(args: BenchArgs) -> Result<(), BoxError> {
     }
     let mut text = serde_json::to_string_pretty(&file)?;
     text.push('\n');
-    std::fs::write(&args.out, text)?;
+    crate::io::atomic::write_bytes(&args.out, text.as_bytes())?;
     print_summary(&file);
     println!(
         "{} scenarios in {:.1} s ({}), wrote {}",
@@ -222,7 +233,7 @@ pub fn bench(args: BenchArgs) -> Result<(), BoxError> {
 ///
 /// # Errors
 /// Unknown id or a failed scenario.
-pub fn bench_one(args: BenchOneArgs) -> Result<(), BoxError> {
+pub fn bench_one(args: BenchOneArgs) -> Result<(), Error> {
     let sc =
         scenarios::find(&args.id).ok_or_else(|| format!("unknown scenario id {:?}", args.id))?;
     let o = run_opts(args.warmup, args.trials)?;
@@ -237,39 +248,12 @@ pub fn bench_one(args: BenchOneArgs) -> Result<(), BoxError> {
 ///
 /// # Errors
 /// moe-core errors.
-pub fn cold_start(args: ColdStartArgs) -> Result<(), BoxError> {
+pub fn cold_start(args: ColdStartArgs) -> Result<(), Error> {
     let r = scenarios::cold_start(args.batch, args.seq, args.seed)?;
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, &r)?;
     writeln!(stdout)?;
     Ok(())
-}
-
-/// `12.3 µs`-style duration.
-pub fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e9 {
-        format!("{:.2} s", ns / 1e9)
-    } else if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
-/// `1.5 MiB`-style size.
-pub fn fmt_bytes(b: f64) -> String {
-    const K: f64 = 1024.0;
-    if b >= K * K * K {
-        format!("{:.2} GiB", b / (K * K * K))
-    } else if b >= K * K {
-        format!("{:.1} MiB", b / (K * K))
-    } else if b >= K {
-        format!("{:.1} KiB", b / K)
-    } else {
-        format!("{b:.0} B")
-    }
 }
 
 fn print_summary(f: &BenchFile) {
@@ -334,14 +318,5 @@ mod tests {
         assert!(select(&["nope".into()], &[]).is_err());
         assert!(select(&[], &["gpu".into()]).is_err());
         assert!(select(&["dispatch_cold".into()], &["memory".into()]).is_err());
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(fmt_ns(999.0), "999 ns");
-        assert_eq!(fmt_ns(1_500.0), "1.50 µs");
-        assert_eq!(fmt_ns(2_345_678.0), "2.35 ms");
-        assert_eq!(fmt_bytes(512.0), "512 B");
-        assert_eq!(fmt_bytes(3.0 * 1024.0 * 1024.0), "3.0 MiB");
     }
 }

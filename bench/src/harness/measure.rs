@@ -12,9 +12,9 @@
 
 use std::time::Instant;
 
-use crate::alloc_counter::AllocSnapshot;
-use crate::rusage::{self, Who};
-use crate::BoxError;
+use crate::harness::sys::alloc_counter::AllocSnapshot;
+use crate::harness::sys::rusage::{self, Who};
+use crate::Error;
 
 /// One timed iteration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,9 +109,9 @@ pub struct Measurement {
 /// # Errors
 /// The first error of `iteration`, a call that recorded no or several
 /// samples, or a failed `getrusage`.
-pub fn run<F>(warmup: usize, trials: usize, mut iteration: F) -> Result<Measurement, BoxError>
+pub fn run<F>(warmup: usize, trials: usize, mut iteration: F) -> Result<Measurement, Error>
 where
-    F: FnMut(&mut Probe) -> Result<(), BoxError>,
+    F: FnMut(&mut Probe) -> Result<(), Error>,
 {
     let total = warmup + trials;
     let mut probe = Probe::with_capacity(total);

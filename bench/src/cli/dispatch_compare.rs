@@ -26,7 +26,7 @@ use std::time::Instant;
 use clap::Args;
 use moe_core::{ChaCha8Rng, Result as CoreResult, SamplingStrategy, SeedableRng, TokenId};
 
-use crate::BoxError;
+use crate::Error;
 
 /// One sampling strategy as a trait (object-safe: the RNG type is concrete).
 pub trait Sampler {
@@ -272,7 +272,7 @@ fn vocab_of(workload: &str) -> usize {
 }
 
 /// Child process: one first call, timed.
-fn cold_child(spec: &str) -> Result<(), BoxError> {
+fn cold_child(spec: &str) -> Result<(), Error> {
     let (mech, workload) = spec
         .split_once(':')
         .ok_or("--cold-child expects MECH:WORKLOAD")?;
@@ -305,7 +305,7 @@ fn median(mut x: Vec<f64>) -> f64 {
 }
 
 /// Median over `runs` fresh processes of the first call's time.
-fn cold(mech: &str, workload: &str, runs: usize) -> Result<f64, BoxError> {
+fn cold(mech: &str, workload: &str, runs: usize) -> Result<f64, Error> {
     let exe = std::env::current_exe()?;
     let mut ns = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -327,7 +327,7 @@ fn cold(mech: &str, workload: &str, runs: usize) -> Result<f64, BoxError> {
 
 /// Median ns per unit (a call; a 4-call cycle for `mixed`) over `rounds`
 /// rounds of enough calls to last ~50 µs (at least one unit).
-fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, BoxError> {
+fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, Error> {
     let lg = logits(vocab_of(workload));
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     // Warm up and size a round.
@@ -348,7 +348,7 @@ fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, BoxError> {
 }
 
 /// The three paths pick the same tokens from the same RNG stream.
-fn same_tokens(workload: &str) -> Result<bool, BoxError> {
+fn same_tokens(workload: &str) -> Result<bool, Error> {
     let lg = logits(vocab_of(workload));
     let mut sums = Vec::new();
     for mech in MECHS {
@@ -375,7 +375,7 @@ fn label(workload: &str) -> String {
 ///
 /// # Errors
 /// A failed child process or a moe-core error.
-pub fn run(args: DispatchCompareArgs) -> Result<(), BoxError> {
+pub fn run(args: DispatchCompareArgs) -> Result<(), Error> {
     if let Some(spec) = &args.cold_child {
         return cold_child(spec);
     }

@@ -4,7 +4,7 @@
 //! Every scenario builds its model, workspace and inputs *outside* the timed
 //! region (except `dispatch_cold*`, whose construction is the workload),
 //! runs `warmup + trials` iterations, and reports per-trial wall time, CPU
-//! time and heap traffic (see [`crate::measure`]).
+//! time and heap traffic (see [`crate::harness::measure`]).
 //!
 //! Fixed inputs (seed 42):
 //! * tokens `[b, t]`: `token[i, s] = (i·t + s) mod v`, targets `(i·t + s + 1) mod v`
@@ -28,11 +28,13 @@ use moe_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::measure::{self, Measurement};
-use crate::rusage;
-use crate::schema::{Derived, Gc, Memory, Numerical, ScenarioResult};
-use crate::stats::{median_u64, summarize};
-use crate::{flops, BoxError};
+use super::flops;
+use crate::harness::measure::{self, Measurement};
+use crate::harness::schema::{Derived, Gc, Memory, Numerical, ScenarioResult};
+use crate::harness::stats::{median_u64, summarize};
+use crate::harness::sys::rusage;
+pub use crate::profile::Profile;
+use crate::Error;
 
 /// The spec's seed for every model and fixture.
 pub const SEED: u64 = 42;
@@ -40,25 +42,6 @@ pub const SEED: u64 = 42;
 pub const N_WARMUP: usize = 3;
 /// The spec's timed trials per scenario.
 pub const N_TRIALS: usize = 10;
-
-/// Model size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    /// `Config::tiny()` (hidden 64).
-    Tiny,
-    /// `Config::scale_256()` (hidden 256).
-    Scale256,
-}
-
-impl Profile {
-    /// The config.
-    pub fn config(self) -> Config {
-        match self {
-            Profile::Tiny => Config::tiny(),
-            Profile::Scale256 => Config::scale_256(),
-        }
-    }
-}
 
 /// What one model iteration does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,7 +362,7 @@ struct Outcome {
 ///
 /// # Errors
 /// Model/workspace errors from moe-core, a failed child, or a measurement error.
-pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
+pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
     let out = match sc.kind {
         Kind::Model {
             profile,
@@ -410,7 +393,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, BoxError> {
 }
 
 /// Statistics and derived metrics.
-fn finish(sc: &Scenario, out: Outcome) -> Result<ScenarioResult, BoxError> {
+fn finish(sc: &Scenario, out: Outcome) -> Result<ScenarioResult, Error> {
     let timings: Vec<u64> = out.m.trials.iter().map(|s| s.wall_ns).collect();
     let cpu: Vec<u64> = out.m.trials.iter().map(|s| s.cpu_ns).collect();
     let warm: Vec<u64> = out.m.warmup.iter().map(|s| s.wall_ns).collect();
@@ -490,7 +473,7 @@ fn fixture_uniform(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let model = MoETransformer::new(cfg, o.seed)?;
     let mut ws = model.workspace(b, t, Mode::Inference)?;
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
@@ -510,7 +493,7 @@ fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome,
     })
 }
 
-fn run_train(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_train(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let model = MoETransformer::new(cfg, o.seed)?;
     let mut trainer = Trainer::new(model, TrainConfig::default(), b, t)?;
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
@@ -537,7 +520,7 @@ fn run_matmul(
     n: usize,
     k: usize,
     o: &RunOpts,
-) -> Result<Outcome, BoxError> {
+) -> Result<Outcome, Error> {
     let a: Vec<f32> = fixture_uniform(o.seed, m * k)
         .iter()
         .map(|u| 2.0 * u - 1.0)
@@ -573,7 +556,7 @@ fn run_matmul(
     })
 }
 
-fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let x: Vec<f32> = fixture_uniform(o.seed, n)
         .iter()
         .map(|u| 4.0 * (2.0 * u - 1.0))
@@ -595,7 +578,7 @@ fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
     })
 }
 
-fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let cfg = Config::tiny();
     let model = MoETransformer::new(&cfg, o.seed)?;
     let v = cfg.vocab_size;
@@ -625,7 +608,7 @@ fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, 
     })
 }
 
-fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let eps = Config::tiny().rms_norm_eps;
     let x: Vec<f32> = fixture_uniform(o.seed, rows * c)
         .iter()
@@ -658,7 +641,7 @@ fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, BoxError> 
     })
 }
 
-fn run_cold(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_cold(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let cfg = Config::tiny();
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
     let (mut numerical, mut arena_bytes) = (Numerical::default(), 0u64);
@@ -708,13 +691,13 @@ pub struct ColdReport {
 ///
 /// # Errors
 /// moe-core errors.
-pub fn cold_start(b: usize, t: usize, seed: u64) -> Result<ColdReport, BoxError> {
+pub fn cold_start(b: usize, t: usize, seed: u64) -> Result<ColdReport, Error> {
     let cfg = Config::tiny();
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
     let model = MoETransformer::new(&cfg, seed)?;
     let mut ws = model.workspace(b, t, Mode::Inference)?;
     let numerical = Numerical::of(model.forward(&mut ws, &tokens, b, t)?);
-    let a = crate::alloc_counter::AllocSnapshot::now();
+    let a = crate::harness::sys::alloc_counter::AllocSnapshot::now();
     Ok(ColdReport {
         alloc_bytes: a.bytes,
         alloc_count: a.count,
@@ -723,7 +706,7 @@ pub fn cold_start(b: usize, t: usize, seed: u64) -> Result<ColdReport, BoxError>
     })
 }
 
-fn run_cold_process(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, BoxError> {
+fn run_cold_process(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
     let mut report: Option<ColdReport> = None;
     let mut peak = 0u64;
     let m = measure::run(o.warmup, o.trials, |p| {
@@ -796,7 +779,7 @@ enum Worker {
 }
 
 impl Worker {
-    fn build(workload: Workload, b: usize, t: usize, seed: u64) -> Result<Self, BoxError> {
+    fn build(workload: Workload, b: usize, t: usize, seed: u64) -> Result<Self, Error> {
         let cfg = Config::tiny();
         let model = MoETransformer::new(&cfg, seed)?;
         let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
@@ -839,7 +822,7 @@ fn worker_thread(
     t: usize,
     seed: u64,
     total: usize,
-) -> Result<(u64, Numerical), BoxError> {
+) -> Result<(u64, Numerical), Error> {
     let built = Worker::build(workload, b, t, seed);
     if built.is_err() {
         sync.failed.store(true, Ordering::SeqCst);
@@ -851,7 +834,7 @@ fn worker_thread(
     }
     let arena = w.arena_bytes();
     let mut numerical = Numerical::default();
-    let mut error: Option<BoxError> = None;
+    let mut error: Option<Error> = None;
     // After an error the thread keeps passing the barriers (doing nothing) so
     // that the others and the timing thread are not left waiting.
     for i in 0..total {
@@ -901,7 +884,7 @@ fn run_parallel(
     b: usize,
     t: usize,
     o: &RunOpts,
-) -> Result<Outcome, BoxError> {
+) -> Result<Outcome, Error> {
     let total = o.warmup + o.trials;
     let sync = Sync {
         ready: Barrier::new(threads + 1),
@@ -986,7 +969,7 @@ mod tests {
         assert_eq!(sorted.len(), ids.len());
         assert!(SCENARIOS
             .iter()
-            .all(|s| crate::schema::AXES.contains(&s.axis)));
+            .all(|s| crate::harness::schema::AXES.contains(&s.axis)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use moe_bench::checkpoint::{self, parse_config, CheckpointError};
+use moe_bench::checkpoint::{self, parse_config, CheckpointError, CheckpointErrorKind};
 use moe_bench::grads::{compute, parse_tokens, write_result, TokenBatch, TokensError};
 use moe_core::{Config, Layout, MoETransformer};
 use safetensors::{Dtype, SafeTensors};
@@ -471,7 +471,16 @@ fn result_write_is_atomic_over_an_existing_file() {
     let tokens = parse_tokens(r#"{"input_ids": [[1,2]], "targets": [[2,3]]}"#, 1000, 512).unwrap();
     let out = compute(&model, &tokens).unwrap();
     let e = write_result(&blocked, &model, &tokens, &out).unwrap_err();
-    assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError {
+                kind: CheckpointErrorKind::Io { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     let names: Vec<_> = fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use moe_core::{Losses, MoETransformer, Mode, TokenId};
 use serde_json::Value;
 
-use crate::checkpoint::{self, CheckpointError, F32Tensor};
+use crate::io::checkpoint::{self, CheckpointError, CheckpointErrorKind, F32Tensor};
 
 /// Default `aux_alpha` when `tokens.json` has none (CONTRACT §4).
 pub const DEFAULT_AUX_ALPHA: f32 = 0.01;
@@ -400,7 +400,7 @@ pub fn compute(
 /// Writes the result file of `moe grads` atomically.
 ///
 /// # Errors
-/// [`CheckpointError::Io`].
+/// [`CheckpointErrorKind::Io`].
 pub fn write_result(
     path: &Path,
     model: &MoETransformer,
@@ -443,10 +443,8 @@ pub fn write_result(
     meta.insert("seq".to_owned(), tokens.seq.to_string());
     meta.insert("aux_alpha".to_owned(), tokens.aux_alpha.to_string());
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir)
+            .map_err(|source| CheckpointError::new(dir, CheckpointErrorKind::Io { source }))?;
     }
     checkpoint::write_f32_safetensors(path, &tensors, &meta)
 }

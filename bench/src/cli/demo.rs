@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use moe_core::{Config, MoETransformer, Mode};
 
-use crate::BoxError;
+use crate::Error;
 
 /// Runs the demo.
 ///
 /// # Errors
 /// moe-core errors.
-pub fn run() -> Result<(), BoxError> {
+pub fn run() -> Result<(), Error> {
     let cfg = Config::tiny();
     let t0 = Instant::now();
     let model = MoETransformer::new(&cfg, 42)?;

@@ -21,14 +21,14 @@
 //! with the flag they concern and the command exits with status 1.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use moe_core::{ChaCha8Rng, Error, SamplingStrategy, SeedableRng};
 
-use crate::checkpoint;
-use crate::corpus::{decode, encode};
-use crate::train::{BoxError, CHECKPOINT_DIR};
+use crate::cli::{checkpoint_dir, with_flag};
+use crate::io::checkpoint;
+use crate::io::corpus::{decode, encode};
 
 /// Sampling strategy names of the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,54 +91,21 @@ impl GenerateArgs {
     }
 }
 
-/// The command-line flag a core error is about, if any.
-pub fn flag_of(e: &Error) -> Option<&'static str> {
-    match e {
-        Error::InvalidParameter { param, .. } => match *param {
-            "temperature" => Some("--temperature"),
-            "k" => Some("--k"),
-            "p" => Some("--p"),
-            "max_len" => Some("--max-len"),
-            _ => None,
-        },
-        Error::SeqTooLong { .. } => Some("--max-len"),
-        Error::EmptyInput { arg: "prompt" } => Some("--prompt"),
-        _ => None,
-    }
-}
-
-fn with_flag(e: Error) -> BoxError {
-    match flag_of(&e) {
-        Some(flag) => format!("{flag}: {e}").into(),
-        None => e.into(),
-    }
-}
-
-/// `DIR`, or `DIR/checkpoint` when `DIR` is a `moe train --out` directory.
-pub fn checkpoint_dir(dir: &Path) -> PathBuf {
-    let sub = dir.join(CHECKPOINT_DIR);
-    if !dir.join(checkpoint::CONFIG_FILE).is_file() && sub.join(checkpoint::CONFIG_FILE).is_file() {
-        sub
-    } else {
-        dir.to_path_buf()
-    }
-}
-
 /// Runs `moe generate`.
-pub fn run(args: GenerateArgs) -> Result<(), BoxError> {
+pub fn run(args: GenerateArgs) -> Result<(), crate::Error> {
     let strategy = args.sampling();
     // Check the sampling parameters before loading anything.
-    strategy.validate().map_err(with_flag)?;
+    strategy.validate().map_err(|e| with_flag(e, None))?;
     let prompt = encode(args.prompt.as_bytes());
     if prompt.is_empty() {
-        return Err(with_flag(Error::EmptyInput { arg: "prompt" }));
+        return Err(with_flag(Error::EmptyInput { arg: "prompt" }, None));
     }
     let dir = checkpoint_dir(&args.checkpoint);
     let model = checkpoint::load(&dir).map_err(|e| format!("--checkpoint: {e}"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let t0 = Instant::now();
-    let ids =
-        moe_core::generate(&model, &prompt, args.max_len, strategy, &mut rng).map_err(with_flag)?;
+    let ids = moe_core::generate(&model, &prompt, args.max_len, strategy, &mut rng)
+        .map_err(|e| with_flag(e, None))?;
     let secs = t0.elapsed().as_secs_f64();
     let text = decode(&ids);
     let mut stdout = std::io::stdout().lock();

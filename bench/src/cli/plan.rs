@@ -10,35 +10,14 @@ use clap::{Args, ValueEnum};
 use moe_core::rope::RopeTable;
 use moe_core::{Config, KvCache, Mode, PlanEntry, Workspace};
 
-use crate::BoxError;
+use crate::Error;
 
-/// Model profile of `moe plan`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlanProfile {
-    /// `Config::tiny()` (hidden 64, the benchmark profile).
-    Tiny,
-    /// `Config::scale_256()` (hidden 256, axis 5).
-    #[value(name = "scale_256", alias = "scale256")]
-    Scale256,
-    /// `Config::full()` (hidden 768, 30 layers; never benchmarked).
-    Full,
-}
-
-impl PlanProfile {
-    fn config(self) -> Config {
-        match self {
-            PlanProfile::Tiny => Config::tiny(),
-            PlanProfile::Scale256 => Config::scale_256(),
-            PlanProfile::Full => Config::full(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            PlanProfile::Tiny => "tiny",
-            PlanProfile::Scale256 => "scale_256",
-            PlanProfile::Full => "full",
-        }
+crate::profile_choices! {
+    /// Model profile of `moe plan`.
+    PlanProfile {
+        Tiny => "`Config::tiny()` (hidden 64, the benchmark profile)",
+        Scale256 => "`Config::scale_256()` (hidden 256, axis 5)" alias "scale256",
+        Full => "`Config::full()` (hidden 768, 30 layers; never benchmarked)",
     }
 }
 
@@ -183,7 +162,7 @@ fn heading(markdown: bool, text: &str) {
 }
 
 /// The flat buffers: parameters, and in training gradients + both AdamW moments.
-fn print_flat(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
     let counts = cfg.param_counts_checked()?;
     let params = counts.total;
     let bytes = params
@@ -224,7 +203,7 @@ fn print_workspace(
     batch: usize,
     seq: usize,
     markdown: bool,
-) -> Result<(), BoxError> {
+) -> Result<(), Error> {
     let ws = Workspace::new(cfg, batch, seq, mode)?;
     let plan: Vec<PlanEntry> = ws.plan();
     heading(
@@ -301,7 +280,7 @@ fn print_workspace(
 }
 
 /// The KV cache of `generate` for a few lengths: `2 · L · capacity · kv · d` f32.
-fn print_kv(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
+fn print_kv(cfg: &Config, markdown: bool) -> Result<(), Error> {
     let per = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4;
     heading(
         markdown,
@@ -340,17 +319,17 @@ fn print_kv(cfg: &Config, markdown: bool) -> Result<(), BoxError> {
 ///
 /// # Errors
 /// moe-core errors (invalid shape, overflow, allocation failure).
-pub fn run(args: PlanArgs) -> Result<(), BoxError> {
-    let cfg = args.profile.config();
+pub fn run(args: PlanArgs) -> Result<(), Error> {
+    let cfg = args.profile.0.config();
     let modes: &[Mode] = match args.mode {
         PlanMode::Inference => &[Mode::Inference],
         PlanMode::Training => &[Mode::Training],
         PlanMode::Both => &[Mode::Inference, Mode::Training],
     };
     if args.markdown {
-        println!("#### Profile `{}`", args.profile.name());
+        println!("#### Profile `{}`", args.profile.0.name());
     } else {
-        println!("profile {}", args.profile.name());
+        println!("profile {}", args.profile.0.name());
     }
     print_flat(&cfg, args.markdown)?;
     for &mode in modes {

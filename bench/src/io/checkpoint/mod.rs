@@ -1,0 +1,358 @@
+//! Checkpoint directories (CONTRACT §8): save, load, training state.
+//!
+//! Parts: [`error`] (`CheckpointError`: a path and what is wrong there),
+//! `config_json` (`config.json` ⇄ [`Config`] through [`HfConfig`]),
+//! `safetensors` (F32 tensor files, the one tensor lookup of loading); the
+//! atomic writes are [`crate::io::atomic`].
+//!
+//! A checkpoint directory holds
+//!
+//! * `config.json` — the Hugging Face Mixtral fields (so that
+//!   `transformers.MixtralForCausalLM.from_pretrained(dir)` loads it), with our
+//!   own keys (`format_version`, `rope_base`, `rope_alpha`) under `"moe_rs"`;
+//! * `model.safetensors` — every tensor of [`Layout::tensors`], by its CONTRACT §2
+//!   name, F32, in flat-layout order (so the data section is the flat parameter
+//!   buffer, byte for byte, little-endian), with `__metadata__ = {"format": "pt"}`;
+//! * for a training checkpoint ([`save_training`]), also `optimizer.safetensors`:
+//!   `m.<name>` for every tensor, then `v.<name>` for every tensor, and the AdamW
+//!   step count in `__metadata__["step"]` (also written into `model.safetensors`'s
+//!   metadata, so that a model file and an optimizer file from different saves are
+//!   detected on load).
+//!
+//! # Atomicity
+//!
+//! Every file is written through [`crate::io::atomic`]: to a hidden temporary
+//! file in the same directory (`.NAME.tmp.PID.N`), flushed and `fsync`ed; only
+//! when *all* files of a save have been written are they renamed over their
+//! final names, then the directory is `fsync`ed. A failing save (disk full, read-only directory, a non-finite
+//! parameter, …) removes its temporary files and leaves the previous checkpoint
+//! untouched; no file is ever half-written under its final name. The only
+//! window in which a directory can hold files of two different saves is between
+//! the renames of one save (a crash there); [`load_training`] detects it through
+//! the step stored in both safetensors files.
+//!
+//! # Loading
+//!
+//! [`load`] never panics on any bytes: every problem is a [`CheckpointError`]
+//! naming the file, the field or tensor, and the expected and actual values.
+//! It also accepts configs written by `transformers`' `save_pretrained`
+//! (`rope_parameters.rope_theta` instead of `rope_theta`, `dtype` instead of
+//! `torch_dtype`).
+
+mod config_json;
+pub mod error;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use moe_core::{Config, Layout, MoETransformer, TrainConfig, Trainer};
+
+use self::error::model_err;
+use self::safetensors::{
+    check_finite_flat, check_tensors, copy_tensors, layout_tensors, stage_safetensors, try_zeroed,
+    StFile,
+};
+use crate::io::atomic::{commit, ensure_dir, stage, Staged};
+
+pub use self::config_json::{
+    config_json, parse_config, read_config, CheckpointConfig, HfConfig, SaveOptions,
+};
+pub use self::error::{CheckpointError, CheckpointErrorKind};
+pub use self::safetensors::{write_f32_safetensors, F32Tensor};
+pub use crate::io::atomic::write_atomic;
+
+type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// File name of the model config inside a checkpoint directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the weights inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of the AdamW state inside a training checkpoint directory.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Version of our checkpoint format, written as `moe_rs.format_version`.
+/// Loading refuses a newer version.
+pub const FORMAT_VERSION: u64 = 1;
+/// `router_aux_loss_coef` written by [`save`] (the CONTRACT §4 default alpha).
+pub const DEFAULT_ROUTER_AUX_LOSS_COEF: f32 = 0.01;
+/// Value of `__metadata__["format"]` in `optimizer.safetensors`.
+pub const OPTIMIZER_FORMAT: &str = "moe-rs/adamw";
+/// Prefix of the caller's extra keys in `optimizer.safetensors`' metadata.
+const EXTRA_PREFIX: &str = "extra.";
+
+// ---------------------------------------------------------------------------------------
+// Model checkpoints
+// ---------------------------------------------------------------------------------------
+
+fn model_metadata(step: Option<u64>) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    // transformers refuses safetensors metadata without a known `format`.
+    m.insert("format".to_owned(), "pt".to_owned());
+    if let Some(s) = step {
+        m.insert("step".to_owned(), s.to_string());
+    }
+    m
+}
+
+/// Stages `config.json` and `model.safetensors` for `model` in `dir`.
+fn stage_model(
+    dir: &Path,
+    model: &MoETransformer,
+    opts: &SaveOptions,
+    step: Option<u64>,
+) -> Result<Vec<Staged>> {
+    let model_path = dir.join(MODEL_FILE);
+    check_finite_flat(&model_path, model.layout(), model.params(), "")?;
+    if !(opts.router_aux_loss_coef.is_finite() && opts.router_aux_loss_coef >= 0.0) {
+        return Err(model_err(dir)(moe_core::Error::InvalidParameter {
+            param: "router_aux_loss_coef",
+            expected: "finite and >= 0",
+            actual: opts.router_aux_loss_coef as f64,
+        }));
+    }
+    ensure_dir(dir)?;
+    let text = config_json(model.config(), opts);
+    let cfg = stage(&dir.join(CONFIG_FILE), |w| w.write_all(text.as_bytes()))?;
+    let tensors = layout_tensors(model.layout(), model.params(), "");
+    let st = stage_safetensors(&model_path, &tensors, &model_metadata(step))?;
+    Ok(vec![cfg, st])
+}
+
+/// Saves `model` to `dir` (created if needed): `config.json` and
+/// `model.safetensors`, atomically (see the module docs), with
+/// `router_aux_loss_coef` 0.01.
+///
+/// # Errors
+/// [`CheckpointErrorKind::Io`]; [`CheckpointErrorKind::NonFinite`] if a parameter is
+/// NaN/Inf (nothing is written then).
+pub fn save(dir: impl AsRef<Path>, model: &MoETransformer) -> Result<()> {
+    save_with(dir, model, &SaveOptions::default())
+}
+
+/// [`save`] with options.
+///
+/// # Errors
+/// As [`save`], and [`CheckpointErrorKind::Model`] for a negative or non-finite
+/// `router_aux_loss_coef`.
+pub fn save_with(dir: impl AsRef<Path>, model: &MoETransformer, opts: &SaveOptions) -> Result<()> {
+    commit(stage_model(dir.as_ref(), model, opts, None)?)
+}
+
+/// Reads the parameters of `cfg` from a parsed `model.safetensors`.
+fn read_params(file: &StFile, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
+    // Bound the work by the file before building the layout: a tiny config
+    // can name millions of tensors (fuzzing found `load` spending seconds and
+    // GBs on that). The precise per-tensor diagnosis below names a missing or
+    // malformed tensor; this coarse check only rejects a config that asks for
+    // far more tensors than the file's header holds.
+    let st = file.parse()?;
+    let per_layer = 7u64.saturating_add(3u64.saturating_mul(cfg.num_local_experts as u64));
+    let required = 3u64.saturating_add((cfg.num_hidden_layers as u64).saturating_mul(per_layer));
+    let present = st.len() as u64;
+    if required > 4 * present + 16 {
+        return Err(CheckpointError::new(
+            &file.path,
+            CheckpointErrorKind::InvalidField {
+                field: "num_hidden_layers / num_local_experts".to_owned(),
+                expected: format!("a model file with the {required} tensors they imply"),
+                found: format!("{present} tensors in the file"),
+            },
+        ));
+    }
+    let layout = Layout::new(cfg).map_err(model_err(&file.path))?;
+    // Names, dtypes and shapes first: a valid file then bounds the allocation.
+    check_tensors(&file.path, &st, &layout, &[""])?;
+    let mut params = try_zeroed(&file.path, layout.total)?;
+    copy_tensors(&file.path, &st, &layout, "", &mut params, false)?;
+    Ok((layout, params))
+}
+
+fn load_with_file(dir: &Path) -> Result<(MoETransformer, StFile)> {
+    let cc = read_config(dir)?;
+    let file = StFile::read(dir.join(MODEL_FILE))?;
+    let (_, params) = read_params(&file, &cc.config)?;
+    let model = MoETransformer::from_params(&cc.config, params).map_err(model_err(dir))?;
+    Ok((model, file))
+}
+
+/// Loads a checkpoint directory written by [`save`], by the golden-fixture
+/// generator, or by `transformers`' `save_pretrained` (float32, one
+/// `model.safetensors` file).
+///
+/// # Errors
+/// [`CheckpointErrorKind::Io`] (missing files), the config errors of
+/// [`parse_config`], and for `model.safetensors`: [`CheckpointErrorKind::Safetensors`],
+/// [`CheckpointErrorKind::Truncated`], [`CheckpointErrorKind::MissingTensor`],
+/// [`CheckpointErrorKind::WrongDtype`], [`CheckpointErrorKind::WrongShape`],
+/// [`CheckpointErrorKind::UnexpectedTensor`], [`CheckpointErrorKind::NonFinite`].
+pub fn load(dir: impl AsRef<Path>) -> Result<MoETransformer> {
+    Ok(load_with_file(dir.as_ref())?.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Training checkpoints
+// ---------------------------------------------------------------------------------------
+
+/// Saves a training checkpoint: [`save`]'s files (with `router_aux_loss_coef` =
+/// the trainer's `aux_alpha`, and the step in `model.safetensors`' metadata) plus
+/// `optimizer.safetensors` with `m.<name>` and `v.<name>` for every tensor and,
+/// in `__metadata__`, `step`, the AdamW hyper-parameters (informative) and
+/// every `extra` entry under the key `extra.<key>`. All three files are
+/// replaced atomically together (see the module docs).
+///
+/// # Errors
+/// As [`save`], and [`CheckpointErrorKind::NonFinite`] for a non-finite moment.
+pub fn save_training(
+    dir: impl AsRef<Path>,
+    trainer: &Trainer,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    let dir = dir.as_ref();
+    let model = trainer.model();
+    let opt = trainer.optimizer();
+    let layout = model.layout();
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    check_finite_flat(&opt_path, layout, &opt.m, "m.")?;
+    check_finite_flat(&opt_path, layout, &opt.v, "v.")?;
+    let opts = SaveOptions {
+        router_aux_loss_coef: trainer.config().aux_alpha,
+    };
+    let mut staged = stage_model(dir, model, &opts, Some(opt.step))?;
+
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_owned(), OPTIMIZER_FORMAT.to_owned());
+    meta.insert("format_version".to_owned(), FORMAT_VERSION.to_string());
+    meta.insert("step".to_owned(), opt.step.to_string());
+    let a = &opt.config;
+    meta.insert("beta1".to_owned(), a.beta1.to_string());
+    meta.insert("beta2".to_owned(), a.beta2.to_string());
+    meta.insert("eps".to_owned(), a.eps.to_string());
+    meta.insert("weight_decay".to_owned(), a.weight_decay.to_string());
+    for (k, v) in extra {
+        meta.insert(format!("{EXTRA_PREFIX}{k}"), v.clone());
+    }
+    let mut tensors = layout_tensors(layout, &opt.m, "m.");
+    tensors.extend(layout_tensors(layout, &opt.v, "v."));
+    // Optimizer state first, so that a crash between renames leaves a newer
+    // optimizer with an older model, which `load_training` detects by step.
+    staged.insert(0, stage_safetensors(&opt_path, &tensors, &meta)?);
+    commit(staged)
+}
+
+fn parse_step(
+    path: &Path,
+    meta: Option<&std::collections::HashMap<String, String>>,
+) -> Result<Option<u64>> {
+    match meta.and_then(|m| m.get("step")) {
+        None => Ok(None),
+        Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
+            CheckpointError::new(
+                path,
+                CheckpointErrorKind::Metadata {
+                    key: "step".into(),
+                    expected: "a non-negative integer".into(),
+                    found: Some(s.clone()),
+                },
+            )
+        }),
+    }
+}
+
+/// [`load_training`], also returning the `extra` map given to [`save_training`].
+///
+/// # Errors
+/// As [`load_training`].
+pub fn load_training_with_extra(
+    dir: impl AsRef<Path>,
+    config: TrainConfig,
+    max_batch: usize,
+    max_seq: usize,
+) -> Result<(Trainer, BTreeMap<String, String>)> {
+    let dir = dir.as_ref();
+    let (model, model_file) = load_with_file(dir)?;
+    let model_step = parse_step(&model_file.path, model_file.metadata()?.as_ref())?;
+    drop(model_file);
+
+    let file = StFile::read(dir.join(OPTIMIZER_FILE))?;
+    let st = file.parse()?;
+    let meta = file.metadata()?;
+    let format = meta.as_ref().and_then(|m| m.get("format"));
+    if format.map(String::as_str) != Some(OPTIMIZER_FORMAT) {
+        return Err(CheckpointError::new(
+            &file.path,
+            CheckpointErrorKind::Metadata {
+                key: "format".into(),
+                expected: format!("\"{OPTIMIZER_FORMAT}\""),
+                found: format.cloned(),
+            },
+        ));
+    }
+    if let Some(v) = meta.as_ref().and_then(|m| m.get("format_version")) {
+        if v.parse::<u64>().map_or(true, |x| x > FORMAT_VERSION) {
+            return Err(CheckpointError::new(
+                &file.path,
+                CheckpointErrorKind::Metadata {
+                    key: "format_version".into(),
+                    expected: format!("an integer <= {FORMAT_VERSION}"),
+                    found: Some(v.clone()),
+                },
+            ));
+        }
+    }
+    let step = parse_step(&file.path, meta.as_ref())?.ok_or_else(|| {
+        CheckpointError::new(
+            &file.path,
+            CheckpointErrorKind::Metadata {
+                key: "step".into(),
+                expected: "the AdamW step count".into(),
+                found: None,
+            },
+        )
+    })?;
+    if model_step != Some(step) {
+        return Err(CheckpointError::new(
+            dir,
+            CheckpointErrorKind::StepMismatch {
+                model_step,
+                optimizer_step: step,
+            },
+        ));
+    }
+    let layout = model.layout().clone();
+    check_tensors(&file.path, &st, &layout, &["m.", "v."])?;
+
+    let mut trainer = Trainer::new(model, config, max_batch, max_seq).map_err(model_err(dir))?;
+    let opt = trainer.optimizer_mut();
+    copy_tensors(&file.path, &st, &layout, "m.", &mut opt.m, false)?;
+    copy_tensors(&file.path, &st, &layout, "v.", &mut opt.v, true)?;
+    opt.step = step;
+
+    let extra = meta
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| k.strip_prefix(EXTRA_PREFIX).map(|k| (k.to_owned(), v)))
+        .collect();
+    Ok((trainer, extra))
+}
+
+/// Loads a training checkpoint written by [`save_training`] into a new
+/// [`Trainer`] (steps of up to `max_batch × max_seq` tokens) whose parameters,
+/// AdamW moments and step count are those saved, so that training resumes
+/// bit-identically. The hyper-parameters are those of `config` (the saved
+/// AdamW values are informative only).
+///
+/// # Errors
+/// As [`load`], plus for `optimizer.safetensors`: missing/invalid `format` or
+/// `step` metadata ([`CheckpointErrorKind::Metadata`]), a step different from the
+/// model file's ([`CheckpointErrorKind::StepMismatch`]), the tensor errors of
+/// [`load`] for `m.*`/`v.*`, a negative second moment
+/// ([`CheckpointErrorKind::InvalidValue`]), and [`CheckpointErrorKind::Model`] for an
+/// invalid `config` or workspace size.
+pub fn load_training(
+    dir: impl AsRef<Path>,
+    config: TrainConfig,
+    max_batch: usize,
+    max_seq: usize,
+) -> Result<Trainer> {
+    Ok(load_training_with_extra(dir, config, max_batch, max_seq)?.0)
+}

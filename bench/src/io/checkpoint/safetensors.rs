@@ -1,0 +1,389 @@
+//! safetensors files: writing F32 tensors deterministically (atomically, see
+//! [`crate::io::atomic`]) and reading them back with every problem named.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use moe_core::{Layout, TensorInfo};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::error::{io_err, model_err};
+use super::{CheckpointError, CheckpointErrorKind, Result};
+use crate::io::atomic::{commit, stage, Staged};
+
+// ---------------------------------------------------------------------------------------
+// Writing (F32 only, in the given order, deterministic bytes)
+// ---------------------------------------------------------------------------------------
+
+/// One F32 tensor to write: name, shape (`[]` for a scalar) and row-major data.
+#[derive(Debug, Clone)]
+pub struct F32Tensor<'a> {
+    /// Tensor name.
+    pub name: String,
+    /// Shape; its product must equal `data.len()` (`[]` means one element).
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: &'a [f32],
+}
+
+fn invalid_input(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// The safetensors header for `tensors` (stored in the given order) and
+/// `metadata` (keys sorted), padded with spaces to a multiple of 8 bytes.
+fn safetensors_header(
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> io::Result<Vec<u8>> {
+    let mut parts: Vec<String> = Vec::with_capacity(tensors.len() + 1);
+    if !metadata.is_empty() {
+        parts.push(format!(
+            "\"__metadata__\":{}",
+            serde_json::to_string(metadata).map_err(io::Error::other)?
+        ));
+    }
+    let mut seen = HashSet::with_capacity(tensors.len());
+    let mut off = 0u64;
+    for t in tensors {
+        if t.name == "__metadata__" || !seen.insert(t.name.as_str()) {
+            return Err(invalid_input(format!(
+                "tensor name `{}` is reserved or duplicated",
+                t.name
+            )));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| invalid_input(format!("tensor `{}`: shape overflows", t.name)))?;
+        if numel != t.data.len() {
+            return Err(invalid_input(format!(
+                "tensor `{}`: shape {:?} has {numel} elements but {} values were given",
+                t.name,
+                t.shape,
+                t.data.len()
+            )));
+        }
+        let end = off + 4 * numel as u64;
+        parts.push(format!(
+            "{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{off},{end}]}}",
+            serde_json::to_string(&t.name).map_err(io::Error::other)?,
+            serde_json::to_string(&t.shape).map_err(io::Error::other)?,
+        ));
+        off = end;
+    }
+    let mut header = format!("{{{}}}", parts.join(",")).into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    Ok(header)
+}
+
+fn write_f32_le(w: &mut dyn Write, data: &[f32]) -> io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    for chunk in data.chunks(buf.len() / 4) {
+        for (dst, x) in buf.chunks_exact_mut(4).zip(chunk) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&buf[..4 * chunk.len()])?;
+    }
+    Ok(())
+}
+
+fn write_safetensors_to(
+    w: &mut dyn Write,
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> io::Result<()> {
+    let header = safetensors_header(tensors, metadata)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    for t in tensors {
+        write_f32_le(w, t.data)?;
+    }
+    Ok(())
+}
+
+pub(super) fn stage_safetensors(
+    path: &Path,
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Staged> {
+    stage(path, |w| write_safetensors_to(w, tensors, metadata))
+}
+
+/// Writes a safetensors file of F32 tensors atomically (see [`write_atomic`](crate::io::atomic::write_atomic)),
+/// tensors in the given order, `__metadata__` keys sorted: the same inputs
+/// always give the same bytes.
+///
+/// # Errors
+/// [`CheckpointErrorKind::Io`]; also for duplicate names or a shape that does not
+/// match its data (`InvalidInput`).
+pub fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    commit(vec![stage_safetensors(path, tensors, metadata)?])
+}
+
+/// Every tensor of `layout`, with its name prefixed by `prefix` and its data from `flat`.
+pub(super) fn layout_tensors<'a>(
+    layout: &Layout,
+    flat: &'a [f32],
+    prefix: &str,
+) -> Vec<F32Tensor<'a>> {
+    layout
+        .tensors()
+        .iter()
+        .map(|t| F32Tensor {
+            name: format!("{prefix}{}", t.name),
+            shape: t.shape.clone(),
+            data: &flat[t.range()],
+        })
+        .collect()
+}
+
+pub(super) fn check_finite_flat(
+    path: &Path,
+    layout: &Layout,
+    flat: &[f32],
+    prefix: &str,
+) -> Result<()> {
+    if let Some(i) = flat.iter().position(|x| !x.is_finite()) {
+        let t = layout
+            .tensors()
+            .iter()
+            .find(|t| t.range().contains(&i))
+            .map(|t| (format!("{prefix}{}", t.name), i - t.offset))
+            .unwrap_or_else(|| (format!("{prefix}<flat>"), i));
+        return Err(CheckpointError::new(
+            path,
+            CheckpointErrorKind::NonFinite {
+                name: t.0,
+                index: t.1,
+                value: flat[i],
+            },
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------
+
+/// Explains a safetensors parse failure as truncation when the header says
+/// the file should be longer than it is.
+fn diagnose_truncation(buf: &[u8]) -> Option<(Option<String>, u64)> {
+    let actual = buf.len() as u64;
+    let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
+    if n > 100_000_000 {
+        return None; // not a plausible header length: garbage, not truncation
+    }
+    let header_end = 8 + n;
+    if header_end > actual {
+        return Some((None, header_end));
+    }
+    let header: Value = serde_json::from_slice(&buf[8..header_end as usize]).ok()?;
+    let mut worst: Option<(String, u64)> = None;
+    for (name, info) in header.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offs = info.get("data_offsets")?.as_array()?;
+        let end = offs.get(1)?.as_u64()?;
+        let start = offs.first()?.as_u64()?;
+        let file_end = header_end.checked_add(end)?;
+        if file_end > actual {
+            // Report the tensor that is cut first, i.e. with the lowest start.
+            let better = match &worst {
+                Some((_, s)) => start < *s,
+                None => true,
+            };
+            if better {
+                worst = Some((name.clone(), start));
+            }
+        }
+    }
+    let max_end = header
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, i)| i.get("data_offsets")?.as_array()?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let (name, _) = worst?;
+    Some((Some(name), header_end + max_end))
+}
+
+/// A whole safetensors file in memory.
+pub(super) struct StFile {
+    pub(super) path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl StFile {
+    pub(super) fn read(path: PathBuf) -> Result<Self> {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        Ok(StFile { path, bytes })
+    }
+
+    pub(super) fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.bytes).map_err(|source| {
+            if let Some((tensor, expected_bytes)) = diagnose_truncation(&self.bytes) {
+                CheckpointError::new(
+                    &self.path,
+                    CheckpointErrorKind::Truncated {
+                        tensor,
+                        expected_bytes,
+                        actual_bytes: self.bytes.len() as u64,
+                    },
+                )
+            } else {
+                CheckpointError::new(&self.path, CheckpointErrorKind::Safetensors { source })
+            }
+        })
+    }
+
+    pub(super) fn metadata(&self) -> Result<Option<HashMap<String, String>>> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|source| {
+            CheckpointError::new(&self.path, CheckpointErrorKind::Safetensors { source })
+        })?;
+        Ok(meta.metadata().clone())
+    }
+}
+
+fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+/// The one tensor lookup of loading: `prefix + t.name` in `st`, which must be
+/// F32 with `t`'s shape. Used by [`check_tensors`] (every name first, so that
+/// a valid file bounds the allocation) and by [`copy_tensors`].
+fn lookup<'a>(
+    path: &Path,
+    st: &SafeTensors<'a>,
+    prefix: &str,
+    t: &TensorInfo,
+) -> Result<(String, TensorView<'a>)> {
+    let name = format!("{prefix}{}", t.name);
+    let err = |kind| Err(CheckpointError::new(path, kind));
+    let Ok(view) = st.tensor(&name) else {
+        return err(CheckpointErrorKind::MissingTensor { name });
+    };
+    if view.dtype() != Dtype::F32 {
+        let found = dtype_name(view.dtype());
+        return err(CheckpointErrorKind::WrongDtype { name, found });
+    }
+    if view.shape() != t.shape.as_slice() {
+        let (expected, found) = (t.shape.clone(), view.shape().to_vec());
+        return err(CheckpointErrorKind::WrongShape {
+            name,
+            expected,
+            found,
+        });
+    }
+    Ok((name, view))
+}
+
+/// Checks that `st` holds exactly the tensors of `layout` (each name with
+/// `prefix` in each of `prefixes`), F32, with the layout's shapes.
+pub(super) fn check_tensors(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    layout: &Layout,
+    prefixes: &[&str],
+) -> Result<()> {
+    for prefix in prefixes {
+        for t in layout.tensors() {
+            lookup(path, st, prefix, t)?;
+        }
+    }
+    let expected: HashSet<String> = prefixes
+        .iter()
+        .flat_map(|p| {
+            layout
+                .tensors()
+                .iter()
+                .map(move |t| format!("{p}{}", t.name))
+        })
+        .collect();
+    // Report unexpected names in file order, for a stable message.
+    let mut names: Vec<(usize, &str)> = st
+        .iter()
+        .map(|(n, v)| (v.data().as_ptr() as usize, n))
+        .collect();
+    names.sort();
+    if let Some((_, name)) = names.iter().find(|(_, n)| !expected.contains(*n)) {
+        let name = (*name).to_owned();
+        return Err(CheckpointError::new(
+            path,
+            CheckpointErrorKind::UnexpectedTensor { name },
+        ));
+    }
+    Ok(())
+}
+
+/// Copies `prefix + name` of every layout tensor into `flat` (already checked
+/// by [`check_tensors`]), rejecting non-finite values and, with `non_negative`,
+/// negative ones.
+pub(super) fn copy_tensors(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    layout: &Layout,
+    prefix: &str,
+    flat: &mut [f32],
+    non_negative: bool,
+) -> Result<()> {
+    for t in layout.tensors() {
+        let (name, view) = lookup(path, st, prefix, t)?;
+        let data = view.data();
+        let out = flat.get_mut(t.range()).unwrap_or_default();
+        if data.len() != 4 * out.len() {
+            // Unreachable after `lookup` and safetensors' own validation.
+            let (expected, found) = (t.shape.clone(), vec![data.len() / 4]);
+            return Err(CheckpointError::new(
+                path,
+                CheckpointErrorKind::WrongShape {
+                    name,
+                    expected,
+                    found,
+                },
+            ));
+        }
+        for (index, (o, b)) in out.iter_mut().zip(data.chunks_exact(4)).enumerate() {
+            let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if !value.is_finite() {
+                let kind = CheckpointErrorKind::NonFinite { name, index, value };
+                return Err(CheckpointError::new(path, kind));
+            }
+            if non_negative && value < 0.0 {
+                let expected = ">= 0";
+                let kind = CheckpointErrorKind::InvalidValue {
+                    name,
+                    index,
+                    value,
+                    expected,
+                };
+                return Err(CheckpointError::new(path, kind));
+            }
+            *o = value;
+        }
+    }
+    Ok(())
+}
+
+/// `len` zeros, or [`CheckpointErrorKind::Model`] (`AllocationFailed`) about `path`.
+pub(super) fn try_zeroed(path: &Path, len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        let bytes = len.saturating_mul(4);
+        model_err(path)(moe_core::Error::AllocationFailed { bytes })
+    })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}

@@ -1,0 +1,11 @@
+//! The integration tests of moe-bench, in one test binary: with fat LTO
+//! every test binary is a separate whole-program link, so one binary instead
+//! of five cuts the build of `cargo test -p moe-bench --release`. Each
+//! module is one former `bench/tests/NAME.rs` (test names are now
+//! `NAME::test`).
+
+mod checkpoint;
+mod cli;
+mod grads;
+mod json_schema;
+mod stress;
