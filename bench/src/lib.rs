@@ -36,6 +36,15 @@ pub mod report;
 
 pub use error::Error;
 
+// `--features accelerate` (Apple's Accelerate as the CBLAS backend) exists for
+// macOS only; elsewhere say so at compile time instead of failing to link.
+#[cfg(all(feature = "accelerate", not(target_os = "macos")))]
+compile_error!(
+    "the `accelerate` feature needs macOS (Apple's Accelerate framework); on Linux use `--features openblas`"
+);
+#[cfg(all(feature = "accelerate", target_os = "macos"))]
+extern crate accelerate_src;
+
 pub use cli::{generate, grads, stress, train};
 pub use io::{checkpoint, corpus};
 

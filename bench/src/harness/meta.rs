@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use moe_core::kernels::matmul::Backend;
+use moe_core::kernels::gemm::Backend;
 
 use super::schema::{Metadata, SCHEMA_VERSION};
 use super::sys::os::{kernel, load_average};

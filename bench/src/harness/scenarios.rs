@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
-use moe_core::kernels::matmul::{gemm_with, Backend, Mat};
+use moe_core::kernels::gemm::{gemm_with, Backend, Mat};
 use moe_core::kernels::softmax;
 use moe_core::{
     rmsnorm, ChaCha8Rng, Config, Decoder, MoETransformer, Mode, SamplingStrategy, SeedableRng,

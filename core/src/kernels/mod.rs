@@ -6,13 +6,6 @@
 pub mod gemm;
 pub mod softmax;
 
-/// The former path of the GEMM dispatcher (`kernels::matmul`), kept so that
-/// downstream code keeps compiling; new code uses [`gemm`].
-#[doc(hidden)]
-pub mod matmul {
-    pub use super::gemm::{gemm, gemm_with, Backend, Mat};
-}
-
 /// `exp` in `f32`, branch-free so that loops over it vectorise (libm's `expf`
 /// is a scalar call and dominated the forward pass).
 ///

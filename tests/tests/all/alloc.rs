@@ -2,56 +2,20 @@
 //! the trainer exist, a forward pass and a training step allocate nothing.
 //! A counting global allocator counts this thread's allocations.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use moe_bench::harness::sys::alloc_counter::{AllocSnapshot, CountingAlloc};
 use moe_core::{Config, MoETransformer, Mode, TrainConfig, Trainer};
 
-struct Counting;
-
-thread_local! {
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-    static BYTES: Cell<u64> = const { Cell::new(0) };
-}
-
-fn record(size: usize) {
-    // `try_with`: the thread-local may already be gone during thread teardown.
-    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-    let _ = BYTES.try_with(|b| b.set(b.get() + size as u64));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged;
-// the bookkeeping touches only const-initialised thread-locals and never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
-        // SAFETY: as above; `ptr`/`layout` come from this allocator, i.e. from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+// The tool's counting allocator (one implementation for the benchmark and the
+// tests); its per-thread counters keep other test threads out of the counts.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// (allocations, bytes) made by `f` on this thread.
 fn count<R>(f: impl FnOnce() -> R) -> (u64, u64, R) {
-    let (c0, b0) = (COUNT.with(Cell::get), BYTES.with(Cell::get));
+    let before = AllocSnapshot::this_thread();
     let r = f();
-    (COUNT.with(Cell::get) - c0, BYTES.with(Cell::get) - b0, r)
+    let d = AllocSnapshot::this_thread().since(before);
+    (d.count, d.bytes, r)
 }
 
 fn tokens(n: usize, v: usize, salt: u32) -> Vec<u32> {

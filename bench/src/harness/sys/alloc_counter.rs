@@ -8,12 +8,23 @@
 //!   request to the allocator, as in divan's counter);
 //! * `dealloc` is not subtracted: the counters measure allocation *traffic*,
 //!   not live heap.
+//!
+//! Besides the process-wide counters it keeps the same two counters per
+//! thread ([`AllocSnapshot::this_thread`]), so that a test running beside
+//! other test threads can assert that *its* work allocated exactly nothing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static BYTES: AtomicU64 = AtomicU64::new(0);
 static COUNT: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // Const-initialised: reading them never allocates (no lazy init).
+    static THREAD_BYTES: Cell<u64> = const { Cell::new(0) };
+    static THREAD_COUNT: Cell<u64> = const { Cell::new(0) };
+}
 
 /// The system allocator with counters; installed as `#[global_allocator]` in `main.rs`.
 #[derive(Debug)]
@@ -23,11 +34,14 @@ pub struct CountingAlloc;
 fn record(size: usize) {
     BYTES.fetch_add(size as u64, Ordering::Relaxed);
     COUNT.fetch_add(1, Ordering::Relaxed);
+    // `try_with`: the thread-locals may already be gone during thread teardown.
+    let _ = THREAD_BYTES.try_with(|b| b.set(b.get() + size as u64));
+    let _ = THREAD_COUNT.try_with(|c| c.set(c.get() + 1));
 }
 
 // SAFETY: every method forwards its arguments unchanged to `System`, which
 // upholds the `GlobalAlloc` contract; the counters are lock-free atomics and
-// never allocate, so there is no re-entrancy.
+// and const-initialised thread-locals never allocate, so there is no re-entrancy.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
@@ -71,6 +85,15 @@ impl AllocSnapshot {
         AllocSnapshot {
             bytes: BYTES.load(Ordering::Relaxed),
             count: COUNT.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads the calling thread's counters (allocations made on this thread only).
+    #[inline]
+    pub fn this_thread() -> Self {
+        AllocSnapshot {
+            bytes: THREAD_BYTES.with(Cell::get),
+            count: THREAD_COUNT.with(Cell::get),
         }
     }
 
