@@ -110,9 +110,9 @@ core_group() {
   case "$1" in
     embedding.rs | rmsnorm.rs | rope.rs | attention.rs | router.rs | swiglu.rs | moe.rs | linear.rs | model.rs) echo forward ;;
     optim.rs | train.rs | loss.rs) echo optimizer ;;
-    generate.rs) echo sampling ;;
+    generate.rs | sampling.rs | kv_cache.rs) echo sampling ;;
     kernels/*) echo kernels ;;
-    config.rs | layout.rs | arena.rs | error.rs | lib.rs) echo infrastructure ;;
+    config.rs | layout.rs | arena.rs | workspace.rs | error.rs | lib.rs) echo infrastructure ;;
     *) echo other ;;
   esac
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch baseline for the moe-rs benchmark (spec §6-§7, CONTRACT §7 schema).
 
-Runs the same scenarios as `moe bench` (bench/src/scenarios.rs) — same ids,
+Runs the same scenarios as `moe bench` (bench/src/harness/scenarios.rs) — same ids,
 parameters, fixtures, FLOP and token counts, warmup/trial protocol and
-statistics (type-7 quantiles, bench/src/stats.rs) — on a PyTorch model, and
+statistics (type-7 quantiles, bench/src/harness/stats.rs) — on a PyTorch model, and
 writes `benchmarks/pytorch.json` in our schema, so that
 
     moe report benchmarks/rust.json benchmarks/pytorch.json
@@ -85,7 +85,7 @@ SCHEMA_VERSION_FALLBACK = 1
 
 
 def schema_version() -> int:
-    """`SCHEMA_VERSION` of bench/src/schema.rs (so the two files always agree)."""
+    """`SCHEMA_VERSION` of bench/src/harness/schema.rs (so the two files always agree)."""
     try:
         m = re.search(r"pub const SCHEMA_VERSION: u64 = (\d+);", SCHEMA_RS.read_text())
         if m:
@@ -436,7 +436,7 @@ def parity_check(attn: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fixtures (bench/src/scenarios.rs)
+# Fixtures (bench/src/harness/scenarios.rs)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -458,7 +458,7 @@ def fixture_uniform(seed: int, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# FLOP and token counts (bench/src/flops.rs, docs/flops.md)
+# FLOP and token counts (bench/src/harness/flops.rs, docs/flops.md)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -479,7 +479,7 @@ assert flops_forward(TINY, 2, 32) == 36_585_472 and flops_train(SCALE_256, 2, 8)
 
 
 # ---------------------------------------------------------------------------------------------
-# Scenario table (same ids, axes and params as bench/src/scenarios.rs)
+# Scenario table (same ids, axes and params as bench/src/harness/scenarios.rs)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -616,7 +616,7 @@ gc.callbacks.append(_gc_callback)
 
 
 class Probe:
-    """Brackets the timed region: CPU clock -> wall clock ... wall clock -> CPU clock (as bench/src/measure.rs)."""
+    """Brackets the timed region: CPU clock -> wall clock ... wall clock -> CPU clock (as bench/src/harness/measure.rs)."""
 
     def __init__(self):
         self.wall: list[int] = []
@@ -652,7 +652,7 @@ def measure(warmup: int, trials: int, iteration) -> tuple[list[int], list[int], 
 
 
 def quantile(values: list[int], p: float) -> float:
-    """Hyndman & Fan type 7 (bench/src/stats.rs, numpy's default)."""
+    """Hyndman & Fan type 7 (bench/src/harness/stats.rs, numpy's default)."""
     x = sorted(float(v) for v in values)
     if not x:
         return 0.0
@@ -1102,7 +1102,7 @@ META_FIELDS = ["language", "language_version", "os", "cpu_model", "timestamp", "
 
 
 def rust_ids() -> tuple[list[str], list[str]]:
-    """(spec ids, all ids) of bench/src/scenarios.rs's SCENARIOS table, in order."""
+    """(spec ids, all ids) of bench/src/harness/scenarios.rs's SCENARIOS table, in order."""
     text = SCENARIOS_RS.read_text()
     body = text[text.index("pub const SCENARIOS"):]
     body = body[: body.index("\n];")]
@@ -1130,7 +1130,7 @@ def validate(path: Path, expect_ids: list[str] | None = None) -> list[str]:
             problems.append(f"scenario {i} missing")
     for i in got:
         if i not in ours:
-            problems.append(f"scenario {i} is not an id of bench/src/scenarios.rs")
+            problems.append(f"scenario {i} is not an id of bench/src/harness/scenarios.rs")
     if len(set(got)) != len(got):
         problems.append("duplicate scenario ids")
     for s in doc.get("scenarios", []):
@@ -1278,7 +1278,7 @@ def main(argv=None) -> int:
     spec, ours = rust_ids()
     absent = [i for i in ours if i not in {s["id"] for s in results}]
     if not o.only:
-        print("ids of bench/src/scenarios.rs not in this file: "
+        print("ids of bench/src/harness/scenarios.rs not in this file: "
               + (", ".join(f"{i} ({RUST_ONLY.get(i, 'not run')})" for i in absent) or "none"))
     if probs:
         print("validation problems:\n  " + "\n  ".join(probs), file=sys.stderr)
