@@ -539,7 +539,7 @@ fn notes(reports: &[CaseReport]) -> Vec<String> {
              (`m/√Inf = 0`), and `checkpoint::save_training` then refuses the state \
              (`NonFinite` in `v.*`). torch's float32 AdamW overflows the same way, but \
              CONTRACT §6 asks for a typed error, not silent non-finite state \
-             (`known_bug_adamw_second_moment_overflows_silently` in `bench/tests/stress.rs`).",
+             (`known_bug_adamw_second_moment_overflows_silently` in `bench/tests/all/stress.rs`).",
             moments.join(", ")
         ));
     }
@@ -562,7 +562,7 @@ pub fn render_markdown(reports: &[CaseReport], command: &str, seed: u64) -> Stri
          Each case rescales some parameters, runs one inference forward over `[b, t]`, then \
          its training steps (`Trainer::train_step`; default AdamW, β 0.9/0.999, wd 0.01), \
          with an inference forward at the new weights after every successful step. See \
-         `bench/src/stress.rs`; `bench/tests/stress.rs` asserts the verdicts.\n",
+         `bench/src/cli/stress.rs`; `bench/tests/all/stress.rs` asserts the verdicts.\n",
         cfg.vocab_size,
         cfg.hidden_size,
         cfg.num_hidden_layers,

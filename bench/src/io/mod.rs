@@ -1,5 +1,7 @@
-//! Files: atomic writes, the text corpus, checkpoint directories.
+//! Files: atomic writes, bounded reads of untrusted inputs, the text corpus,
+//! checkpoint directories.
 
 pub mod atomic;
 pub mod checkpoint;
 pub mod corpus;
+pub mod read;
