@@ -483,14 +483,14 @@ pub fn run(args: TrainArgs) -> Result<(), BoxError> {
             if *found != args.profile.config() {
                 eprintln!("note: the model config is taken from the checkpoint ({profile_name}), not --profile");
             }
-            let step = trainer.optimizer().step;
+            let step = trainer.optimizer().step();
             let mut rows = read_csv(&run_dir.join(LOSS_CSV))?;
             rows.retain(|r| r.step <= step);
             (trainer, rows)
         }
     };
     let extra = run_extra(&args, &profile_name, &data, &schedule);
-    let start = trainer.optimizer().step;
+    let start = trainer.optimizer().step();
     let cfg = *trainer.model().config();
     let params = cfg.param_counts();
 

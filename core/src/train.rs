@@ -122,7 +122,8 @@ impl Trainer {
         &self.opt
     }
 
-    /// Optimiser state, mutably (to restore a training checkpoint).
+    /// Optimiser state, mutably (to restore a training checkpoint through its
+    /// validating setters [`AdamW::set_moments`] and [`AdamW::set_step`]).
     pub fn optimizer_mut(&mut self) -> &mut AdamW {
         &mut self.opt
     }
@@ -228,7 +229,7 @@ impl Trainer {
                 index: 0,
             });
         }
-        let lr = self.config.schedule.at(self.opt.step);
+        let lr = self.config.schedule.at(self.opt.step());
         let scale = match hook {
             None => coef,
             Some(hook) => {
@@ -240,14 +241,14 @@ impl Trainer {
             }
         };
         self.opt
-            .update_scaled(self.model.params_mut(), &self.grads, lr, scale);
+            .update_scaled(self.model.params_mut(), &self.grads, lr, scale)?;
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,
             aux_loss: losses.aux,
             grad_norm,
             lr,
-            step: self.opt.step,
+            step: self.opt.step(),
         })
     }
 }
