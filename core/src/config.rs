@@ -272,6 +272,10 @@ impl Config {
     }
 
     /// Width of the fused q/k/v projection output, `(h + 2·kv)·d`.
+    ///
+    /// # Panics
+    /// In debug builds, on arithmetic overflow for a config that
+    /// [`Config::validate`] would reject (its parameter count must fit in `u64`).
     pub const fn qkv_dim(&self) -> usize {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
     }
@@ -387,6 +391,6 @@ impl Dims {
     }
     /// Routed slots, `n·k`.
     pub fn s(&self) -> usize {
-        self.n * self.k
+        self.n.saturating_mul(self.k)
     }
 }

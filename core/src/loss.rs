@@ -89,6 +89,9 @@ pub fn cross_entropy(
 
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
 /// accumulated from each layer's `counts: [e]` and `rprobs: [n, e]`.
+///
+/// # Panics
+/// If `f` is empty (`e = 0`) while `rprobs` is not.
 pub fn aux_accumulate(f: &mut [f32], p: &mut [f32], counts: &[u32], rprobs: &[f32]) {
     let e = f.len();
     for (fe, &cnt) in f.iter_mut().zip(counts) {

@@ -118,6 +118,10 @@ impl MoETransformer {
     /// `(2u − 1)/√in` (PyTorch's `nn.Linear` default bound), the embedding
     /// `(2u − 1)·√3` (unit variance, like `nn.Embedding`'s N(0, 1)); norm
     /// weights are 1.0 and draw nothing.
+    ///
+    /// # Panics
+    /// If `params` is shorter than `layout.total` ([`MoETransformer::new`]
+    /// allocates it from the layout).
     pub fn init(layout: &Layout, params: &mut [f32], seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         const TO_UNIT: f32 = 1.0 / (1u32 << 24) as f32;

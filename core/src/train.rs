@@ -171,6 +171,9 @@ impl Trainer {
     /// into the AdamW pass (the gradient buffer keeps the unclipped values);
     /// the result is bit-identical to [`Trainer::train_step_with_hook`] with a
     /// hook that does nothing.
+    ///
+    /// # Errors
+    /// As [`Trainer::train_step_with_hook`].
     pub fn train_step(
         &mut self,
         tokens: &[TokenId],
@@ -188,7 +191,8 @@ impl Trainer {
     /// # Errors
     /// Any input error of [`MoETransformer::loss_and_grad`]; [`Error::NonFinite`]
     /// if the loss or the gradient norm is not finite (the weights are then left
-    /// untouched).
+    /// untouched); the errors of [`AdamW::update_scaled`] (e.g. a hook that
+    /// leaves a NaN gradient: refused before any state changes).
     pub fn train_step_with_hook<F: FnMut(&mut [f32], &Layout)>(
         &mut self,
         tokens: &[TokenId],
