@@ -10,10 +10,10 @@
 //! * `Ok` never carries a non-finite value (logits, losses, every gradient;
 //!   generated ids are `< vocab`);
 //! * for NaN and ±∞ an `Ok` is also **bit-identical** to the clean model's
-//!   result — such a value either propagates (and is refused) or provably
-//!   cannot reach the output (e.g. a weight of an expert no token is routed to,
-//!   or an embedding row of a token that does not occur), never half-way.
-//!   `f32::MAX` is a finite weight, so a changed but finite result is correct.
+//!   result (for `generate`: the same tokens) — such a value either propagates
+//!   (and is refused) or cannot reach the output (e.g. an embedding row of a
+//!   token that does not occur), never half-way. `f32::MAX` is a finite
+//!   weight, so a changed but finite result is correct.
 //!
 //! Pre-fix (issue 12, defect 1) this test fails: a NaN in `q_proj`/`k_proj`
 //! made whole attention score rows NaN, the softmax took its "fully masked"
@@ -251,19 +251,21 @@ fn render(rows: &[(String, &'static str, [Outcome; 4])]) -> String {
          if this file is out of date. Linked from `docs/stability.md`.\n\n",
     );
     s.push_str(
-        "Model: `Config::tiny()`, seed 42. One element of one tensor (layer 0; the element \
-         `[0, 0]`, for the expert matrices of every expert of layer 0) is set through \
-         `params_mut()`. Entry points: `forward` over `[2, 4]` tokens `(37·i + 11) mod v`; \
+        "Model: `Config::tiny()`, seed 42. One element is set through `params_mut()`: \
+         element `[0, 0]` of the tensor (layer 0; for the expert matrices, of every expert \
+         of layer 0; for the embedding, column 0 of the named row). Entry points: `forward` over `[2, 4]` tokens `(37·i + 11) mod v`; \
          `generate` from a 3-token prompt to 6 tokens, greedy and `Temperature(0.8)` (seeded); \
          `loss_and_grad` over the same `[2, 4]` with next-token targets, aux alpha 0.01.\n\n",
     );
     s.push_str(
         "Asserted for every cell: an error is `Error::NonFinite` (its `what` is shown); `Ok` \
          never holds a NaN/Inf (logits, losses, every gradient); for NaN and +Inf an `Ok` is \
-         bit-identical to the clean model (*ok, unchanged*: the value cannot reach the output, \
-         e.g. an expert no token is routed to, or an embedding row of an absent token). \
-         `f32::MAX` is a finite weight: *ok, finite (changed)* is then the correct result \
-         of that weight.\n\n",
+         bit-identical to the clean model (*ok, unchanged*; for `generate`, the same tokens): \
+         the value cannot reach the output, as for the embedding row of an absent token. \
+         With these inputs every expert of layer 0 receives a token in `forward` and \
+         `loss_and_grad`, so no NaN/Inf expert weight is in that class there. `f32::MAX` is a \
+         finite weight: *ok, finite (changed)* is then the correct result of that weight \
+         (for `generate`: other tokens).\n\n",
     );
     let total = rows.len() * 4;
     let refused = rows
