@@ -1049,6 +1049,23 @@ fn build() -> Table {
         "Metadata",
     );
     fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
+    let pristine_model = fs::read(dir.join(MODEL_FILE)).unwrap();
+    for file in [MODEL_FILE, OPTIMIZER_FILE] {
+        edit_raw(&dir.join(file), |_, meta| {
+            meta.insert("step".to_owned(), u64::MAX.to_string());
+        });
+    }
+    let r = checkpoint::load_training(&dir, tc, 1, 4);
+    c.row(
+        "`step` = `u64::MAX` in both files (beyond AdamW's 2⁵³, `AdamW::set_step`)",
+        "`checkpoint::load_training(dir, cfg, b, t)`",
+        "`reliability.rs::adamw_refuses_absurd_steps`",
+        &dir,
+        r,
+        "Model",
+    );
+    fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
+    fs::write(dir.join(MODEL_FILE), &pristine_model).unwrap();
     save(&dir, tr.model()).unwrap();
     let r = checkpoint::load_training(&dir, tc, 1, 4);
     c.row(
