@@ -76,9 +76,9 @@ pub struct PlanEntry {
 }
 
 impl PlanEntry {
-    /// Bytes of all copies.
+    /// Bytes of all copies (saturating; a plan that big is refused when built).
     pub fn bytes(&self) -> usize {
-        self.elems * self.copies * 4
+        self.elems.saturating_mul(self.copies).saturating_mul(4)
     }
 }
 

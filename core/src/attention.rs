@@ -17,16 +17,69 @@
 //! `dk`, `dv` sum over the `h/kv` query heads that share a KV head.
 
 use crate::config::Dims;
+use crate::error::{Error, Result};
 use crate::kernels::{axpy, dot, softmax};
 use crate::kv_cache::KvSource;
+
+/// `Err(ShapeMismatch)` unless `len >= need`.
+fn need(arg: &'static str, len: usize, need: usize) -> Result<()> {
+    if len < need {
+        return Err(Error::ShapeMismatch {
+            arg,
+            expected: need,
+            actual: len,
+        });
+    }
+    Ok(())
+}
+
+/// `Err` unless the head layout of `dm` is usable: `kv > 0`, `h % kv == 0`, `d > 0`.
+fn check_heads(dm: &Dims) -> Result<()> {
+    if dm.kv == 0 || dm.h % dm.kv != 0 {
+        return Err(Error::InvalidConfig {
+            field: "num_key_value_heads",
+            expected: "> 0 and a divisor of num_attention_heads",
+            actual: dm.kv as f64,
+        });
+    }
+    if dm.q != (dm.h + 2 * dm.kv) * dm.d {
+        return Err(Error::ShapeMismatch {
+            arg: "dims.q",
+            expected: (dm.h + 2 * dm.kv) * dm.d,
+            actual: dm.q,
+        });
+    }
+    Ok(())
+}
 
 /// E10 forward: `att_i = Σ_j softmax_j(q_i·k_j/√d, j ≤ i) v_j` per batch row and
 /// head, from `qkv: [n, (h+2kv)·d]`.
 /// `att: [n, h·d]`; `probs` is `[b, h, t, t]` when `save` (training),
 /// else a scratch row of at least `t` scores reused by every query.
-pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save: bool) {
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] if a slice is shorter than its shape (or
+/// `dm.q ≠ (h+2kv)·d`), [`Error::InvalidConfig`] if `kv` does not divide `h`,
+/// and [`Error::NonFinite`] (`"attention scores"`, flat index `(b·h + head)·t + i`
+/// of the first bad query row) if a score row holds NaN or ±∞ — causal
+/// attention never masks a whole row, so such a row is never "fully masked".
+pub fn forward(
+    att: &mut [f32],
+    probs: &mut [f32],
+    qkv: &[f32],
+    dm: &Dims,
+    save: bool,
+) -> Result<()> {
     let (t, q) = (dm.t, dm.q);
     let hd = dm.h * dm.d;
+    check_heads(dm)?;
+    need("qkv", qkv.len(), dm.b * t * q)?;
+    need("att", att.len(), dm.b * t * hd)?;
+    need(
+        "probs",
+        probs.len(),
+        if save { dm.b * dm.h * t * t } else { t },
+    )?;
     for bi in 0..dm.b {
         let rows = &qkv[bi * t * q..(bi + 1) * t * q];
         let kvs = KvSource {
@@ -49,14 +102,29 @@ pub fn forward(att: &mut [f32], probs: &mut [f32], qkv: &[f32], dm: &Dims, save:
             kvs,
             0,
             dm,
-        );
+        )
+        .map_err(|e| match e {
+            Error::NonFinite { what, index } => Error::NonFinite {
+                what,
+                index: bi * dm.h * t + index,
+            },
+            e => e,
+        })?;
     }
+    Ok(())
 }
 
 /// E10 — attention of one sequence, `o_i = Σ_{j ≤ pos0+i} softmax_j(s·q_i·k_j) v_j`: `t` query rows (`qkv_rows: [t, q]`, absolute
 /// positions `pos0 + i`) over keys/values at positions `0 ..= pos0 + i` in `kvs`.
 /// With `save`, `probs` is `[h, t, t]` (requires `pos0 = 0`); otherwise it is a
 /// score row of at least `pos0 + t` elements.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] if a slice (or `kvs`) is too short for `pos0 + t`
+/// positions, or `save` with `pos0 ≠ 0`; [`Error::InvalidConfig`] for a head
+/// layout with `h % kv ≠ 0`; [`Error::NonFinite`] (`"attention scores"`, index
+/// `head·t + i` of the first bad row) if a score row holds NaN or ±∞. The
+/// check is the status of each row's softmax (one flag per row, no extra pass).
 pub fn attend(
     att: &mut [f32],
     probs: &mut [f32],
@@ -65,12 +133,34 @@ pub fn attend(
     kvs: KvSource,
     pos0: usize,
     dm: &Dims,
-) {
+) -> Result<()> {
     let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
+    check_heads(dm)?;
+    if t == 0 {
+        return Ok(());
+    }
+    let hd = h * d;
+    if save && pos0 != 0 {
+        return Err(Error::ShapeMismatch {
+            arg: "pos0 (save needs pos0 = 0)",
+            expected: 0,
+            actual: pos0,
+        });
+    }
+    need("qkv_rows", qkv_rows.len(), t * q)?;
+    need("att", att.len(), t * hd)?;
+    need(
+        "probs",
+        probs.len(),
+        if save { h * t * t } else { pos0 + t },
+    )?;
+    // Last key/value read: position pos0 + t − 1, KV head kv − 1, d elements.
+    let last = (pos0 + t - 1) * kvs.stride;
+    need("kvs.k", kvs.k.len(), last + kvs.k_off + kv * d)?;
+    need("kvs.v", kvs.v.len(), last + kvs.v_off + kv * d)?;
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
-    let hd = h * d;
-    debug_assert!(!save || pos0 == 0);
+    let mut bad: Option<usize> = None;
     for hh in 0..h {
         let g = hh / group;
         let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
@@ -86,7 +176,12 @@ pub fn attend(
                 let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
                 prow[j] = dot(qi, kj) * scale;
             }
-            softmax::forward_inplace(&mut prow[..keys]);
+            // No entry of a causal row is masked, so a row that is not a
+            // distribution (NaN, +∞, or all −∞ from overflow) is an error,
+            // never a "fully masked" row of zeros.
+            if !softmax::forward_inplace(&mut prow[..keys]) && bad.is_none() {
+                bad = Some(hh * t + i);
+            }
             prow[keys..].iter_mut().for_each(|x| *x = 0.0);
             let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
             oi.iter_mut().for_each(|x| *x = 0.0);
@@ -96,6 +191,13 @@ pub fn attend(
             }
         }
     }
+    match bad {
+        Some(index) => Err(Error::NonFinite {
+            what: "attention scores",
+            index,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// E28 (backward of E10): `dP_ij = do_i·v_j`, `dv_j += Σ_i P_ij do_i`,
@@ -103,6 +205,11 @@ pub fn attend(
 /// `dk_j += s Σ_i dS_ij q_i`.
 /// Overwrites `dqkv: [n, (h+2kv)·d]` (dq, dk, dv, before RoPE backward);
 /// `datt: [n, h·d]`; `probs: [b, h, t, t]` saved; `dp: [t, t]` scratch.
+///
+/// # Panics
+/// If a slice is shorter than the shape above or `dm.kv` does not divide
+/// `dm.h` (the buffers come from the same plan as the forward, which checked
+/// them; a caller passing its own buffers must size them as stated).
 pub fn backward(
     dqkv: &mut [f32],
     dp: &mut [f32],

@@ -47,6 +47,45 @@ pub(crate) fn check_param(param: &'static str, x: f32, domain: Domain) -> Result
     }
 }
 
+/// `inv_freq_i = 1 / θ_base^(2i/d)` as PyTorch forms it in float32 (the power in
+/// f64, rounded once, then the reciprocal in f32), for `i < d/2`.
+/// Shared by `RopeTable::new` (E9) and [`Config::validate`], so that what the
+/// validation accepts is exactly what the table computes.
+pub(crate) fn inv_freq(theta: f64, i: usize, d: usize) -> f32 {
+    let expo = (2 * i) as f32 / d as f32;
+    let pow = libm::pow(theta, expo as f64) as f32;
+    1.0f32 / pow
+}
+
+/// The RoPE angle `θ = p · inv_freq` in f32, as the table forms it.
+#[inline]
+pub(crate) fn angle(p: usize, inv_freq: f32) -> f32 {
+    p as f32 * inv_freq
+}
+
+/// `Ok` if every angle `p · inv_freq_i` of a table of `max_seq` positions is
+/// finite in f32 (then `cos`/`sin` of it are finite too: libm reduces any
+/// finite argument). `p · f` grows with `p` (f32 rounding is monotone), so the
+/// last position bounds them all; `inv_freq_i` itself overflows to `+∞` for a
+/// tiny `θ_base` (e.g. `1e-45`: `θ^(−(d−2)/d)` exceeds `f32::MAX`), and then
+/// `0 · ∞ = NaN` at position 0.
+pub(crate) fn check_angles(cfg: &Config, max_seq: usize) -> Result<()> {
+    let theta = cfg.rope_theta() as f64;
+    let d = cfg.head_dim;
+    let last = max_seq.saturating_sub(1);
+    for i in 0..d / 2 {
+        let f = inv_freq(theta, i, d);
+        if !f.is_finite() || !angle(last, f).is_finite() {
+            return Err(Error::InvalidConfig {
+                field: "rope_base",
+                expected: "such that every RoPE angle p·θ^(−2i/d) (θ = rope_theta(), p < max_position_embeddings) is finite in f32",
+                actual: cfg.rope_base as f64,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The hyper-parameters of a [`crate::MoETransformer`].
 ///
 /// Field names follow Hugging Face's `MixtralConfig` so that a checkpoint's
@@ -223,12 +262,20 @@ impl Config {
                 actual: self.rope_base as f64,
             });
         }
+        // The RoPE table (E9) of every position must be finite: a base so
+        // small that θ^(−2i/d) overflows f32 (e.g. 1e-45) passes the checks
+        // above but would poison q and k with NaN.
+        check_angles(self, self.max_position_embeddings)?;
         // Every size the crate derives from the config must fit in usize.
         self.param_counts_checked()?;
         Ok(())
     }
 
     /// Width of the fused q/k/v projection output, `(h + 2·kv)·d`.
+    ///
+    /// # Panics
+    /// In debug builds, on arithmetic overflow for a config that
+    /// [`Config::validate`] would reject (its parameter count must fit in `u64`).
     pub const fn qkv_dim(&self) -> usize {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
     }
@@ -329,7 +376,7 @@ impl Dims {
         Dims {
             b,
             t,
-            n: b * t,
+            n: b.saturating_mul(t),
             c: cfg.hidden_size,
             h: cfg.num_attention_heads,
             kv: cfg.num_key_value_heads,
@@ -344,6 +391,6 @@ impl Dims {
     }
     /// Routed slots, `n·k`.
     pub fn s(&self) -> usize {
-        self.n * self.k
+        self.n.saturating_mul(self.k)
     }
 }

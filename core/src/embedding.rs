@@ -2,22 +2,67 @@
 //!
 //! Backward is a scatter-add by token id: `dE[token[r]] += dx[r]`.
 
-/// E4 forward: `x[r] = E[token[r]]`. `x: [n, c]`, `tokens: [n]` (already
-/// validated `< v`), `table: [v, c]`.
-pub fn forward(x: &mut [f32], tokens: &[u32], table: &[f32], c: usize) {
+use crate::error::{Error, Result};
+
+/// `Err` unless `x: [n, c]` with `n = tokens.len()`, `c > 0`, and `table`
+/// holds whole rows of `c`; returns the vocabulary size `v = table.len() / c`.
+fn check(x_arg: &'static str, x: usize, tokens: &[u32], table: usize, c: usize) -> Result<usize> {
+    if c == 0 {
+        return Err(Error::EmptyInput { arg: "c" });
+    }
+    if x != tokens.len() * c {
+        return Err(Error::ShapeMismatch {
+            arg: x_arg,
+            expected: tokens.len() * c,
+            actual: x,
+        });
+    }
+    if table % c != 0 {
+        return Err(Error::ShapeMismatch {
+            arg: "table (whole rows of c)",
+            expected: (table / c + 1) * c,
+            actual: table,
+        });
+    }
+    let v = table / c;
+    if let Some(index) = tokens.iter().position(|&t| t as usize >= v) {
+        return Err(Error::TokenOutOfRange {
+            arg: "tokens",
+            index,
+            token: tokens[index],
+            vocab: v,
+        });
+    }
+    Ok(v)
+}
+
+/// E4 forward: `x[r] = E[token[r]]`. `x: [n, c]`, `tokens: [n]`, `table: [v, c]`.
+///
+/// # Errors
+/// [`Error::EmptyInput`] for `c = 0`, [`Error::ShapeMismatch`] unless
+/// `x.len() = n·c` and `table` is whole rows, [`Error::TokenOutOfRange`] for
+/// a token `>= v` (checked before anything is written).
+pub fn forward(x: &mut [f32], tokens: &[u32], table: &[f32], c: usize) -> Result<()> {
+    check("x", x.len(), tokens, table.len(), c)?;
     for (xr, &tok) in x.chunks_exact_mut(c).zip(tokens) {
         let at = tok as usize * c;
         xr.copy_from_slice(&table[at..at + c]);
     }
+    Ok(())
 }
 
 /// E24 (backward of E4): `dE[token[r]] += dx[r]`; accumulates into
 /// `dtable: [v, c]` from `dx: [n, c]`.
-pub fn backward(dtable: &mut [f32], dx: &[f32], tokens: &[u32], c: usize) {
+///
+/// # Errors
+/// As [`forward`] (with `dx` for `x`, `dtable` for `table`).
+pub fn backward(dtable: &mut [f32], dx: &[f32], tokens: &[u32], c: usize) -> Result<()> {
+    check("dx", dx.len(), tokens, dtable.len(), c)?;
     for (dr, &tok) in dx.chunks_exact(c).zip(tokens) {
         let at = tok as usize * c;
         for (d, &g) in dtable[at..at + c].iter_mut().zip(dr) {
             *d += g;
         }
     }
+    Ok(())
 }

@@ -178,10 +178,20 @@ impl Layout {
         })
     }
 
-    /// The ranges of expert `j` of layer `l` (panics if either is out of range).
+    /// The ranges of expert `j` of layer `l`.
+    ///
+    /// # Panics
+    /// If `l >= num_hidden_layers` or `j >= num_local_experts` (one compare;
+    /// the model only asks for experts of its own config).
     pub fn expert(&self, l: usize, j: usize) -> ExpertRanges {
-        let base = self.layers[l].experts.start + j * self.expert_stride;
-        debug_assert!(base + self.expert_stride <= self.layers[l].experts.end);
+        let layer = &self.layers[l];
+        let base = j
+            .checked_mul(self.expert_stride)
+            .and_then(|o| o.checked_add(layer.experts.start))
+            .filter(|b| b.saturating_add(self.expert_stride) <= layer.experts.end);
+        let Some(base) = base else {
+            panic!("Layout::expert: expert {j} out of range for layer {l}");
+        };
         ExpertRanges {
             w13: base..base + 2 * self.fc,
             w2: base + 2 * self.fc..base + 3 * self.fc,

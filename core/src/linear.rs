@@ -26,6 +26,12 @@ impl Accum {
 
 /// E6 — `y = x·Wᵀ` ([`Accum::Set`]) or `y += x·Wᵀ` ([`Accum::Add`]);
 /// `x: [n, din]`, `w: [dout, din]`, `y: [n, dout]`.
+///
+/// # Panics
+/// If a slice is shorter than its shape (the GEMM checks every operand once,
+/// before it reads or writes anything). These are the innermost units of
+/// the model, called on buffers of its own plan; a `Result` here would add
+/// error plumbing to every GEMM without adding safety.
 #[inline]
 pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize, acc: Accum) {
     gemm(
@@ -43,6 +49,9 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: 
 
 /// E7 — `dx = dy·W` ([`Accum::Set`]) or `dx += dy·W` ([`Accum::Add`]);
 /// `dy: [n, dout]`, `w: [dout, din]`, `dx: [n, din]`.
+///
+/// # Panics
+/// As [`forward`].
 #[inline]
 pub fn backward_input(
     dx: &mut [f32],
@@ -68,6 +77,9 @@ pub fn backward_input(
 
 /// E7 — `dW += dyᵀ·x` (always accumulates); `dy: [n, dout]`, `x: [n, din]`,
 /// `dw: [dout, din]`.
+///
+/// # Panics
+/// As [`forward`].
 #[inline]
 pub fn backward_weight(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, din: usize, dout: usize) {
     gemm(

@@ -10,19 +10,52 @@
 //! `aux = e · Σ_e f_e · P_e` (`= k` under uniform routing). `f` carries no
 //! gradient, so `∂aux/∂p_{row,e} = e · f_e / R` for every row.
 
+use crate::error::{Error, Result};
 use crate::kernels::exp;
 
 /// E14 — `CE = (1/n) Σ_r [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
 /// `ce_row: [n]`), and E15 — its gradient `dlogits = (softmax(logits) − onehot) / n`.
-/// `logits`, `dlogits: [n, v]`; `targets` already validated `< v`.
+/// `logits`, `dlogits: [n, v]`, `targets: [n]`.
+///
+/// # Errors
+/// [`Error::EmptyInput`] for `n = 0` or `v = 0`, [`Error::ShapeMismatch`] for
+/// a slice of the wrong length, [`Error::TokenOutOfRange`] for a target
+/// `>= v` (all checked before anything is written).
 pub fn cross_entropy(
     dlogits: &mut [f32],
     ce_row: &mut [f32],
     logits: &[f32],
     targets: &[u32],
     v: usize,
-) -> f32 {
+) -> Result<f32> {
     let n = targets.len();
+    if n == 0 {
+        return Err(Error::EmptyInput { arg: "targets" });
+    }
+    if v == 0 {
+        return Err(Error::EmptyInput { arg: "v" });
+    }
+    for (arg, len, want) in [
+        ("logits", logits.len(), n * v),
+        ("dlogits", dlogits.len(), n * v),
+        ("ce_row", ce_row.len(), n),
+    ] {
+        if len != want {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected: want,
+                actual: len,
+            });
+        }
+    }
+    if let Some(index) = targets.iter().position(|&t| t as usize >= v) {
+        return Err(Error::TokenOutOfRange {
+            arg: "targets",
+            index,
+            token: targets[index],
+            vocab: v,
+        });
+    }
     let scale = 1.0 / n as f32;
     let mut total = 0.0f64;
     for (r, ((dz, z), &tgt)) in dlogits
@@ -51,11 +84,14 @@ pub fn cross_entropy(
         }
         dz[tgt as usize] -= scale;
     }
-    (total / n as f64) as f32
+    Ok((total / n as f64) as f32)
 }
 
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
 /// accumulated from each layer's `counts: [e]` and `rprobs: [n, e]`.
+///
+/// # Panics
+/// If `f` is empty (`e = 0`) while `rprobs` is not.
 pub fn aux_accumulate(f: &mut [f32], p: &mut [f32], counts: &[u32], rprobs: &[f32]) {
     let e = f.len();
     for (fe, &cnt) in f.iter_mut().zip(counts) {

@@ -118,6 +118,10 @@ impl MoETransformer {
     /// `(2u − 1)/√in` (PyTorch's `nn.Linear` default bound), the embedding
     /// `(2u − 1)·√3` (unit variance, like `nn.Embedding`'s N(0, 1)); norm
     /// weights are 1.0 and draw nothing.
+    ///
+    /// # Panics
+    /// If `params` is shorter than `layout.total` ([`MoETransformer::new`]
+    /// allocates it from the layout).
     pub fn init(layout: &Layout, params: &mut [f32], seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         const TO_UNIT: f32 = 1.0 / (1u32 << 24) as f32;
@@ -178,7 +182,8 @@ impl MoETransformer {
     /// # Errors
     /// [`Error::EmptyInput`], [`Error::SeqTooLong`], [`Error::ShapeMismatch`],
     /// [`Error::TokenOutOfRange`], [`Error::WorkspaceTooSmall`]/[`Error::WorkspaceMismatch`],
-    /// and [`Error::NonFinite`] if the logits contain NaN/Inf.
+    /// and [`Error::NonFinite`] if a row of attention scores (`"attention scores"`)
+    /// or the logits contain NaN/Inf.
     pub fn forward<'w>(
         &self,
         ws: &'w mut Workspace,
@@ -254,7 +259,7 @@ impl MoETransformer {
         let lay = &self.layout;
         let eps = self.config.rms_norm_eps;
         let save = acts.grads.is_some();
-        embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c);
+        embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c)?;
         for (l, ll) in lay.layers.iter().enumerate() {
             let la = &mut acts.layers[if save { l } else { 0 }];
             // x = x + Attn(RMSNorm(x))
@@ -265,14 +270,14 @@ impl MoETransformer {
             linear::forward(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
             match cache.as_deref_mut() {
                 None => {
-                    rope::forward(la.qkv, rope, 0, &dm);
-                    attention::forward(la.att, la.probs, la.qkv, &dm, save);
+                    rope::forward(la.qkv, rope, 0, &dm)?;
+                    attention::forward(la.att, la.probs, la.qkv, &dm, save)?;
                 }
                 Some(kc) => {
                     let pos0 = kc.len();
-                    rope::forward(la.qkv, rope, pos0, &dm);
+                    rope::forward(la.qkv, rope, pos0, &dm)?;
                     let kvs = kc.append(l, la.qkv, &dm);
-                    attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, &dm);
+                    attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, &dm)?;
                 }
             }
             let w_o = &p[ll.wo.clone()];
@@ -307,7 +312,10 @@ impl MoETransformer {
     /// As [`MoETransformer::forward`], plus [`Error::WorkspaceMismatch`] if `ws` is
     /// not a training workspace, [`Error::ShapeMismatch`] for `targets`/`grads`,
     /// [`Error::InvalidParameter`] for a non-finite or negative `alpha`, and
-    /// [`Error::NonFinite`] for a non-finite loss.
+    /// [`Error::NonFinite`] for non-finite attention scores or logits (forward),
+    /// a non-finite loss, or any non-finite gradient (`"gradients"`, the flat
+    /// index of the first one; `grads` then holds partial sums and must be
+    /// zeroed before reuse).
     #[allow(clippy::too_many_arguments)] // reason: public API since v0.1 (grads, tokens, targets, shape, alpha, optional logits copy); callers depend on it
     pub fn loss_and_grad(
         &self,
@@ -386,7 +394,7 @@ impl MoETransformer {
         let lay = &self.layout;
 
         // Loss: CE + α·aux.
-        let ce = loss::cross_entropy(g.dlogits, g.ce_row, logits, targets, v);
+        let ce = loss::cross_entropy(g.dlogits, g.ce_row, logits, targets, v)?;
         for la in layers.iter() {
             loss::aux_accumulate(g.aux_f, g.aux_p, la.counts, la.rprobs);
         }
@@ -445,7 +453,7 @@ impl MoETransformer {
             linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, Accum::Set);
             linear::backward_weight(&mut grads[wo], g.dresid, la.att, n, hd, c);
             attention::backward(g.dqkv, g.dprobs, g.datt, la.probs, la.qkv, &dm);
-            rope::backward(g.dqkv, rope_table, &dm);
+            rope::backward(g.dqkv, rope_table, &dm)?;
             // forward: qkv = xn1·W_qkvᵀ
             let wq = ll.wqkv.clone();
             linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, Accum::Set);
@@ -461,7 +469,16 @@ impl MoETransformer {
             );
         }
         // forward: x = E[tokens]
-        embedding::backward(&mut grads[lay.embed.clone()], g.dresid, tokens, c);
+        embedding::backward(&mut grads[lay.embed.clone()], g.dresid, tokens, c)?;
+        // Finite logits and loss do not imply finite gradients (e.g. a weight
+        // near f32::MAX overflows only in backward): one vectorised scan of
+        // the whole buffer, once per call, so that Ok never carries NaN/Inf.
+        if let Some(index) = first_non_finite(grads) {
+            return Err(Error::NonFinite {
+                what: "gradients",
+                index,
+            });
+        }
         Ok(Losses {
             loss: total,
             ce,

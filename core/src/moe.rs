@@ -24,6 +24,11 @@ use crate::swiglu::SwiGLU;
 
 /// E11 dispatch — counting sort of `topk_idx: [n, k]` into per-expert slot ranges:
 /// `counts: [e]`, `offsets: [e+1]` (exclusive prefix sum), `slot_row`, `slot_of: [n·k]`.
+///
+/// # Panics
+/// If an expert id in `topk_idx` is `>= e` (`counts.len()`), `k = 0`, or a
+/// buffer is shorter than stated (the router writes ids `< e` into buffers of
+/// the model's plan).
 pub fn dispatch(
     counts: &mut [u32],
     offsets: &mut [u32],

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::sqrt;
+use crate::kernels::{first_non_finite, sqrt};
 use crate::layout::alloc_zeroed;
 
 /// AdamW hyper-parameters.
@@ -61,21 +61,42 @@ impl AdamWConfig {
     }
 }
 
+/// The largest step count an [`AdamW`] state may hold: `2⁵³`.
+///
+/// The bias corrections `1 − β1ᵗ`, `1 − β2ᵗ` are computed in f64 from the
+/// `u64` step `t` (as Python computes them from its int step). Every integer
+/// `t ≤ 2⁵³` converts to f64 exactly, so up to this bound the correction is
+/// that of step `t` itself and consecutive steps stay distinct; above it `t`
+/// would be rounded. (For β ∈ [0, 1) both corrections are already exactly 1
+/// long before: `0.999ᵗ < 2⁻¹⁰⁷⁴` once `t > 7.5·10⁵`.) No run reaches it —
+/// 2⁵³ steps at one per nanosecond take 104 days — so a larger step, e.g.
+/// `u64::MAX` read from a corrupt checkpoint, is refused by [`AdamW::set_step`],
+/// and [`AdamW::update`] refuses to step past it ([`Error::Overflow`]) instead
+/// of wrapping.
+pub const MAX_STEP: u64 = 1 << 53;
+
 /// AdamW state: both moments and the step count.
+///
+/// The fields are private so that no state the update cannot use is ever
+/// stored: the hyper-parameters are validated by [`AdamW::new`] /
+/// [`AdamW::set_config`], the moments keep the length they were made with and
+/// are finite with `v ≥ 0` ([`AdamW::set_moments`]), and the step is at most
+/// [`MAX_STEP`] ([`AdamW::set_step`]). A checkpoint loader restores a state
+/// through these setters, each of which leaves the state untouched on error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
-    /// Hyper-parameters.
-    pub config: AdamWConfig,
-    /// First moment, parameter layout.
-    pub m: Vec<f32>,
-    /// Second moment, parameter layout.
-    pub v: Vec<f32>,
-    /// Steps taken so far (the next step is `step + 1`).
-    pub step: u64,
+    config: AdamWConfig,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    step: u64,
 }
 
 impl AdamW {
     /// Zero moments for `len` parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a config outside its domain
+    /// ([`AdamWConfig::validate`]), [`Error::AllocationFailed`].
     pub fn new(config: AdamWConfig, len: usize) -> Result<Self> {
         config.validate()?;
         Ok(AdamW {
@@ -86,11 +107,106 @@ impl AdamW {
         })
     }
 
+    /// Hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Replaces the hyper-parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] as [`AdamWConfig::validate`] (NaN β, `eps ≤ 0`, …);
+    /// the state is then unchanged.
+    pub fn set_config(&mut self, config: AdamWConfig) -> Result<()> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// First moment, parameter layout.
+    pub fn m(&self) -> &[f32] {
+        &self.m
+    }
+
+    /// Second moment, parameter layout.
+    pub fn v(&self) -> &[f32] {
+        &self.v
+    }
+
+    /// Number of parameters the state covers.
+    pub fn len(&self) -> usize {
+        self.m.len()
+    }
+
+    /// Whether the state covers no parameter.
+    pub fn is_empty(&self) -> bool {
+        self.m.is_empty()
+    }
+
+    /// Steps taken so far (the next step is `step + 1`).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the step count, e.g. to the `step` read from a checkpoint. This is
+    /// the validation a checkpoint loader calls on a loaded step.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] (`"step"`) if `step > MAX_STEP` (2⁵³; see
+    /// [`MAX_STEP`] for why that bound); the state is then unchanged.
+    pub fn set_step(&mut self, step: u64) -> Result<()> {
+        if step > MAX_STEP {
+            return Err(Error::InvalidParameter {
+                param: "step",
+                expected: "<= 2^53 (AdamW's bias correction takes the step exactly in f64)",
+                actual: step as f64,
+            });
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Copies both moments in (e.g. from a checkpoint).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] unless both have [`AdamW::len`] elements,
+    /// [`Error::NonFinite`] (`"m"`/`"v"`) for a NaN/Inf entry,
+    /// [`Error::InvalidParameter`] (`"v"`) for a negative second moment (its
+    /// square root would be NaN). Everything is checked before anything is
+    /// copied: on error the state is unchanged.
+    pub fn set_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        for (arg, x) in [("m", m), ("v", v)] {
+            if x.len() != self.m.len() {
+                return Err(Error::ShapeMismatch {
+                    arg,
+                    expected: self.m.len(),
+                    actual: x.len(),
+                });
+            }
+            if let Some(index) = first_non_finite(x) {
+                return Err(Error::NonFinite { what: arg, index });
+            }
+        }
+        if let Some(&neg) = v.iter().find(|&&x| x < 0.0) {
+            return Err(Error::InvalidParameter {
+                param: "v",
+                expected: ">= 0 (a second moment)",
+                actual: neg as f64,
+            });
+        }
+        self.m.copy_from_slice(m);
+        self.v.copy_from_slice(v);
+        Ok(())
+    }
+
     /// E16 — one AdamW update of `params` with `grads` (both `[P]`, the flat layout)
     /// at learning rate `lr`: `w ← w(1 − lr·wd)`, `m ← β1 m + (1−β1) g`,
     /// `v ← β2 v + (1−β2) g²`, `w ← w − lr · m̂ / (√v̂ + eps)`.
-    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
-        self.update_scaled(params, grads, lr, 1.0);
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled`].
+    pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f32) -> Result<()> {
+        self.update_scaled(params, grads, lr, 1.0)
     }
 
     /// E16 (with E17's coefficient fused) — [`AdamW::update`] with every gradient multiplied by `grad_scale` first
@@ -98,7 +214,41 @@ impl AdamW {
     /// so that clipping costs no extra sweep over the gradients. With
     /// `grad_scale = 1` the multiplication is skipped, so both paths give
     /// bit-identical results to scaling the buffer in place.
-    pub fn update_scaled(&mut self, params: &mut [f32], grads: &[f32], lr: f32, grad_scale: f32) {
+    ///
+    /// # Errors
+    /// Checked before any state changes: [`Error::ShapeMismatch`] unless
+    /// `params` and `grads` have [`AdamW::len`] elements;
+    /// [`Error::InvalidParameter`] for `lr` or `grad_scale` not finite and
+    /// `>= 0`; [`Error::Overflow`] if the step count is already [`MAX_STEP`];
+    /// [`Error::NonFinite`] for a NaN/Inf gradient, or a scaled gradient so
+    /// large (`|g| ≥ √f32::MAX`) that `g²` would make the second moment
+    /// infinite. After the update, [`Error::NonFinite`] (`"parameters"`) if a
+    /// parameter became NaN/Inf (e.g. an `lr` so large that `w` overflows): the
+    /// step is then taken and the state must be discarded.
+    pub fn update_scaled(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        for (arg, len) in [("params", params.len()), ("grads", grads.len())] {
+            if len != self.m.len() {
+                return Err(Error::ShapeMismatch {
+                    arg,
+                    expected: self.m.len(),
+                    actual: len,
+                });
+            }
+        }
+        check_param("lr", lr, Domain::NonNegative)?;
+        check_param("grad_scale", grad_scale, Domain::NonNegative)?;
+        if self.step >= MAX_STEP {
+            return Err(Error::Overflow {
+                what: "AdamW step count (at most 2^53)",
+            });
+        }
+        check_grads(grads, grad_scale)?;
         self.step += 1;
         let AdamWConfig {
             beta1,
@@ -106,10 +256,11 @@ impl AdamW {
             eps,
             weight_decay,
         } = self.config;
-        let t = self.step as i32;
+        // t ≤ 2⁵³ converts to f64 exactly (see MAX_STEP); no truncation.
+        let t = self.step as f64;
         // Scalars in f64 as Python computes them, rounded once.
-        let bc1 = 1.0 - libm::pow(beta1 as f64, t as f64);
-        let bc2 = 1.0 - libm::pow(beta2 as f64, t as f64);
+        let bc1 = 1.0 - libm::pow(beta1 as f64, t);
+        let bc2 = 1.0 - libm::pow(beta2 as f64, t);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = libm::sqrt(bc2) as f32;
         let decay = 1.0 - lr * weight_decay;
@@ -127,7 +278,48 @@ impl AdamW {
             let denom = sqrt(*v) / bc2_sqrt + eps;
             *w -= step_size * (*m / denom);
         }
+        if let Some(index) = first_non_finite(params) {
+            return Err(Error::NonFinite {
+                what: "parameters after the AdamW update",
+                index,
+            });
+        }
+        Ok(())
     }
+}
+
+/// `sqrt(f32::MAX)`: a gradient at least this large (after scaling) would
+/// square to `+∞` in the second moment.
+const MAX_SAFE_GRAD: f32 = 1.844_674_3e19;
+
+/// `Err(NonFinite)` if a gradient is NaN/Inf, or `|grad_scale·g| ≥ √f32::MAX`.
+/// One branch-free pass (the max of `|g|` vectorises; NaN is caught by the
+/// finiteness fold), located only on a hit.
+fn check_grads(grads: &[f32], grad_scale: f32) -> Result<()> {
+    let (mut bad, mut max) = (false, 0.0f32);
+    for &g in grads {
+        bad |= !g.is_finite();
+        let a = g.abs();
+        max = if a > max { a } else { max };
+    }
+    if bad {
+        let index = first_non_finite(grads).unwrap_or(0);
+        return Err(Error::NonFinite {
+            what: "gradients",
+            index,
+        });
+    }
+    if max * grad_scale >= MAX_SAFE_GRAD {
+        let index = grads
+            .iter()
+            .position(|g| g.abs() * grad_scale >= MAX_SAFE_GRAD)
+            .unwrap_or(0);
+        return Err(Error::NonFinite {
+            what: "AdamW second moment (gradient beyond sqrt(f32::MAX))",
+            index,
+        });
+    }
+    Ok(())
 }
 
 /// Warmup + cosine schedule (E18), 0-based step `s`:

@@ -6,6 +6,11 @@
 
 /// E5 forward: `y = x · rstd ⊙ w`, `rstd = 1/sqrt(mean(x²) + eps)` per row.
 /// `y: [n, c]`, `rstd: [n]` (saved), `x: [n, c]`, `w: [c]`.
+/// Rows are zipped: with slices of inconsistent lengths only the common rows
+/// are written (checked by `debug_assert!` in debug builds).
+///
+/// # Panics
+/// If `w` is empty (`c = 0`) while `x` is not.
 pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     debug_assert!(y.len() == x.len() && x.len() == rstd.len() * c);
@@ -27,6 +32,9 @@ pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) 
 /// `dw += Σ_rows dy ⊙ x̂`, `dx += rstd · (g − x̂ · mean(g ⊙ x̂))`.
 /// Accumulates into `dx: [n, c]` and `dw: [c]`.
 /// `dy: [n, c]`, saved `x: [n, c]`, `rstd: [n]`, weights `w: [c]`.
+///
+/// # Panics
+/// If `w` is empty (`c = 0`) while `x` is not, or `dw` is shorter than `c`.
 pub fn backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32]) {
     let c = w.len();
     debug_assert!(dx.len() == x.len() && dy.len() == x.len() && dw.len() == c);

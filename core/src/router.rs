@@ -17,6 +17,12 @@ use crate::linear::{self, Accum};
 /// E12 forward: `p = softmax(x·W_gateᵀ)`, top-k of `p`, `w_j = p_j / Σ_topk p`.
 /// For `n` rows: `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
 /// (saved), `x: [n, c]`, `wg: [e, c]`. Uses `n, c, e, k` of `dm`.
+/// A row of non-finite logits leaves NaN in its weights (softmax never
+/// treats NaN as masked), which the model reports as [`crate::Error::NonFinite`].
+///
+/// # Panics
+/// If a slice is shorter than its shape, `e = 0`, `k = 0` or `k > e` (the
+/// model passes buffers from its own plan and `k ≤ e` from a validated config).
 pub fn forward(
     rprobs: &mut [f32],
     topk_idx: &mut [u32],
@@ -45,7 +51,20 @@ pub fn forward(
 /// E12 top-k — writes the `idx.len()` largest entries of `p: [e]` (descending; ties to the
 /// lower index) and their values. NaNs are never preferred, but indices stay
 /// distinct even then.
+///
+/// # Panics
+/// If `idx.len() > p.len()` (`k > e`: there are not `k` distinct experts) or
+/// `val.len() != idx.len()`. A per-row kernel: its caller
+/// ([`forward`]) takes `k ≤ e` from a validated [`crate::Config`], so the
+/// check is an `assert!` (two compares per row) rather than a `Result`.
 pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
+    assert!(
+        idx.len() <= p.len(),
+        "select_topk: k = {} > e = {}",
+        idx.len(),
+        p.len()
+    );
+    assert_eq!(val.len(), idx.len(), "select_topk: val.len() != k");
     // k ≤ e ≤ a few dozen: a selection pass per choice beats sorting.
     for kk in 0..idx.len() {
         let mut best = usize::MAX;
@@ -68,6 +87,9 @@ pub fn select_topk(idx: &mut [u32], val: &mut [f32], p: &[f32]) {
 /// For `n` rows. Accumulates into `dx: [n, c]` and `dwg: [e, c]`;
 /// uses `dp: [n, e]` as scratch; `aux: [e]` is the aux-loss gradient per
 /// probability (zeros when `α = 0`). Uses `n, c, e, k` of `dm`.
+///
+/// # Panics
+/// If a slice is shorter than its shape above.
 #[allow(clippy::too_many_arguments)] // reason: llm.c order — d-inputs, d-weights, scratch, dout, the three saved forward outputs, aux coefficients, input, weight, dims; each a different slice
 pub fn backward(
     dx: &mut [f32],

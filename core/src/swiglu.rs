@@ -32,6 +32,10 @@ impl SwiGLU<'_> {
     /// E8 forward over `m` rows: `[h1 | h3] = xg·w13ᵀ`, `act = silu(h1) ⊙ h3`,
     /// `y = act·w2ᵀ`. `xg: [m, c]`; writes `h13: [m, 2f]`, `act: [m, f]` (saved)
     /// and `y: [m, c]`.
+    ///
+    /// # Panics
+    /// If a slice is shorter than its shape above (the GEMM's operand check),
+    /// or `f = 0` with rows to compute.
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
         let (c, f) = (self.c, self.f);
         linear::forward(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
@@ -48,6 +52,9 @@ impl SwiGLU<'_> {
     /// `dh1 = dact ⊙ h3 ⊙ silu'(h1)`, `dh3 = dact ⊙ silu(h1)`,
     /// `dxg = dh13·w13`, `dw13 += dh13ᵀ·xg`. Overwrites `dxg: [m, c]` and the scratch
     /// `dh13: [m, 2f]`, `dact: [m, f]`; accumulates `dw13: [2f, c]`, `dw2: [c, f]`.
+    ///
+    /// # Panics
+    /// As [`SwiGLU::forward`].
     #[allow(clippy::too_many_arguments)] // reason: llm.c order — d-input, two d-weights, two scratch buffers, dout, the input and two saved activations, rows; each a different slice
     pub fn backward(
         &self,

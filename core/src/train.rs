@@ -122,7 +122,8 @@ impl Trainer {
         &self.opt
     }
 
-    /// Optimiser state, mutably (to restore a training checkpoint).
+    /// Optimiser state, mutably (to restore a training checkpoint through its
+    /// validating setters [`AdamW::set_moments`] and [`AdamW::set_step`]).
     pub fn optimizer_mut(&mut self) -> &mut AdamW {
         &mut self.opt
     }
@@ -170,6 +171,9 @@ impl Trainer {
     /// into the AdamW pass (the gradient buffer keeps the unclipped values);
     /// the result is bit-identical to [`Trainer::train_step_with_hook`] with a
     /// hook that does nothing.
+    ///
+    /// # Errors
+    /// As [`Trainer::train_step_with_hook`].
     pub fn train_step(
         &mut self,
         tokens: &[TokenId],
@@ -187,7 +191,8 @@ impl Trainer {
     /// # Errors
     /// Any input error of [`MoETransformer::loss_and_grad`]; [`Error::NonFinite`]
     /// if the loss or the gradient norm is not finite (the weights are then left
-    /// untouched).
+    /// untouched); the errors of [`AdamW::update_scaled`] (e.g. a hook that
+    /// leaves a NaN gradient: refused before any state changes).
     pub fn train_step_with_hook<F: FnMut(&mut [f32], &Layout)>(
         &mut self,
         tokens: &[TokenId],
@@ -228,7 +233,7 @@ impl Trainer {
                 index: 0,
             });
         }
-        let lr = self.config.schedule.at(self.opt.step);
+        let lr = self.config.schedule.at(self.opt.step());
         let scale = match hook {
             None => coef,
             Some(hook) => {
@@ -240,14 +245,14 @@ impl Trainer {
             }
         };
         self.opt
-            .update_scaled(self.model.params_mut(), &self.grads, lr, scale);
+            .update_scaled(self.model.params_mut(), &self.grads, lr, scale)?;
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,
             aux_loss: losses.aux,
             grad_norm,
             lr,
-            step: self.opt.step,
+            step: self.opt.step(),
         })
     }
 }

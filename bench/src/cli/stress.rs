@@ -419,8 +419,8 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
         }
         report.max_abs_param = max_abs(tr.model().params());
         let opt = tr.optimizer();
-        let (mn, mi) = count_non_finite(&opt.m);
-        let (vn, vi) = count_non_finite(&opt.v);
+        let (mn, mi) = count_non_finite(opt.m());
+        let (vn, vi) = count_non_finite(opt.v());
         report.moments_non_finite = mn + mi + vn + vi;
     } else {
         report.max_abs_param = max_abs(model.params());

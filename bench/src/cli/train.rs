@@ -461,7 +461,7 @@ fn resume(
             "note: the model config is taken from the checkpoint ({profile_name}), not --profile"
         );
     }
-    let step = trainer.optimizer().step;
+    let step = trainer.optimizer().step();
     let mut rows = read_csv(&run_dir.join(LOSS_CSV))?;
     rows.retain(|r| r.step <= step);
     Ok((trainer, rows, profile_name))
@@ -510,7 +510,7 @@ impl Session {
             Some(dir) => resume(&args, dir, train_config, &data, &schedule)?,
         };
         let extra = run_extra(&args, &profile_name, &data, &schedule);
-        let start = trainer.optimizer().step;
+        let start = trainer.optimizer().step();
         let out = &args.out;
         fs::create_dir_all(out)
             .map_err(|e| arg_error("--out", format!("{}: {e}", out.display())))?;

@@ -333,9 +333,9 @@ fn resume_is_bit_identical() {
     // The state reads back exactly.
     let (resumed, extra_back) = load_training_with_extra(dir.path(), tc, 2, 8).unwrap();
     assert_eq!(extra_back, extra);
-    assert_eq!(resumed.optimizer().step, 3);
-    assert_eq!(bits(&resumed.optimizer().m), bits(&first.optimizer().m));
-    assert_eq!(bits(&resumed.optimizer().v), bits(&first.optimizer().v));
+    assert_eq!(resumed.optimizer().step(), 3);
+    assert_eq!(bits(resumed.optimizer().m()), bits(first.optimizer().m()));
+    assert_eq!(bits(resumed.optimizer().v()), bits(first.optimizer().v()));
     assert_eq!(bits(resumed.model().params()), bits(first.model().params()));
     drop((first, resumed));
 
@@ -348,9 +348,15 @@ fn resume_is_bit_identical() {
         bits(resumed.model().params()),
         bits(straight.model().params())
     );
-    assert_eq!(bits(&resumed.optimizer().m), bits(&straight.optimizer().m));
-    assert_eq!(bits(&resumed.optimizer().v), bits(&straight.optimizer().v));
-    assert_eq!(resumed.optimizer().step, 6);
+    assert_eq!(
+        bits(resumed.optimizer().m()),
+        bits(straight.optimizer().m())
+    );
+    assert_eq!(
+        bits(resumed.optimizer().v()),
+        bits(straight.optimizer().v())
+    );
+    assert_eq!(resumed.optimizer().step(), 6);
 }
 
 #[test]
@@ -496,7 +502,7 @@ fn corrupt_optimizer_file_errors_name_the_tensor() {
         load_training(dir.path(), tc, 2, 8)
             .unwrap()
             .optimizer()
-            .step,
+            .step(),
         1
     );
 }

@@ -179,7 +179,7 @@ fn train_writes_csv_plot_and_loadable_checkpoint_then_generate() {
     let model = checkpoint::load(&ckpt).expect("load model");
     assert_eq!(model.config(), &moe_core::Config::tiny());
     let trainer = checkpoint::load_training(&ckpt, TrainConfig::default(), 2, 16).unwrap();
-    assert_eq!(trainer.optimizer().step, 5);
+    assert_eq!(trainer.optimizer().step(), 5);
 
     // Generation: the whole sequence (prompt included) has --max-len tokens.
     for strategy in ["greedy", "temperature", "top-k", "top-p"] {

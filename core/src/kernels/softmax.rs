@@ -6,17 +6,36 @@
 use super::{dot, exp};
 
 /// E1 — in-place softmax of one row `x: [len]`:
-/// `p_i = exp(x_i − max x) / Σ_j exp(x_j − max x)`. An all-`−∞` row (fully masked) becomes all zeros
-/// rather than NaN; NaN inputs propagate (the model reports them as `NonFinite`).
+/// `p_i = exp(x_i − max x) / Σ_j exp(x_j − max x)`.
+///
+/// Returns `true` when the output is a probability distribution (the row had
+/// a finite maximum and no NaN), `false` otherwise:
+/// * an all-`−∞` row (fully masked) becomes all zeros rather than NaN;
+/// * a row holding any NaN is **never** treated as masked, even when every
+///   entry is NaN (NaN compares false, so the running max alone would stay at
+///   `−∞`): its NaN propagates into the output;
+/// * a row holding `+∞` gives NaN (`exp(∞ − ∞)`).
+///
+/// Callers that never mask (attention scores, router logits) treat `false`
+/// as [`crate::Error::NonFinite`]. The status costs one OR per element in the
+/// max pass (branch-free, vectorises) and no extra pass.
 #[inline]
-pub fn forward_inplace(x: &mut [f32]) {
+pub fn forward_inplace(x: &mut [f32]) -> bool {
     let mut max = f32::NEG_INFINITY;
+    let mut nan = false;
     for &v in x.iter() {
+        nan |= v.is_nan();
         max = if v > max { v } else { max };
+    }
+    if nan {
+        // NaN is not a mask: poison the whole row so that no caller can
+        // mistake it for a distribution.
+        x.iter_mut().for_each(|v| *v = f32::NAN);
+        return false;
     }
     if max == f32::NEG_INFINITY {
         x.iter_mut().for_each(|v| *v = 0.0);
-        return;
+        return false;
     }
     let mut sum = 0.0f32;
     for v in x.iter_mut() {
@@ -27,6 +46,7 @@ pub fn forward_inplace(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v *= inv;
     }
+    max.is_finite()
 }
 
 /// E22 (backward of E1) — `dx = p ⊙ (g − ⟨p, g⟩)` for one row (`dx`, `p`,

@@ -1049,6 +1049,23 @@ fn build() -> Table {
         "Metadata",
     );
     fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
+    let pristine_model = fs::read(dir.join(MODEL_FILE)).unwrap();
+    for file in [MODEL_FILE, OPTIMIZER_FILE] {
+        edit_raw(&dir.join(file), |_, meta| {
+            meta.insert("step".to_owned(), u64::MAX.to_string());
+        });
+    }
+    let r = checkpoint::load_training(&dir, tc, 1, 4);
+    c.row(
+        "`step` = `u64::MAX` in both files (beyond AdamW's 2⁵³, `AdamW::set_step`)",
+        "`checkpoint::load_training(dir, cfg, b, t)`",
+        "`reliability.rs::adamw_refuses_absurd_steps`",
+        &dir,
+        r,
+        "Model",
+    );
+    fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
+    fs::write(dir.join(MODEL_FILE), &pristine_model).unwrap();
     save(&dir, tr.model()).unwrap();
     let r = checkpoint::load_training(&dir, tc, 1, 4);
     c.row(
@@ -1094,6 +1111,184 @@ fn build() -> Table {
         r,
         "Model",
     );
+
+    // ---------------------------------------------------------------- issue 12
+    t.section(
+        "Non-finite values, AdamW state, unit functions",
+        "Issue 12: a NaN/Inf never counts as a masked attention row, `loss_and_grad` scans its \
+         gradients, `AdamW`'s state is private behind validating setters, and the public unit \
+         functions that took data-dependent indices return `Result`. The full table of \
+         non-finite weights is `docs/nonfinite-weights.md`.",
+    );
+    const R12: &str = "`reliability.rs` (issue 12 regressions), `nonfinite_weights.rs::nonfinite_weights_everywhere`";
+    t.core(
+        "RoPE base so small that `θ^(−2i/d)` overflows f32 (`rope_base = 1e-45`)",
+        "`Config::validate()`",
+        R12,
+        Config {
+            rope_base: 1e-45,
+            ..base
+        }
+        .validate(),
+        |e| {
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "rope_base",
+                    ..
+                }
+            )
+        },
+    );
+    {
+        let mut m = tiny();
+        let at = m.layout().layers[0].wqkv.start;
+        m.params_mut()[at] = f32::NAN;
+        let mut ws = m.workspace(1, 4, Mode::Inference).unwrap();
+        t.core(
+            "one NaN in `q_proj` (score rows all NaN: never \"fully masked\")",
+            "`model.forward(ws, tokens, 1, 4)`",
+            R12,
+            m.forward(&mut ws, &toks(4), 1, 4).map(|_| ()),
+            |e| {
+                matches!(
+                    e,
+                    Error::NonFinite {
+                        what: "attention scores",
+                        ..
+                    }
+                )
+            },
+        );
+        let m = tiny();
+        let mut tws = m.workspace(2, 4, Mode::Training).unwrap();
+        let mut g = vec![0.0; m.layout().total];
+        let tk = toks(9);
+        t.core(
+            "finite loss, gradient overflowing in backward (aux alpha 1.5e38)",
+            "`model.loss_and_grad(ws, grads, …, alpha, None)`",
+            R12,
+            m.loss_and_grad(&mut tws, &mut g, &tk[..8], &tk[1..], 2, 4, 1.5e38, None),
+            |e| {
+                matches!(
+                    e,
+                    Error::NonFinite {
+                        what: "gradients",
+                        ..
+                    }
+                )
+            },
+        );
+    }
+    {
+        use moe_core::AdamW;
+        let mut opt = AdamW::new(AdamWConfig::default(), 3).unwrap();
+        t.core(
+            "loaded step `u64::MAX` (beyond 2⁵³)",
+            "`AdamW::set_step(step)`",
+            R12,
+            opt.set_step(u64::MAX),
+            |e| matches!(e, Error::InvalidParameter { param: "step", .. }),
+        );
+        t.core(
+            "`beta1 = NaN`",
+            "`AdamW::set_config(config)`",
+            R12,
+            opt.set_config(AdamWConfig {
+                beta1: f32::NAN,
+                ..AdamWConfig::default()
+            }),
+            |e| matches!(e, Error::InvalidParameter { param: "beta1", .. }),
+        );
+        t.core(
+            "`v` with a negative entry",
+            "`AdamW::set_moments(m, v)`",
+            R12,
+            opt.set_moments(&[0.0; 3], &[0.0, -1.0, 0.0]),
+            |e| matches!(e, Error::InvalidParameter { param: "v", .. }),
+        );
+        t.core(
+            "`m` of 2 elements for 3 parameters",
+            "`AdamW::set_moments(m, v)`",
+            R12,
+            opt.set_moments(&[0.0; 2], &[0.0; 3]),
+            |e| matches!(e, Error::ShapeMismatch { arg: "m", .. }),
+        );
+        let mut w = [1.0f32; 3];
+        t.core(
+            "`grads` shorter than `params`",
+            "`AdamW::update(params, grads, lr)`",
+            R12,
+            opt.update(&mut w, &[0.1; 2], 1e-3),
+            |e| matches!(e, Error::ShapeMismatch { arg: "grads", .. }),
+        );
+        t.core(
+            "`lr = NaN`",
+            "`AdamW::update(params, grads, lr)`",
+            R12,
+            opt.update(&mut w, &[0.1; 3], f32::NAN),
+            |e| matches!(e, Error::InvalidParameter { param: "lr", .. }),
+        );
+        t.core(
+            "a NaN gradient",
+            "`AdamW::update(params, grads, lr)`",
+            R12,
+            opt.update(&mut w, &[0.1, f32::NAN, 0.1], 1e-3),
+            |e| {
+                matches!(
+                    e,
+                    Error::NonFinite {
+                        what: "gradients",
+                        ..
+                    }
+                )
+            },
+        );
+        opt.set_step(1 << 53).unwrap();
+        t.core(
+            "step count already 2⁵³",
+            "`AdamW::update(params, grads, lr)`",
+            R12,
+            opt.update(&mut w, &[0.1; 3], 1e-3),
+            |e| matches!(e, Error::Overflow { .. }),
+        );
+    }
+    {
+        use moe_core::rope::RopeTable;
+        use moe_core::{embedding, loss};
+        let mut x = vec![0.0f32; 4];
+        t.core(
+            "token `>= v` (v 3)",
+            "`embedding::forward(x, tokens, table, c)`",
+            R12,
+            embedding::forward(&mut x, &[0, 3], &[0.0; 6], 2),
+            |e| matches!(e, Error::TokenOutOfRange { .. }),
+        );
+        let table = RopeTable::new(&base, 8).unwrap();
+        let mut h = [0.0f32; 16];
+        t.core(
+            "position `>= max_seq` (8)",
+            "`RopeTable::rotate(x, pos)`",
+            R12,
+            table.rotate(&mut h, 8),
+            |e| matches!(e, Error::WorkspaceTooSmall { .. }),
+        );
+        t.core(
+            "head slice of 5 elements (d 16)",
+            "`RopeTable::rotate(x, pos)`",
+            R12,
+            table.rotate(&mut h[..5], 0),
+            |e| matches!(e, Error::ShapeMismatch { .. }),
+        );
+        let (mut dl, mut row) = (vec![0.0f32; 8], vec![0.0f32; 2]);
+        t.core(
+            "target `>= v` (v 4)",
+            "`loss::cross_entropy(dlogits, ce_row, logits, targets, v)`",
+            R12,
+            loss::cross_entropy(&mut dl, &mut row, &[0.0; 8], &[0, 4], 4),
+            |e| matches!(e, Error::TokenOutOfRange { arg: "targets", .. }),
+        );
+    }
 
     // ---------------------------------------------------------------- tokens.json
     t.section(

@@ -143,7 +143,7 @@ fn dense_forward(model: &MoETransformer, tokens: &[u32], b: usize, t: usize) -> 
     let table = RopeTable::new(&cfg, t).unwrap();
 
     let mut resid = vec![0.0f32; n * c];
-    embedding::forward(&mut resid, tokens, &p[lay.embed.clone()], c);
+    embedding::forward(&mut resid, tokens, &p[lay.embed.clone()], c).unwrap();
     let mut xn = vec![0.0f32; n * c];
     let mut rstd = vec![0.0f32; n];
     let mut qkv = vec![0.0f32; n * dm.q];
@@ -155,8 +155,8 @@ fn dense_forward(model: &MoETransformer, tokens: &[u32], b: usize, t: usize) -> 
     for ll in &lay.layers {
         rmsnorm::forward(&mut xn, &mut rstd, &resid, &p[ll.attn_norm.clone()], eps);
         linear::forward(&mut qkv, &xn, &p[ll.wqkv.clone()], n, c, dm.q, Accum::Set);
-        rope::forward(&mut qkv, &table, 0, &dm);
-        attention::forward(&mut att, &mut probs, &qkv, &dm, true);
+        rope::forward(&mut qkv, &table, 0, &dm).unwrap();
+        attention::forward(&mut att, &mut probs, &qkv, &dm, true).unwrap();
         linear::forward(&mut resid, &att, &p[ll.wo.clone()], n, hd, c, Accum::Add);
         rmsnorm::forward(&mut xn, &mut rstd, &resid, &p[ll.mlp_norm.clone()], eps);
         let base = ll.experts.start;

@@ -263,7 +263,7 @@ proptest! {
         let qkv = seed_qkv;
         let mut att = vec![0.0; dm.n * dm.h * dm.d];
         let mut probs = vec![0.0; b * dm.h * t * t];
-        attention::forward(&mut att, &mut probs, &qkv, &dm, true);
+        attention::forward(&mut att, &mut probs, &qkv, &dm, true).unwrap();
         prop_assert!(att.iter().all(|v| v.is_finite()));
         // Every causal row of probabilities sums to 1, the masked part is 0.
         for row in 0..b * dm.h * t {
@@ -294,13 +294,13 @@ proptest! {
         let table = RopeTable::new(&cfg, t).unwrap();
         check_linear("rope", &g1, &g2, |g| {
             let mut dq = g.to_vec();
-            rope::backward(&mut dq, &table, &dm);
+            rope::backward(&mut dq, &table, &dm).unwrap();
             vec![dq]
         })?;
         // Backward is the inverse rotation: backward(forward(x)) = x.
         let mut y = x.clone();
-        rope::forward(&mut y, &table, 0, &dm);
-        rope::backward(&mut y, &table, &dm);
+        rope::forward(&mut y, &table, 0, &dm).unwrap();
+        rope::backward(&mut y, &table, &dm).unwrap();
         assert_close("rope round trip", &y, &x)?;
     }
 

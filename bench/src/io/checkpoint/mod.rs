@@ -212,18 +212,18 @@ pub fn save_training(
     let opt = trainer.optimizer();
     let layout = model.layout();
     let opt_path = dir.join(OPTIMIZER_FILE);
-    check_finite_flat(&opt_path, layout, &opt.m, "m.")?;
-    check_finite_flat(&opt_path, layout, &opt.v, "v.")?;
+    check_finite_flat(&opt_path, layout, opt.m(), "m.")?;
+    check_finite_flat(&opt_path, layout, opt.v(), "v.")?;
     let opts = SaveOptions {
         router_aux_loss_coef: trainer.config().aux_alpha,
     };
-    let mut staged = stage_model(dir, model, &opts, Some(opt.step))?;
+    let mut staged = stage_model(dir, model, &opts, Some(opt.step()))?;
 
     let mut meta = BTreeMap::new();
     meta.insert("format".to_owned(), OPTIMIZER_FORMAT.to_owned());
     meta.insert("format_version".to_owned(), FORMAT_VERSION.to_string());
-    meta.insert("step".to_owned(), opt.step.to_string());
-    let a = &opt.config;
+    meta.insert("step".to_owned(), opt.step().to_string());
+    let a = opt.config();
     meta.insert("beta1".to_owned(), a.beta1.to_string());
     meta.insert("beta2".to_owned(), a.beta2.to_string());
     meta.insert("eps".to_owned(), a.eps.to_string());
@@ -231,8 +231,8 @@ pub fn save_training(
     for (k, v) in extra {
         meta.insert(format!("{EXTRA_PREFIX}{k}"), v.clone());
     }
-    let mut tensors = layout_tensors(layout, &opt.m, "m.");
-    tensors.extend(layout_tensors(layout, &opt.v, "v."));
+    let mut tensors = layout_tensors(layout, opt.m(), "m.");
+    tensors.extend(layout_tensors(layout, opt.v(), "v."));
     // Optimizer state first, so that a crash between renames leaves a newer
     // optimizer with an older model, which `load_training` detects by step.
     staged.insert(0, stage_safetensors(&opt_path, &tensors, &meta)?);
@@ -322,10 +322,14 @@ pub fn load_training_with_extra(
     check_tensors(&file.path, &st, &layout, &["m.", "v."])?;
 
     let mut trainer = Trainer::new(model, config, max_batch, max_seq).map_err(model_err(dir))?;
+    // The moments are read into staging buffers, then handed to AdamW's
+    // validating setters (moe-core keeps its fields private).
+    let (mut m, mut v) = (vec![0.0f32; layout.total], vec![0.0f32; layout.total]);
+    copy_tensors(&file.path, &st, &layout, "m.", &mut m, false)?;
+    copy_tensors(&file.path, &st, &layout, "v.", &mut v, true)?;
     let opt = trainer.optimizer_mut();
-    copy_tensors(&file.path, &st, &layout, "m.", &mut opt.m, false)?;
-    copy_tensors(&file.path, &st, &layout, "v.", &mut opt.v, true)?;
-    opt.step = step;
+    opt.set_moments(&m, &v).map_err(model_err(&file.path))?;
+    opt.set_step(step).map_err(model_err(&file.path))?;
 
     let extra = meta
         .into_iter()
