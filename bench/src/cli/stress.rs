@@ -646,8 +646,20 @@ pub fn render_markdown(reports: &[CaseReport], command: &str, seed: u64) -> Stri
             ids.join(", ")
         );
     }
+    s.push_str(NONFINITE_WEIGHTS_SECTION);
     s
 }
+
+/// The section that points at the non-finite-weights table, which the test
+/// suite (not `moe stress`) generates and asserts.
+const NONFINITE_WEIGHTS_SECTION: &str = "\n## Non-finite weights\n\n\
+One NaN, +Inf or `f32::MAX` written into one element of each parameter tensor kind \
+(embedding, q/k/v/o, both norms, router, w1/w2/w3 of every expert, final norm, lm_head): \
+what `forward`, `generate` (greedy and sampled) and `loss_and_grad` return is tabulated in \
+[`nonfinite-weights.md`](nonfinite-weights.md), generated and asserted by \
+`tests/tests/all/nonfinite_weights.rs`. Every cell is either `Error::NonFinite`, or `Ok` \
+with finite output — bit-identical to the clean model for NaN/Inf (the value cannot reach \
+the output), possibly changed for the finite `f32::MAX`.\n";
 
 /// `moe stress`: runs the suite, prints the table and writes the report.
 ///
