@@ -343,6 +343,17 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
             return Err(arg_error(flag, "must be >= 1, got 0"));
         }
     }
+    if args.steps > checkpoint::MAX_STEP {
+        // A checkpoint beyond it could not be resumed (see `MAX_STEP`).
+        return Err(arg_error(
+            "--steps",
+            format!(
+                "must be <= {} (2^53), got {}",
+                checkpoint::MAX_STEP,
+                args.steps
+            ),
+        ));
+    }
     if !(args.clip.is_finite() && args.clip >= 0.0) {
         return Err(arg_error(
             "--clip",

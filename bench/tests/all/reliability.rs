@@ -229,6 +229,21 @@ fn size_flags_are_bounded_by_data_and_memory() {
         err.contains("--batch: allocation of") && err.contains("failed"),
         "{err}"
     );
+    let o = moe(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "9007199254740993",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("--steps: must be <= 9007199254740992"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = moe(&["plan", "--batch", "1000000000000"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(
