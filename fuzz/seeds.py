@@ -151,3 +151,41 @@ write("generate", "valid_greedy", bytes([0]) + seed + bytes([12]) + ids([1, 2, 3
 write("generate", "valid_topp", bytes([3]) + nice(922) + nice(1024) + seed + bytes([20]) + ids([5, 6, 7, 8]))
 write("generate", "bad_prompt_id", bytes([1]) + nice(800) + seed + bytes([10]) + ids([1, 99, 3]))
 write("generate", "bad_too_long", bytes([0]) + seed + bytes([30]) + ids([1]))
+
+# ---- train_resume: optimizer.safetensors next to a step-1 model of run "fuzz-run" ----
+def optimizer(meta_over=None, m_fn=None, v_fn=None):
+    meta = {"format": "moe-rs/adamw", "format_version": "1", "step": "1", "run_id": "fuzz-run",
+            "beta1": "0.9", "beta2": "0.999", "eps": "0.00000001", "weight_decay": "0.01"}
+    for k, v in (meta_over or {}).items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    r = random.Random(7)
+    ts = []
+    for prefix, fn in (("m.", m_fn), ("v.", v_fn)):
+        for name, shape in layout():
+            n = 1
+            for s in shape:
+                n *= s
+            vals = [r.uniform(-1e-3, 1e-3) if prefix == "m." else r.uniform(0, 1e-6) for _ in range(n)]
+            if fn is not None:
+                vals = fn(name, vals)
+            ts.append((prefix + name, shape, vals))
+    return safetensors(ts, meta)
+
+
+write("train_resume", "valid_optimizer.safetensors", optimizer())
+write("train_resume", "bad_step_2p53_plus_1.safetensors", optimizer({"step": str(2 ** 53 + 1)}))
+write("train_resume", "bad_step_u64_max.safetensors", optimizer({"step": str(2 ** 64 - 1)}))
+write("train_resume", "bad_step_other_save.safetensors", optimizer({"step": "2"}))
+write("train_resume", "bad_step_text.safetensors", optimizer({"step": "-1"}))
+write("train_resume", "bad_run_id_other.safetensors", optimizer({"run_id": "another-run"}))
+write("train_resume", "bad_run_id_missing.safetensors", optimizer({"run_id": None}))
+write("train_resume", "bad_format.safetensors", optimizer({"format": "pt"}))
+write("train_resume", "bad_v_negative.safetensors",
+      optimizer(v_fn=lambda n, xs: [-1.0] + xs[1:] if n == "model.norm.weight" else xs))
+write("train_resume", "bad_m_nan.safetensors",
+      optimizer(m_fn=lambda n, xs: [float("nan")] + xs[1:] if n == "lm_head.weight" else xs))
+write("train_resume", "valid_huge_moments.safetensors",
+      optimizer(m_fn=lambda n, xs: [3e38] * len(xs), v_fn=lambda n, xs: [1e-38] * len(xs)))

@@ -325,6 +325,29 @@ mod tests {
     }
 
     #[test]
+    fn valid_resume_seeds_load() {
+        // As `fuzz_targets/train_resume.rs` sets up its directory.
+        let dir = tempfile::tempdir().unwrap();
+        let model = moe_core::MoETransformer::new(&CKPT_CONFIG, 7).unwrap();
+        let tc = moe_core::TrainConfig::default();
+        let mut tr = moe_core::Trainer::new(model, tc, 1, 4).unwrap();
+        tr.train_step(&[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4).unwrap();
+        let extra = Default::default();
+        moe_bench::checkpoint::save_training_with(dir.path(), &tr, &extra, Some("fuzz-run"))
+            .unwrap();
+        for (name, bytes) in seeds("train_resume") {
+            std::fs::write(dir.path().join("optimizer.safetensors"), &bytes).unwrap();
+            let r = moe_bench::checkpoint::load_training_run(dir.path(), tc, 1, 4);
+            assert_eq!(
+                r.is_ok(),
+                name.starts_with("valid"),
+                "{name}: {:?}",
+                r.err()
+            );
+        }
+    }
+
+    #[test]
     fn reader_pads_with_zeros() {
         let mut r = Reader::new(&[1, 2, 3]);
         assert_eq!(r.u16(), 0x0201);

@@ -84,10 +84,10 @@ impl Sampler for TopP {
 #[derive(Debug, Args)]
 pub struct DispatchCompareArgs {
     /// Fresh processes per cold measurement (the median is reported).
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 11, value_parser = super::at_least_one)]
     pub cold_runs: usize,
     /// Timed rounds per warm measurement (the median per call is reported).
-    #[arg(long, default_value_t = 101)]
+    #[arg(long, default_value_t = 101, value_parser = super::at_least_one)]
     pub warm_rounds: usize,
     /// Only these workloads (greedy, temperature, top_k, top_p, greedy_v16, mixed).
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
@@ -307,7 +307,7 @@ fn median(mut x: Vec<f64>) -> f64 {
 /// Median over `runs` fresh processes of the first call's time.
 fn cold(mech: &str, workload: &str, runs: usize) -> Result<f64, Error> {
     let exe = std::env::current_exe()?;
-    let mut ns = Vec::with_capacity(runs);
+    let mut ns: Vec<f64> = super::try_vec(runs, "--cold-runs")?;
     for _ in 0..runs {
         let out = Command::new(&exe)
             .args(["dispatch-compare", "--cold-child"])
@@ -338,7 +338,7 @@ fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, Error> {
     let unit = calls_per_unit(workload);
     // Short rounds: on a shared machine a long round is likely to be preempted.
     let calls = (((50_000.0 / per.max(1.0)) as usize).clamp(unit, 1 << 20) / unit) * unit;
-    let mut per_call = Vec::with_capacity(rounds);
+    let mut per_call: Vec<f64> = super::try_vec(rounds, "--warm-rounds")?;
     for _ in 0..rounds {
         let t = Instant::now();
         black_box(run_calls(mech, workload, &lg, &mut rng, calls).ok_or("no such pair")??);

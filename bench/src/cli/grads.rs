@@ -22,6 +22,7 @@ use moe_core::{Losses, MoETransformer, Mode, TokenId};
 use serde_json::Value;
 
 use crate::io::checkpoint::{self, CheckpointError, CheckpointErrorKind, F32Tensor};
+use crate::io::read::{read_to_string_bounded, ReadError, ReadErrorKind, MAX_JSON_BYTES};
 
 /// Default `aux_alpha` when `tokens.json` has none (CONTRACT §4).
 pub const DEFAULT_AUX_ALPHA: f32 = 0.01;
@@ -171,6 +172,17 @@ pub enum GradsError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `tokens.json` is not a regular file, too large, or changed while read
+    /// (see [`crate::io::read`]; an OS error is [`GradsError::TokensIo`]).
+    TokensRead(ReadError),
+    /// A buffer the batch of `tokens.json` needs could not be allocated
+    /// (`source` is moe-core's `AllocationFailed { bytes }` or `Overflow`).
+    TooLarge {
+        /// The token file whose batch asked for it.
+        path: PathBuf,
+        /// moe-core's error.
+        source: moe_core::Error,
+    },
     /// `tokens.json` is invalid.
     Tokens {
         /// The token file.
@@ -187,6 +199,10 @@ impl fmt::Display for GradsError {
         match self {
             GradsError::Checkpoint(e) => write!(f, "{e}"),
             GradsError::TokensIo { path, source } => write!(f, "{}: {source}", path.display()),
+            GradsError::TokensRead(e) => write!(f, "{e}"),
+            GradsError::TooLarge { path, source } => {
+                write!(f, "{}: the batch is too large: {source}", path.display())
+            }
             GradsError::Tokens { path, source } => write!(f, "{}: {source}", path.display()),
             GradsError::Model(e) => write!(f, "{e}"),
         }
@@ -198,6 +214,8 @@ impl std::error::Error for GradsError {
         match self {
             GradsError::Checkpoint(e) => Some(e),
             GradsError::TokensIo { source, .. } => Some(source),
+            GradsError::TokensRead(e) => Some(e),
+            GradsError::TooLarge { source, .. } => Some(source),
             GradsError::Tokens { source, .. } => Some(source),
             GradsError::Model(e) => Some(e),
         }
@@ -340,9 +358,20 @@ pub fn parse_tokens(text: &str, vocab: usize, max_seq: usize) -> Result<TokenBat
 /// # Errors
 /// [`GradsError::TokensIo`], [`GradsError::Tokens`].
 pub fn read_tokens(path: &Path, model: &MoETransformer) -> Result<TokenBatch, GradsError> {
-    let text = fs::read_to_string(path).map_err(|source| GradsError::TokensIo {
-        path: path.to_path_buf(),
-        source,
+    let text = read_to_string_bounded(path, MAX_JSON_BYTES).map_err(|e| match e.kind {
+        ReadErrorKind::Io(source) => GradsError::TokensIo {
+            path: e.path,
+            source,
+        },
+        // As `std::fs::read_to_string` reported it before.
+        ReadErrorKind::NotUtf8 => GradsError::TokensIo {
+            path: e.path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ),
+        },
+        _ => GradsError::TokensRead(e),
     })?;
     let cfg = model.config();
     parse_tokens(&text, cfg.vocab_size, cfg.max_position_embeddings).map_err(|source| {
@@ -364,6 +393,17 @@ pub struct GradsOutput {
     pub grads: Vec<f32>,
 }
 
+/// `n` zeros, or `AllocationFailed { bytes }`.
+fn try_zeros(n: usize) -> Result<Vec<f32>, moe_core::Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| moe_core::Error::AllocationFailed {
+            bytes: n.saturating_mul(4),
+        })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 /// One forward + backward over `tokens` (gradients start at zero).
 ///
 /// # Errors
@@ -378,8 +418,8 @@ pub fn compute(
         .checked_mul(t)
         .and_then(|n| n.checked_mul(model.config().vocab_size))
         .ok_or(moe_core::Error::Overflow { what: "logits" })?;
-    let mut logits = vec![0.0f32; n_logits];
-    let mut grads = vec![0.0f32; model.layout().total];
+    let mut logits = try_zeros(n_logits)?;
+    let mut grads = try_zeros(model.layout().total)?;
     let losses = model.loss_and_grad(
         &mut ws,
         &mut grads,
@@ -454,9 +494,28 @@ pub fn write_result(
 /// # Errors
 /// Any [`GradsError`]; nothing is written under `--out` unless everything succeeded.
 pub fn run(args: GradsArgs) -> Result<(), GradsError> {
-    let model = checkpoint::load(&args.checkpoint)?;
+    let model = checkpoint::load(crate::cli::checkpoint_dir(&args.checkpoint))?;
     let tokens = read_tokens(&args.tokens, &model)?;
-    let out = compute(&model, &tokens)?;
+    let too_large = |source| GradsError::TooLarge {
+        path: args.tokens.clone(),
+        source,
+    };
+    // The workspace grows linearly in the batch: check one row's size times
+    // b against the host's memory before allocating it.
+    let row = model
+        .workspace(1, tokens.seq, Mode::Training)
+        .map_err(too_large)?;
+    let need = (row.bytes() as u64).saturating_mul(tokens.batch as u64);
+    drop(row);
+    if crate::cli::physical_memory().is_some_and(|mem| need > mem) {
+        return Err(too_large(moe_core::Error::AllocationFailed {
+            bytes: usize::try_from(need).unwrap_or(usize::MAX),
+        }));
+    }
+    let out = compute(&model, &tokens).map_err(|e| match e {
+        moe_core::Error::AllocationFailed { .. } | moe_core::Error::Overflow { .. } => too_large(e),
+        e => GradsError::Model(e),
+    })?;
     write_result(&args.out, &model, &tokens, &out)?;
     println!(
         "b = {}, t = {}, aux_alpha = {}: loss = {}, ce_loss = {}, aux_loss = {}; wrote {}",

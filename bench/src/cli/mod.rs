@@ -63,6 +63,75 @@ pub fn with_flag(e: moe_core::Error, fallback: Option<&str>) -> Error {
     }
 }
 
+/// A count flag that must be at least 1 (clap `value_parser`): `0` of
+/// something that counts repetitions, windows or steps is meaningless.
+///
+/// # Errors
+/// A message clap prints with the flag's name.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be >= 1, got 0".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Physical memory of the host in bytes (`MemTotal` of `/proc/meminfo`), if known.
+pub fn physical_memory() -> Option<u64> {
+    // A kernel file, not user input (and its reported length is 0, so the
+    // bounded reader of `crate::io::read` does not apply).
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Checks that a workspace for `batch × seq` tokens of `cfg` in `mode` fits
+/// in the host's memory before it is allocated: its size is that of one row
+/// (`batch` 1, computed by moe-core) times `batch` (a workspace grows
+/// linearly in the batch). `flags` names what asked for it (e.g.
+/// `"--batch"`), for the error. A size that does not fit is
+/// `AllocationFailed { bytes }`, prefixed by `flags`.
+///
+/// # Errors
+/// `flags: …` with moe-core's error (`AllocationFailed`, `Overflow`, …).
+pub fn check_workspace_fits(
+    cfg: &moe_core::Config,
+    batch: usize,
+    seq: usize,
+    mode: moe_core::Mode,
+    flags: &str,
+) -> Result<(), Error> {
+    let row = moe_core::Workspace::new(cfg, 1, seq, mode).map_err(|e| arg_error(flags, e))?;
+    let bytes = (row.bytes() as u64).saturating_mul(batch as u64);
+    if let Some(mem) = physical_memory() {
+        if bytes > mem {
+            let e = moe_core::Error::AllocationFailed {
+                bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+            };
+            return Err(arg_error(
+                flags,
+                format!("{e} (more than the host's {mem} bytes of memory)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An empty `Vec` with room for `n` elements, or `AllocationFailed { bytes }`
+/// prefixed by `what` (the flag or file that asked for it).
+///
+/// # Errors
+/// `what: …AllocationFailed…`.
+pub fn try_vec<T>(n: usize, what: &str) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        let bytes = n.saturating_mul(std::mem::size_of::<T>());
+        arg_error(what, moe_core::Error::AllocationFailed { bytes })
+    })?;
+    Ok(v)
+}
+
 /// `DIR/checkpoint` if `DIR` is a `moe train --out` directory (its
 /// `checkpoint/` holds a `config.json`).
 pub fn train_checkpoint(dir: &Path) -> Option<PathBuf> {

@@ -39,10 +39,10 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value = "tiny")]
     pub profile: PlanProfile,
     /// Planned batch (default: 2, the benchmark batch).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub batch: Option<usize>,
     /// Planned sequence length (default: 32 for inference, 8 for training — the benchmark shapes).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub seq: Option<usize>,
     /// Workspace mode(s).
     #[arg(long, value_enum, default_value = "both")]
@@ -204,7 +204,9 @@ fn print_workspace(
     seq: usize,
     markdown: bool,
 ) -> Result<(), Error> {
-    let ws = Workspace::new(cfg, batch, seq, mode)?;
+    super::check_workspace_fits(cfg, batch, seq, mode, "--batch/--seq")?;
+    let ws =
+        Workspace::new(cfg, batch, seq, mode).map_err(|e| super::arg_error("--batch/--seq", e))?;
     let plan: Vec<PlanEntry> = ws.plan();
     heading(
         markdown,

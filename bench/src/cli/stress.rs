@@ -33,7 +33,7 @@ pub struct StressArgs {
     #[arg(long, default_value = "docs/stability.md")]
     pub out: PathBuf,
     /// Training steps of each training case.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = super::at_least_one)]
     pub steps: usize,
     /// Seed of the model initialisation.
     #[arg(long, default_value_t = 42)]

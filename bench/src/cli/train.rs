@@ -31,7 +31,11 @@
 //!   (train CE, its moving average, held-out CE and the unigram baseline),
 //!   `checkpoint/` (a training checkpoint: `config.json` + `model.safetensors`,
 //!   loadable by `moe generate`, `moe grads` and `transformers`, plus
-//!   `optimizer.safetensors`), and `summary.json` at the end.
+//!   `optimizer.safetensors`), and `summary.json` at the end. `checkpoint` is a
+//!   symlink to the current generation directory `checkpoint.gen-NNNNNN/`,
+//!   switched atomically once a new one is complete ([`crate::io::outdir`]);
+//!   `--out` is created, checked writable and locked before any work, and the
+//!   leftovers of killed runs are removed.
 //! * **Resume**: `--resume DIR` (a previous `--out` directory or its
 //!   `checkpoint/`) restores weights, AdamW moments and step count, keeps the
 //!   rows of its `loss.csv` up to that step, and continues to `--steps` (the
@@ -40,7 +44,6 @@
 //!   data file or split is an error.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,9 +54,11 @@ use moe_core::{
     Trainer, Workspace,
 };
 
-use super::{arg_error, train_checkpoint, with_flag};
+use super::{arg_error, check_workspace_fits, train_checkpoint, try_vec, with_flag};
 use crate::io::checkpoint::{self, CheckpointError};
 use crate::io::corpus::{cross_entropy_sum, Corpus};
+use crate::io::outdir::OutDir;
+use crate::io::read::{read_bounded, read_to_string_bounded, MAX_TEXT_BYTES};
 use crate::report::plots;
 use crate::Error;
 
@@ -291,10 +296,12 @@ fn write_csv(path: &Path, rows: &[Row]) -> Result<(), CheckpointError> {
 
 /// Reads the rows of an earlier `loss.csv` (empty if there is none).
 fn read_csv(path: &Path) -> Result<Vec<Row>, Error> {
-    let text = match fs::read_to_string(path) {
+    let text = match read_to_string_bounded(path, MAX_TEXT_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+        Err(e) if e.io_error().map(std::io::Error::kind) == Some(std::io::ErrorKind::NotFound) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e.to_string().into()),
     };
     let mut lines = text.lines();
     if lines.next() != Some(CSV_HEADER) {
@@ -336,6 +343,17 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
             return Err(arg_error(flag, "must be >= 1, got 0"));
         }
     }
+    if args.steps > checkpoint::MAX_STEP {
+        // A checkpoint beyond it could not be resumed (see `MAX_STEP`).
+        return Err(arg_error(
+            "--steps",
+            format!(
+                "must be <= {} (2^53), got {}",
+                checkpoint::MAX_STEP,
+                args.steps
+            ),
+        ));
+    }
     if !(args.clip.is_finite() && args.clip >= 0.0) {
         return Err(arg_error(
             "--clip",
@@ -372,8 +390,7 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
 
 /// Reads `--data` and splits it into the training and held-out parts.
 fn read_data(args: &TrainArgs) -> Result<(Vec<u8>, Corpus), Error> {
-    let data = fs::read(&args.data)
-        .map_err(|e| arg_error("--data", format!("{}: {e}", args.data.display())))?;
+    let data = read_bounded(&args.data, MAX_TEXT_BYTES).map_err(|e| arg_error("--data", e))?;
     if std::str::from_utf8(&data).is_err() {
         eprintln!(
             "warning: {} is not valid UTF-8 (trained on its bytes anyway)",
@@ -405,9 +422,32 @@ fn check_seq(args: &TrainArgs, max_position_embeddings: usize) -> Result<(), Err
 fn fresh(args: &TrainArgs, train_config: TrainConfig) -> Result<(Trainer, String), Error> {
     let cfg = args.profile.0.config();
     check_seq(args, cfg.max_position_embeddings)?;
+    check_workspace_fits(&cfg, args.batch, args.seq, Mode::Training, "--batch")?;
     let model = MoETransformer::new(&cfg, args.seed)?;
-    let trainer = Trainer::new(model, train_config, args.batch, args.seq)?;
+    let trainer = Trainer::new(model, train_config, args.batch, args.seq).map_err(|e| match e {
+        moe_core::Error::AllocationFailed { .. } | moe_core::Error::Overflow { .. } => {
+            arg_error("--batch", e)
+        }
+        e => e.into(),
+    })?;
     Ok((trainer, args.profile.0.name().to_owned()))
+}
+
+/// What `--resume DIR` gives: the trainer, the rows of its `loss.csv` up to
+/// its step, the profile name found in the checkpoint and its run id.
+struct Resumed {
+    trainer: Trainer,
+    rows: Vec<Row>,
+    profile_name: String,
+    run_id: Option<String>,
+}
+
+/// A new run's id: the time in nanoseconds and the process id, in hex.
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
 }
 
 /// The trainer of `--resume DIR` and the rows of its `loss.csv` up to its
@@ -418,13 +458,14 @@ fn resume(
     train_config: TrainConfig,
     data: &[u8],
     schedule: &LrSchedule,
-) -> Result<(Trainer, Vec<Row>, String), Error> {
+) -> Result<Resumed, Error> {
     let (ckpt, run_dir) = resume_dirs(dir);
     let cc = checkpoint::read_config(&ckpt).map_err(|e| arg_error("--resume", e))?;
     check_seq(args, cc.config.max_position_embeddings)?;
-    let (trainer, extra) =
-        checkpoint::load_training_with_extra(&ckpt, train_config, args.batch, args.seq)
-            .map_err(|e| arg_error("--resume", e))?;
+    check_workspace_fits(&cc.config, args.batch, args.seq, Mode::Training, "--batch")?;
+    let loaded = checkpoint::load_training_run(&ckpt, train_config, args.batch, args.seq)
+        .map_err(|e| arg_error("--resume", e))?;
+    let (trainer, extra) = (loaded.trainer, loaded.extra);
     let mine = run_extra(args, "", data, schedule);
     for key in ["data_bytes", "data_fnv1a64", "train_fraction"] {
         if let Some(theirs) = extra.get(key) {
@@ -463,8 +504,15 @@ fn resume(
     }
     let step = trainer.optimizer().step();
     let mut rows = read_csv(&run_dir.join(LOSS_CSV))?;
+    // `loss.csv` is written before the checkpoint pointer switches (see
+    // `crate::io::outdir`): it may be ahead of the checkpoint, never behind.
     rows.retain(|r| r.step <= step);
-    Ok((trainer, rows, profile_name))
+    Ok(Resumed {
+        trainer,
+        rows,
+        profile_name,
+        run_id: loaded.run_id,
+    })
 }
 
 /// One `moe train` run, from its checked arguments to its summary.
@@ -490,6 +538,10 @@ struct Session {
     windows: Vec<usize>,
     eval_ws: Workspace,
     ckpt_dir: PathBuf,
+    /// `--out`, locked for the whole run.
+    out_dir: OutDir,
+    /// This run's id (a resumed run keeps the checkpoint's).
+    run_id: String,
     /// Seconds spent in training steps, and the tokens they trained on.
     train_secs: f64,
     trained_tokens: u64,
@@ -501,26 +553,50 @@ impl Session {
     /// initial weights (step-0 row) unless resuming.
     fn start(args: TrainArgs, wall: Instant) -> Result<Session, Error> {
         let (schedule, train_config) = training_config(&args)?;
+        // Before any work: `--out` is created, writable and ours for the run
+        // (and what a killed run left there is removed).
+        let out_dir = OutDir::open(&args.out).map_err(|e| arg_error("--out", e))?;
         let (data, corpus) = read_data(&args)?;
-        let (trainer, rows, profile_name) = match &args.resume {
+        let resumed = match &args.resume {
             None => {
                 let (trainer, name) = fresh(&args, train_config)?;
-                (trainer, Vec::new(), name)
+                Resumed {
+                    trainer,
+                    rows: Vec::new(),
+                    profile_name: name,
+                    run_id: None,
+                }
             }
             Some(dir) => resume(&args, dir, train_config, &data, &schedule)?,
         };
+        let Resumed {
+            trainer,
+            rows,
+            profile_name,
+            run_id,
+        } = resumed;
+        let run_id = run_id.unwrap_or_else(new_run_id);
         let extra = run_extra(&args, &profile_name, &data, &schedule);
         let start = trainer.optimizer().step();
-        let out = &args.out;
-        fs::create_dir_all(out)
-            .map_err(|e| arg_error("--out", format!("{}: {e}", out.display())))?;
-        let ckpt_dir = out.join(CHECKPOINT_DIR);
+        let ckpt_dir = out_dir.checkpoint_path();
         let unigram = corpus.unigram_baseline();
+        // Distinct windows of `--seq + 1` bytes in the held-out part.
+        let distinct = corpus.heldout.len() - args.seq;
+        if args.eval_windows > distinct {
+            return Err(arg_error(
+                "--eval-windows",
+                format!(
+                    "must be <= {distinct} (the held-out part has {distinct} distinct windows of --seq + 1 bytes), got {}",
+                    args.eval_windows
+                ),
+            ));
+        }
         let windows = corpus.eval_windows(args.eval_windows, args.seq);
-        let eval_ws =
-            trainer
-                .model()
-                .workspace(args.batch.min(windows.len()), args.seq, Mode::Inference)?;
+        let eval_b = args.batch.min(windows.len());
+        let eval_ws = trainer
+            .model()
+            .workspace(eval_b, args.seq, Mode::Inference)
+            .map_err(|e| arg_error("--batch", e))?;
         // A resumed run's last held-out CE; a fresh run's is set by `header`.
         let last_heldout = rows.iter().rev().find_map(|r| r.heldout_ce);
         let mut session = Session {
@@ -539,6 +615,8 @@ impl Session {
             windows,
             eval_ws,
             ckpt_dir,
+            out_dir,
+            run_id,
             train_secs: 0.0,
             trained_tokens: 0,
             last_heldout,
@@ -599,14 +677,18 @@ impl Session {
 
     /// `loss.csv`, `loss.svg` and the checkpoint, as of now.
     fn write_outputs(&self) -> Result<(), Error> {
-        write_outputs(
-            &self.args.out,
-            &self.ckpt_dir,
-            &self.trainer,
-            &self.extra,
-            &self.rows,
-            self.unigram,
-        )
+        let out = &self.args.out;
+        // The checkpoint as a new generation; `loss.csv` is written once the
+        // generation is complete and before the pointer switches to it, so
+        // that after a crash its rows reach at least the checkpoint's step
+        // (a resume drops the rows after it).
+        self.out_dir
+            .save_checkpoint(&self.trainer, &self.extra, &self.run_id, || {
+                Ok(write_csv(&out.join(LOSS_CSV), &self.rows)?)
+            })?;
+        let svg = loss_svg(&self.rows, self.unigram)?;
+        checkpoint::write_atomic(&out.join(LOSS_SVG), |w| w.write_all(svg.as_bytes()))?;
+        Ok(())
     }
 
     /// The training loop, up to `--steps`: one row per step, an evaluation
@@ -622,8 +704,10 @@ impl Session {
         );
         pb.set_position(self.start.min(steps));
         let (b, t) = (self.args.batch, self.args.seq);
-        let mut tokens: Vec<TokenId> = Vec::with_capacity(b * t);
-        let mut targets: Vec<TokenId> = Vec::with_capacity(b * t);
+        // `check_workspace_fits` bounded b·t already; still fallible.
+        let bt = b.saturating_mul(t);
+        let mut tokens: Vec<TokenId> = try_vec(bt, "--batch")?;
+        let mut targets: Vec<TokenId> = try_vec(bt, "--batch")?;
         let mut tps_ema = 0.0f64;
         let mut since_eval: (f64, u64) = (0.0, 0);
         while self.step < steps {
@@ -779,21 +863,6 @@ impl Session {
 /// An f32 as the f64 of its shortest decimal form (0.01, not 0.009999999776).
 fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
-}
-
-fn write_outputs(
-    out: &Path,
-    ckpt_dir: &Path,
-    trainer: &Trainer,
-    extra: &BTreeMap<String, String>,
-    rows: &[Row],
-    unigram: f64,
-) -> Result<(), Error> {
-    checkpoint::save_training(ckpt_dir, trainer, extra)?;
-    write_csv(&out.join(LOSS_CSV), rows)?;
-    let svg = loss_svg(rows, unigram)?;
-    checkpoint::write_atomic(&out.join(LOSS_SVG), |w| w.write_all(svg.as_bytes()))?;
-    Ok(())
 }
 
 /// The loss plot (see [`crate::report::plots::loss_svg`]): train CE per

@@ -29,6 +29,17 @@ pub fn encode(bytes: &[u8]) -> Vec<TokenId> {
     bytes.iter().map(|&b| TokenId::from(b)).collect()
 }
 
+/// [`encode`] into a buffer reserved with `try_reserve`.
+fn try_encode(bytes: &[u8]) -> Result<Vec<TokenId>, CorpusError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len())
+        .map_err(|_| CorpusError::AllocationFailed {
+            bytes: bytes.len().saturating_mul(std::mem::size_of::<TokenId>()),
+        })?;
+    v.extend(bytes.iter().map(|&b| TokenId::from(b)));
+    Ok(v)
+}
+
 /// Token ids → text, lossily: ids `< 256` are bytes, decoded as UTF-8 with
 /// invalid sequences replaced by U+FFFD; an id `>= 256` also becomes U+FFFD.
 pub fn decode(ids: &[TokenId]) -> String {
@@ -47,9 +58,15 @@ pub fn to_bytes(ids: &[TokenId]) -> Vec<u8> {
     ids.iter().filter_map(|&id| u8::try_from(id).ok()).collect()
 }
 
-/// A corpus that cannot be used with the requested window length.
+/// A corpus that cannot be used with the requested window length (or held in memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CorpusError {
+    /// The token buffers of the corpus (4 bytes per byte of text) could not be allocated.
+    AllocationFailed {
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// `train_fraction` is not in `(0, 1)`.
     BadFraction(String),
     /// One part of the split is shorter than one window of `seq + 1` bytes.
@@ -68,6 +85,10 @@ pub enum CorpusError {
 impl fmt::Display for CorpusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CorpusError::AllocationFailed { bytes } => write!(
+                f,
+                "allocation of {bytes} bytes for the corpus' token ids failed (4 bytes per byte of text)"
+            ),
             CorpusError::BadFraction(x) => {
                 write!(f, "train fraction must be in (0, 1), got {x}")
             }
@@ -119,8 +140,8 @@ impl Corpus {
             }
         }
         Ok(Corpus {
-            train: encode(&bytes[..cut]),
-            heldout: encode(&bytes[cut..]),
+            train: try_encode(&bytes[..cut])?,
+            heldout: try_encode(&bytes[cut..])?,
         })
     }
 

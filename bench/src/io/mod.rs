@@ -4,4 +4,5 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod corpus;
+pub mod outdir;
 pub mod read;

@@ -73,27 +73,37 @@ pub struct ReadError {
 
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = self.path.display();
-        match &self.kind {
-            ReadErrorKind::Io(e) => write!(f, "{p}: {e}"),
-            ReadErrorKind::NotRegular(what) => {
-                write!(f, "{p}: is {what}, not a regular file")
-            }
-            ReadErrorKind::TooLarge { len, max } => write!(
-                f,
-                "{p}: {len} bytes is larger than the {max}-byte maximum for this kind of file"
-            ),
-            ReadErrorKind::AllocationFailed { bytes } => {
-                write!(f, "{p}: could not allocate {bytes} bytes to read it")
-            }
-            ReadErrorKind::Changed { len } => {
-                write!(
-                    f,
-                    "{p}: the file changed while it was read (it was {len} bytes)"
-                )
-            }
-            ReadErrorKind::NotUtf8 => write!(f, "{p}: not valid UTF-8"),
+        fmt_kind(&self.path, &self.kind, f)
+    }
+}
+
+/// The message of a failed read of `path` (shared with the error types that
+/// wrap a [`ReadErrorKind`]).
+pub(crate) fn fmt_kind(
+    path: &Path,
+    kind: &ReadErrorKind,
+    f: &mut fmt::Formatter<'_>,
+) -> fmt::Result {
+    let p = path.display();
+    match kind {
+        ReadErrorKind::Io(e) => write!(f, "{p}: {e}"),
+        ReadErrorKind::NotRegular(what) => {
+            write!(f, "{p}: is {what}, not a regular file")
         }
+        ReadErrorKind::TooLarge { len, max } => write!(
+            f,
+            "{p}: {len} bytes is larger than the {max}-byte maximum for this kind of file"
+        ),
+        ReadErrorKind::AllocationFailed { bytes } => {
+            write!(f, "{p}: could not allocate {bytes} bytes to read it")
+        }
+        ReadErrorKind::Changed { len } => {
+            write!(
+                f,
+                "{p}: the file changed while it was read (it was {len} bytes)"
+            )
+        }
+        ReadErrorKind::NotUtf8 => write!(f, "{p}: not valid UTF-8"),
     }
 }
 

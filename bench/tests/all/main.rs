@@ -6,6 +6,9 @@
 
 mod checkpoint;
 mod cli;
+mod common;
+mod faults;
 mod grads;
 mod json_schema;
+mod reliability;
 mod stress;

@@ -915,6 +915,76 @@ fn build() -> Table {
     );
     let dir = c.fresh();
     edit_config(&dir, |o| {
+        o.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 500000.0}),
+        );
+    });
+    c.load(
+        "`rope_parameters.rope_theta` disagrees with top-level `rope_theta`",
+        "`reliability.rs::config_contradictions_are_refused`",
+        &dir,
+        "InvalidField",
+    );
+    let dir = c.fresh();
+    edit_config(&dir, |o| {
+        o.insert("router_aux_loss_coef".into(), (-1).into());
+    });
+    c.load(
+        "`router_aux_loss_coef: -1` (what save refuses, load refuses)",
+        "`reliability.rs::config_contradictions_are_refused`",
+        &dir,
+        "InvalidConfig",
+    );
+    let dir = c.fresh();
+    edit_config(&dir, |o| {
+        o.insert("router_jitter_noise".into(), 0.1.into());
+    });
+    c.load(
+        "non-zero `router_jitter_noise` (not implemented)",
+        "`reliability.rs::config_contradictions_are_refused`",
+        &dir,
+        "InvalidField",
+    );
+    let dir = c.fresh();
+    edit_config(&dir, |o| {
+        o.insert("attention_dropout".into(), 0.1.into());
+    });
+    c.load(
+        "non-zero `attention_dropout` (not implemented)",
+        "`reliability.rs::config_contradictions_are_refused`",
+        &dir,
+        "InvalidField",
+    );
+    let dir = c.fresh();
+    fs::remove_file(dir.join(CONFIG_FILE)).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(dir.join(CONFIG_FILE))
+        .status()
+        .unwrap()
+        .success());
+    c.load(
+        "`config.json` a FIFO (or a device, a directory)",
+        "`faults.rs::hostile_special_files_for_every_file_input`, `reliability.rs::fifo_config_is_refused_at_once`",
+        &dir,
+        "Read",
+    );
+    let dir = c.fresh();
+    let bound = 8 + checkpoint::MAX_SAFETENSORS_HEADER_BYTES + 4 * base.param_counts().total;
+    fs::File::options()
+        .write(true)
+        .open(dir.join(MODEL_FILE))
+        .unwrap()
+        .set_len(bound + 1)
+        .unwrap();
+    c.load(
+        "`model.safetensors` longer than the config allows (header maximum + 4 bytes per parameter)",
+        "`proptest_error_table.rs::errors_md_is_generated_from_the_code`",
+        &dir,
+        "Read",
+    );
+    let dir = c.fresh();
+    edit_config(&dir, |o| {
         o.insert("num_key_value_heads".into(), 3.into());
     });
     c.load(
@@ -1049,23 +1119,6 @@ fn build() -> Table {
         "Metadata",
     );
     fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
-    let pristine_model = fs::read(dir.join(MODEL_FILE)).unwrap();
-    for file in [MODEL_FILE, OPTIMIZER_FILE] {
-        edit_raw(&dir.join(file), |_, meta| {
-            meta.insert("step".to_owned(), u64::MAX.to_string());
-        });
-    }
-    let r = checkpoint::load_training(&dir, tc, 1, 4);
-    c.row(
-        "`step` = `u64::MAX` in both files (beyond AdamW's 2⁵³, `AdamW::set_step`)",
-        "`checkpoint::load_training(dir, cfg, b, t)`",
-        "`reliability.rs::adamw_refuses_absurd_steps`",
-        &dir,
-        r,
-        "Model",
-    );
-    fs::write(dir.join(OPTIMIZER_FILE), &pristine).unwrap();
-    fs::write(dir.join(MODEL_FILE), &pristine_model).unwrap();
     save(&dir, tr.model()).unwrap();
     let r = checkpoint::load_training(&dir, tc, 1, 4);
     c.row(
@@ -1076,6 +1129,50 @@ fn build() -> Table {
         r,
         "StepMismatch",
     );
+
+    let dir = c.fresh();
+    checkpoint::save_training_with(&dir, &tr, &BTreeMap::new(), Some("run-a")).unwrap();
+    edit_raw(&dir.join(OPTIMIZER_FILE), |_, meta| {
+        meta.insert("run_id".into(), "run-b".into());
+    });
+    let r = checkpoint::load_training(&dir, tc, 1, 4);
+    c.row(
+        "model and optimizer files of different training runs (`run_id`)",
+        "`checkpoint::load_training(dir, cfg, b, t)`",
+        "`reliability.rs::resume_refuses_model_and_optimizer_of_different_runs`",
+        &dir,
+        r,
+        "RunMismatch",
+    );
+    for f in [MODEL_FILE, OPTIMIZER_FILE] {
+        edit_raw(&dir.join(f), |_, meta| {
+            meta.insert("step".into(), ((1u64 << 53) + 1).to_string());
+            meta.insert("run_id".into(), "run-a".into());
+        });
+    }
+    let r = checkpoint::load_training(&dir, tc, 1, 4);
+    c.row(
+        "AdamW `step` above 2^53",
+        "`checkpoint::load_training(dir, cfg, b, t)`",
+        "`reliability.rs::absurd_adamw_step_is_refused_at_load`, fuzz `train_resume`",
+        &dir,
+        r,
+        "Metadata",
+    );
+    let dir = c.fresh();
+    let held = moe_bench::io::outdir::OutDir::open(&dir).unwrap();
+    // The holder's pid, fixed for the table.
+    fs::write(dir.join(moe_bench::io::outdir::LOCK_FILE), "4242\n").unwrap();
+    let r = moe_bench::io::outdir::OutDir::open(&dir).map(|_| ());
+    c.row(
+        "a second `moe train` on one `--out` (`ckpt` is the output directory)",
+        "`io::outdir::OutDir::open(dir)`",
+        "`reliability.rs::second_trainer_on_one_out_is_locked_out`, `faults.rs::concurrent_trainers_on_one_out`",
+        &dir,
+        r,
+        "Locked",
+    );
+    drop(held);
 
     // Saving.
     let dir = c.fresh();
@@ -1288,6 +1385,83 @@ fn build() -> Table {
             loss::cross_entropy(&mut dl, &mut row, &[0.0; 8], &[0, 4], 4),
             |e| matches!(e, Error::TokenOutOfRange { arg: "targets", .. }),
         );
+    }
+
+    // ---------------------------------------------------------------- input files
+    t.section(
+        "Input files",
+        "Every file the tool reads (`config.json`, `model.safetensors`, `optimizer.safetensors`, \
+         `tokens.json`, `moe train --data`, `loss.csv` on resume) goes through \
+         `moe_bench::io::read::{open_regular, read_bounded}`: opened with `O_NONBLOCK` (a FIFO \
+         never blocks), refused unless a regular file after following symlinks, and bounded by \
+         its length and a per-kind maximum — JSON (`config.json`, `tokens.json`): \
+         `MAX_JSON_BYTES` = 256 MiB; text (`--data`, `loss.csv`): `MAX_TEXT_BYTES` = 4 GiB; \
+         `model.safetensors`: 8 + `MAX_SAFETENSORS_HEADER_BYTES` (100 MB) + 4 × the config's \
+         parameter count; `optimizer.safetensors`: the same with 8 bytes per parameter. \
+         Inside a checkpoint these are `CheckpointError::Read` (an OS error stays \
+         `CheckpointError::Io`); for `tokens.json`, `GradsError::TokensRead`. Shown here for \
+         `read_bounded(path, max)` (`dir` is a temporary directory).",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let big = tmp.path().join("big.json");
+    fs::write(&big, b"0123456789").unwrap();
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(tmp.path().join("missing"), &dangling).unwrap();
+    let notutf8 = tmp.path().join("latin1.json");
+    fs::write(&notutf8, [0xe9, 0x74, 0xe9]).unwrap();
+    use moe_bench::io::read::{read_bounded, read_to_string_bounded, MAX_JSON_BYTES};
+    let cases: Vec<(&str, &str, Result<String, moe_bench::io::read::ReadError>)> = vec![
+        (
+            "`/dev/zero` (or `/dev/urandom`)",
+            "`read_bounded(\"/dev/zero\", MAX_JSON_BYTES)`",
+            read_bounded(Path::new("/dev/zero"), MAX_JSON_BYTES).map(|_| String::new()),
+        ),
+        (
+            "a FIFO",
+            "`read_bounded(dir/fifo, MAX_JSON_BYTES)`",
+            read_bounded(&fifo, MAX_JSON_BYTES).map(|_| String::new()),
+        ),
+        (
+            "a directory",
+            "`read_bounded(dir, MAX_JSON_BYTES)`",
+            read_bounded(tmp.path(), MAX_JSON_BYTES).map(|_| String::new()),
+        ),
+        (
+            "a dangling symlink",
+            "`read_bounded(dir/dangling, MAX_JSON_BYTES)`",
+            read_bounded(&dangling, MAX_JSON_BYTES).map(|_| String::new()),
+        ),
+        (
+            "longer than the maximum (10 bytes, maximum 9)",
+            "`read_bounded(dir/big.json, 9)`",
+            read_bounded(&big, 9).map(|_| String::new()),
+        ),
+        (
+            "a text file that is not UTF-8",
+            "`read_to_string_bounded(dir/latin1.json, MAX_JSON_BYTES)`",
+            read_to_string_bounded(&notutf8, MAX_JSON_BYTES),
+        ),
+    ];
+    const READ_TESTS: &str = "`faults.rs::hostile_special_files_for_every_file_input`, \
+        `read.rs::special_files_are_refused_at_once` (unit)";
+    for (case, call, r) in cases {
+        let e = r.unwrap_err();
+        let kind = variant_of(&e.kind);
+        t.push(Row {
+            case: case.to_owned(),
+            call,
+            variant: format!("`ReadErrorKind::{kind}`"),
+            message: e
+                .to_string()
+                .replace(&tmp.path().display().to_string(), "dir"),
+            tests: READ_TESTS,
+        });
     }
 
     // ---------------------------------------------------------------- tokens.json

@@ -2,16 +2,15 @@
 //! and read by [`parse_config`] into a serde-derived [`HfConfig`] whose
 //! [`HfConfig::into_config`] makes the checks.
 
-use std::fs;
 use std::path::Path;
 
 use moe_core::Config;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::io_err;
 use super::DEFAULT_ROUTER_AUX_LOSS_COEF;
 use super::{CheckpointError, CheckpointErrorKind, Result, CONFIG_FILE, FORMAT_VERSION};
+use crate::io::read::{read_to_string_bounded, MAX_JSON_BYTES};
 
 // ---------------------------------------------------------------------------------------
 // Writing
@@ -115,6 +114,23 @@ pub fn config_json(cfg: &Config, opts: &SaveOptions) -> String {
     s
 }
 
+/// The one check of `router_aux_loss_coef`, on save ([`super::save_with`])
+/// and on load ([`parse_config`]): finite and `>= 0`.
+///
+/// # Errors
+/// [`moe_core::Error::InvalidParameter`] naming `router_aux_loss_coef`.
+pub fn check_router_aux_loss_coef(x: f32) -> std::result::Result<(), moe_core::Error> {
+    if x.is_finite() && x >= 0.0 {
+        Ok(())
+    } else {
+        Err(moe_core::Error::InvalidParameter {
+            param: "router_aux_loss_coef",
+            expected: "finite and >= 0",
+            actual: f64::from(x),
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading
 // ---------------------------------------------------------------------------------------
@@ -152,6 +168,10 @@ pub struct HfConfig {
     rope_scaling: Option<Value>,
     rope_theta: Option<Value>,
     router_aux_loss_coef: Option<Value>,
+    /// Must be 0 (or absent): training-time router jitter is not implemented.
+    router_jitter_noise: Option<Value>,
+    /// Must be 0 (or absent): attention dropout is not implemented.
+    attention_dropout: Option<Value>,
     /// Our own keys.
     moe_rs: Option<Value>,
 }
@@ -347,7 +367,18 @@ impl HfConfig {
             }
         }
         match (&self.rope_theta, &params.rope_theta) {
-            (Some(v), _) => r.as_f32("rope_theta", v),
+            (Some(v), Some(p)) => {
+                let (top, nested) = (
+                    r.as_f32("rope_theta", v)?,
+                    r.as_f32("rope_parameters.rope_theta", p)?,
+                );
+                if top != nested {
+                    let exp = format!("equal to the top-level rope_theta = {top} (or absent)");
+                    return Err(r.invalid("rope_parameters.rope_theta", &exp, p));
+                }
+                Ok(top)
+            }
+            (Some(v), None) => r.as_f32("rope_theta", v),
             (None, Some(v)) => r.as_f32("rope_parameters.rope_theta", v),
             (None, None) => Err(r.missing("rope_theta")),
         }
@@ -395,9 +426,35 @@ impl HfConfig {
         let mut config = self.sizes(r)?;
         let rope_theta = self.rope_theta(r)?;
         let router_aux_loss_coef = match &self.router_aux_loss_coef {
-            Some(v) => Some(r.as_f32("router_aux_loss_coef", v)?),
+            Some(v) => {
+                let x = r.as_f32("router_aux_loss_coef", v)?;
+                // The one validation of save and load.
+                check_router_aux_loss_coef(x).map_err(|source| {
+                    CheckpointError::new(path, CheckpointErrorKind::InvalidConfig { source })
+                })?;
+                Some(x)
+            }
             None => None,
         };
+        for (field, v, what) in [
+            (
+                "router_jitter_noise",
+                &self.router_jitter_noise,
+                "training-time router jitter noise",
+            ),
+            (
+                "attention_dropout",
+                &self.attention_dropout,
+                "attention dropout",
+            ),
+        ] {
+            if let Some(v) = v {
+                if r.as_f32(field, v)? != 0.0 {
+                    let exp = format!("0 ({what} is not implemented by moe-rs)");
+                    return Err(r.invalid(field, &exp, v));
+                }
+            }
+        }
         let moe_rs = self.moe_rs(r, rope_theta)?;
         (config.rope_base, config.rope_alpha) = (moe_rs.rope_base, moe_rs.rope_alpha);
         config.validate().map_err(|source| {
@@ -465,6 +522,6 @@ pub fn parse_config(text: &str, path: &Path) -> Result<CheckpointConfig> {
 /// [`CheckpointErrorKind::Io`] and the errors of [`parse_config`].
 pub fn read_config(dir: impl AsRef<Path>) -> Result<CheckpointConfig> {
     let path = dir.as_ref().join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = read_to_string_bounded(&path, MAX_JSON_BYTES)?;
     parse_config(&text, &path)
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensorError;
 
 use super::{MODEL_FILE, OPTIMIZER_FILE};
+use crate::io::read::{fmt_kind, ReadError, ReadErrorKind};
 
 /// Everything that can go wrong while saving or loading a checkpoint: the
 /// file (or directory) concerned, and what went wrong there.
@@ -138,6 +139,23 @@ pub enum CheckpointErrorKind {
     },
     /// A moe-core error (building the model or trainer, allocation, …).
     Model(moe_core::Error),
+    /// An input file is not a regular file, is larger than its kind allows,
+    /// could not be buffered or changed while read (see
+    /// [`crate::io::read`]; an ordinary OS error is [`CheckpointErrorKind::Io`]).
+    Read(ReadErrorKind),
+    /// `model.safetensors` and `optimizer.safetensors` were written by
+    /// different training runs (`path` is the checkpoint directory).
+    RunMismatch {
+        /// `run_id` of `model.safetensors` (`None`: absent).
+        model_run: Option<String>,
+        /// `run_id` of `optimizer.safetensors` (`None`: absent).
+        optimizer_run: Option<String>,
+    },
+    /// Another `moe train` holds the output directory's lock (`path` is the directory).
+    Locked {
+        /// The process id recorded in the lock file by its holder, if readable.
+        pid: Option<u32>,
+    },
 }
 
 impl CheckpointError {
@@ -153,6 +171,26 @@ impl CheckpointError {
 /// `map_err` adapter: an OS error about `path`.
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::new(path, CheckpointErrorKind::Io { source })
+}
+
+/// A bounded-read failure as a checkpoint error: an OS error keeps its
+/// [`CheckpointErrorKind::Io`] (and message), a non-UTF-8 text file reads as
+/// the OS error `std::fs::read_to_string` gave, the rest are
+/// [`CheckpointErrorKind::Read`].
+impl From<ReadError> for CheckpointError {
+    fn from(e: ReadError) -> Self {
+        let kind = match e.kind {
+            ReadErrorKind::Io(source) => CheckpointErrorKind::Io { source },
+            ReadErrorKind::NotUtf8 => CheckpointErrorKind::Io {
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ),
+            },
+            kind => CheckpointErrorKind::Read(kind),
+        };
+        CheckpointError { path: e.path, kind }
+    }
 }
 
 /// `map_err` adapter: a moe-core error while handling `path`.
@@ -257,6 +295,27 @@ impl fmt::Display for CheckpointError {
                 "{path}: {MODEL_FILE} was not written by a training save (no `step` metadata) but {OPTIMIZER_FILE} is from step {optimizer_step}"
             ),
             K::Model(e) => write!(f, "{e}"),
+            K::Read(kind) => fmt_kind(&self.path, kind, f),
+            K::RunMismatch {
+                model_run,
+                optimizer_run,
+            } => {
+                let show = |r: &Option<String>| r.as_deref().map_or("no run id".to_owned(), |s| format!("run {s}"));
+                write!(
+                    f,
+                    "{path}: {MODEL_FILE} is from {} but {OPTIMIZER_FILE} from {} (files of two different training runs)",
+                    show(model_run),
+                    show(optimizer_run)
+                )
+            }
+            K::Locked { pid } => {
+                write!(f, "{path}: the output directory is in use by another `moe train`")?;
+                match pid {
+                    Some(p) => write!(f, " (pid {p})"),
+                    None => Ok(()),
+                }?;
+                write!(f, "; wait for it to finish or choose another --out")
+            }
         }
     }
 }

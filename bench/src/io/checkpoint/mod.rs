@@ -29,7 +29,11 @@
 //! untouched; no file is ever half-written under its final name. The only
 //! window in which a directory can hold files of two different saves is between
 //! the renames of one save (a crash there); [`load_training`] detects it through
-//! the step stored in both safetensors files.
+//! the step stored in both safetensors files, and through the run id
+//! ([`save_training_with`], [`RUN_ID_KEY`]) files of two different runs.
+//! `moe train` closes that window: it saves each checkpoint into a new
+//! generation directory and switches one symlink to it
+//! ([`crate::io::outdir`]), so the checkpoint it points to is always complete.
 //!
 //! # Loading
 //!
@@ -50,16 +54,17 @@ use moe_core::{Config, Layout, MoETransformer, TrainConfig, Trainer};
 
 use self::error::model_err;
 use self::safetensors::{
-    check_finite_flat, check_tensors, copy_tensors, layout_tensors, stage_safetensors, try_zeroed,
-    StFile,
+    check_finite_flat, check_tensors, copy_tensors, layout_tensors, safetensors_bound,
+    stage_safetensors, try_zeroed, StFile,
 };
 use crate::io::atomic::{commit, ensure_dir, stage, Staged};
 
 pub use self::config_json::{
-    config_json, parse_config, read_config, CheckpointConfig, HfConfig, SaveOptions,
+    check_router_aux_loss_coef, config_json, parse_config, read_config, CheckpointConfig, HfConfig,
+    SaveOptions,
 };
 pub use self::error::{CheckpointError, CheckpointErrorKind};
-pub use self::safetensors::{write_f32_safetensors, F32Tensor};
+pub use self::safetensors::{write_f32_safetensors, F32Tensor, MAX_SAFETENSORS_HEADER_BYTES};
 pub use crate::io::atomic::write_atomic;
 
 type Result<T, E = CheckpointError> = std::result::Result<T, E>;
@@ -84,12 +89,24 @@ const EXTRA_PREFIX: &str = "extra.";
 // Model checkpoints
 // ---------------------------------------------------------------------------------------
 
-fn model_metadata(step: Option<u64>) -> BTreeMap<String, String> {
+/// Key of the training run's id in both safetensors files' metadata.
+pub const RUN_ID_KEY: &str = "run_id";
+
+/// Largest AdamW step accepted on load: moe-core's [`moe_core::optim::MAX_STEP`]
+/// (2^53, the largest integer up to which every step is exactly representable
+/// in f64 — the type the bias corrections `1 − β^step` are computed in). It is
+/// checked here too so that the error names the file and its metadata key.
+pub const MAX_STEP: u64 = moe_core::optim::MAX_STEP;
+
+fn model_metadata(step: Option<u64>, run_id: Option<&str>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     // transformers refuses safetensors metadata without a known `format`.
     m.insert("format".to_owned(), "pt".to_owned());
     if let Some(s) = step {
         m.insert("step".to_owned(), s.to_string());
+    }
+    if let Some(r) = run_id {
+        m.insert(RUN_ID_KEY.to_owned(), r.to_owned());
     }
     m
 }
@@ -100,21 +117,16 @@ fn stage_model(
     model: &MoETransformer,
     opts: &SaveOptions,
     step: Option<u64>,
+    run_id: Option<&str>,
 ) -> Result<Vec<Staged>> {
     let model_path = dir.join(MODEL_FILE);
     check_finite_flat(&model_path, model.layout(), model.params(), "")?;
-    if !(opts.router_aux_loss_coef.is_finite() && opts.router_aux_loss_coef >= 0.0) {
-        return Err(model_err(dir)(moe_core::Error::InvalidParameter {
-            param: "router_aux_loss_coef",
-            expected: "finite and >= 0",
-            actual: opts.router_aux_loss_coef as f64,
-        }));
-    }
+    check_router_aux_loss_coef(opts.router_aux_loss_coef).map_err(model_err(dir))?;
     ensure_dir(dir)?;
     let text = config_json(model.config(), opts);
     let cfg = stage(&dir.join(CONFIG_FILE), |w| w.write_all(text.as_bytes()))?;
     let tensors = layout_tensors(model.layout(), model.params(), "");
-    let st = stage_safetensors(&model_path, &tensors, &model_metadata(step))?;
+    let st = stage_safetensors(&model_path, &tensors, &model_metadata(step, run_id))?;
     Ok(vec![cfg, st])
 }
 
@@ -135,7 +147,7 @@ pub fn save(dir: impl AsRef<Path>, model: &MoETransformer) -> Result<()> {
 /// As [`save`], and [`CheckpointErrorKind::Model`] for a negative or non-finite
 /// `router_aux_loss_coef`.
 pub fn save_with(dir: impl AsRef<Path>, model: &MoETransformer, opts: &SaveOptions) -> Result<()> {
-    commit(stage_model(dir.as_ref(), model, opts, None)?)
+    commit(stage_model(dir.as_ref(), model, opts, None, None)?)
 }
 
 /// Reads the parameters of `cfg` from a parsed `model.safetensors`.
@@ -169,7 +181,7 @@ fn read_params(file: &StFile, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
 
 fn load_with_file(dir: &Path) -> Result<(MoETransformer, StFile)> {
     let cc = read_config(dir)?;
-    let file = StFile::read(dir.join(MODEL_FILE))?;
+    let file = StFile::read(dir.join(MODEL_FILE), safetensors_bound(&cc.config, 1))?;
     let (_, params) = read_params(&file, &cc.config)?;
     let model = MoETransformer::from_params(&cc.config, params).map_err(model_err(dir))?;
     Ok((model, file))
@@ -207,6 +219,21 @@ pub fn save_training(
     trainer: &Trainer,
     extra: &BTreeMap<String, String>,
 ) -> Result<()> {
+    save_training_with(dir, trainer, extra, None)
+}
+
+/// [`save_training`], also writing `run_id` (the training run's id) into
+/// both files' metadata under [`RUN_ID_KEY`]; [`load_training_run`] refuses
+/// a model and an optimizer file whose run ids differ.
+///
+/// # Errors
+/// As [`save_training`].
+pub fn save_training_with(
+    dir: impl AsRef<Path>,
+    trainer: &Trainer,
+    extra: &BTreeMap<String, String>,
+    run_id: Option<&str>,
+) -> Result<()> {
     let dir = dir.as_ref();
     let model = trainer.model();
     let opt = trainer.optimizer();
@@ -217,7 +244,7 @@ pub fn save_training(
     let opts = SaveOptions {
         router_aux_loss_coef: trainer.config().aux_alpha,
     };
-    let mut staged = stage_model(dir, model, &opts, Some(opt.step()))?;
+    let mut staged = stage_model(dir, model, &opts, Some(opt.step()), run_id)?;
 
     let mut meta = BTreeMap::new();
     meta.insert("format".to_owned(), OPTIMIZER_FORMAT.to_owned());
@@ -228,6 +255,9 @@ pub fn save_training(
     meta.insert("beta2".to_owned(), a.beta2.to_string());
     meta.insert("eps".to_owned(), a.eps.to_string());
     meta.insert("weight_decay".to_owned(), a.weight_decay.to_string());
+    if let Some(r) = run_id {
+        meta.insert(RUN_ID_KEY.to_owned(), r.to_owned());
+    }
     for (k, v) in extra {
         meta.insert(format!("{EXTRA_PREFIX}{k}"), v.clone());
     }
@@ -245,17 +275,58 @@ fn parse_step(
 ) -> Result<Option<u64>> {
     match meta.and_then(|m| m.get("step")) {
         None => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| {
-            CheckpointError::new(
-                path,
-                CheckpointErrorKind::Metadata {
-                    key: "step".into(),
-                    expected: "a non-negative integer".into(),
-                    found: Some(s.clone()),
-                },
-            )
-        }),
+        Some(s) => {
+            let step = s.parse::<u64>().map_err(|_| {
+                CheckpointError::new(
+                    path,
+                    CheckpointErrorKind::Metadata {
+                        key: "step".into(),
+                        expected: "a non-negative integer".into(),
+                        found: Some(s.clone()),
+                    },
+                )
+            })?;
+            if step > MAX_STEP {
+                return Err(CheckpointError::new(
+                    path,
+                    CheckpointErrorKind::Metadata {
+                        key: "step".into(),
+                        expected: format!(
+                            "an integer <= {MAX_STEP} (2^53, the largest step exact in the f64 bias correction)"
+                        ),
+                        found: Some(s.clone()),
+                    },
+                ));
+            }
+            Ok(Some(step))
+        }
     }
+}
+
+/// What [`load_training_run`] returns.
+#[derive(Debug)]
+pub struct TrainingCheckpoint {
+    /// The trainer, as saved.
+    pub trainer: Trainer,
+    /// The `extra` map given to [`save_training`].
+    pub extra: BTreeMap<String, String>,
+    /// The run id of both files (`None`: written without one).
+    pub run_id: Option<String>,
+}
+
+/// [`load_training`], also returning the `extra` map and the run id given to
+/// [`save_training_with`].
+///
+/// # Errors
+/// As [`load_training`], and [`CheckpointErrorKind::RunMismatch`] when the
+/// two files carry different run ids (or only one carries one).
+pub fn load_training_run(
+    dir: impl AsRef<Path>,
+    config: TrainConfig,
+    max_batch: usize,
+    max_seq: usize,
+) -> Result<TrainingCheckpoint> {
+    load_training_impl(dir.as_ref(), config, max_batch, max_seq)
 }
 
 /// [`load_training`], also returning the `extra` map given to [`save_training`].
@@ -268,12 +339,24 @@ pub fn load_training_with_extra(
     max_batch: usize,
     max_seq: usize,
 ) -> Result<(Trainer, BTreeMap<String, String>)> {
-    let dir = dir.as_ref();
+    let c = load_training_impl(dir.as_ref(), config, max_batch, max_seq)?;
+    Ok((c.trainer, c.extra))
+}
+
+fn load_training_impl(
+    dir: &Path,
+    config: TrainConfig,
+    max_batch: usize,
+    max_seq: usize,
+) -> Result<TrainingCheckpoint> {
     let (model, model_file) = load_with_file(dir)?;
-    let model_step = parse_step(&model_file.path, model_file.metadata()?.as_ref())?;
+    let model_meta = model_file.metadata()?;
+    let model_step = parse_step(&model_file.path, model_meta.as_ref())?;
+    let model_run = model_meta.and_then(|mut m| m.remove(RUN_ID_KEY));
     drop(model_file);
 
-    let file = StFile::read(dir.join(OPTIMIZER_FILE))?;
+    let bound = safetensors_bound(model.config(), 2);
+    let file = StFile::read(dir.join(OPTIMIZER_FILE), bound)?;
     let st = file.parse()?;
     let meta = file.metadata()?;
     let format = meta.as_ref().and_then(|m| m.get("format"));
@@ -318,6 +401,16 @@ pub fn load_training_with_extra(
             },
         ));
     }
+    let optimizer_run = meta.as_ref().and_then(|m| m.get(RUN_ID_KEY)).cloned();
+    if model_run != optimizer_run {
+        return Err(CheckpointError::new(
+            dir,
+            CheckpointErrorKind::RunMismatch {
+                model_run,
+                optimizer_run,
+            },
+        ));
+    }
     let layout = model.layout().clone();
     check_tensors(&file.path, &st, &layout, &["m.", "v."])?;
 
@@ -336,7 +429,11 @@ pub fn load_training_with_extra(
         .flatten()
         .filter_map(|(k, v)| k.strip_prefix(EXTRA_PREFIX).map(|k| (k.to_owned(), v)))
         .collect();
-    Ok((trainer, extra))
+    Ok(TrainingCheckpoint {
+        trainer,
+        extra,
+        run_id: optimizer_run,
+    })
 }
 
 /// Loads a training checkpoint written by [`save_training`] into a new

@@ -2,7 +2,6 @@
 //! [`crate::io::atomic`]) and reading them back with every problem named.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -11,7 +10,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-use super::error::{io_err, model_err};
+use super::error::model_err;
 use super::{CheckpointError, CheckpointErrorKind, Result};
 use crate::io::atomic::{commit, stage, Staged};
 
@@ -220,6 +219,23 @@ fn diagnose_truncation(buf: &[u8]) -> Option<(Option<String>, u64)> {
     Some((Some(name), header_end + max_end))
 }
 
+/// Largest safetensors header we read: 100 MB, the safetensors crate's own
+/// `MAX_HEADER_SIZE` (a header of a real model is a few KB to a few MB).
+pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
+
+/// The largest safetensors file that can hold `copies` F32 copies of
+/// `config`'s parameters: the 8-byte length, the header maximum and
+/// `copies · 4 · params` bytes of data (saturating; an absurd config gives
+/// an absurd bound, which the bounded read then meets with the file's length).
+pub(super) fn safetensors_bound(config: &moe_core::Config, copies: u64) -> u64 {
+    let data = config
+        .param_counts()
+        .total
+        .saturating_mul(4)
+        .saturating_mul(copies);
+    (8 + MAX_SAFETENSORS_HEADER_BYTES).saturating_add(data)
+}
+
 /// A whole safetensors file in memory.
 pub(super) struct StFile {
     pub(super) path: PathBuf,
@@ -227,8 +243,10 @@ pub(super) struct StFile {
 }
 
 impl StFile {
-    pub(super) fn read(path: PathBuf) -> Result<Self> {
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+    /// Reads `path` whole, through [`crate::io::read::read_bounded`]: a
+    /// regular file of at most `max` bytes.
+    pub(super) fn read(path: PathBuf, max: u64) -> Result<Self> {
+        let bytes = crate::io::read::read_bounded(&path, max)?;
         Ok(StFile { path, bytes })
     }
 
