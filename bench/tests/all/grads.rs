@@ -490,3 +490,50 @@ fn result_write_is_atomic_over_an_existing_file() {
     write_result(&path, &model, &tokens, &out).unwrap();
     assert_ne!(fs::read(&path).unwrap(), b"previous");
 }
+
+/// Issue 12, defect 1 (`moe grads` wrote NaN gradients beside finite logits):
+/// a non-finite or huge weight in `q_proj`, `k_proj` or the router never
+/// yields `Ok` with a non-finite logit, loss or gradient from
+/// [`compute`] (what `moe grads` writes). Before the fix a NaN query made
+/// every score row NaN, the row softmax took its "fully masked" branch and
+/// wrote zeros, so the logits were finite and `compute` returned `Ok` with
+/// NaN gradients.
+#[test]
+fn grads_never_returns_non_finite_output() {
+    let cfg = Config::tiny();
+    let clean = MoETransformer::new(&cfg, 7).unwrap();
+    let layout = clean.layout().clone();
+    let tokens = parse_tokens(
+        r#"{"input_ids": [[1,2,3,4,5,6]], "targets": [[2,3,4,5,6,7]], "aux_alpha": 0.01}"#,
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+    )
+    .unwrap();
+    let q0 = layout.layers[0].wqkv.start; // first element of q_proj
+    let k0 = q0 + cfg.num_attention_heads * cfg.head_dim; // first element of k_proj
+    let r0 = layout.layers[0].router.start;
+    let mut refused = 0;
+    for at in [q0, k0, r0] {
+        for value in [f32::NAN, f32::INFINITY, f32::MAX] {
+            let mut model = clean.clone();
+            model.params_mut()[at] = value;
+            match compute(&model, &tokens) {
+                Err(moe_core::Error::NonFinite { .. }) => refused += 1,
+                Err(e) => panic!("weight {value} at {at}: unexpected error {e}"),
+                Ok(out) => {
+                    let finite = out.logits.iter().chain(&out.grads).all(|x| x.is_finite())
+                        && [out.losses.loss, out.losses.ce, out.losses.aux]
+                            .iter()
+                            .all(|x| x.is_finite());
+                    assert!(finite, "weight {value} at {at}: Ok with non-finite output");
+                    assert!(
+                        value.is_finite(),
+                        "weight {value} at {at} cannot be absorbed"
+                    );
+                }
+            }
+        }
+    }
+    // Every NaN/Inf case is refused (6 of them); f32::MAX may be either.
+    assert!(refused >= 6, "only {refused} refusals");
+}
