@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::check::{Flag, Track, Val};
 use super::{all_ids, axis_of, params_str, Run};
 use crate::fmt::{fmt_bytes, fmt_ns};
 use crate::harness::scenarios::{SCENARIOS, SPEC_SCENARIOS};
@@ -19,6 +20,8 @@ struct Report<'a> {
     names: Vec<String>,
     /// The result files, as given.
     files: &'a [PathBuf],
+    /// Index of the run the summary's ratios divide by.
+    baseline: usize,
     /// The plot files written.
     plots: &'a [&'static str],
     /// A plot file's link from the Markdown file.
@@ -29,6 +32,7 @@ struct Report<'a> {
 pub(super) fn render(
     runs: &[Run],
     files: &[PathBuf],
+    baseline: usize,
     plots: &[&'static str],
     link: &dyn Fn(&str) -> String,
 ) -> String {
@@ -37,12 +41,14 @@ pub(super) fn render(
         ids: all_ids(runs),
         names: runs.iter().map(|r| r.name.clone()).collect(),
         files,
+        baseline: baseline.min(runs.len().saturating_sub(1)),
         plots,
         link,
     };
     let mut o = String::new();
     report.intro(&mut o);
     report.metadata(&mut o);
+    report.summary(&mut o);
     report.wall_time(&mut o);
     report.throughput(&mut o);
     report.dispatch(&mut o);
@@ -206,11 +212,6 @@ impl Report<'_> {
                     &[
                         ("scaling_batch_time.svg", "forward time vs batch"),
                         ("scaling_seq_time.svg", "forward time vs sequence length"),
-                        ("scaling_batch_alloc.svg", "heap bytes per forward vs batch"),
-                        (
-                            "scaling_seq_alloc.svg",
-                            "heap bytes per forward vs sequence length",
-                        ),
                     ],
                 );
             }
@@ -228,8 +229,11 @@ impl Report<'_> {
         let _ = writeln!(
             o,
             "Tokens/s = tokens per iteration (all threads) / median. GFLOP/s = analytic FLOPs per iteration \
-             ([flops.md](flops.md)) / median, recomputed here for every run with the same counts. \
-             Kernels have no tokens; `dispatch_cold*` no FLOP count (construction dominates).\n"
+             ([flops.md](flops.md)) / median, recomputed here for every run with the same counts, from each \
+             file's own `params` (batch, seq_len, thread_count, M/K/N, n, shape): a file whose params differ \
+             from the spec's shape is flagged <sup>p</sup>, and one whose own derived value disagrees with the \
+             recomputation by more than 2 % <sup>d</sup>. Kernels have no tokens; `dispatch_cold*` no FLOP count \
+             (construction dominates).\n"
         );
         let mut header = vec![h("scenario"), h("params")];
         for n in names {
@@ -245,8 +249,9 @@ impl Report<'_> {
             .map(|id| {
                 let mut row = vec![format!("`{id}`{}", extra_mark(id)), params_str(runs, id)];
                 for r in runs {
-                    row.push(opt(r.tokens_per_sec(id), |x| format!("{x:.0}")));
-                    row.push(opt(r.gflops(id), |x| format!("{x:.2}")));
+                    let f = r.fig(id);
+                    row.push(cell(&f.tokens_per_sec, |x| format!("{x:.0}")));
+                    row.push(cell(&f.gflops, |x| format!("{x:.2}")));
                 }
                 row
             })
@@ -328,11 +333,7 @@ impl Report<'_> {
                     row.push(opt(speed.map(|s| s / f64::from(t)), |x| {
                         format!("{:.0} %", 100.0 * x)
                     }));
-                    let util = r
-                        .get(&id, &["cpu_median_ns"])
-                        .zip(r.median(&id))
-                        .map(|(c, w)| c / w);
-                    row.push(opt(util, |x| format!("{x:.2}")));
+                    row.push(cell(&r.fig(&id).cpu_wall, |x| format!("{x:.2}")));
                 }
                 rows.push(row);
             }
@@ -347,72 +348,197 @@ impl Report<'_> {
         );
     }
 
-    /// Memory and GC per run, and peak RSS side by side.
-    fn memory(&self, o: &mut String) {
+    /// The cross-language summary: one row per scenario, one column per run,
+    /// median and the ratio to the baseline run.
+    fn summary(&self, o: &mut String) {
         let (runs, ids, names) = (self.runs, self.ids.as_slice(), self.names.as_slice());
+        let base = &runs[self.baseline];
+        let _ = writeln!(o, "## Cross-language summary\n");
+        let _ = writeln!(
+            o,
+            "Median wall time per scenario, and in parentheses the ratio to **{}** (`--baseline`; > 1 = slower). \
+             Caveats: the runs used different matmul backends (metadata `matmul_backend`; the spec's study used \
+             Apple Accelerate); `mem_*`, `dispatch_*`, `parallel_*` and `scale_*` run whole models whose \
+             implementations differ (§6: each axis isolates one characteristic only as far as the implementations \
+             agree); kernels time one call (µs) and are near the clock's resolution; a framework run \
+             (PyTorch) is a reference point, not a language track. n/a = the file has no (valid) value.\n",
+            base.name
+        );
+        let mut header = vec![h("scenario")];
+        header.extend(names.iter().cloned());
+        let rows: Vec<Vec<String>> = ids
+            .iter()
+            .map(|id| {
+                let mut row = vec![format!("`{id}`{}", extra_mark(id))];
+                for r in runs {
+                    let m = r.median(id);
+                    let ratio = m.zip(base.median(id)).map(|(a, b)| a / b);
+                    row.push(match (m, ratio) {
+                        (Some(m), Some(x)) if !std::ptr::eq(r, base) => {
+                            format!("{} (×{x:.2})", fmt_ns(m))
+                        }
+                        (Some(m), _) => fmt_ns(m),
+                        (None, _) => "n/a".to_owned(),
+                    });
+                }
+                row
+            })
+            .collect();
+        table(o, &header, &rows);
+    }
+
+    /// The side-by-side memory & GC table (the spec's deliverable 2), the
+    /// arena-vs-heap pairs, and what each counter measures.
+    fn memory(&self, o: &mut String) {
+        let (runs, ids) = (self.runs, self.ids.as_slice());
         let _ = writeln!(o, "## Memory and GC\n");
         let _ = writeln!(
             o,
-            "Per trial (median over trials): `alloc` = heap bytes requested, `allocs` = allocation calls, \
-             `alloc rate` = alloc / median time. `peak RSS` = `ru_maxrss` of the measuring process at the end of the \
-             scenario (with process isolation, that scenario's own). `arena` = planned workspace bytes (summed over \
-             threads). Only `peak RSS` is comparable across languages; see the limitations below.\n"
+            "One row per scenario and run. Per step = per trial (one iteration). `peak RSS` = `ru_maxrss` of the \
+             measuring process (comparable across languages, §6); `alloc/step`, `allocs/step` = heap bytes and \
+             allocation calls per trial, `alloc rate` = alloc/step / median (recomputed here); `GC pauses/step`, \
+             `GC time/step` = the file's GC counters ÷ trials; `gc_throughput` = 1 − GC time / wall time \
+             (GEAR, §6.1; recomputed). **`alloc_bytes` is not comparable across languages** (§6): each \
+             language's counter measures a different scope:\n"
         );
+        let mut seen: Vec<&Track> = Vec::new();
         for r in runs {
-            if runs.len() > 1 {
-                let _ = writeln!(o, "### {}\n", r.name);
+            if !seen.contains(&&r.track) {
+                seen.push(&r.track);
+                let _ = writeln!(o, "- **{}**: {}.", r.track.label(), r.track.alloc_counter());
             }
-            let header = vec![
-                h("scenario"),
-                h("peak RSS"),
-                h("alloc/trial"),
-                h("allocs/trial"),
-                h("alloc rate"),
-                h("arena"),
-                h("GC time"),
-                h("GC pauses"),
-                h("gc_throughput"),
-            ];
-            let rows: Vec<Vec<String>> = ids
-                .iter()
-                .filter(|id| r.by_id.contains_key(*id))
-                .map(|id| {
-                    vec![
-                        format!("`{id}`{}", extra_mark(id)),
-                        opt(r.get(id, &["memory", "peak_rss_bytes"]), fmt_bytes),
-                        opt(r.get(id, &["memory", "alloc_bytes"]), fmt_bytes),
-                        opt(r.get(id, &["memory", "alloc_count"]), |x| format!("{x:.0}")),
-                        opt(r.get(id, &["derived", "alloc_rate_bytes_per_sec"]), |x| {
-                            format!("{}/s", fmt_bytes(x))
-                        }),
-                        opt(r.get(id, &["memory", "arena_bytes"]), fmt_bytes),
-                        opt(r.get(id, &["gc", "total_gc_time_ns"]), fmt_ns),
-                        opt(r.get(id, &["gc", "gc_pause_count"]), |x| format!("{x:.0}")),
-                        opt(r.get(id, &["derived", "gc_throughput"]), |x| {
-                            format!("{x:.3}")
-                        }),
-                    ]
-                })
-                .collect();
-            table(o, &header, &rows);
         }
-        if runs.len() > 1 {
-            let _ = writeln!(o, "### Peak RSS side by side\n");
-            let mut header = vec![h("scenario")];
-            header.extend(names.iter().cloned());
-            let rows: Vec<Vec<String>> = ids
+        let _ = writeln!(
+            o,
+            "\nRust has no collector: its GC fields are 0 by construction (`gc_throughput` 1). \
+             Flags: {}.\n",
+            Flag::ALL
                 .iter()
-                .map(|id| {
-                    std::iter::once(format!("`{id}`{}", extra_mark(id)))
-                        .chain(
-                            runs.iter()
-                                .map(|r| opt(r.get(id, &["memory", "peak_rss_bytes"]), fmt_bytes)),
-                        )
-                        .collect()
-                })
-                .collect();
-            table(o, &header, &rows);
+                .map(|f| format!("<sup>{}</sup> {}", f.letter(), f.footnote()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let header: Vec<String> = [
+            "scenario",
+            "run",
+            "peak RSS",
+            "alloc/step",
+            "allocs/step",
+            "alloc rate",
+            "GC pauses/step",
+            "GC time/step",
+            "gc_throughput",
+        ]
+        .iter()
+        .map(|s| h(s))
+        .collect();
+        let mem_ids: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                axis_of(runs, id) == "memory"
+                    || id.starts_with("dispatch_")
+                    || id.starts_with("scale_")
+                    || id.starts_with("parallel_train_T1")
+            })
+            .collect();
+        let mut rows = Vec::new();
+        for id in &mem_ids {
+            for r in runs.iter().filter(|r| r.by_id.contains_key(id.as_str())) {
+                let f = r.fig(id);
+                rows.push(vec![
+                    format!("`{id}`{}", extra_mark(id)),
+                    r.name.clone(),
+                    cell(&f.peak_rss, fmt_bytes),
+                    cell(&f.alloc_bytes, fmt_bytes),
+                    cell(&f.alloc_count, |x| format!("{x:.0}")),
+                    cell(&f.alloc_rate, |x| format!("{}/s", fmt_bytes(x))),
+                    cell(&f.gc_pauses, |x| format!("{x:.1}")),
+                    cell(&f.gc_time_ns, fmt_ns),
+                    cell(&f.gc_throughput, |x| format!("{x:.4}")),
+                ]);
+            }
         }
+        table(o, &header, &rows);
+        self.arena_vs_heap(o);
+        self.figures(
+            o,
+            &[
+                ("scaling_batch_alloc.svg", "heap bytes per forward vs batch"),
+                (
+                    "scaling_seq_alloc.svg",
+                    "heap bytes per forward vs sequence length",
+                ),
+            ],
+        );
+    }
+
+    /// moe-rs's arena vs the same arithmetic with a fresh heap allocation per
+    /// planned buffer (`*_heap` scenarios), where a run has both.
+    fn arena_vs_heap(&self, o: &mut String) {
+        let pairs: Vec<(&str, String)> = self
+            .ids
+            .iter()
+            .filter_map(|id| Some((id.strip_suffix("_heap")?, id.clone())))
+            .collect();
+        let runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| {
+                pairs
+                    .iter()
+                    .any(|(a, h)| r.by_id.contains_key(*a) && r.by_id.contains_key(h))
+            })
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "### Arena vs heap per step (moe-rs)\n");
+        let _ = writeln!(
+            o,
+            "The same arithmetic under moe-core's two allocation policies: the planned arena (allocation-free \
+             steady state) and `heap-per-step`, where every planned buffer of a step is a fresh heap allocation \
+             freed at the end of the step (the Vec-per-op style of the seed's Rust track and of candle). \
+             Same process isolation and trials; the difference is the cost of the allocator and of touching \
+             fresh memory.\n"
+        );
+        let header: Vec<String> = [
+            "scenario",
+            "run",
+            "arena median",
+            "heap median",
+            "heap/arena",
+            "arena alloc/step",
+            "heap alloc/step",
+            "heap allocs/step",
+            "arena peak RSS",
+            "heap peak RSS",
+        ]
+        .iter()
+        .map(|s| h(s))
+        .collect();
+        let mut rows = Vec::new();
+        for (arena, heap) in &pairs {
+            for r in &runs {
+                let (a, hp) = (r.fig(arena), r.fig(heap));
+                if !r.by_id.contains_key(*arena) || !r.by_id.contains_key(heap) {
+                    continue;
+                }
+                let ratio = hp.median_ns.v.zip(a.median_ns.v).map(|(x, y)| x / y);
+                rows.push(vec![
+                    format!("`{arena}` / `{heap}`"),
+                    r.name.clone(),
+                    cell(&a.median_ns, fmt_ns),
+                    cell(&hp.median_ns, fmt_ns),
+                    opt(ratio, |x| format!("{x:.3}")),
+                    cell(&a.alloc_bytes, fmt_bytes),
+                    cell(&hp.alloc_bytes, fmt_bytes),
+                    cell(&hp.alloc_count, |x| format!("{x:.0}")),
+                    cell(&a.peak_rss, fmt_bytes),
+                    cell(&hp.peak_rss, fmt_bytes),
+                ]);
+            }
+        }
+        table(o, &header, &rows);
     }
 
     /// Numerical stability: NaN/Inf counts and max |x|.
@@ -422,7 +548,7 @@ impl Report<'_> {
         let _ = writeln!(
             o,
             "NaN and ±∞ counts and the largest finite |x| of each scenario's output (logits; the loss for training \
-             scenarios; the kernel's output for kernels).\n"
+             scenarios; the kernel's output for kernels). A `max_abs` of exactly 0 is a placeholder (not measured): n/a.\n"
         );
         let mut header = vec![h("scenario")];
         for n in names {
@@ -434,15 +560,12 @@ impl Report<'_> {
             .map(|id| {
                 let mut row = vec![format!("`{id}`{}", extra_mark(id))];
                 for r in runs {
-                    let nan = r.get(id, &["numerical", "nan_count"]);
-                    let inf = r.get(id, &["numerical", "inf_count"]);
-                    row.push(match (nan, inf) {
+                    let f = r.fig(id);
+                    row.push(match (f.nan, f.inf) {
                         (Some(a), Some(b)) => format!("{a:.0}/{b:.0}"),
                         _ => "n/a".to_owned(),
                     });
-                    row.push(opt(r.get(id, &["numerical", "max_abs"]), |x| {
-                        format!("{x:.4}")
-                    }));
+                    row.push(cell(&f.max_abs, |x| format!("{x:.4}")));
                 }
                 row
             })
@@ -453,6 +576,20 @@ impl Report<'_> {
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "n/a".to_owned(), f)
+}
+
+/// A checked value: `n/a`, or the number with its flags as superscripts.
+fn cell(v: &Val, f: impl Fn(f64) -> String) -> String {
+    match v.v {
+        None => "n/a".to_owned(),
+        Some(x) => {
+            let mut s = f(x);
+            for fl in &v.flags {
+                let _ = write!(s, "<sup>{}</sup>", fl.letter());
+            }
+            s
+        }
+    }
 }
 
 fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
@@ -485,13 +622,11 @@ fn extra_mark(id: &str) -> &'static str {
     }
 }
 
-/// Interpretation notes and known limitations: general, then per run.
+/// Interpretation notes and known limitations: general, then per run (each
+/// run's notes are about that file only).
 fn notes(o: &mut String, runs: &[Run]) {
     let _ = writeln!(o, "## Interpretation notes and known limitations\n");
     let mut lines = general_notes();
-    for r in runs {
-        lines.extend(run_notes(r));
-    }
     if runs.len() > 1 {
         lines.push(
             "**Side-by-side columns** come from different machines unless the metadata rows say otherwise; \
@@ -503,49 +638,94 @@ fn notes(o: &mut String, runs: &[Run]) {
         let _ = writeln!(o, "- {l}");
     }
     o.push('\n');
+    for r in runs {
+        let mut lines = Vec::new();
+        if r.track == Track::MoeRs {
+            lines.extend(moe_rs_notes(r));
+        }
+        lines.extend(r.notes.iter().cloned());
+        lines.extend(run_notes(r));
+        if lines.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "### {} (`{}`)\n", r.name, r.path.display());
+        for l in lines {
+            let _ = writeln!(o, "- {l}");
+        }
+        o.push('\n');
+    }
 }
 
 /// The notes that hold for every report.
 fn general_notes() -> Vec<String> {
     vec![
-        "**`alloc_bytes` is not comparable across languages.** Rust counts every heap request through a counting \
-         global allocator (bytes requested, reallocations counted at their new size, frees not subtracted), per \
-         trial, all threads. Python's tracemalloc sees only the Python heap, not NumPy's buffers; Go reports \
-         `runtime.MemStats` deltas; Julia `@allocated`. Compare `peak_rss_bytes` across languages, `alloc_bytes` \
-         only within one."
+        "**`alloc_bytes` is not comparable across languages** (§6): see the counters listed under Memory \
+         and GC. Compare `peak_rss_bytes` across languages, `alloc_bytes` only within one."
             .to_owned(),
-        "**Steady state allocates nothing in Rust.** moe-core plans every activation buffer into one arena at \
-         workspace construction; forward and train steps carve slices out of it, so `alloc_bytes` is 0 for every \
-         steady-state model scenario. Only `dispatch_cold*` allocate (the parameters, the arena, the RoPE table)."
+        "**Units and derived figures are checked, not trusted.** Every derived figure (tokens/s, GFLOP/s, \
+         alloc rate, gc_throughput, speedup) is recomputed from each file's own measured fields and params; \
+         conversions and disagreements are flagged in the tables and listed under that file below."
             .to_owned(),
-        "**GC fields are zero by construction** for Rust (no collector): `gc_throughput` = 1.0.".to_owned(),
-        "**`peak_rss_bytes`** is the high-water mark of the process that measured the scenario. With process \
-         isolation (the default) that is one scenario plus the runtime; with `--in-process` it only grows over \
-         the run. `dispatch_cold_process` reports the child's own peak."
+        "**`peak_rss_bytes`** is the high-water mark of the process that measured the scenario: how much of \
+         the runtime, the interpreter or the framework it includes depends on the harness."
             .to_owned(),
-        "**CPU time** comes from `getrusage(RUSAGE_SELF)` and covers every thread of the process, so on the \
-         parallel axis it is the sum over threads (CPU/wall ≈ number of busy cores). Its resolution is a few \
-         microseconds: kernel-scenario CPU times are coarse."
+        "**CPU time** comes from `getrusage(RUSAGE_SELF)` and covers every thread of the measuring process, so on \
+         the parallel axis CPU/wall ≈ number of busy cores — unless the workers are other processes \
+         (flagged <sup>w</sup>). Its resolution is a few microseconds: kernel-scenario CPU times are coarse."
             .to_owned(),
-        "**Kernels time one call per trial**, like the other harnesses, so `kernel_softmax`/`kernel_rmsnorm` \
-         (a few µs) include the ~20–40 ns cost of reading the clock; their IQR is at the timer's resolution."
-            .to_owned(),
-        "**Matmul backend.** `kernel_matmul` and the model use the default GEMM (`metadata.matmul_backend`): \
-         `portable` is moe-core's own allocation-free packed GEMM (its micro-kernel, chosen at run time, is \
-         `metadata.matmul_kernel`), `cblas` when built with `--features openblas`. The spec's study used Apple \
-         Accelerate everywhere. `kernel_matmul_portable` † always times moe-core's GEMM (the interesting \
-         comparison under BLAS), `kernel_matmul_matrixmultiply` † the `matrixmultiply` crate (which allocates its \
-         packing buffers per call, hence its non-zero `alloc_bytes`), and `machine_peak` † (single-thread SGEMM \
-         1024³, default backend) gives the roof to read the other GFLOP/s against."
+        "**Kernels time one call per trial** in every harness, so `kernel_softmax`/`kernel_rmsnorm` \
+         (a few µs) include the cost of reading the clock."
             .to_owned(),
         "**Small-model regime.** With hidden 64 the GEMMs are tiny (64×64 weights), so time goes to loop and \
-         call overhead, packing, attention and the element-wise work; GFLOP/s well below `machine_peak` is expected. \
-         The scale axis (hidden 256) shows how much of that gap closes as GEMMs grow."
+         call overhead, packing, attention and the element-wise work; GFLOP/s well below `machine_peak` is \
+         expected. The scale axis (hidden 256) shows how much of that gap closes as GEMMs grow."
             .to_owned(),
         "**Quantiles** are type 7 (linear interpolation between closest ranks), rounded to whole ns; with 10 \
          trials the p95 is interpolated between the two slowest trials."
             .to_owned(),
     ]
+}
+
+/// What holds for a moe-rs file (and only for it).
+fn moe_rs_notes(r: &Run) -> Vec<String> {
+    let name = &r.name;
+    let steady: Vec<String> = r
+        .ids
+        .iter()
+        .filter(|id| {
+            !id.starts_with("dispatch_cold")
+                && !id.starts_with("kernel_")
+                && !id.ends_with("_heap")
+                && r.figs
+                    .get(*id)
+                    .and_then(|f| f.alloc_bytes.v)
+                    .is_some_and(|a| a > 0.0)
+        })
+        .map(|id| format!("`{id}`"))
+        .collect();
+    let mut v = vec![if steady.is_empty() {
+        format!(
+            "**{name}: steady state allocates nothing.** moe-core plans every activation buffer into one arena \
+             at workspace construction; forward and train steps carve slices out of it, so `alloc_bytes` is 0 \
+             for every steady-state model scenario of this file. Only `dispatch_cold*` (the parameters, the \
+             arena, the RoPE table) and the `*_heap` comparison scenarios allocate."
+        )
+    } else {
+        format!(
+            "**{name}: steady-state scenarios that allocated:** {} — the arena should make these 0; \
+             investigate before quoting them.",
+            steady.join(", ")
+        )
+    }];
+    v.push(format!(
+        "**{name}: matmul backend** `{}` (`portable` = moe-core's own allocation-free packed GEMM, micro-kernel \
+         `{}`; `cblas` with `--features openblas`). `kernel_matmul_portable` † always times moe-core's GEMM, \
+         `kernel_matmul_matrixmultiply` † the `matrixmultiply` crate (which allocates its packing buffers per \
+         call), `machine_peak` † single-thread SGEMM 1024³.",
+        r.meta_str("matmul_backend"),
+        r.meta_str("matmul_kernel")
+    ));
+    v
 }
 
 /// The notes about one run: oversubscription, noise floor, preemption, build, load.

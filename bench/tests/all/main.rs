@@ -8,4 +8,6 @@ mod checkpoint;
 mod cli;
 mod grads;
 mod json_schema;
+mod outputs;
+mod report;
 mod stress;
