@@ -78,3 +78,9 @@ pub use rand_core::{RngCore, SeedableRng};
 pub use sampling::SamplingStrategy;
 pub use train::{StepStats, TrainConfig, Trainer};
 pub use workspace::Workspace;
+
+/// The README's Rust snippet ("Using the core in your program"), compiled and
+/// run as a doctest so that it cannot rot; `examples/embed.rs` is the same code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -526,13 +526,13 @@ impl Run {
                 ("derived.gflops", &["derived", "gflops"][..], &mut f.gflops),
             ] {
                 match (val.v, g(path)) {
-                    (Some(mine), Some(theirs)) if theirs > 0.0 => {
-                        if rel_diff(mine, theirs) > DERIVED_TOL {
-                            disagree.entry(key).or_default().push(id.clone());
-                            *val = val.clone().flag(Flag::Disagrees);
-                        }
+                    (Some(mine), Some(theirs))
+                        if theirs > 0.0 && rel_diff(mine, theirs) > DERIVED_TOL =>
+                    {
+                        disagree.entry(key).or_default().push(id.clone());
+                        *val = val.clone().flag(Flag::Disagrees);
                     }
-                    (None, Some(theirs)) if theirs == 0.0 => {
+                    (None, Some(0.0)) => {
                         placeholders.entry(key).or_default().push(id.clone());
                     }
                     _ => {}

@@ -17,4 +17,5 @@ mod proptest_errors;
 mod proptest_fuzz_regressions;
 mod proptest_model;
 mod proptest_units;
+mod readme;
 mod training;
