@@ -188,7 +188,24 @@ pub fn run(args: ReportArgs) -> Result<(), Error> {
     let link = |file: &str| link_dir.join(file).display().to_string().replace('\\', "/");
 
     let plots_written = plots::write_all(&runs, &plots_dir)?;
-    let md = markdown::render(&runs, &args.files, baseline, &plots_written, &link);
+    let mut options = String::new();
+    if let Some(md) = &args.md {
+        options.push_str(&format!(" --md {}", md.display()));
+    }
+    if let Some(p) = &args.plots {
+        options.push_str(&format!(" --plots {}", p.display()));
+    }
+    if let Some(b) = &args.baseline {
+        options.push_str(&format!(" --baseline {b}"));
+    }
+    let md = markdown::render(
+        &runs,
+        &args.files,
+        baseline,
+        &options,
+        &plots_written,
+        &link,
+    );
     write_atomic(&md_path, |w| w.write_all(md.as_bytes()))?;
     println!(
         "wrote {} and {} plot(s) in {}",
@@ -211,7 +228,7 @@ pub fn render_texts(files: &[(&str, &str)]) -> Result<String, ReportError> {
         .collect::<Result<Vec<_>, _>>()?;
     disambiguate(&mut runs);
     let paths: Vec<PathBuf> = files.iter().map(|(n, _)| PathBuf::from(n)).collect();
-    Ok(markdown::render(&runs, &paths, 0, &[], &|f: &str| {
+    Ok(markdown::render(&runs, &paths, 0, "", &[], &|f: &str| {
         f.to_owned()
     }))
 }
