@@ -63,6 +63,8 @@ pub mod swiglu;
 pub mod train;
 pub mod workspace;
 
+#[cfg(feature = "heap-per-step")]
+pub use arena::AllocPolicy;
 pub use arena::{Mode, PlanEntry};
 pub use config::{Config, Dims, ParamCounts, TokenId};
 pub use error::{Error, Result};

@@ -650,11 +650,13 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
             workload,
             b,
             t,
+            heap,
         } => hidden_ok(profile.config().hidden_size).map(|()| Kind::Model {
             profile,
             workload,
             b: u("batch").unwrap_or(b),
             t: u("seq_len").unwrap_or(t),
+            heap,
         }),
         Kind::Parallel {
             threads,

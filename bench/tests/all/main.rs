@@ -7,6 +7,7 @@
 mod checkpoint;
 mod cli;
 mod grads;
+mod heap;
 mod json_schema;
 mod outputs;
 mod report;
