@@ -593,10 +593,14 @@ impl Run {
             ));
         }
         for (key, v) in &disagree {
-            let _ = key;
+            let why = if *key == "derived.gflops" {
+                " For kernels this is usually a different FLOP count per element (ours: docs/flops.md)."
+            } else {
+                ""
+            };
             self.notes.push(format!(
                 "**{name}: the file's own `{key}` disagrees** with the value recomputed from its measured \
-                 fields in {} (marked <sup>d</sup>; the recomputed value is shown).",
+                 fields in {} (marked <sup>d</sup>; the recomputed value is shown).{why}",
                 list(v)
             ));
         }

@@ -44,8 +44,10 @@ fn readme_bench_and_report() -> String {
 #[test]
 fn readme_commands_in_a_fresh_clone_leave_git_status_clean() {
     let root = repo_root();
-    if !git(&root, &["rev-parse", "--git-dir"]).status.success() {
-        eprintln!("not a git checkout: skipping");
+    if Command::new("git").arg("--version").output().is_err()
+        || !git(&root, &["rev-parse", "--git-dir"]).status.success()
+    {
+        eprintln!("no git, or not a git checkout: skipping");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
