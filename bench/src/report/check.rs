@@ -30,9 +30,9 @@
 //!   id, the figure is flagged [`Flag::Params`]; where the file's own
 //!   `throughput_tokens_per_sec` or `derived.gflops` disagree with the
 //!   recomputation by more than 2 %, [`Flag::Disagrees`].
-//! * **CPU/wall of parallel scenarios** below 0.5 with two or more workers
-//!   counts the parent process only (Python's process pool): flagged
-//!   [`Flag::ParentOnly`].
+//! * **CPU/wall of parallel scenarios** (`thread_count` in the params) below
+//!   0.5 counts the parent process only (Python's process pool, whose
+//!   workers do the work even at T1): flagged [`Flag::ParentOnly`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,7 +53,7 @@ const DERIVED_TOL: f64 = 0.02;
 const TOTAL_TOL: f64 = 0.05;
 /// Absolute tolerance on `gc_throughput`.
 const GC_TOL: f64 = 0.005;
-/// CPU/wall below this on a parallel scenario with ≥ 2 workers: parent process only.
+/// CPU/wall below this on a parallel scenario: parent process only.
 const PARENT_ONLY_CPU_WALL: f64 = 0.5;
 
 /// Which harness wrote a file (from its metadata, never from its name).
@@ -541,8 +541,8 @@ impl Run {
 
             // CPU / wall.
             f.cpu_wall = Val::of(f.cpu_ns.v.zip(median).map(|(c, w)| c / w));
-            let workers = num(&params, &["thread_count"]).unwrap_or(1.0);
-            if workers >= 2.0 && f.cpu_wall.v.is_some_and(|u| u < PARENT_ONLY_CPU_WALL) {
+            let parallel = num(&params, &["thread_count"]).is_some_and(|w| w >= 1.0);
+            if parallel && f.cpu_wall.v.is_some_and(|u| u < PARENT_ONLY_CPU_WALL) {
                 parent_only.push(id.clone());
                 f.cpu_wall = f.cpu_wall.flag(Flag::ParentOnly);
             }
@@ -611,7 +611,7 @@ impl Run {
         if !parent_only.is_empty() {
             self.notes.push(format!(
                 "**{name}: parallel CPU time is the parent process's only** in {}: CPU/wall below \
-                 {PARENT_ONLY_CPU_WALL} with ≥ 2 workers means the workers' CPU time is not counted (marked <sup>w</sup>).",
+                 {PARENT_ONLY_CPU_WALL} on the parallel axis means the workers' CPU time is not counted (marked <sup>w</sup>).",
                 list(&parent_only)
             ));
         }

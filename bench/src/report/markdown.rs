@@ -312,7 +312,13 @@ impl Report<'_> {
 
     /// Thread scaling: tokens/s, speedup, efficiency, CPU/wall per T.
     fn threads(&self, o: &mut String) {
-        let (runs, names) = (self.runs, self.names.as_slice());
+        // Only the runs that have the parallel axis.
+        let runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| r.ids.iter().any(|i| i.starts_with("parallel_")))
+            .collect();
+        let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
         let _ = writeln!(o, "## Thread scaling\n");
         let _ = writeln!(
             o,
@@ -321,7 +327,7 @@ impl Report<'_> {
              process / median wall time (≈ busy cores).\n"
         );
         let mut header = vec![h("workload"), h("T")];
-        for n in names {
+        for n in &names {
             header.push(format!("{n} tokens/s"));
             header.push(format!("{n} speedup"));
             header.push(format!("{n} efficiency"));
@@ -336,7 +342,7 @@ impl Report<'_> {
                 let id = format!("{prefix}{t}");
                 let base = format!("{prefix}1");
                 let mut row = vec![workload.to_owned(), t.to_string()];
-                for r in runs {
+                for r in &runs {
                     let speed = r
                         .tokens_per_sec(&id)
                         .zip(r.tokens_per_sec(&base))

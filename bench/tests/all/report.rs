@@ -152,9 +152,17 @@ fn parallel_cpu_of_the_parent_process_only_is_flagged() {
         4_000_000,
     );
     s["cpu_median_ns"] = json!(650_000);
-    let run = parse(&file(json!({"language": "python"}), vec![s]));
+    // T1 in a worker process too.
+    let mut t1 = scenario(
+        "parallel_T1",
+        json!({"batch": 2, "seq_len": 32, "thread_count": 1}),
+        2_400_000,
+    );
+    t1["cpu_median_ns"] = json!(360_000);
+    let run = parse(&file(json!({"language": "python"}), vec![s, t1]));
     let f = run.fig("parallel_T2");
     assert_eq!(f.cpu_wall.flags, [Flag::ParentOnly]);
+    assert_eq!(run.fig("parallel_T1").cpu_wall.flags, [Flag::ParentOnly]);
     assert!(run.notes.iter().any(|n| n.contains("parent process")));
     // Two busy threads of one process: not flagged.
     let s = scenario(
