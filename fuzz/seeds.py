@@ -189,3 +189,58 @@ write("train_resume", "bad_m_nan.safetensors",
       optimizer(m_fn=lambda n, xs: [float("nan")] + xs[1:] if n == "lm_head.weight" else xs))
 write("train_resume", "valid_huge_moments.safetensors",
       optimizer(m_fn=lambda n, xs: [3e38] * len(xs), v_fn=lambda n, xs: [1e-38] * len(xs)))
+
+# ---- report_json --------------------------------------------------------------------
+# Result files with each quirk the report must handle (benchmarks/peers/README.md):
+# KiB peak RSS, Go's alloc total over trials, placeholders, params that differ from
+# the spec, a duplicate id (bad), parent-only parallel CPU, foreign ids and nulls.
+def scenario(sid, params, median, **over):
+    s = {
+        "id": sid, "axis": "memory", "params": params, "trial_runs": 10,
+        "timings_ns": [median] * 10, "median_ns": median, "cpu_median_ns": median,
+        "memory": {"peak_rss_bytes": 30000000, "alloc_bytes": 1000},
+        "gc": {"total_gc_time_ns": 0, "gc_pause_count": 0},
+        "numerical": {"nan_count": 0, "inf_count": 0, "max_abs": 2.5},
+        "derived": {"alloc_rate_bytes_per_sec": 1000 / (median * 1e-9), "gc_throughput": 1.0},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(s.get(k), dict):
+            s[k].update(v)
+        else:
+            s[k] = v
+    return s
+
+
+def result(meta, scenarios):
+    return json.dumps({"metadata": meta, "scenarios": scenarios}, indent=1)
+
+
+B2S32 = {"batch": 2, "seq_len": 32, "hidden_dim": 64}
+write("report_json", "valid_python_kib.json", result({"language": "python"}, [
+    scenario("dispatch_warm", B2S32, 3600000, memory={"peak_rss_bytes": 51064},
+             gc={"total_gc_time_ns": 0, "gc_pause_count": 1}, numerical={"max_abs": 0.0}),
+    scenario("parallel_T2", dict(B2S32, thread_count=2), 4000000, cpu_median_ns=650000,
+             memory={"alloc_bytes": None}, derived={"alloc_rate_bytes_per_sec": None, "gc_throughput": None}),
+]))
+write("report_json", "valid_go_total.json", result({"language": "go", "n_trials": 10}, [
+    scenario("mem_train_step", {"batch": 2, "seq_len": 8, "hidden_dim": 64}, 8000000,
+             memory={"alloc_bytes": 25000000},
+             derived={"alloc_rate_bytes_per_sec": 25000000 / (10 * 8e-3), "gc_throughput": 0.9975},
+             gc={"total_gc_time_ns": 200000, "gc_pause_count": 2}),
+    scenario("kernel_matmul", {"M": 64, "K": 64, "N": 64}, 9000, throughput_tokens_per_sec=0),
+]))
+write("report_json", "valid_params_batch64.json", result({"language": "rust"}, [
+    scenario("mem_scale_batch_8", {"batch": 64, "seq_len": 32, "hidden_dim": 64}, 10000000),
+    scenario("dispatch_warm", {"batch": 2, "seq_len": 32, "hidden_dim": 128}, 10000000),
+    scenario("only_here", None, 5),
+]))
+write("report_json", "valid_moe_rs_heap.json", result(
+    {"language": "rust", "schema_version": 1, "isolation": "process", "matmul_kernel": "avx2+fma 6x16"}, [
+    scenario("dispatch_warm", B2S32, 900000, memory={"alloc_bytes": 0}, derived={"alloc_rate_bytes_per_sec": 0.0}),
+    scenario("dispatch_warm_heap", dict(B2S32, alloc_policy="heap-per-step"), 1600000,
+             memory={"alloc_bytes": 858000, "alloc_count": 24}),
+]))
+write("report_json", "bad_duplicate_id.json", result({"language": "go"}, [
+    scenario("dispatch_warm", B2S32, 1), scenario("dispatch_warm", B2S32, 2)]))
+write("report_json", "bad_no_scenarios.json", json.dumps({"metadata": {}}))
+write("report_json", "bad_truncated.json", result({"language": "go"}, [scenario("dispatch_warm", B2S32, 1)])[:120])

@@ -34,10 +34,10 @@ checked against `MixtralForCausalLM` carrying the same weights
 (max |Δlogits| < 1e-4, stored as `metadata.parity_max_abs_diff`).
 
 Usage:
-    nice -n 10 /work/venv/bin/python scripts/torch_baseline.py
-    /work/venv/bin/python scripts/torch_baseline.py --only kernel_matmul,dispatch_warm --trials 5
-    /work/venv/bin/python scripts/torch_baseline.py --model hf --out /tmp/pytorch_hf.json
-    /work/venv/bin/python scripts/torch_baseline.py --validate benchmarks/pytorch.json
+    nice -n 10 venv/bin/python scripts/torch_baseline.py
+    venv/bin/python scripts/torch_baseline.py --only kernel_matmul,dispatch_warm --trials 5
+    venv/bin/python scripts/torch_baseline.py --model hf --out /tmp/pytorch_hf.json
+    venv/bin/python scripts/torch_baseline.py --validate benchmarks/pytorch.json
 See scripts/README.md for the caveats.
 """
 

@@ -30,6 +30,8 @@ pub enum Error {
     Core(moe_core::Error),
     /// Drawing an SVG plot (plotters' error, as text).
     Plot(String),
+    /// `moe report`: an unreadable or inconsistent result file.
+    Report(crate::report::ReportError),
 }
 
 impl fmt::Display for Error {
@@ -42,6 +44,7 @@ impl fmt::Display for Error {
             Error::Grads(e) => e.fmt(f),
             Error::Corpus(e) => e.fmt(f),
             Error::Core(e) => e.fmt(f),
+            Error::Report(e) => e.fmt(f),
         }
     }
 }
@@ -56,6 +59,7 @@ impl std::error::Error for Error {
             Error::Grads(e) => Some(e),
             Error::Corpus(e) => Some(e),
             Error::Core(e) => Some(e),
+            Error::Report(e) => Some(e),
         }
     }
 }
@@ -125,5 +129,11 @@ impl<E: std::error::Error + Send + Sync> From<plotters::drawing::DrawingAreaErro
 {
     fn from(e: plotters::drawing::DrawingAreaErrorKind<E>) -> Self {
         Error::Plot(e.to_string())
+    }
+}
+
+impl From<crate::report::ReportError> for Error {
+    fn from(e: crate::report::ReportError) -> Self {
+        Error::Report(e)
     }
 }

@@ -12,7 +12,7 @@
 //!   `cold-start`): scenarios, measurement, statistics, the JSON schema, and in
 //!   [`harness::sys`] the tool's only `unsafe` (getrusage, getloadavg, uname,
 //!   the counting allocator); the rest of the crate denies `unsafe_code`.
-//! * [`report`] — `moe report`: `docs/bench-results.md` and the SVG plots
+//! * [`report`] — `moe report`: the checked Markdown report and the SVG plots
 //!   (whose chart code also draws `moe train`'s loss plot).
 //! * [`cli`] — the other subcommands (`train`, `generate`, `grads`, `stress`,
 //!   `plan`, `dispatch-compare`, `demo`) and what they share (core-error →

@@ -31,7 +31,7 @@ enum Command {
     Demo,
     /// Run the benchmark scenarios (spec §6–§7) and write the JSON result.
     Bench(harness::BenchArgs),
-    /// Write docs/bench-results.md and SVG plots from one or more result files.
+    /// Write a checked Markdown report and SVG plots (default target/moe-bench/report/) from result files of any track.
     Report(report::ReportArgs),
     /// Run one scenario in this process and print its JSON (used by `bench`).
     #[command(hide = true)]

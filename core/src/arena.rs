@@ -86,16 +86,93 @@ impl PlanEntry {
 trait Elem: Copy + 'static {
     const DTYPE: Dtype;
     const ZERO: Self;
+    /// This type's next pre-allocated buffer of a heap-per-step carve.
+    #[cfg(feature = "heap-per-step")]
+    fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]>;
 }
 
 impl Elem for f32 {
     const DTYPE: Dtype = Dtype::F32;
     const ZERO: Self = 0.0;
+    #[cfg(feature = "heap-per-step")]
+    fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
+        h.f32s.next().map(Vec::as_mut_slice)
+    }
 }
 
 impl Elem for u32 {
     const DTYPE: Dtype = Dtype::U32;
     const ZERO: Self = 0;
+    #[cfg(feature = "heap-per-step")]
+    fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
+        h.u32s.next().map(Vec::as_mut_slice)
+    }
+}
+
+/// Where `carve_acts` takes each buffer from.
+trait Take<'a> {
+    /// A zero-filled buffer of `len` elements.
+    fn take<T: Elem>(&mut self, len: usize) -> Result<&'a mut [T]>;
+}
+
+/// The default: slices of the planned bump arena.
+struct BumpTake<'a>(&'a Bump);
+
+impl<'a> Take<'a> for BumpTake<'a> {
+    fn take<T: Elem>(&mut self, len: usize) -> Result<&'a mut [T]> {
+        zeroed(self.0, len)
+    }
+}
+
+/// How a workspace provides the buffers of a step (moe-core feature
+/// `heap-per-step`, for the benchmark's arena-vs-heap comparison only).
+#[cfg(feature = "heap-per-step")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocPolicy {
+    /// Slices of the one planned arena (the default; allocation-free).
+    #[default]
+    Arena,
+    /// Every planned buffer of a step is a fresh, zero-filled heap allocation
+    /// (`Vec` per buffer), freed when the next step starts or the workspace is
+    /// dropped — the Vec-per-op style, with the same arithmetic.
+    HeapPerStep,
+}
+
+/// The buffers of the current step under [`AllocPolicy::HeapPerStep`], in carve order.
+#[cfg(feature = "heap-per-step")]
+#[derive(Debug, Default)]
+struct HeapStore {
+    f32s: Vec<Vec<f32>>,
+    u32s: Vec<Vec<u32>>,
+}
+
+/// Hands out the [`HeapStore`]'s buffers in carve order.
+#[cfg(feature = "heap-per-step")]
+struct HeapTake<'a> {
+    f32s: core::slice::IterMut<'a, Vec<f32>>,
+    u32s: core::slice::IterMut<'a, Vec<u32>>,
+}
+
+#[cfg(feature = "heap-per-step")]
+impl<'a> Take<'a> for HeapTake<'a> {
+    fn take<T: Elem>(&mut self, len: usize) -> Result<&'a mut [T]> {
+        match T::from_heap(self) {
+            Some(b) if b.len() == len => Ok(b),
+            _ => Err(Error::WorkspaceMismatch {
+                what: "heap-per-step buffers out of carve order",
+            }),
+        }
+    }
+}
+
+/// A fresh zero-filled heap buffer, failure as an `Err`.
+#[cfg(feature = "heap-per-step")]
+fn fresh<T: Elem>(len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::AllocationFailed { bytes: len * 4 })?;
+    v.resize(len, T::ZERO);
+    Ok(v)
 }
 
 /// A zero-filled slice of `len` elements from `bump`, failure as an `Err`.
@@ -223,7 +300,13 @@ macro_rules! buffers {
         /// Carves every buffer of a step of `dm` from `bump` (already reset),
         /// zero-filled: the per-layer table, each layer's buffers, then the
         /// `head`, `tail` and (training) `grad` buffers.
-        fn carve_acts(bump: &Bump, dm: Dims, train: bool, max_seq: usize) -> Result<Acts<'_>> {
+        fn carve_acts<'a>(
+            bump: &'a Bump,
+            src: &mut impl Take<'a>,
+            dm: Dims,
+            train: bool,
+            max_seq: usize,
+        ) -> Result<Acts<'a>> {
             let $z = Sz::new(&dm, train, max_seq);
             let copies = if train { dm.layers } else { 1 };
             let layers = bump
@@ -233,14 +316,14 @@ macro_rules! buffers {
                 })?;
             for la in layers.iter_mut() {
                 *la = LayerActs {
-                    $( $ln: zeroed::<$lt>(bump, $ls)?, )*
+                    $( $ln: src.take::<$lt>($ls)?, )*
                 };
             }
-            $( let $hn = zeroed::<$ht>(bump, $hs)?; )*
-            $( let $tn = zeroed::<$tt>(bump, $ts)?; )*
+            $( let $hn = src.take::<$ht>($hs)?; )*
+            $( let $tn = src.take::<$tt>($ts)?; )*
             let grads = if train {
                 Some(GradActs {
-                    $( $gn: zeroed::<$gt>(bump, $gs)?, )*
+                    $( $gn: src.take::<$gt>($gs)?, )*
                 })
             } else {
                 None
@@ -252,6 +335,33 @@ macro_rules! buffers {
                 $( $tn, )*
                 grads,
             })
+        }
+
+        /// Allocates, in `carve_acts`' order, one fresh heap buffer per
+        /// planned buffer of a step of `dm` into `store` (emptied first,
+        /// which frees the previous step's).
+        #[cfg(feature = "heap-per-step")]
+        fn fill_heap(store: &mut HeapStore, dm: Dims, train: bool, max_seq: usize) -> Result<()> {
+            let $z = Sz::new(&dm, train, max_seq);
+            store.f32s.clear();
+            store.u32s.clear();
+            fn push<T: Elem>(store: &mut HeapStore, len: usize) -> Result<()> {
+                match T::DTYPE {
+                    Dtype::F32 => store.f32s.push(fresh::<f32>(len)?),
+                    Dtype::U32 => store.u32s.push(fresh::<u32>(len)?),
+                }
+                Ok(())
+            }
+            let copies = if train { dm.layers } else { 1 };
+            for _ in 0..copies {
+                $( push::<$lt>(store, $ls)?; )*
+            }
+            $( push::<$ht>(store, $hs)?; )*
+            $( push::<$tt>(store, $ts)?; )*
+            if train {
+                $( push::<$gt>(store, $gs)?; )*
+            }
+            Ok(())
         }
     };
 }
@@ -358,6 +468,9 @@ pub(crate) struct Arena {
     max_seq: usize,
     plan_bytes: usize,
     bump: Bump,
+    /// `Some` under [`AllocPolicy::HeapPerStep`].
+    #[cfg(feature = "heap-per-step")]
+    heap: Option<HeapStore>,
 }
 
 impl Arena {
@@ -394,6 +507,8 @@ impl Arena {
             max_seq,
             plan_bytes,
             bump,
+            #[cfg(feature = "heap-per-step")]
+            heap: None,
         })
     }
 
@@ -511,7 +626,42 @@ impl Arena {
     /// (call [`Arena::check`] first). Buffers are zero-filled.
     pub(crate) fn carve(&mut self, batch: usize, seq: usize) -> Result<Acts<'_>> {
         let dm = Dims::new(&self.cfg, batch, seq);
+        let train = self.mode == Mode::Training;
         self.bump.reset();
-        carve_acts(&self.bump, dm, self.mode == Mode::Training, self.max_seq)
+        #[cfg(feature = "heap-per-step")]
+        if let Some(store) = &mut self.heap {
+            fill_heap(store, dm, train, self.max_seq)?;
+            let mut src = HeapTake {
+                f32s: store.f32s.iter_mut(),
+                u32s: store.u32s.iter_mut(),
+            };
+            return carve_acts(&self.bump, &mut src, dm, train, self.max_seq);
+        }
+        carve_acts(
+            &self.bump,
+            &mut BumpTake(&self.bump),
+            dm,
+            train,
+            self.max_seq,
+        )
+    }
+
+    /// Switches how the buffers of the following steps are provided.
+    #[cfg(feature = "heap-per-step")]
+    pub(crate) fn set_alloc_policy(&mut self, policy: AllocPolicy) {
+        self.heap = match policy {
+            AllocPolicy::Arena => None,
+            AllocPolicy::HeapPerStep => Some(HeapStore::default()),
+        };
+    }
+
+    /// The current policy.
+    #[cfg(feature = "heap-per-step")]
+    pub(crate) fn alloc_policy(&self) -> AllocPolicy {
+        if self.heap.is_some() {
+            AllocPolicy::HeapPerStep
+        } else {
+            AllocPolicy::Arena
+        }
     }
 }

@@ -63,6 +63,8 @@ pub mod swiglu;
 pub mod train;
 pub mod workspace;
 
+#[cfg(feature = "heap-per-step")]
+pub use arena::AllocPolicy;
 pub use arena::{Mode, PlanEntry};
 pub use config::{Config, Dims, ParamCounts, TokenId};
 pub use error::{Error, Result};
@@ -78,3 +80,9 @@ pub use rand_core::{RngCore, SeedableRng};
 pub use sampling::SamplingStrategy;
 pub use train::{StepStats, TrainConfig, Trainer};
 pub use workspace::Workspace;
+
+/// The README's Rust snippet ("Using the core in your program"), compiled and
+/// run as a doctest so that it cannot rot; `examples/embed.rs` is the same code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

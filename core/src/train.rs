@@ -138,6 +138,13 @@ impl Trainer {
         &self.config
     }
 
+    /// Chooses how the training workspace provides each step's buffers
+    /// (feature `heap-per-step`; see [`crate::Workspace::set_alloc_policy`]).
+    #[cfg(feature = "heap-per-step")]
+    pub fn set_alloc_policy(&mut self, policy: crate::AllocPolicy) {
+        self.ws.set_alloc_policy(policy);
+    }
+
     /// Bytes of the workspace plan.
     pub fn workspace_bytes(&self) -> usize {
         self.ws.bytes()

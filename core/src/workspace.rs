@@ -62,6 +62,20 @@ impl Workspace {
         self.arena.config()
     }
 
+    /// Chooses how the buffers of the following steps are provided (feature
+    /// `heap-per-step`; the benchmark's arena-vs-heap comparison). The plan,
+    /// the arithmetic and the results are the same under both policies.
+    #[cfg(feature = "heap-per-step")]
+    pub fn set_alloc_policy(&mut self, policy: crate::arena::AllocPolicy) {
+        self.arena.set_alloc_policy(policy);
+    }
+
+    /// The current [`crate::arena::AllocPolicy`] (feature `heap-per-step`).
+    #[cfg(feature = "heap-per-step")]
+    pub fn alloc_policy(&self) -> crate::arena::AllocPolicy {
+        self.arena.alloc_policy()
+    }
+
     /// Checks that a step of `(batch, seq)` for `cfg` fits this workspace.
     pub(crate) fn check(&self, cfg: &Config, batch: usize, seq: usize) -> Result<()> {
         self.arena.check(cfg, batch, seq)

@@ -313,6 +313,15 @@ mod tests {
     }
 
     #[test]
+    fn valid_report_seeds_render() {
+        for (name, bytes) in seeds("report_json") {
+            let text = String::from_utf8(bytes).unwrap();
+            let r = moe_bench::report::render_texts(&[(name.as_str(), text.as_str())]);
+            assert_eq!(r.is_ok(), name.starts_with("valid"), "{name}: {r:?}");
+        }
+    }
+
+    #[test]
     fn valid_checkpoint_seed_loads() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = moe_bench::checkpoint::config_json(&CKPT_CONFIG, &Default::default());

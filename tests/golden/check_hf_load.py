@@ -2,7 +2,7 @@
 """Load a checkpoint written by `moe train` (or `moe`'s checkpoint save) into
 Hugging Face `transformers.MixtralForCausalLM` and compare its logits with ours.
 
-    /work/venv/bin/python tests/golden/check_hf_load.py CHECKPOINT_DIR \
+    venv/bin/python tests/golden/check_hf_load.py CHECKPOINT_DIR \
         [--moe target/release/moe] [--text data/python-docs-prose.txt] [--batch 2] [--seq 64]
 
 CHECKPOINT_DIR is a checkpoint directory (config.json + model.safetensors) or a

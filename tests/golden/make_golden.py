@@ -16,7 +16,7 @@ names, and the script then computes, for each (profile, alpha):
 See README.md in this directory for the fixture format.
 
 Usage:
-    /work/venv/bin/python tests/golden/make_golden.py [--out DIR] [--checkpoint-out DIR]
+    venv/bin/python tests/golden/make_golden.py [--out DIR] [--checkpoint-out DIR]
 """
 
 from __future__ import annotations

@@ -45,9 +45,11 @@ pub struct BenchArgs {
     /// Warmup runs per scenario (timed, reported apart, not in the statistics).
     #[arg(long, default_value_t = N_WARMUP)]
     pub warmup: usize,
-    /// Where to write the JSON result.
-    #[arg(long, default_value = "benchmarks/rust.json")]
-    pub out: PathBuf,
+    /// Where to write the JSON result; `-` = stdout (the table then goes to
+    /// stderr) [default: target/moe-bench/RUN/rust.json, RUN = the start time
+    /// and the process id]. The committed reference is `--out benchmarks/rust.json`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
     /// Intra-op threads per model. moe-core has none: recorded as 1 whatever is given.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -84,6 +86,39 @@ pub struct ColdStartArgs {
     /// Seed.
     #[arg(long, default_value_t = SEED)]
     pub seed: u64,
+}
+
+/// The default output directory of `moe bench` (under the ignored `target/`).
+pub const DEFAULT_DIR: &str = "target/moe-bench";
+
+/// Where `moe bench` writes its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// `--out -`.
+    Stdout,
+    /// A file, written atomically.
+    File(PathBuf),
+}
+
+impl Out {
+    /// `--out` as given, or the default `target/moe-bench/RUN/rust.json`.
+    pub fn resolve(out: Option<&std::path::Path>) -> Out {
+        match out {
+            Some(p) if p.as_os_str() == "-" => Out::Stdout,
+            Some(p) => Out::File(p.to_path_buf()),
+            None => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let stamp: String = meta::rfc3339_utc(secs)
+                    .chars()
+                    .filter(|c| *c != '-' && *c != ':')
+                    .collect();
+                let run = format!("{stamp}-{}", std::process::id());
+                Out::File(PathBuf::from(DEFAULT_DIR).join(run).join("rust.json"))
+            }
+        }
+    }
 }
 
 /// The scenarios picked by `--only` and `--axis` (both filters apply).
@@ -156,6 +191,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
     }
     let picked = select(&args.only, &args.axis)?;
     let o = run_opts(args.warmup, args.trials)?;
+    // The output first: a bench takes minutes, an unwritable --out must fail now.
+    let out = Out::resolve(args.out.as_deref());
+    if let Out::File(path) = &out {
+        crate::io::atomic::check_writable(path)?;
+    }
     if args.threads != 1 {
         eprintln!(
             "note: moe-core has no intra-op threads; --threads {} is recorded as 1",
@@ -203,20 +243,26 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         metadata,
         scenarios: results,
     };
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let mut text = serde_json::to_string_pretty(&file)?;
     text.push('\n');
-    crate::io::atomic::write_bytes(&args.out, text.as_bytes())?;
-    print_summary(&file);
-    println!(
-        "{} scenarios in {:.1} s ({}), wrote {}",
+    let done = format!(
+        "{} scenarios in {:.1} s ({})",
         file.scenarios.len(),
         total.as_secs_f64(),
-        file.metadata.isolation,
-        args.out.display()
+        file.metadata.isolation
     );
+    match &out {
+        Out::Stdout => {
+            print_summary(&mut std::io::stderr().lock(), &file)?;
+            eprintln!("{done}");
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+        }
+        Out::File(path) => {
+            crate::io::atomic::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
+            print_summary(&mut std::io::stdout().lock(), &file)?;
+            println!("{done}, wrote {}", path.display());
+        }
+    }
     if failures.is_empty() {
         Ok(())
     } else {
@@ -256,8 +302,9 @@ pub fn cold_start(args: ColdStartArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn print_summary(f: &BenchFile) {
-    println!(
+fn print_summary(w: &mut dyn Write, f: &BenchFile) -> std::io::Result<()> {
+    writeln!(
+        w,
         "{:<29} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
         "scenario",
         "axis",
@@ -270,9 +317,10 @@ fn print_summary(f: &BenchFile) {
         "peak RSS",
         "tokens/s",
         "GFLOP/s"
-    );
+    )?;
     for s in &f.scenarios {
-        println!(
+        writeln!(
+            w,
             "{:<29} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>12} {:>8}",
             s.id,
             s.axis,
@@ -288,8 +336,9 @@ fn print_summary(f: &BenchFile) {
             s.derived
                 .gflops
                 .map_or("-".to_owned(), |x| format!("{x:.2}")),
-        );
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use std::sync::Barrier;
 use moe_core::kernels::gemm::{gemm_with, Backend, Mat};
 use moe_core::kernels::softmax;
 use moe_core::{
-    rmsnorm, ChaCha8Rng, Config, Decoder, MoETransformer, Mode, SamplingStrategy, SeedableRng,
-    TrainConfig, Trainer,
+    rmsnorm, AllocPolicy, ChaCha8Rng, Config, Decoder, MoETransformer, Mode, SamplingStrategy,
+    SeedableRng, TrainConfig, Trainer,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -70,6 +70,9 @@ pub enum Kind {
         workload: Workload,
         b: usize,
         t: usize,
+        /// Under moe-core's `AllocPolicy::HeapPerStep` (every planned buffer a
+        /// fresh heap allocation per step) instead of the arena.
+        heap: bool,
     },
     /// `C[m,n] = A[m,k]·B[n,k]ᵀ` into a preallocated `C`.
     Matmul {
@@ -120,6 +123,37 @@ const fn tiny(workload: Workload, b: usize, t: usize) -> Kind {
         workload,
         b,
         t,
+        heap: false,
+    }
+}
+
+/// `kind` under the heap-per-step allocation policy.
+const fn heap(kind: Kind) -> Kind {
+    match kind {
+        Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            ..
+        } => Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            heap: true,
+        },
+        other => other,
+    }
+}
+
+const fn scale(workload: Workload, b: usize, t: usize) -> Kind {
+    Kind::Model {
+        profile: Profile::Scale256,
+        workload,
+        b,
+        t,
+        heap: false,
     }
 }
 
@@ -178,26 +212,8 @@ pub const SCENARIOS: &[Scenario] = &[
     s("parallel_train_T2", "parallel", par(2, TrainStep, 2, 8)),
     s("parallel_train_T4", "parallel", par(4, TrainStep, 2, 8)),
     // Axis 5 — scale (2)
-    s(
-        "scale_forward_256",
-        "scale",
-        Kind::Model {
-            profile: Profile::Scale256,
-            workload: Forward,
-            b: 2,
-            t: 32,
-        },
-    ),
-    s(
-        "scale_train_256",
-        "scale",
-        Kind::Model {
-            profile: Profile::Scale256,
-            workload: TrainStep,
-            b: 2,
-            t: 8,
-        },
-    ),
+    s("scale_forward_256", "scale", scale(Forward, 2, 32)),
+    s("scale_train_256", "scale", scale(TrainStep, 2, 8)),
     // Extras (new ids, never replacing the 22 above).
     s(
         "kernel_matmul_portable",
@@ -244,6 +260,20 @@ pub const SCENARIOS: &[Scenario] = &[
             new_tokens: 64,
         },
     ),
+    // The arena's value, measured: the same workloads with every planned
+    // buffer a fresh heap allocation per step (moe-core `heap-per-step`).
+    s("dispatch_warm_heap", "memory", heap(tiny(Forward, 2, 32))),
+    s("mem_train_step_heap", "memory", heap(tiny(TrainStep, 2, 8))),
+    s(
+        "scale_forward_256_heap",
+        "scale",
+        heap(scale(Forward, 2, 32)),
+    ),
+    s(
+        "scale_train_256_heap",
+        "scale",
+        heap(scale(TrainStep, 2, 8)),
+    ),
 ];
 
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
@@ -263,9 +293,16 @@ impl Kind {
                 workload,
                 b,
                 t,
-            } => json!({
-                "batch": b, "seq_len": t, "hidden_dim": profile.config().hidden_size, "workload": workload.name(),
-            }),
+                heap,
+            } => {
+                let mut p = json!({
+                    "batch": b, "seq_len": t, "hidden_dim": profile.config().hidden_size, "workload": workload.name(),
+                });
+                if heap {
+                    p["alloc_policy"] = json!("heap-per-step");
+                }
+                p
+            }
             Kind::Matmul { backend, m, n, k } => {
                 json!({ "M": m, "K": k, "N": n, "backend": backend.name(), "op": "C = A * B^T" })
             }
@@ -306,6 +343,7 @@ impl Kind {
                 workload,
                 b,
                 t,
+                ..
             } => Some(model(&profile.config(), workload, b, t)),
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
             Kind::Softmax { n } => Some(flops::softmax(n)),
@@ -369,13 +407,15 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
             workload: Workload::Forward,
             b,
             t,
-        } => run_forward(&profile.config(), b, t, o)?,
+            heap,
+        } => run_forward(&profile.config(), b, t, policy(heap), o)?,
         Kind::Model {
             profile,
             workload: Workload::TrainStep,
             b,
             t,
-        } => run_train(&profile.config(), b, t, o)?,
+            heap,
+        } => run_train(&profile.config(), b, t, policy(heap), o)?,
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
@@ -473,9 +513,24 @@ fn fixture_uniform(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
+fn policy(heap: bool) -> AllocPolicy {
+    if heap {
+        AllocPolicy::HeapPerStep
+    } else {
+        AllocPolicy::Arena
+    }
+}
+
+fn run_forward(
+    cfg: &Config,
+    b: usize,
+    t: usize,
+    policy: AllocPolicy,
+    o: &RunOpts,
+) -> Result<Outcome, Error> {
     let model = MoETransformer::new(cfg, o.seed)?;
     let mut ws = model.workspace(b, t, Mode::Inference)?;
+    ws.set_alloc_policy(policy);
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
     let mut numerical = Numerical::default();
     let m = measure::run(o.warmup, o.trials, |p| {
@@ -493,9 +548,16 @@ fn run_forward(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome,
     })
 }
 
-fn run_train(cfg: &Config, b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
+fn run_train(
+    cfg: &Config,
+    b: usize,
+    t: usize,
+    policy: AllocPolicy,
+    o: &RunOpts,
+) -> Result<Outcome, Error> {
     let model = MoETransformer::new(cfg, o.seed)?;
     let mut trainer = Trainer::new(model, TrainConfig::default(), b, t)?;
+    trainer.set_alloc_policy(policy);
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
     let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
     let mut numerical = Numerical::default();

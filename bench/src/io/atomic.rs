@@ -130,6 +130,31 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks, before any work, that `path` can be written by [`write_atomic`]:
+/// its directory exists (it is created if needed) and accepts a new file, and
+/// `path` is not a directory. A probe file is staged and removed; nothing is
+/// left behind and an existing `path` is untouched.
+///
+/// # Errors
+/// a [`CheckpointError`] of kind `Io` naming `path` or its directory.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    ensure_dir(&dir)?;
+    if path.is_dir() {
+        let source = io::Error::new(io::ErrorKind::AlreadyExists, "is a directory");
+        return Err(CheckpointError::new(
+            path,
+            CheckpointErrorKind::Io { source },
+        ));
+    }
+    // Dropping the uncommitted probe removes its temporary file.
+    drop(stage(path, |_| Ok(()))?);
+    Ok(())
+}
+
 /// [`write_atomic`] of `bytes`, failing with the bare OS error as
 /// `std::fs::write` does: for the writers (`moe report`, `moe bench --out`)
 /// whose error messages never named the path.

@@ -1,138 +1,53 @@
-//! `moe report FILE.json…`: writes `docs/bench-results.md` and SVG plots
-//! under `docs/plots/` from one or more result files in the CONTRACT §7
-//! schema — ours, or another language's (a column per file, named by its
-//! `metadata.language`).
+//! `moe report FILE.json…`: a Markdown report and SVG plots from one or more
+//! result files in the CONTRACT §7 schema — ours, or another track's (a
+//! column per file, named by the track that wrote it: [`check::Track`]).
 //!
-//! Files are read as untyped JSON so that another harness's `null`s, missing
-//! fields and integer/float differences are tolerated: a missing value prints
-//! as `n/a`. Throughput and GFLOP/s are recomputed from each file's median
-//! with *our* token and FLOP counts (docs/flops.md) for every scenario id we
-//! know, so that all columns use one definition.
+//! Outputs go to `target/moe-bench/report/` (`bench-results.md`, `plots/`)
+//! unless `--md`/`--plots` say otherwise; both are checked to be writable
+//! before anything is read, and every file is written atomically.
+//!
+//! Files are read as untyped JSON (bounded: [`crate::io::read::MAX_JSON_BYTES`])
+//! so that another harness's `null`s, missing fields and integer/float
+//! differences are tolerated, then *checked* ([`check`]): units, placeholders
+//! (`n/a`), and every derived figure recomputed from the file's own measured
+//! fields and `params`, with a flag and a note where the file disagrees.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub mod check;
+mod error;
 mod markdown;
 pub mod plots;
 
 use clap::Args;
 use serde_json::Value;
 
+pub use self::check::Run;
+pub use self::error::ReportError;
 use crate::harness::scenarios::{self, SCENARIOS};
-use crate::io::atomic::write_bytes;
+use crate::io::atomic::{check_writable, write_atomic};
 use crate::Error;
+
+/// The default output directory of `moe report` (under the ignored `target/`).
+pub const DEFAULT_DIR: &str = "target/moe-bench/report";
 
 /// Options of `moe report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Result files; the first is the primary run, each further one adds columns.
+    /// Result files; each adds a column (the first is the default baseline).
     #[arg(required = true, value_name = "FILE.json")]
     pub files: Vec<PathBuf>,
-    /// The Markdown report to write.
-    #[arg(long, default_value = "docs/bench-results.md")]
-    pub md: PathBuf,
-    /// Directory of the SVG plots.
-    #[arg(long, default_value = "docs/plots")]
-    pub plots: PathBuf,
-}
-
-/// One result file.
-#[derive(Debug)]
-struct Run {
-    /// Column name: `metadata.language`, disambiguated by file name if repeated.
-    name: String,
-    /// The file as given.
-    path: PathBuf,
-    meta: serde_json::Map<String, Value>,
-    /// Scenario id → scenario object.
-    by_id: BTreeMap<String, Value>,
-    /// Ids in file order.
-    ids: Vec<String>,
-}
-
-/// `v[path[0]][path[1]]…` as a number.
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
-}
-
-impl Run {
-    fn load(path: &Path) -> Result<Run, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let meta = v
-            .get("metadata")
-            .and_then(Value::as_object)
-            .cloned()
-            .ok_or_else(|| format!("{}: no \"metadata\" object", path.display()))?;
-        let list = v
-            .get("scenarios")
-            .and_then(Value::as_array)
-            .ok_or_else(|| format!("{}: no \"scenarios\" array", path.display()))?;
-        let mut by_id = BTreeMap::new();
-        let mut ids = Vec::new();
-        for s in list {
-            if let Some(id) = s.get("id").and_then(Value::as_str) {
-                ids.push(id.to_owned());
-                by_id.insert(id.to_owned(), s.clone());
-            }
-        }
-        let name = meta
-            .get("language")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-            .to_owned();
-        Ok(Run {
-            name,
-            path: path.to_owned(),
-            meta,
-            by_id,
-            ids,
-        })
-    }
-
-    fn get(&self, id: &str, path: &[&str]) -> Option<f64> {
-        num(self.by_id.get(id)?, path)
-    }
-
-    fn median(&self, id: &str) -> Option<f64> {
-        self.get(id, &["median_ns"]).filter(|&m| m > 0.0)
-    }
-
-    /// Tokens/s at the median: our token count for known ids, else the file's value.
-    fn tokens_per_sec(&self, id: &str) -> Option<f64> {
-        match scenarios::find(id) {
-            Some(sc) => Some(sc.kind.tokens()? as f64 / (self.median(id)? * 1e-9)),
-            None => self.get(id, &["throughput_tokens_per_sec"]),
-        }
-    }
-
-    /// GFLOP/s at the median: our FLOP count for known ids, else the file's value.
-    fn gflops(&self, id: &str) -> Option<f64> {
-        match scenarios::find(id) {
-            Some(sc) => Some(sc.kind.flops()? as f64 / self.median(id)?),
-            None => self.get(id, &["derived", "gflops"]),
-        }
-    }
-
-    fn meta_str(&self, key: &str) -> String {
-        match self.meta.get(key) {
-            None | Some(Value::Null) => "n/a".to_owned(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Object(o)) if o.is_empty() => "(none)".to_owned(),
-            Some(Value::Object(o)) => o
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}",
-                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-            Some(v) => v.to_string(),
-        }
-    }
+    /// The Markdown report to write [default: target/moe-bench/report/bench-results.md].
+    #[arg(long, value_name = "FILE.md")]
+    pub md: Option<PathBuf>,
+    /// Directory of the SVG plots [default: `plots/` next to the Markdown file].
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
+    /// The run the summary table's ratios divide by: a column name (`go`,
+    /// `moe-rs`, …) or a file name; default the first file.
+    #[arg(long, value_name = "RUN")]
+    pub baseline: Option<String>,
 }
 
 /// Gives repeated languages distinct column names (`rust (a.json)`).
@@ -215,42 +130,107 @@ fn params_str(runs: &[Run], id: &str) -> String {
     parts.join(" ")
 }
 
+/// The index of the `--baseline` run.
+fn baseline_index(runs: &[Run], given: Option<&str>) -> Result<usize, ReportError> {
+    let Some(given) = given else { return Ok(0) };
+    runs.iter()
+        .position(|r| {
+            r.name == given
+                || r.path
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy() == given)
+                || r.path.as_os_str().to_string_lossy() == given
+        })
+        .ok_or_else(|| ReportError::UnknownBaseline {
+            given: given.to_owned(),
+            known: runs.iter().map(|r| r.name.clone()).collect(),
+        })
+}
+
+/// The plot file names [`plots::write_all`] may write (for the writability check).
+const PLOT_PROBE: &str = "thread_speedup.svg";
+
 /// `moe report`.
 ///
 /// # Errors
-/// Unreadable or malformed files, or unwritable outputs.
+/// Unwritable outputs (checked first), unreadable or inconsistent files
+/// ([`ReportError`]), an unknown `--baseline`.
 pub fn run(args: ReportArgs) -> Result<(), Error> {
+    let md_path = args
+        .md
+        .clone()
+        .unwrap_or_else(|| Path::new(DEFAULT_DIR).join("bench-results.md"));
+    let plots_dir = args.plots.clone().unwrap_or_else(|| {
+        md_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("plots")
+    });
+    // Outputs first: an unwritable path fails before any work.
+    check_writable(&md_path)?;
+    check_writable(&plots_dir.join(PLOT_PROBE))?;
     let mut runs = args
         .files
         .iter()
         .map(|p| Run::load(p))
         .collect::<Result<Vec<_>, _>>()?;
     disambiguate(&mut runs);
-    std::fs::create_dir_all(&args.plots)?;
-    if let Some(dir) = args.md.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    let baseline = baseline_index(&runs, args.baseline.as_deref())?;
     // Plot links relative to the Markdown file when the plots are below it.
-    let md_dir = args.md.parent().unwrap_or(Path::new(""));
-    let link_dir = args
-        .plots
+    let md_dir = md_path.parent().unwrap_or(Path::new(""));
+    let link_dir = plots_dir
         .strip_prefix(md_dir)
         .map(Path::to_path_buf)
         .unwrap_or_else(|_| {
-            std::fs::canonicalize(&args.plots).unwrap_or_else(|_| args.plots.clone())
+            std::fs::canonicalize(&plots_dir).unwrap_or_else(|_| plots_dir.clone())
         });
     let link = |file: &str| link_dir.join(file).display().to_string().replace('\\', "/");
 
-    let plots_written = plots::write_all(&runs, &args.plots)?;
-    let md = markdown::render(&runs, &args.files, &plots_written, &link);
-    write_bytes(&args.md, md.as_bytes())?;
+    let plots_written = plots::write_all(&runs, &plots_dir)?;
+    let mut options = String::new();
+    if let Some(md) = &args.md {
+        options.push_str(&format!(" --md {}", md.display()));
+    }
+    if let Some(p) = &args.plots {
+        options.push_str(&format!(" --plots {}", p.display()));
+    }
+    if let Some(b) = &args.baseline {
+        options.push_str(&format!(" --baseline {b}"));
+    }
+    let md = markdown::render(
+        &runs,
+        &args.files,
+        baseline,
+        &options,
+        &plots_written,
+        &link,
+    );
+    write_atomic(&md_path, |w| w.write_all(md.as_bytes()))?;
     println!(
         "wrote {} and {} plot(s) in {}",
-        args.md.display(),
+        md_path.display(),
         plots_written.len(),
-        args.plots.display()
+        plots_dir.display()
     );
     Ok(())
+}
+
+/// Renders the Markdown of result-file texts without writing anything (the
+/// `report_json` fuzz target's entry point): `(name, text)` pairs.
+///
+/// # Errors
+/// As [`Run::parse`].
+pub fn render_texts(files: &[(&str, &str)]) -> Result<String, ReportError> {
+    let mut runs = files
+        .iter()
+        .map(|(name, text)| Run::parse(text, Path::new(name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    disambiguate(&mut runs);
+    let paths: Vec<PathBuf> = files.iter().map(|(n, _)| PathBuf::from(n)).collect();
+    Ok(markdown::render(&runs, &paths, 0, "", &[], &|f: &str| {
+        f.to_owned()
+    }))
 }
 
 #[cfg(test)]
@@ -280,8 +260,9 @@ mod tests {
         assert_eq!(run.get("parallel_T1", &["memory", "alloc_bytes"]), None);
         let args = ReportArgs {
             files: vec![py.clone(), py.clone()],
-            md: dir.join("out.md"),
-            plots: dir.join("plots"),
+            md: Some(dir.join("out.md")),
+            plots: Some(dir.join("plots")),
+            baseline: None,
         };
         run_report(args);
         let md = std::fs::read_to_string(dir.join("out.md")).unwrap();

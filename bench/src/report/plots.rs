@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::Run;
-use crate::io::atomic::write_bytes;
+use crate::io::atomic::write_atomic;
 use crate::Error;
 
 /// Size of the report's plots.
@@ -69,11 +69,9 @@ fn svg(
     Ok(text)
 }
 
-/// Writes a report plot atomically; a failure reads as plotters' own
-/// file-backend error did (`backend error: Drawing backend error: …`).
+/// Writes a plot atomically; an error names the file.
 fn save(path: &Path, text: &str) -> Result<(), Error> {
-    write_bytes(path, text.as_bytes())
-        .map_err(|e| Error::Plot(format!("backend error: Drawing backend error: {e}")))
+    Ok(write_atomic(path, |w| w.write_all(text.as_bytes()))?)
 }
 
 fn color(i: usize) -> RGBColor {
@@ -143,7 +141,7 @@ fn scaling_plots(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, Error> {
         .map(|&t| (f64::from(t), format!("mem_scale_seq_{t}")))
         .collect();
     let ms = |r: &Run, id: &str| r.median(id).map(|m| m / 1e6);
-    let kib = |r: &Run, id: &str| r.get(id, &["memory", "alloc_bytes"]).map(|b| b / 1024.0);
+    let kib = |r: &Run, id: &str| r.alloc_bytes(id).map(|b| b / 1024.0);
     let plots = [
         LinePlot {
             file: "scaling_batch_time.svg",

@@ -12,7 +12,7 @@ const MOE: &str = env!("CARGO_BIN_EXE_moe");
 /// Every scenario id, in run order: the spec's 22, then the extras. The
 /// whole set takes about 2 s at the test profile's opt-level with
 /// `--trials 2 --warmup 1`, so the test runs all of them.
-const IDS: [&str; 27] = [
+const IDS: [&str; 31] = [
     "mem_train_step",
     "mem_scale_batch_1",
     "mem_scale_batch_2",
@@ -40,11 +40,15 @@ const IDS: [&str; 27] = [
     "dispatch_cold_process",
     "machine_peak",
     "generate_kv_64",
+    "dispatch_warm_heap",
+    "mem_train_step_heap",
+    "scale_forward_256_heap",
+    "scale_train_256_heap",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
     match id {
-        _ if id.starts_with("mem_") => "memory",
+        _ if id.starts_with("mem_") || id == "dispatch_warm_heap" => "memory",
         _ if id.starts_with("kernel_") || id == "machine_peak" => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") => "parallel",
@@ -233,6 +237,15 @@ fn check_scenario(s: &Value) {
         // Decoding: no analytic FLOP count is claimed, but still no allocation.
         assert_eq!(alloc, 0, "{id}: steady-state allocation");
         assert_eq!(gflops, None, "{id}");
+    } else if id.ends_with("_heap") {
+        // Heap per step: at least the planned buffers are allocated, every step,
+        // one allocation per buffer.
+        assert!(
+            alloc as f64 >= 0.9 * arena as f64,
+            "{id}: {alloc} vs plan {arena}"
+        );
+        assert!(uint(&s["memory"], "alloc_count") >= 20, "{id}");
+        assert!(gflops.unwrap() > 0.0, "{id}");
     } else if id == "kernel_matmul_matrixmultiply" {
         // The `matrixmultiply` crate allocates its packing buffers per call.
         assert!(gflops.unwrap() > 0.0, "{id}");

@@ -18,5 +18,6 @@ mod proptest_errors;
 mod proptest_fuzz_regressions;
 mod proptest_model;
 mod proptest_units;
+mod readme;
 mod reliability;
 mod training;
