@@ -1464,6 +1464,37 @@ fn build() -> Table {
         });
     }
 
+    // ---------------------------------------------------------------- moe report
+    t.section(
+        "Result files (`moe report`)",
+        "`moe report FILE…` reads each result file through `read_to_string_bounded(path, \
+         MAX_JSON_BYTES)` (so every row of *Input files* applies as `ReportError::Read`), then \
+         checks its shape; `ReportError` names the file (here `run.json`). Shown for \
+         `moe_bench::report::render_texts(&[(\"run.json\", text)])`.",
+    );
+    const REPORT_TESTS: &str = "`report.rs::duplicate_ids_are_an_error_naming_the_file`, \
+        `report.rs::report_inputs_are_bounded_reads_of_regular_files`, fuzz `report_json`";
+    let dup = r#"{"metadata": {"language": "rust"}, "scenarios": [{"id": "dispatch_warm"}, {"id": "dispatch_warm"}]}"#;
+    let report_cases: [(&str, &str); 4] = [
+        ("not JSON", "{"),
+        ("no `scenarios` array", r#"{"metadata": {}}"#),
+        (
+            "a scenario without an `id`",
+            r#"{"metadata": {}, "scenarios": [{"axis": "memory"}]}"#,
+        ),
+        ("the same scenario id twice in one file", dup),
+    ];
+    for (case, text) in report_cases {
+        let e = moe_bench::report::render_texts(&[("run.json", text)]).unwrap_err();
+        t.push(Row {
+            case: case.to_owned(),
+            call: "`report::render_texts(&[(\"run.json\", text)])`",
+            variant: format!("`ReportError::{}`", variant_of(&e)),
+            message: e.to_string(),
+            tests: REPORT_TESTS,
+        });
+    }
+
     // ---------------------------------------------------------------- tokens.json
     t.section(
         "Token files (`tokens.json`)",
