@@ -3,6 +3,7 @@
 //! micro-kernel, BLAS FFI and the `matrixmultiply` call), each block with a
 //! `// SAFETY:` comment.
 
+pub mod cpu;
 pub mod gemm;
 pub mod softmax;
 

@@ -3,8 +3,10 @@
 //! The only GEMM entry point of the crate: the strided-matrix type [`Mat`],
 //! the [`Backend`] choice and the dispatcher [`gemm`] / [`gemm_with`], which
 //! checks every operand once and hands it to one file per backend:
-//! * [`Backend::Portable`] (default, [`portable`]): the crate's own packed GEMM,
-//!   allocation-free, AVX2+FMA micro-kernel detected at run time.
+//! * [`Backend::Portable`] (default, [`portable`]): the crate's own BLIS-style
+//!   GEMM (both operands packed, L1/L2 blocking, 6 × 16 micro-kernel,
+//!   special paths for decoding and depth-16 weight gradients), allocation-free,
+//!   AVX2+FMA micro-kernel detected at run time.
 //! * `Backend::MatrixMultiply` (feature `matrixmultiply`, off by default): the
 //!   `matrixmultiply` crate, kept for comparison in the benchmark; it
 //!   allocates packing buffers on every call, so the model never uses it.
@@ -18,7 +20,7 @@
 mod blas;
 #[cfg(feature = "matrixmultiply")]
 mod matrixmultiply;
-mod portable;
+pub mod portable;
 
 pub use portable::kernel_name;
 
@@ -184,7 +186,9 @@ pub fn gemm_with(
     a.check(m, k, "A");
     b.check(k, n, "B");
     match backend {
-        Backend::Portable => portable::gemm(m, n, k, alpha, a, b, beta, c, ldc),
+        Backend::Portable => portable::gemm(
+            m, n, k, alpha, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, c, ldc, 1,
+        ),
         #[cfg(feature = "matrixmultiply")]
         Backend::MatrixMultiply => matrixmultiply::sgemm(m, n, k, alpha, a, b, beta, c, ldc),
         #[cfg(feature = "blas")]
