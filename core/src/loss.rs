@@ -22,6 +22,18 @@ pub fn cross_entropy(
     targets: &[u32],
     v: usize,
 ) -> f32 {
+    crate::kernels::vectorized(|| ce_rows(dlogits, ce_row, logits, targets, v))
+}
+
+/// [`cross_entropy`]'s loop (instantiated for the baseline ISA and AVX2+FMA).
+#[inline(always)]
+fn ce_rows(
+    dlogits: &mut [f32],
+    ce_row: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+) -> f32 {
     let n = targets.len();
     let scale = 1.0 / n as f32;
     let mut total = 0.0f64;

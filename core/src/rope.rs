@@ -76,7 +76,7 @@ impl RopeTable {
 
     /// E9 — rotates one head vector `x: [d]` at position `pos` in place (forward):
     /// `x'ᵢ = xᵢ cos θᵢ − x_{i+d/2} sin θᵢ`, `x'_{i+d/2} = x_{i+d/2} cos θᵢ + xᵢ sin θᵢ`.
-    #[inline]
+    #[inline(always)]
     pub fn rotate(&self, x: &mut [f32], pos: usize) {
         let h = self.half;
         let (cos, sin) = (
@@ -94,7 +94,7 @@ impl RopeTable {
     /// E27 (backward of E9) — backward of [`RopeTable::rotate`]: rotates a gradient
     /// `dy: [d]` by `−θ` in place: `dxᵢ = dyᵢ cos θᵢ + dy_{i+d/2} sin θᵢ`,
     /// `dx_{i+d/2} = dy_{i+d/2} cos θᵢ − dyᵢ sin θᵢ`.
-    #[inline]
+    #[inline(always)]
     pub fn rotate_back(&self, dy: &mut [f32], pos: usize) {
         let h = self.half;
         let (cos, sin) = (
@@ -116,12 +116,14 @@ impl RopeTable {
 pub fn forward(qkv: &mut [f32], rope: &RopeTable, pos0: usize, dm: &Dims) {
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
-        let pos = pos0 + r % t;
-        for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-            rope.rotate(head, pos);
+    crate::kernels::vectorized(|| {
+        for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
+            let pos = pos0 + r % t;
+            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                rope.rotate(head, pos);
+            }
         }
-    }
+    })
 }
 
 /// E27 (backward of E9) — backward of [`forward`] on `dqkv: [n, (h+2kv)·d]`, in
@@ -130,10 +132,12 @@ pub fn forward(qkv: &mut [f32], rope: &RopeTable, pos0: usize, dm: &Dims) {
 pub fn backward(dqkv: &mut [f32], rope: &RopeTable, dm: &Dims) {
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
-        let pos = r % t;
-        for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-            rope.rotate_back(head, pos);
+    crate::kernels::vectorized(|| {
+        for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
+            let pos = r % t;
+            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                rope.rotate_back(head, pos);
+            }
         }
-    }
+    })
 }

@@ -33,3 +33,69 @@ pub fn elementwise_path() -> &'static str {
         "portable"
     }
 }
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// Test hook: this thread's elementwise kernels take the portable path.
+    static FORCE_PORTABLE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the elementwise kernels of this thread run their AVX2+FMA clone.
+#[inline(always)]
+fn elementwise_avx2() -> bool {
+    #[cfg(feature = "std")]
+    if FORCE_PORTABLE.with(|f| f.get()) {
+        return false;
+    }
+    avx2_fma()
+}
+
+/// Runs `f` with the elementwise kernels of *this thread* forced onto the
+/// portable path (test hook for the bit-identity test; other threads and the
+/// GEMM are unaffected). Restores the previous setting even if `f` panics.
+#[cfg(feature = "std")]
+#[doc(hidden)]
+pub fn with_portable_elementwise<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.0;
+            FORCE_PORTABLE.with(|c| c.set(old));
+        }
+    }
+    let _restore = Restore(FORCE_PORTABLE.with(|c| c.replace(true)));
+    f()
+}
+
+/// Runs `f` compiled for AVX2+FMA where the CPU has them, else as is.
+///
+/// `f` is monomorphised into (and inlined by LLVM into) the
+/// `#[target_feature(enable = "avx2,fma")]` clone [`avx2_clone`], so the same
+/// scalar Rust loops are auto-vectorised with 256-bit lanes there and with the
+/// baseline ISA (SSE2) in the other instance. Rust never contracts `a·b + c`
+/// into an FMA and never reassociates float operations, so both instances
+/// compute the same operations in the same order: the results are
+/// bit-identical across the two paths (tested). No allocation, one cached
+/// feature query per call.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if elementwise_avx2() {
+        // SAFETY: `elementwise_avx2()` returned true only because AVX2 and FMA
+        // were detected on this CPU (run time under `std`, target features at
+        // compile time otherwise), which is `avx2_clone`'s only requirement.
+        return unsafe { avx2_clone(f) };
+    }
+    f()
+}
+
+/// The AVX2+FMA instance of [`vectorized`]'s closure.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_clone<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}

@@ -10,6 +10,12 @@ use super::{dot, exp};
 /// rather than NaN; NaN inputs propagate (the model reports them as `NonFinite`).
 #[inline]
 pub fn forward_inplace(x: &mut [f32]) {
+    super::vectorized(|| forward_row(x))
+}
+
+/// [`forward_inplace`]'s body (instantiated for the baseline ISA and AVX2+FMA).
+#[inline(always)]
+fn forward_row(x: &mut [f32]) {
     let mut max = f32::NEG_INFINITY;
     for &v in x.iter() {
         max = if v > max { v } else { max };
@@ -35,18 +41,22 @@ pub fn forward_inplace(x: &mut [f32]) {
 #[inline]
 pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
     debug_assert!(dx.len() == p.len() && p.len() == g.len());
-    let pg = dot(p, g);
-    for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
-        *d = pi * (gi - pg);
-    }
+    super::vectorized(|| {
+        let pg = dot(p, g);
+        for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
+            *d = pi * (gi - pg);
+        }
+    })
 }
 
 /// E22 — like [`backward`] (`g ← p ⊙ (g − ⟨p, g⟩)`) with `g: [len]` overwritten by `dx`.
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
     debug_assert!(g.len() == p.len());
-    let pg = dot(p, g);
-    for (gi, &pi) in g.iter_mut().zip(p) {
-        *gi = pi * (*gi - pg);
-    }
+    super::vectorized(|| {
+        let pg = dot(p, g);
+        for (gi, &pi) in g.iter_mut().zip(p) {
+            *gi = pi * (*gi - pg);
+        }
+    })
 }

@@ -995,3 +995,113 @@ mod blis {
         }
     }
 }
+
+// ------------------------------- elementwise kernels: both dispatch paths
+//
+// Every elementwise kernel runs the same scalar Rust on the AVX2+FMA clone
+// and on the baseline-ISA instance (no FMA contraction, no reassociation),
+// so the two paths must agree bit for bit.
+
+mod dispatch_paths {
+    use super::{rand_vec, rng, small_cfg};
+    use moe_core::kernels::cpu::with_portable_elementwise;
+    use moe_core::kernels::{axpy, dot, first_non_finite, softmax};
+    use moe_core::rope::{self, RopeTable};
+    use moe_core::swiglu::SwiGLU;
+    use moe_core::{loss, rmsnorm};
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Runs `f` on the auto-selected path and on the forced portable path and
+    /// asserts identical bits of everything it returns.
+    fn same_bits(label: &str, f: impl Fn() -> Vec<f32>) {
+        let auto = f();
+        let portable = with_portable_elementwise(&f);
+        assert_eq!(bits(&auto), bits(&portable), "{label}: paths differ");
+    }
+
+    #[test]
+    fn elementwise_kernels_are_bit_identical_across_paths() {
+        let mut g = rng(77);
+        for &n in &[1usize, 7, 8, 31, 64, 1000, 1027] {
+            let a = rand_vec(&mut g, n, 4.0);
+            let b = rand_vec(&mut g, n, 4.0);
+            same_bits("dot", || vec![dot(&a, &b)]);
+            same_bits("axpy", || {
+                let mut y = b.clone();
+                axpy(&mut y, 0.37, &a);
+                y
+            });
+            same_bits("softmax", || {
+                let mut x = a.clone();
+                softmax::forward_inplace(&mut x);
+                let mut dx = vec![0.0; n];
+                softmax::backward(&mut dx, &x, &b);
+                let mut g2 = b.clone();
+                softmax::backward_inplace(&mut g2, &x);
+                [x, dx, g2].concat()
+            });
+            let mut bad = a.clone();
+            bad[n / 2] = f32::NAN;
+            assert_eq!(
+                with_portable_elementwise(|| first_non_finite(&bad)),
+                first_non_finite(&bad)
+            );
+        }
+        // RMSNorm forward/backward, SwiGLU forward/backward, CE row, RoPE.
+        let (rows, c, f, v) = (6usize, 64usize, 96usize, 1000usize);
+        let x = rand_vec(&mut g, rows * c, 2.0);
+        let w = rand_vec(&mut g, c, 1.0);
+        let dy = rand_vec(&mut g, rows * c, 1.0);
+        same_bits("rmsnorm", || {
+            let (mut y, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows]);
+            rmsnorm::forward(&mut y, &mut rstd, &x, &w, 1e-6);
+            let (mut dx, mut dw) = (vec![0.0; rows * c], vec![0.0; c]);
+            rmsnorm::backward(&mut dx, &mut dw, &dy, &x, &rstd, &w);
+            [y, rstd, dx, dw].concat()
+        });
+        let w13 = rand_vec(&mut g, 2 * f * c, 0.2);
+        let w2 = rand_vec(&mut g, c * f, 0.2);
+        same_bits("swiglu", || {
+            let e = SwiGLU {
+                w13: &w13,
+                w2: &w2,
+                c,
+                f,
+            };
+            let (mut y, mut h13, mut act) = (
+                vec![0.0; rows * c],
+                vec![0.0; rows * 2 * f],
+                vec![0.0; rows * f],
+            );
+            e.forward(&mut y, &mut h13, &mut act, &x, rows);
+            let (mut dxg, mut dw13, mut dw2) =
+                (vec![0.0; rows * c], vec![0.0; 2 * f * c], vec![0.0; c * f]);
+            let (mut dh13, mut dact) = (vec![0.0; rows * 2 * f], vec![0.0; rows * f]);
+            e.backward(
+                &mut dxg, &mut dw13, &mut dw2, &mut dh13, &mut dact, &dy, &x, &h13, &act, rows,
+            );
+            [y, h13, act, dxg, dw13, dw2].concat()
+        });
+        let logits = rand_vec(&mut g, rows * v, 8.0);
+        let targets: Vec<u32> = (0..rows as u32).map(|r| r * 131 % v as u32).collect();
+        same_bits("cross_entropy", || {
+            let (mut dz, mut ce) = (vec![0.0; rows * v], vec![0.0; rows]);
+            let l = loss::cross_entropy(&mut dz, &mut ce, &logits, &targets, v);
+            [dz, ce, vec![l]].concat()
+        });
+        let cfg = small_cfg(4, 2, 16);
+        let dm = moe_core::Dims::new(&cfg, 2, 8);
+        let table = RopeTable::new(&cfg, 8).unwrap();
+        let qkv = rand_vec(&mut g, 2 * 8 * (4 + 2 * 2) * 16, 1.0);
+        same_bits("rope", || {
+            let mut q = qkv.clone();
+            rope::forward(&mut q, &table, 0, &dm);
+            let mut dq = qkv.clone();
+            rope::backward(&mut dq, &table, &dm);
+            [q, dq].concat()
+        });
+    }
+}
