@@ -99,3 +99,59 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 unsafe fn avx2_clone<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
+
+/// Independent FMA chains of [`fma_peak`]: 12 `ymm` accumulators cover the
+/// FMA latency × throughput product (4 cycles × 2 pipes × 1.5) of current x86 cores.
+#[doc(hidden)]
+pub const PEAK_CHAINS: usize = 12;
+/// Lanes per chain (one 256-bit register of `f32`).
+#[doc(hidden)]
+pub const PEAK_LANES: usize = 8;
+
+/// The machine's single-core FMA peak loop (benchmark `machine_fma_peak`):
+/// `iters` rounds of [`PEAK_CHAINS`] independent 8-lane `acc = acc·x + y`,
+/// i.e. `iters · 12 · 8 · 2` FLOPs; returns the sum of the accumulators (so
+/// the work cannot be removed). AVX2+FMA where available, else the same
+/// recurrence in plain Rust (multiply then add).
+#[doc(hidden)]
+pub fn fma_peak(iters: u64, x: f32, y: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above, the only
+        // requirement of `fma_peak_avx2`.
+        return unsafe { fma_peak_avx2(iters, x, y) };
+    }
+    let mut acc = [[0.0f32; PEAK_LANES]; PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for l in a.iter_mut() {
+                *l = *l * x + y;
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_peak_avx2(iters: u64, x: f32, y: f32) -> f32 {
+    use core::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); PEAK_CHAINS];
+    let (xv, yv) = (_mm256_set1_ps(x), _mm256_set1_ps(y));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, xv, yv);
+        }
+    }
+    let mut out = [0.0f32; PEAK_LANES];
+    let mut s = 0.0f32;
+    for a in acc {
+        // SAFETY: `out` holds exactly 8 floats, the width of one `__m256`
+        // (unaligned store).
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), a) };
+        s += out.iter().sum::<f32>();
+    }
+    s
+}
