@@ -56,6 +56,22 @@ pub fn cross_entropy(
             vocab: v,
         });
     }
+    Ok(crate::kernels::vectorized(|| {
+        ce_rows(dlogits, ce_row, logits, targets, v)
+    }))
+}
+
+/// [`cross_entropy`]'s loop over checked rows (instantiated for the baseline
+/// ISA and AVX2+FMA): the mean CE, `dlogits` and `ce_row` written.
+#[inline(always)]
+fn ce_rows(
+    dlogits: &mut [f32],
+    ce_row: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    v: usize,
+) -> f32 {
+    let n = targets.len();
     let scale = 1.0 / n as f32;
     let mut total = 0.0f64;
     for (r, ((dz, z), &tgt)) in dlogits
@@ -84,7 +100,7 @@ pub fn cross_entropy(
         }
         dz[tgt as usize] -= scale;
     }
-    Ok((total / n as f64) as f32)
+    (total / n as f64) as f32
 }
 
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are

@@ -14,6 +14,12 @@
 pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
     debug_assert!(y.len() == x.len() && x.len() == rstd.len() * c);
+    crate::kernels::vectorized(|| forward_rows(y, rstd, x, w, eps, c));
+}
+
+/// [`forward`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+#[inline(always)]
+fn forward_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32, c: usize) {
     for ((yr, xr), rs) in y
         .chunks_exact_mut(c)
         .zip(x.chunks_exact(c))
@@ -38,6 +44,21 @@ pub fn forward(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) 
 pub fn backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32]) {
     let c = w.len();
     debug_assert!(dx.len() == x.len() && dy.len() == x.len() && dw.len() == c);
+    crate::kernels::vectorized(|| backward_rows(dx, dw, dy, x, rstd, w, c));
+}
+
+/// [`backward`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // reason: backward's arguments plus the row width
+fn backward_rows(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+    c: usize,
+) {
     for (((dxr, dyr), xr), &r) in dx
         .chunks_exact_mut(c)
         .zip(dy.chunks_exact(c))

@@ -124,7 +124,7 @@ impl RopeTable {
 
     /// [`RopeTable::rotate`] on a head and position the caller checked
     /// (`x.len() == d`, `pos < max_seq`).
-    #[inline]
+    #[inline(always)]
     fn rotate_unchecked(&self, x: &mut [f32], pos: usize) {
         let h = self.half;
         let (cos, sin) = (
@@ -140,7 +140,7 @@ impl RopeTable {
     }
 
     /// [`RopeTable::rotate_back`] on a checked head and position.
-    #[inline]
+    #[inline(always)]
     fn rotate_back_unchecked(&self, dy: &mut [f32], pos: usize) {
         let h = self.half;
         let (cos, sin) = (
@@ -203,12 +203,14 @@ pub fn forward(qkv: &mut [f32], rope: &RopeTable, pos0: usize, dm: &Dims) -> Res
     rope.check_rows(qkv, pos0, dm)?;
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
-        let pos = pos0 + r % t;
-        for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-            rope.rotate_unchecked(head, pos);
+    crate::kernels::vectorized(|| {
+        for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
+            let pos = pos0 + r % t;
+            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                rope.rotate_unchecked(head, pos);
+            }
         }
-    }
+    });
     Ok(())
 }
 
@@ -222,11 +224,13 @@ pub fn backward(dqkv: &mut [f32], rope: &RopeTable, dm: &Dims) -> Result<()> {
     rope.check_rows(dqkv, 0, dm)?;
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
-        let pos = r % t;
-        for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-            rope.rotate_back_unchecked(head, pos);
+    crate::kernels::vectorized(|| {
+        for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
+            let pos = r % t;
+            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                rope.rotate_back_unchecked(head, pos);
+            }
         }
-    }
+    });
     Ok(())
 }

@@ -359,7 +359,13 @@ mod tests {
                 "kernel_rmsnorm",
                 "kernel_matmul_portable",
                 "kernel_matmul_matrixmultiply",
-                "machine_peak"
+                "machine_peak",
+                "machine_fma_peak",
+                "machine_bandwidth",
+                #[cfg(feature = "openblas")]
+                "kernel_matmul_openblas",
+                #[cfg(feature = "openblas")]
+                "machine_peak_openblas",
             ]
         );
         let one = select(&["dispatch_cold".into()], &[]).unwrap();

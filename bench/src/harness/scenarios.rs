@@ -93,6 +93,12 @@ pub enum Kind {
     /// then `new_tokens` greedy steps (`Decoder::step` + `pick_token`); the
     /// decoder (workspace + cache) is built outside the timed region.
     Decode { prompt: usize, new_tokens: usize },
+    /// The single-core FMA peak: `iters` rounds of 12 independent 8-lane FMA
+    /// chains (`moe_core::kernels::cpu::fma_peak`).
+    FmaPeak { iters: u64 },
+    /// STREAM-style triad `a[i] = b[i] + s·c[i]` over three arrays of `n`
+    /// floats each (≫ L3): 12·n bytes moved per iteration.
+    Bandwidth { n: usize },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -260,6 +266,43 @@ pub const SCENARIOS: &[Scenario] = &[
             new_tokens: 64,
         },
     ),
+    // The machine's limits, measured in the same run as the scenarios they
+    // bound: FMA peak (GFLOP/s) and memory bandwidth (GB/s = 12·n bytes ÷ median).
+    s(
+        "machine_fma_peak",
+        "compiler",
+        Kind::FmaPeak {
+            iters: FMA_PEAK_ITERS,
+        },
+    ),
+    s(
+        "machine_bandwidth",
+        "compiler",
+        Kind::Bandwidth { n: BANDWIDTH_N },
+    ),
+    // OpenBLAS (`--features openblas`) beside our GEMM, same shapes, same run.
+    #[cfg(feature = "openblas")]
+    s(
+        "kernel_matmul_openblas",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::Blas,
+            m: 64,
+            n: 64,
+            k: 64,
+        },
+    ),
+    #[cfg(feature = "openblas")]
+    s(
+        "machine_peak_openblas",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::Blas,
+            m: 1024,
+            n: 1024,
+            k: 1024,
+        },
+    ),
     // The arena's value, measured: the same workloads with every planned
     // buffer a fresh heap allocation per step (moe-core `heap-per-step`).
     s("dispatch_warm_heap", "memory", heap(tiny(Forward, 2, 32))),
@@ -275,6 +318,11 @@ pub const SCENARIOS: &[Scenario] = &[
         heap(scale(TrainStep, 2, 8)),
     ),
 ];
+
+/// Rounds of `machine_fma_peak` (≈ 1 ms at 90 GFLOP/s).
+const FMA_PEAK_ITERS: u64 = 500_000;
+/// Floats per array of `machine_bandwidth`: 3 × 64 MiB, 6× a 32 MiB L3.
+const BANDWIDTH_N: usize = 16 << 20;
 
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
 pub const SPEC_SCENARIOS: usize = 22;
@@ -307,6 +355,12 @@ impl Kind {
                 json!({ "M": m, "K": k, "N": n, "backend": backend.name(), "op": "C = A * B^T" })
             }
             Kind::Softmax { n } => json!({ "n": n }),
+            Kind::FmaPeak { iters } => json!({
+                "iters": iters,
+                "chains": moe_core::kernels::cpu::PEAK_CHAINS,
+                "lanes": moe_core::kernels::cpu::PEAK_LANES,
+            }),
+            Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
             Kind::Decode { prompt, new_tokens } => json!({
                 "profile": "tiny", "prompt": prompt, "new_tokens": new_tokens,
                 "strategy": "greedy", "kv_cache": true,
@@ -347,6 +401,12 @@ impl Kind {
             } => Some(model(&profile.config(), workload, b, t)),
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
             Kind::Softmax { n } => Some(flops::softmax(n)),
+            Kind::FmaPeak { iters } => Some(
+                iters
+                    * (moe_core::kernels::cpu::PEAK_CHAINS * moe_core::kernels::cpu::PEAK_LANES * 2)
+                        as u64,
+            ),
+            Kind::Bandwidth { n } => Some(2 * n as u64),
             Kind::RmsNorm { b, t, c } => Some(flops::rmsnorm(b * t, c)),
             Kind::DispatchCold { .. } | Kind::DispatchColdProcess { .. } | Kind::Decode { .. } => {
                 None
@@ -368,7 +428,11 @@ impl Kind {
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
             Kind::Decode { new_tokens, .. } => Some(new_tokens as u64),
-            Kind::Matmul { .. } | Kind::Softmax { .. } | Kind::RmsNorm { .. } => None,
+            Kind::Matmul { .. }
+            | Kind::Softmax { .. }
+            | Kind::RmsNorm { .. }
+            | Kind::FmaPeak { .. }
+            | Kind::Bandwidth { .. } => None,
         }
     }
 }
@@ -418,6 +482,8 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         } => run_train(&profile.config(), b, t, policy(heap), o)?,
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
+        Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
+        Kind::Bandwidth { n } => run_bandwidth(n, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
         Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
         Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
@@ -613,6 +679,49 @@ fn run_matmul(
     Ok(Outcome {
         m: meas,
         numerical: Numerical::of(&c),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_fma_peak(iters: u64, o: &RunOpts) -> Result<Outcome, Error> {
+    let mut out = 0.0f32;
+    let meas = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        out = moe_core::kernels::cpu::fma_peak(
+            black_box(iters),
+            black_box(0.999_999),
+            black_box(1e-7),
+        );
+        p.stop(s);
+        black_box(out);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m: meas,
+        numerical: Numerical::of(&[out]),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
+    let b = vec![1.0f32; n];
+    let c = vec![2.0f32; n];
+    let mut a = vec![0.0f32; n];
+    let scalar = black_box(3.0f32);
+    let meas = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        for ((ai, &bi), &ci) in black_box(&mut a).iter_mut().zip(black_box(&b)).zip(&c) {
+            *ai = bi + scalar * ci;
+        }
+        p.stop(s);
+        black_box(&a);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m: meas,
+        numerical: Numerical::of(&a[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
     })

@@ -707,6 +707,12 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
             prompt: u("prompt").unwrap_or(prompt),
             new_tokens: u("new_tokens").unwrap_or(new_tokens),
         }),
+        Kind::FmaPeak { iters } => Ok(Kind::FmaPeak {
+            iters: params.get("iters").and_then(Value::as_u64).unwrap_or(iters),
+        }),
+        Kind::Bandwidth { n } => Ok(Kind::Bandwidth {
+            n: u("n").unwrap_or(n),
+        }),
     })
 }
 
@@ -733,6 +739,12 @@ fn shape_of(k: &Kind) -> String {
         }
         Kind::Decode { prompt, new_tokens } => {
             let _ = write!(s, "prompt {prompt}, new_tokens {new_tokens}");
+        }
+        Kind::FmaPeak { iters } => {
+            let _ = write!(s, "iters {iters}");
+        }
+        Kind::Bandwidth { n } => {
+            let _ = write!(s, "n {n}");
         }
     }
     s

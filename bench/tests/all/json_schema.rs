@@ -12,7 +12,7 @@ const MOE: &str = env!("CARGO_BIN_EXE_moe");
 /// Every scenario id, in run order: the spec's 22, then the extras. The
 /// whole set takes about 2 s at the test profile's opt-level with
 /// `--trials 2 --warmup 1`, so the test runs all of them.
-const IDS: [&str; 31] = [
+const IDS: &[&str] = &[
     "mem_train_step",
     "mem_scale_batch_1",
     "mem_scale_batch_2",
@@ -40,6 +40,12 @@ const IDS: [&str; 31] = [
     "dispatch_cold_process",
     "machine_peak",
     "generate_kv_64",
+    "machine_fma_peak",
+    "machine_bandwidth",
+    #[cfg(feature = "openblas")]
+    "kernel_matmul_openblas",
+    #[cfg(feature = "openblas")]
+    "machine_peak_openblas",
     "dispatch_warm_heap",
     "mem_train_step_heap",
     "scale_forward_256_heap",
@@ -49,7 +55,7 @@ const IDS: [&str; 31] = [
 fn expected_axis(id: &str) -> &'static str {
     match id {
         _ if id.starts_with("mem_") || id == "dispatch_warm_heap" => "memory",
-        _ if id.starts_with("kernel_") || id == "machine_peak" => "compiler",
+        _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") => "parallel",
         _ if id.starts_with("scale_") => "scale",
@@ -219,7 +225,7 @@ fn check_scenario(s: &Value) {
     assert_eq!(float(d, "gc_throughput"), 1.0);
     let gflops = nullable_number(d, "gflops");
 
-    if id.starts_with("kernel_") || id == "machine_peak" {
+    if id.starts_with("kernel_") || id.starts_with("machine_") {
         assert_eq!(tps, None, "{id}: kernels have no tokens");
         assert!(gflops.unwrap() > 0.0, "{id}");
         assert_eq!(arena, 0, "{id}");

@@ -3,7 +3,10 @@
 //! micro-kernel, BLAS FFI and the `matrixmultiply` call), each block with a
 //! `// SAFETY:` comment.
 
+pub mod cpu;
 pub mod gemm;
+
+pub use cpu::vectorized;
 pub mod softmax;
 
 /// `exp` in `f32`, branch-free so that loops over it vectorise (libm's `expf`
@@ -90,6 +93,12 @@ const LANES: usize = 8;
 /// result is deterministic for a given length).
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    vectorized(|| dot_body(a, b))
+}
+
+/// [`dot`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -116,13 +125,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += a·x`.
 #[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+    vectorized(|| {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi += a * xi;
+        }
+    })
 }
 
 /// Index of the first NaN/Inf in `x`, if any.
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
+    vectorized(|| first_non_finite_body(x))
+}
+
+/// [`first_non_finite`]'s scan (instantiated for the baseline ISA and AVX2).
+#[inline(always)]
+fn first_non_finite_body(x: &[f32]) -> Option<usize> {
     // Scan in blocks with a branch-free test (vectorises); locate only on a hit.
     const B: usize = 64;
     for (bi, blk) in x.chunks(B).enumerate() {

@@ -21,6 +21,12 @@ use super::{dot, exp};
 /// max pass (branch-free, vectorises) and no extra pass.
 #[inline]
 pub fn forward_inplace(x: &mut [f32]) -> bool {
+    super::vectorized(|| forward_row(x))
+}
+
+/// [`forward_inplace`]'s body (instantiated for the baseline ISA and AVX2+FMA).
+#[inline(always)]
+fn forward_row(x: &mut [f32]) -> bool {
     let mut max = f32::NEG_INFINITY;
     let mut nan = false;
     for &v in x.iter() {
@@ -55,18 +61,22 @@ pub fn forward_inplace(x: &mut [f32]) -> bool {
 #[inline]
 pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
     debug_assert!(dx.len() == p.len() && p.len() == g.len());
-    let pg = dot(p, g);
-    for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
-        *d = pi * (gi - pg);
-    }
+    super::vectorized(|| {
+        let pg = dot(p, g);
+        for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
+            *d = pi * (gi - pg);
+        }
+    })
 }
 
 /// E22 — like [`backward`] (`g ← p ⊙ (g − ⟨p, g⟩)`) with `g: [len]` overwritten by `dx`.
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
     debug_assert!(g.len() == p.len());
-    let pg = dot(p, g);
-    for (gi, &pi) in g.iter_mut().zip(p) {
-        *gi = pi * (*gi - pg);
-    }
+    super::vectorized(|| {
+        let pg = dot(p, g);
+        for (gi, &pi) in g.iter_mut().zip(p) {
+            *gi = pi * (*gi - pg);
+        }
+    })
 }

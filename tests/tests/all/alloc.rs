@@ -124,3 +124,35 @@ fn decoding_a_token_allocates_nothing() {
         next = t;
     }
 }
+
+#[test]
+fn gemm_calls_allocate_nothing() {
+    use moe_core::kernels::gemm::portable::{gemm, gemm_packed_b, pack_b, packed_len};
+    let shapes = [
+        (64, 64, 64),
+        (1, 1000, 64),
+        (3, 100, 300),
+        (16, 1000, 64),
+        (256, 64, 16),
+        (300, 600, 300),
+    ];
+    let mut bufs = Vec::new();
+    for &(m, n, k) in &shapes {
+        let a = vec![0.5f32; m * k];
+        let b = vec![0.25f32; k * n];
+        let c = vec![0.0f32; m * n];
+        let mut pk = vec![0.0f32; packed_len(k, n)];
+        pack_b(k, n, &b, 1, k, &mut pk);
+        bufs.push((m, n, k, a, b, c, pk));
+    }
+    let (n_allocs, bytes, ()) = count(|| {
+        for (m, n, k, a, b, c, pk) in bufs.iter_mut() {
+            let (m, n, k) = (*m, *n, *k);
+            gemm(m, n, k, 1.0, a, k, 1, b, n, 1, 0.0, c, n, 1);
+            // op(A) = Aᵀ of the same buffer viewed as [k, m] (values irrelevant).
+            gemm(m, n, k, 1.0, a, 1, m, b, 1, k, 1.0, c, n, 1);
+            gemm_packed_b(m, n, k, 1.0, a, k, 1, pk, 1.0, c, n, 1);
+        }
+    });
+    assert_eq!((n_allocs, bytes), (0, 0), "gemm allocated");
+}

@@ -706,3 +706,402 @@ fn blas_backend_matches_portable() {
     }
     assert_eq!(Backend::DEFAULT, Backend::Blas);
 }
+
+// ------------------------------------------- E3 GEMM: the BLIS-style backend
+//
+// `kernels::gemm::portable` directly, on both kernel paths (`Path::Auto` is
+// AVX2+FMA where the CPU has it, `Path::Portable` the plain-Rust fallback),
+// with every stride layout of A, B and C, pre-packed B, the block boundaries
+// (KC = 256, MC = 144, NC = 512), the small-m and depth-16 special paths.
+// Tolerance: `1e-5·(k+1)·Σ|α·a·b| + |β·c|` against an f64 reference.
+
+mod blis {
+    use moe_core::kernels::gemm::portable::{
+        gemm, gemm_on, gemm_packed_b_on, pack_b, packed_len, Path,
+    };
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn f(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.f()).collect()
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Storage for an `op()` of shape `[r, c]` with `pad` extra floats per
+    /// stored row: `(data, rs, cs)`.
+    fn operand(
+        rng: &mut Rng,
+        r: usize,
+        c: usize,
+        trans: bool,
+        pad: usize,
+    ) -> (Vec<f32>, usize, usize) {
+        if trans {
+            let ld = r + pad;
+            (rng.vec(c.max(1) * ld), 1, ld)
+        } else {
+            let ld = c + pad;
+            (rng.vec(r.max(1) * ld), ld, 1)
+        }
+    }
+
+    /// One random case: `C = α·op(A)·op(B) + β·C` on `path`; C layout 0
+    /// row-major dense, 1 row-major padded, 2 column-major, 3 fully strided.
+    #[allow(clippy::too_many_arguments)]
+    fn run_case(
+        path: Path,
+        seed: u64,
+        (m, n, k): (usize, usize, usize),
+        (ta, tb): (bool, bool),
+        alpha: f32,
+        beta: f32,
+        c_layout: u8,
+        packed: bool,
+    ) {
+        let mut rng = Rng(seed | 1);
+        let rng = &mut rng;
+        let (pa, pb) = (rng.below(3), rng.below(3));
+        let (a, rsa, csa) = operand(rng, m, k, ta, pa);
+        let (b, rsb, csb) = operand(rng, k, n, tb, pb);
+        let (rsc, csc, clen) = match c_layout {
+            0 => (n, 1, m * n),
+            1 => (n + 5, 1, m * (n + 5)),
+            2 => (1, m + 3, n * (m + 3)),
+            _ => (2 * n + 1, 2, m * (2 * n + 1)),
+        };
+        let mut c = rng.vec(clen.max(1));
+        if beta == 0.0 {
+            c.iter_mut().for_each(|x| *x = f32::NAN); // β = 0 never reads C
+        }
+        let c0 = c.clone();
+        if packed {
+            let mut pk = vec![f32::NAN; packed_len(k, n)];
+            pack_b(k, n, &b, rsb, csb, &mut pk);
+            gemm_packed_b_on(
+                path, m, n, k, alpha, &a, rsa, csa, &pk, beta, &mut c, rsc, csc,
+            );
+        } else {
+            gemm_on(
+                path, m, n, k, alpha, &a, rsa, csa, &b, rsb, csb, beta, &mut c, rsc, csc,
+            );
+        }
+        let mut touched = vec![false; c.len()];
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut sa) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let x = a[i * rsa + p * csa] as f64 * b[p * rsb + j * csb] as f64;
+                    s += x;
+                    sa += x.abs();
+                }
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * c0[i * rsc + j * csc] as f64
+                };
+                let want = alpha as f64 * s + old;
+                let mag = (alpha as f64).abs() * sa + old.abs();
+                let got = c[i * rsc + j * csc] as f64;
+                touched[i * rsc + j * csc] = true;
+                let tol = 1e-5 * (k as f64 + 1.0) * mag.max(1e-30) + 1e-30;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{path:?} m{m} n{n} k{k} ta{ta} tb{tb} α{alpha} β{beta} L{c_layout} P{packed}: \
+                     C[{i},{j}] = {got}, want {want} (tol {tol})"
+                );
+            }
+        }
+        for (idx, t) in touched.iter().enumerate() {
+            assert!(
+                *t || c[idx].to_bits() == c0[idx].to_bits(),
+                "{path:?} m{m} n{n} k{k}: element {idx} outside C was modified"
+            );
+        }
+    }
+
+    const PATHS: [Path; 2] = [Path::Auto, Path::Portable];
+
+    #[test]
+    fn gemm_small_shapes_all_layouts_both_paths() {
+        let dims = [0usize, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 23, 33];
+        for path in PATHS {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+            for &m in &dims {
+                for &n in &dims {
+                    for &k in &[0usize, 1, 2, 7, 8, 9, 16, 17] {
+                        let t = (rng.below(2) == 1, rng.below(2) == 1);
+                        let beta = [0.0f32, 1.0, -0.7][rng.below(3)];
+                        let alpha = [1.0f32, 0.5, -1.3][rng.below(3)];
+                        let (s, l, p) = (rng.next(), rng.below(4) as u8, rng.below(3) == 0);
+                        run_case(path, s, (m, n, k), t, alpha, beta, l, p);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_medium_every_combination_both_paths() {
+        // Decoding (m ≤ 4), x·Wᵀ with 4 < m ≤ 16, depth-16 weight gradients.
+        let shapes = [
+            (37, 29, 41),
+            (5, 70, 33),
+            (70, 5, 19),
+            (1, 100, 64),
+            (2, 65, 9),
+            (3, 33, 300),
+            (4, 200, 17),
+            (12, 100, 64),
+            (49, 50, 16),
+        ];
+        for path in PATHS {
+            let mut rng = Rng(12345);
+            for &shape in &shapes {
+                for t in [(false, false), (false, true), (true, false), (true, true)] {
+                    for beta in [0.0f32, 1.0, 0.3] {
+                        let (l, p) = (rng.below(4) as u8, rng.below(2) == 0);
+                        run_case(path, rng.next(), shape, t, 1.7, beta, l, p);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_block_boundaries_both_paths() {
+        // Crosses KC = 256, MC = 144, NC = 512 and the stack-buffer tiers.
+        let shapes = [
+            (145, 513, 257),
+            (300, 40, 260),
+            (7, 1000, 64),
+            (16, 1000, 256),
+            (289, 17, 300),
+            (4, 70, 600),
+            (1, 33, 1000),
+        ];
+        for path in PATHS {
+            let mut rng = Rng(777);
+            for &shape in &shapes {
+                for t in [(false, false), (false, true), (true, false), (true, true)] {
+                    let beta = [0.0f32, 1.0, 2.0][rng.below(3)];
+                    let (l, p) = (rng.below(4) as u8, rng.below(2) == 0);
+                    run_case(path, rng.next(), shape, t, -0.9, beta, l, p);
+                }
+            }
+            run_case(
+                path,
+                rng.next(),
+                (300, 530, 520),
+                (false, false),
+                1.0,
+                0.0,
+                0,
+                false,
+            );
+            run_case(
+                path,
+                rng.next(),
+                (290, 600, 300),
+                (true, true),
+                1.0,
+                1.0,
+                0,
+                true,
+            );
+        }
+    }
+
+    #[test]
+    fn gemm_random_shapes_both_paths() {
+        for path in PATHS {
+            let mut rng = Rng(4242);
+            for _ in 0..150 {
+                let shape = (rng.below(80), rng.below(80), rng.below(90));
+                let t = (rng.below(2) == 1, rng.below(2) == 1);
+                let alpha = [1.0f32, 0.25][rng.below(2)];
+                let beta = [0.0f32, 1.0, -2.0][rng.below(3)];
+                let (l, p) = (rng.below(4) as u8, rng.below(2) == 1);
+                run_case(path, rng.next(), shape, t, alpha, beta, l, p);
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_is_deterministic_and_packed_b_gives_the_same_bits() {
+        let mut rng = Rng(99);
+        for &(m, n, k) in &[
+            (64, 64, 64),
+            (1, 1000, 64),
+            (16, 256, 64),
+            (300, 200, 300),
+            (3, 50, 17),
+        ] {
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let c0 = rng.vec(m * n);
+            for path in PATHS {
+                let mut r1 = c0.clone();
+                let mut r2 = c0.clone();
+                gemm_on(path, m, n, k, 1.0, &a, k, 1, &b, 1, k, 1.0, &mut r1, n, 1);
+                gemm_on(path, m, n, k, 1.0, &a, k, 1, &b, 1, k, 1.0, &mut r2, n, 1);
+                assert!(r1.iter().zip(&r2).all(|(x, y)| x.to_bits() == y.to_bits()));
+                let mut pk = vec![0.0; packed_len(k, n)];
+                pack_b(k, n, &b, 1, k, &mut pk);
+                let mut r3 = c0.clone();
+                gemm_packed_b_on(path, m, n, k, 1.0, &a, k, 1, &pk, 1.0, &mut r3, n, 1);
+                // m ≤ 4 unpacked takes the GEMV path (another summation order).
+                if m > 4 {
+                    assert!(
+                        r1.iter().zip(&r3).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{path:?}: packed != unpacked at {m}x{n}x{k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_beta_zero_ignores_nan_and_k_zero_scales() {
+        let mut rng = Rng(5);
+        for &(m, n, k) in &[
+            (1, 10, 5),
+            (4, 17, 64),
+            (6, 16, 16),
+            (33, 70, 300),
+            (200, 600, 40),
+        ] {
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            for path in PATHS {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_on(path, m, n, k, 1.0, &a, k, 1, &b, n, 1, 0.0, &mut c, n, 1);
+                assert!(c.iter().all(|x| x.is_finite()), "{path:?} {m}x{n}x{k}");
+            }
+            let mut c = vec![f32::INFINITY; m * n];
+            gemm(m, n, 0, 1.0, &a, k, 1, &b, n, 1, 0.0, &mut c, n, 1);
+            assert!(c.iter().all(|&x| x == 0.0));
+        }
+    }
+}
+
+// ------------------------------- elementwise kernels: both dispatch paths
+//
+// Every elementwise kernel runs the same scalar Rust on the AVX2+FMA clone
+// and on the baseline-ISA instance (no FMA contraction, no reassociation),
+// so the two paths must agree bit for bit.
+
+mod dispatch_paths {
+    use super::{rand_vec, rng, small_cfg};
+    use moe_core::kernels::cpu::with_portable_elementwise;
+    use moe_core::kernels::{axpy, dot, first_non_finite, softmax};
+    use moe_core::rope::{self, RopeTable};
+    use moe_core::swiglu::SwiGLU;
+    use moe_core::{loss, rmsnorm};
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Runs `f` on the auto-selected path and on the forced portable path and
+    /// asserts identical bits of everything it returns.
+    fn same_bits(label: &str, f: impl Fn() -> Vec<f32>) {
+        let auto = f();
+        let portable = with_portable_elementwise(&f);
+        assert_eq!(bits(&auto), bits(&portable), "{label}: paths differ");
+    }
+
+    #[test]
+    fn elementwise_kernels_are_bit_identical_across_paths() {
+        let mut g = rng(77);
+        for &n in &[1usize, 7, 8, 31, 64, 1000, 1027] {
+            let a = rand_vec(&mut g, n, 4.0);
+            let b = rand_vec(&mut g, n, 4.0);
+            same_bits("dot", || vec![dot(&a, &b)]);
+            same_bits("axpy", || {
+                let mut y = b.clone();
+                axpy(&mut y, 0.37, &a);
+                y
+            });
+            same_bits("softmax", || {
+                let mut x = a.clone();
+                softmax::forward_inplace(&mut x);
+                let mut dx = vec![0.0; n];
+                softmax::backward(&mut dx, &x, &b);
+                let mut g2 = b.clone();
+                softmax::backward_inplace(&mut g2, &x);
+                [x, dx, g2].concat()
+            });
+            let mut bad = a.clone();
+            bad[n / 2] = f32::NAN;
+            assert_eq!(
+                with_portable_elementwise(|| first_non_finite(&bad)),
+                first_non_finite(&bad)
+            );
+        }
+        // RMSNorm forward/backward, SwiGLU forward/backward, CE row, RoPE.
+        let (rows, c, f, v) = (6usize, 64usize, 96usize, 1000usize);
+        let x = rand_vec(&mut g, rows * c, 2.0);
+        let w = rand_vec(&mut g, c, 1.0);
+        let dy = rand_vec(&mut g, rows * c, 1.0);
+        same_bits("rmsnorm", || {
+            let (mut y, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows]);
+            rmsnorm::forward(&mut y, &mut rstd, &x, &w, 1e-6);
+            let (mut dx, mut dw) = (vec![0.0; rows * c], vec![0.0; c]);
+            rmsnorm::backward(&mut dx, &mut dw, &dy, &x, &rstd, &w);
+            [y, rstd, dx, dw].concat()
+        });
+        let w13 = rand_vec(&mut g, 2 * f * c, 0.2);
+        let w2 = rand_vec(&mut g, c * f, 0.2);
+        same_bits("swiglu", || {
+            let e = SwiGLU {
+                w13: &w13,
+                w2: &w2,
+                c,
+                f,
+            };
+            let (mut y, mut h13, mut act) = (
+                vec![0.0; rows * c],
+                vec![0.0; rows * 2 * f],
+                vec![0.0; rows * f],
+            );
+            e.forward(&mut y, &mut h13, &mut act, &x, rows);
+            let (mut dxg, mut dw13, mut dw2) =
+                (vec![0.0; rows * c], vec![0.0; 2 * f * c], vec![0.0; c * f]);
+            let (mut dh13, mut dact) = (vec![0.0; rows * 2 * f], vec![0.0; rows * f]);
+            e.backward(
+                &mut dxg, &mut dw13, &mut dw2, &mut dh13, &mut dact, &dy, &x, &h13, &act, rows,
+            );
+            [y, h13, act, dxg, dw13, dw2].concat()
+        });
+        let logits = rand_vec(&mut g, rows * v, 8.0);
+        let targets: Vec<u32> = (0..rows as u32).map(|r| r * 131 % v as u32).collect();
+        same_bits("cross_entropy", || {
+            let (mut dz, mut ce) = (vec![0.0; rows * v], vec![0.0; rows]);
+            let l = loss::cross_entropy(&mut dz, &mut ce, &logits, &targets, v).unwrap();
+            [dz, ce, vec![l]].concat()
+        });
+        let cfg = small_cfg(4, 2, 16);
+        let dm = moe_core::Dims::new(&cfg, 2, 8);
+        let table = RopeTable::new(&cfg, 8).unwrap();
+        let qkv = rand_vec(&mut g, 2 * 8 * (4 + 2 * 2) * 16, 1.0);
+        same_bits("rope", || {
+            let mut q = qkv.clone();
+            rope::forward(&mut q, &table, 0, &dm).unwrap();
+            let mut dq = qkv.clone();
+            rope::backward(&mut dq, &table, &dm).unwrap();
+            [q, dq].concat()
+        });
+    }
+}

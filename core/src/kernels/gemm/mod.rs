@@ -3,8 +3,10 @@
 //! The only GEMM entry point of the crate: the strided-matrix type [`Mat`],
 //! the [`Backend`] choice and the dispatcher [`gemm`] / [`gemm_with`], which
 //! checks every operand once and hands it to one file per backend:
-//! * [`Backend::Portable`] (default, [`portable`]): the crate's own packed GEMM,
-//!   allocation-free, AVX2+FMA micro-kernel detected at run time.
+//! * [`Backend::Portable`] (default, [`portable`]): the crate's own BLIS-style
+//!   GEMM (both operands packed, L1/L2 blocking, 6 × 16 micro-kernel,
+//!   special paths for decoding and depth-16 weight gradients), allocation-free,
+//!   AVX2+FMA micro-kernel detected at run time.
 //! * `Backend::MatrixMultiply` (feature `matrixmultiply`, off by default): the
 //!   `matrixmultiply` crate, kept for comparison in the benchmark; it
 //!   allocates packing buffers on every call, so the model never uses it.
@@ -18,7 +20,8 @@
 mod blas;
 #[cfg(feature = "matrixmultiply")]
 mod matrixmultiply;
-mod portable;
+mod panel;
+pub mod portable;
 
 pub use portable::kernel_name;
 
@@ -135,6 +138,18 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// Shapes where the single-packed-operand kernel ([`panel`]) beats the
+/// BLIS-style driver ([`portable`]) on this machine: 16–64 token rows against
+/// a weight of ≥ 128 rows, depth ≥ 64 (forward `x·Wᵀ`, backward `dx = dy·W`).
+/// Decoding (`m ≤ 8`), depth-16 weight gradients, the `[t, t]` attention
+/// products and large problems take the BLIS driver. A pure function of the
+/// shape, so the summation order (and the bits) stay fixed per shape.
+#[inline]
+const fn panel_wins(m: usize, n: usize, k: usize) -> bool {
+    let (small, large) = if m < n { (m, n) } else { (n, m) };
+    small > 8 && small <= 64 && large >= 128 && k >= 64
+}
+
 /// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
 #[inline]
 #[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature (shape, α, A, B, β, C, ldc)
@@ -184,7 +199,10 @@ pub fn gemm_with(
     a.check(m, k, "A");
     b.check(k, n, "B");
     match backend {
-        Backend::Portable => portable::gemm(m, n, k, alpha, a, b, beta, c, ldc),
+        Backend::Portable if panel_wins(m, n, k) => panel::gemm(m, n, k, alpha, a, b, beta, c, ldc),
+        Backend::Portable => portable::gemm(
+            m, n, k, alpha, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, c, ldc, 1,
+        ),
         #[cfg(feature = "matrixmultiply")]
         Backend::MatrixMultiply => matrixmultiply::sgemm(m, n, k, alpha, a, b, beta, c, ldc),
         #[cfg(feature = "blas")]

@@ -1,331 +1,2087 @@
-//! The portable GEMM backend: packed panels on the stack and a register-tiled
-//! micro-kernel, with no heap allocation (general-purpose GEMM libraries such
-//! as `matrixmultiply` allocate their packing buffers on every call, which the
-//! arena discipline of this crate forbids on the hot path).
+//! The portable GEMM backend, BLIS-style: `C = α·op(A)·op(B) + β·C` on
+//! arbitrarily strided `f32` operands, with no heap allocation.
 //!
-//! The product is computed as `D = U·V` where `U` (rows × k) is read in place
-//! by broadcasting single elements (any strides) and `V` (k × cols) is packed
-//! into contiguous `[kc][NR]` panels for vector loads. `V` is packed once per
-//! GEMM, costing `k·cols` copies against `2·rows·cols·k` FLOPs; the driver
-//! therefore makes the larger of `m`, `n` the `U` side (computing
-//! `Cᵀ = op(B)ᵀ·op(A)ᵀ` when `n > m`).
+//! # Structure
 //!
-//! Micro-kernels: AVX2 + FMA `6 × 16` (12 `ymm` accumulators), selected at run
-//! time under `std` (or at compile time when the target enables the features);
-//! otherwise a portable `4 × 16` tile in plain Rust that the compiler vectorises
-//! for the baseline ISA.
+//! The classic five loops of BLIS (Van Zee & van de Geijn) around one
+//! register-tiled micro-kernel:
+//!
+//! ```text
+//! for jc in 0..n step NC            (5th loop: columns of C / B)
+//!   for pc in 0..k step KC          (4th loop: depth)          pack B[pc.., jc..] → NR-column panels
+//!     for ic in 0..m step MC        (3rd loop: rows of C / A)  pack A[ic.., pc..] → MR-row panels
+//!       for jr in 0..nc step NR     (2nd loop)                 one B micro-panel (KC×NR) stays in L1
+//!         for ir in 0..mc step MR   (1st loop)                 A micro-panels stream from L2
+//!           micro-kernel: MR×NR tile of C in registers for the whole KC loop
+//! ```
+//!
+//! Packed layouts: an A panel holds `MR` rows as `[kc][MR]` (element `(r, p)`
+//! at `p·MR + r`); a B panel holds `NR` columns as `[kc][NR]` (element `(p, j)`
+//! at `p·NR + j`). Edge panels are zero-padded to full width in the *buffer*,
+//! but the micro-kernel is instantiated for every tile height `1..=MR` and
+//! for 8 or 16 columns and stores partial 8-lane vectors with masked stores,
+//! so no FLOPs are spent on padding rows and at most one partial vector per
+//! tile row is computed.
+//!
+//! # Blocking (AMD EPYC Zen 4 class, AVX2+FMA, 16 `ymm` registers)
+//!
+//! * `MR × NR = 6 × 16`: 12 accumulators + 2 B vectors + 1 broadcast = 15 of
+//!   the 16 `ymm` registers. Per depth step: 2 vector loads, 6 broadcast
+//!   loads (`vbroadcastss` from memory, a pure load µop on Zen) and 12 FMAs;
+//!   Zen 4 has 2 FMA pipes and 3 load AGUs, so 12 FMAs (6 cycles) against 8
+//!   loads keeps the FMA pipes the binding resource, and 12 independent
+//!   accumulators cover the FMA latency (4 cycles × 2 pipes = 8 needed).
+//!   8 × 12 or 4 × 24 would need more than 16 registers; without AVX-512
+//!   6 × 16 is the largest tile that fits (the same choice as BLIS' Haswell
+//!   and Zen configurations).
+//! * `KC = 256`: the B micro-panel (KC·NR·4 B = 16 KiB) stays resident in the
+//!   32 KiB L1d while the 6 KiB A micro-panels stream through it; 256 depth
+//!   steps amortise the tile's C load/store (12 + 12 vector accesses) over
+//!   3072 FMAs.
+//! * `MC = 144` (24 A micro-panels): the packed A block is MC·KC·4 B =
+//!   144 KiB, a seventh of the 1 MiB L2, leaving room for the B block and C
+//!   lines; each B micro-panel brought into L1 is reused 24 times.
+//! * `NC = 512`: the packed B block is KC·NC·4 B = 512 KiB, half the L2 (the
+//!   32 MiB L3 would allow BLIS' 4080, but the buffer lives on the stack).
+//!   A is repacked `⌈n/NC⌉` times: 1 copy per 2·NC = 1024 FLOPs, < 1 % of
+//!   the time at 1024³.
+//!
+//! Packing buffers are fixed-size `MaybeUninit` arrays on the stack (never
+//! zero-filled), in tiers so that a call only touches — and stack-probes —
+//! the pages it needs: 32 KiB for 64³, up to 656 KiB (A 144 KiB + B
+//! 512 KiB) for large problems; each tier is its own non-inlined function
+//! (when all tiers were inlined into one frame, probing ~1.5 MiB of stack
+//! cost more than a 64³ product). Fine for the 8 MiB main thread and
+//! 2 MiB spawned threads. A pre-packed B ([`pack_b`], [`gemm_packed_b`])
+//! needs no B buffer at all. Nothing is ever heap-allocated.
+//!
+//! # When not to pack
+//!
+//! Packing pays through reuse: an A micro-panel is used `⌈n/NR⌉` times, a B
+//! micro-panel `⌈m/MR⌉` times. An operand is read **in place** by the
+//! micro-kernel (A broadcast from its strided rows, B vectors loaded from its
+//! rows when `csb = 1`) when it is reused at most twice, or spans ≤ 64 KiB
+//! (it sits in L1/L2 on few TLB pages anyway) — unless its depth stride is a
+//! multiple of 2–4 KiB, which maps a micro-panel's lines to 1–2 L1 sets
+//! (`l1_friendly`). An in-place B panel with a partial 8-lane vector is
+//! copied to a padded panel (the kernel never loads past the operand). At
+//! 64³ nothing is packed at all.
+//!
+//! # Special shapes
+//!
+//! * `m ≤ 4` (decoding): A is read in place (no packing), the tile keeps its
+//!   accumulators over the *whole* depth, and wide tiles (1 × 64, 2 × 32,
+//!   3 × 32) give the FMA pipes enough independent chains. `x·Wᵀ` with
+//!   contiguous rows (`csa = 1`, `rsb = 1`) uses dot products instead (a
+//!   GEMV that reads each weight once, no packing).
+//! * `x·Wᵀ` with `4 < m ≤ 16` (not pre-packed) is computed as
+//!   `Cᵀ = W·xᵀ`: W read in place, only xᵀ (one 16-column panel) packed.
+//! * Depth-16 weight gradients `dW += dYᵀ·X`: `k ≤ KC`, so every C tile is
+//!   read and written exactly once per call, after all 16 FMA steps done in
+//!   registers. For depths ≤ `SHORT_K` = 32 the C traffic dominates, so the
+//!   two inner loops are swapped to walk each 6-row band of C left to right
+//!   (contiguous lines, few pages), the kernel prefetches the *next* tile's C
+//!   lines, and a whole band is one kernel call (a `Run` of tiles) so no
+//!   per-tile call overhead remains. `C += A·B` (`α = β = 1`) stores
+//!   `c + acc` directly (the same bits as the general form).
+//! * Column-major C (`rsc = 1`) is computed as `Cᵀ = op(B)ᵀ·op(A)ᵀ` so that
+//!   stores stay contiguous.
+//!
+//! # Semantics and determinism
+//!
+//! `β = 0` overwrites C without reading it (NaN garbage is ignored); `k = 0`
+//! gives `C = β·C`. No special case for `α = 0` (like the previous backend,
+//! NaN/Inf in A or B still propagate). The summation order depends only on
+//! the shape, never on timing or alignment, so the same inputs give the same
+//! bits on the same machine and dispatch path. The AVX2 path uses FMA, the
+//! portable path separate multiply and add, so the two paths are *not*
+//! bit-identical to each other.
+#![deny(unsafe_op_in_unsafe_fn)]
 
-use super::Mat;
+use core::mem::MaybeUninit;
 
-/// Depth of one packed panel.
-const KC: usize = 256;
-/// Panel width shared by all micro-kernels (columns of a tile).
-const NR: usize = 16;
-/// Largest tile height of any micro-kernel.
-const MR_MAX: usize = 6;
+/// Rows of the micro-tile (A panel width).
+pub const MR: usize = 6;
+/// Columns of the micro-tile (B panel width).
+pub const NR: usize = 16;
+/// Depth block (L1: one B micro-panel of `KC × NR`).
+pub const KC: usize = 256;
+/// Row block (L2: the packed `MC × KC` A block).
+pub const MC: usize = 144;
+/// Column block (the packed `KC × NC` B block).
+pub const NC: usize = 512;
+/// Up to this many rows of `op(A)` take the unpacked small-`m` path.
+pub const SMALL_M: usize = 4;
 
-/// Micro-kernel signature: `acc[r][j] = Σ_p U[rows[r] + p·cs] · b[p][j]` over
-/// `kc` steps; `u` is read in place (row offsets `rows`, column stride `cs`),
-/// `b: [kc][NR]` is a packed panel.
-type Micro = fn(
-    kc: usize,
-    u: &[f32],
-    rows: &[usize; MR_MAX],
+/// Tiered packing buffers (floats): the smallest tier the blocked operands
+/// fit is used (every stack page of the frame is probed on each call).
+const TINY_A: usize = 72 * 64;
+const TINY_B: usize = 64 * 64;
+const SMALL_A: usize = 8 * 1024;
+const SMALL_B: usize = 16 * 1024;
+/// Operands spanning at most this many floats (64 KiB) are read in place.
+const INPLACE_SPAN: usize = 16 * 1024;
+/// Depth blocks up to this long walk C row band by row band.
+const SHORT_K: usize = 32;
+
+/// Whether `rows` cache lines `stride` floats apart (one per depth step of
+/// an in-place micro-panel) avoid L1d set conflicts (32 KiB, 8-way, 64 sets
+/// of 64 B lines): a stride that is a multiple of 4 KiB puts them all in one
+/// set, and 8 ways cannot hold 16 depth steps.
+const fn l1_friendly(stride: usize, rows: usize) -> bool {
+    const SETS: usize = 64;
+    const WAYS: usize = 8;
+    let lines = (stride / 16) % SETS; // floats → lines, modulo the set count
+    let mut g = SETS;
+    let mut x = lines;
+    while x != 0 {
+        let t = g % x;
+        g = x;
+        x = t;
+    }
+    // `g` = gcd(lines, SETS) (SETS when lines = 0): the rows visit SETS / g sets.
+    // With ≥ 4 sets the panel may overflow L1 but streams from L2 at one line
+    // per depth step (6 cycles), which the L2 sustains; with 1–2 sets (strides
+    // of 2–4 KiB multiples) lines evict each other within a tile.
+    let sets = SETS / g;
+    sets >= 4 || rows <= sets * WAYS / 2
+}
+
+#[inline(always)]
+const fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// Asserts that every element `(r, c)`, `r < rows`, `c < cols`, at offset
+/// `r·rs + c·cs` lies inside a slice of length `len`.
+#[track_caller]
+fn check(len: usize, rows: usize, cols: usize, rs: usize, cs: usize, what: &str) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|x| (cols - 1).checked_mul(cs).and_then(|y| x.checked_add(y)));
+    match last {
+        Some(l) if l < len => {}
+        _ => panic!("gemm: {what} ({rows}×{cols}, strides {rs},{cs}) exceeds its {len} elements"),
+    }
+}
+
+/// A strided read-only operand: element `(r, c)` at `d[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    d: &'a [f32],
+    rs: usize,
     cs: usize,
-    b: &[f32],
-    acc: &mut [[f32; NR]; MR_MAX],
-);
+}
 
-/// Portable micro-kernel, `MR = 4`.
-fn micro_portable(
-    kc: usize,
-    u: &[f32],
-    rows: &[usize; MR_MAX],
+impl Op<'_> {
+    #[inline(always)]
+    fn t(self) -> Self {
+        Op {
+            d: self.d,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// Where a micro-kernel reads its A tile: element `(r, p)` at `ptr + r·rs + p·ks`.
+#[derive(Clone, Copy)]
+struct ASrc {
+    ptr: *const f32,
+    rs: usize,
+    ks: usize,
+}
+
+/// Where a micro-kernel reads its B tile: the 8-float vector `v` of depth step
+/// `p` starts at `ptr + p·ks + (v / 2)·ps + (v % 2)·8` (16-column panels
+/// `ps` apart; `ps = 16` for a contiguous in-place row).
+#[derive(Clone, Copy)]
+struct BSrc {
+    ptr: *const f32,
+    ks: usize,
+    ps: usize,
+}
+
+/// Where a micro-kernel writes its C tile: element `(r, j)` at `ptr + r·rs + j·cs`;
+/// the driver's next tile starts at `ptr + nx` (prefetched; may be out of bounds).
+#[derive(Clone, Copy)]
+struct CDst {
+    ptr: *mut f32,
+    rs: usize,
     cs: usize,
-    b: &[f32],
-    acc: &mut [[f32; NR]; MR_MAX],
-) {
-    const MR: usize = 4;
-    let mut t = [[0.0f32; NR]; MR];
-    for (p, bp) in b.chunks_exact(NR).take(kc).enumerate() {
-        for r in 0..MR {
-            let x = u[rows[r] + p * cs];
-            for j in 0..NR {
-                t[r][j] += x * bp[j];
+    nx: usize,
+}
+
+impl CDst {
+    #[inline(always)]
+    fn at(self, r: usize, j: usize) -> Self {
+        CDst {
+            ptr: self.ptr.wrapping_add(r * self.rs + j * self.cs),
+            ..self
+        }
+    }
+}
+
+/// A run of `n` tiles called at once: tile `t` reads A at `+ t·da`, B at
+/// `+ t·db` and writes C at `+ t·c.nx` (all in floats).
+#[derive(Clone, Copy)]
+struct Run {
+    n: usize,
+    da: usize,
+    db: usize,
+}
+
+impl Run {
+    const ONE: Run = Run { n: 1, da: 0, db: 0 };
+}
+
+/// One `mc × nc × kc` block of the driver: the inner two loops of BLIS.
+#[derive(Clone, Copy)]
+struct Block {
+    mc: usize,
+    nc: usize,
+    kc: usize,
+    /// A source of the block's first row panel; row panel `q` is `q·a_panel` further.
+    a: ASrc,
+    a_panel: usize,
+    /// A is packed (`a.rs = 1, a.ks = MR`).
+    pa: bool,
+    /// B source of the first column panel; panel `q` is `q·b_panel` further.
+    b: BSrc,
+    b_panel: usize,
+    /// B is packed (`b.ks = NR`).
+    pb: bool,
+    /// Column offset of a partial in-place panel copied to `edge_ptr` (packed
+    /// `[kc][NR]`), or `usize::MAX`.
+    edge: usize,
+    edge_ptr: *const f32,
+    /// C at the block's origin.
+    c: CDst,
+    alpha: f32,
+    beta: f32,
+    /// Walk row bands left to right (short depth) instead of BLIS' column
+    /// panels top to bottom.
+    row_walk: bool,
+}
+
+/// The tiles of one block.
+///
+/// # Safety
+/// As [`Arch::block`].
+#[inline(always)]
+unsafe fn block_tiles<K: Arch>(blk: &Block) {
+    // `n` tiles from (ir, jr) on, stepping right (row walk) or down.
+    let tiles = |jr: usize, ir: usize, n: usize, right: bool| {
+        let nr = NR.min(blk.nc - jr);
+        let mr = MR.min(blk.mc - ir);
+        let (b, pb) = if jr == blk.edge {
+            let src = BSrc {
+                ptr: blk.edge_ptr,
+                ks: NR,
+                ps: NR,
+            };
+            (src, true)
+        } else {
+            let src = BSrc {
+                ptr: blk.b.ptr.wrapping_add(jr / NR * blk.b_panel),
+                ..blk.b
+            };
+            (src, blk.pb)
+        };
+        let a = ASrc {
+            ptr: blk.a.ptr.wrapping_add(ir / MR * blk.a_panel),
+            ..blk.a
+        };
+        let (run, nx) = if right {
+            (
+                Run {
+                    n,
+                    da: 0,
+                    db: blk.b_panel,
+                },
+                NR * blk.c.cs,
+            )
+        } else {
+            (
+                Run {
+                    n,
+                    da: blk.a_panel,
+                    db: 0,
+                },
+                MR * blk.c.rs,
+            )
+        };
+        let c = CDst {
+            nx,
+            ..blk.c.at(ir, jr)
+        };
+        // SAFETY: the block's contract (`Arch::block`) covers every tile
+        // (ir, jr) with ir < mc, jr < nc; a run only spans full tiles (same
+        // mr, nr) that are not the edge copy, stepping by one panel.
+        unsafe {
+            K::tile(
+                mr, nr, blk.kc, a, b, c, blk.alpha, blk.beta, blk.pa, pb, run,
+            )
+        };
+    };
+    // Full panels that can be run together (the edge copy is never full).
+    let full_n = blk.nc / NR;
+    let full_m = blk.mc / MR;
+    if blk.row_walk {
+        // Short depth: the C traffic dominates, so walk each row band of C
+        // left to right (contiguous lines, few pages).
+        for ir in (0..blk.mc).step_by(MR) {
+            if full_n > 0 {
+                tiles(0, ir, full_n, true);
+            }
+            if full_n * NR < blk.nc {
+                tiles(full_n * NR, ir, 1, true);
+            }
+        }
+    } else {
+        // BLIS order: one B micro-panel stays in L1 while the A micro-panels
+        // stream past it.
+        for jr in (0..blk.nc).step_by(NR) {
+            if full_m > 0 {
+                tiles(jr, 0, full_m, false);
+            }
+            if full_m * MR < blk.mc {
+                tiles(jr, full_m * MR, 1, false);
             }
         }
     }
-    acc[..MR].copy_from_slice(&t);
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{MR_MAX, NR};
-    use core::arch::x86_64::*;
+/// One instruction-set implementation of the micro-kernels.
+trait Arch {
+    /// Widest tile (in 8-float vectors) [`Arch::tile`] supports for `mr` rows
+    /// with A in place (the small-`m` path).
+    fn wide_nv(mr: usize) -> usize;
 
-    pub const MR: usize = 6;
-
-    /// AVX2 + FMA micro-kernel, `6 × 16`.
+    /// `C[r, j] = α·Σ_{p<kc} A(r, p)·B(p, j) + β·C[r, j]` for `r < mr`,
+    /// `j < nr` (C not read when `β = 0`). `pa`/`pb`: A/B are packed panels
+    /// (`a.rs = 1, a.ks = MR` / `b.ks = NR`), which selects faster code.
+    /// Repeated for the `run.n` tiles of `run` (same `mr`, `nr`).
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn micro(
+    /// The CPU supports the instruction set of `Self`; `1 ≤ mr ≤ MR`,
+    /// `1 ≤ nr`, and `nr ≤ 16` or `nr ≤ 8·wide_nv(mr)` with A in place;
+    /// `A(r, p)` is readable for `r < mr, p < kc`; the B vectors `v <
+    /// ⌈nr/8⌉` are readable (8 floats each) for `p < kc`; `C[r, j]` is
+    /// writable (and readable if `β ≠ 0`) for `r < mr, j < nr`, and no other
+    /// live reference aliases those C elements — for each tile of `run`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        mr: usize,
+        nr: usize,
         kc: usize,
-        u: &[f32],
-        rows: &[usize; MR_MAX],
-        cs: usize,
-        b: &[f32],
-        acc: &mut [[f32; NR]; MR_MAX],
-    ) {
-        if kc == 0 {
-            acc.iter_mut().for_each(|r| *r = [0.0; NR]);
-            return;
-        }
-        // Every offset read below is rows[r] + p·cs with p < kc, or < kc·NR in `b`.
-        // Row offsets are non-decreasing (the driver builds them so), so the
-        // last one is the largest.
-        let last = rows[MR - 1] + (kc - 1) * cs;
-        assert!(
-            last < u.len() && b.len() >= kc * NR,
-            "gemm micro-kernel out of bounds"
-        );
-        let mut c = [[_mm256_setzero_ps(); 2]; MR];
-        let pb = b.as_ptr();
-        let pu = u.as_ptr();
-        for p in 0..kc {
-            // SAFETY: p < kc, so p·NR + 16 <= kc·NR <= b.len() and
-            // rows[r] + p·cs <= last < u.len() (asserted above).
-            unsafe {
-                let b0 = _mm256_loadu_ps(pb.add(p * NR));
-                let b1 = _mm256_loadu_ps(pb.add(p * NR + 8));
-                for r in 0..MR {
-                    let x = _mm256_broadcast_ss(&*pu.add(rows[r] + p * cs));
-                    c[r][0] = _mm256_fmadd_ps(x, b0, c[r][0]);
-                    c[r][1] = _mm256_fmadd_ps(x, b1, c[r][1]);
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        pa: bool,
+        pb: bool,
+        run: Run,
+    );
+
+    /// All tiles of one block ([`block_tiles`]).
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set of `Self`; for every tile
+    /// `(ir, jr)` of the block, the [`Arch::tile`] contract holds for its A
+    /// panel, B panel (or the edge copy) and C tile as described in [`Block`].
+    unsafe fn block(blk: &Block);
+
+    /// [`blocked`] with `ACAP`/`BCAP`-float buffers, in its own stack frame
+    /// (so a call only probes and touches the pages of the tier it uses).
+    ///
+    /// # Safety
+    /// The CPU supports the instruction set of `Self`; operand bounds were
+    /// checked by the entry point.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocked_tier<const ACAP: usize, const BCAP: usize>(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    );
+
+    /// [`small_m`] in its own stack frame.
+    ///
+    /// # Safety
+    /// As [`Arch::blocked_tier`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn small_m_frame(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    );
+
+    /// Small-`m` `x·Wᵀ`: `C[i, j] = α·Σ_p X[i, p]·W[j, p] + β·C[i, j]` for
+    /// `i < mr ≤ SMALL_M`, `j < n`, rows of `X` and `W` contiguous.
+    #[allow(clippy::too_many_arguments)] // reason: shape, α, both operands with strides, β, C
+    fn dots(
+        mr: usize,
+        n: usize,
+        k: usize,
+        x: Op,
+        w: Op,
+        c: &mut [f32],
+        cd: CDst,
+        alpha: f32,
+        beta: f32,
+    );
+}
+
+// ───────────────────────────── packing ─────────────────────────────
+
+/// Packs `op(A)[i0..i0+mc, p0..p0+kc]` into `MR`-row panels `[kc][MR]`
+/// (panel `q` at `q·MR·kc`), zero-padding the last panel's missing rows.
+#[inline(always)]
+fn pack_a(dst: &mut [MaybeUninit<f32>], a: Op, i0: usize, mc: usize, p0: usize, kc: usize) {
+    for (q, panel) in dst[..round_up(mc, MR) * kc]
+        .chunks_exact_mut(MR * kc)
+        .enumerate()
+    {
+        let r0 = i0 + q * MR;
+        let mr = MR.min(i0 + mc - r0);
+        if a.rs == 1 {
+            // Transposed A (e.g. dYᵀ): the panel's rows are contiguous for each p.
+            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
+                let s = (p0 + p) * a.cs + r0;
+                let src = &a.d[s..s + mr];
+                for r in 0..mr {
+                    d[r].write(src[r]);
+                }
+                for x in &mut d[mr..] {
+                    x.write(0.0);
                 }
             }
-        }
-        for r in 0..MR {
-            // SAFETY: acc[r] has NR = 16 floats: two unaligned 8-float stores.
-            unsafe {
-                _mm256_storeu_ps(acc[r].as_mut_ptr(), c[r][0]);
-                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), c[r][1]);
-            }
-        }
-    }
-
-    pub fn micro_safe(
-        kc: usize,
-        u: &[f32],
-        rows: &[usize; MR_MAX],
-        cs: usize,
-        b: &[f32],
-        acc: &mut [[f32; NR]; MR_MAX],
-    ) {
-        // SAFETY: this function is only selected after runtime (or compile-time)
-        // detection of AVX2 and FMA; `micro` checks its bounds itself.
-        unsafe { micro(kc, u, rows, cs, b, acc) }
-    }
-}
-
-/// The micro-kernel for this CPU and its tile height.
-fn select() -> (Micro, usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[cfg(feature = "std")]
-        let fast = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        #[cfg(not(feature = "std"))]
-        let fast = cfg!(all(target_feature = "avx2", target_feature = "fma"));
-        if fast {
-            return (avx2::micro_safe, avx2::MR);
-        }
-    }
-    (micro_portable, 4)
-}
-
-/// Name of the micro-kernel this CPU uses (for benchmark metadata).
-pub fn kernel_name() -> &'static str {
-    if select().1 == 6 {
-        "avx2+fma 6x16"
-    } else {
-        "portable 4x16"
-    }
-}
-
-/// Packs `V[p0..p0+kc, j0..j0+nr]` into `bpack` as `[kc][NR]`, zero-padded.
-#[inline]
-fn pack_panel(bpack: &mut [f32; KC * NR], v: Mat, p0: usize, kc: usize, j0: usize, nr: usize) {
-    if v.cs == 1 {
-        // Rows of V are contiguous: one slice copy per depth step.
-        for p in 0..kc {
-            let src = (p0 + p) * v.rs + j0;
-            let row = &mut bpack[p * NR..(p + 1) * NR];
-            row[..nr].copy_from_slice(&v.data[src..src + nr]);
-            row[nr..].iter_mut().for_each(|x| *x = 0.0);
-        }
-    } else if v.rs == 1 {
-        // Columns of V are contiguous (a transposed operand): read each
-        // column sequentially and write it down the panel.
-        if nr < NR {
-            bpack[..kc * NR].iter_mut().for_each(|x| *x = 0.0);
-        }
-        for j in 0..nr {
-            let at = (j0 + j) * v.cs + p0;
-            for (p, &x) in v.data[at..at + kc].iter().enumerate() {
-                bpack[p * NR + j] = x;
-            }
-        }
-    } else {
-        for p in 0..kc {
-            let row = &mut bpack[p * NR..(p + 1) * NR];
-            for j in 0..nr {
-                row[j] = v.at(p0 + p, j0 + j);
-            }
-            row[nr..].iter_mut().for_each(|x| *x = 0.0);
-        }
-    }
-}
-
-/// Writes one tile row: `dst[j·cs] = α·acc[j] + β·dst[j·cs]` (`dst` not read when `β = 0`).
-#[inline(always)]
-fn store_row(d: &mut [f32], base: usize, cs: usize, acc: &[f32], alpha: f32, beta: f32) {
-    if cs == 1 {
-        // Contiguous output row: straight-line loops that vectorise.
-        let dst = &mut d[base..base + acc.len()];
-        if beta == 0.0 {
-            for (o, &a) in dst.iter_mut().zip(acc) {
-                *o = alpha * a;
+        } else if a.cs == 1 && mr == MR {
+            // Row-major A: six contiguous row streams, transposed into the panel.
+            let row = |r: usize| {
+                let s = (r0 + r) * a.rs + p0;
+                &a.d[s..s + kc]
+            };
+            let (s0, s1, s2, s3, s4, s5) = (row(0), row(1), row(2), row(3), row(4), row(5));
+            for (p, d) in panel.chunks_exact_mut(MR).enumerate().take(kc) {
+                d[0].write(s0[p]);
+                d[1].write(s1[p]);
+                d[2].write(s2[p]);
+                d[3].write(s3[p]);
+                d[4].write(s4[p]);
+                d[5].write(s5[p]);
             }
         } else {
-            for (o, &a) in dst.iter_mut().zip(acc) {
-                *o = alpha * a + beta * *o;
+            for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
+                for r in 0..MR {
+                    d[r].write(if r < mr {
+                        a.d[(r0 + r) * a.rs + (p0 + p) * a.cs]
+                    } else {
+                        0.0
+                    });
+                }
             }
-        }
-    } else {
-        for (j, &a) in acc.iter().enumerate() {
-            let o = &mut d[base + j * cs];
-            *o = if beta == 0.0 {
-                alpha * a
-            } else {
-                alpha * a + beta * *o
-            };
         }
     }
 }
 
-/// `D[rows, cols] = α·U·V + β·D` on strided views (`d` with strides `rsd`, `csd`).
-#[allow(clippy::too_many_arguments)] // reason: BLAS-style signature (shape, α, U, V, β, D and its two strides)
-fn gemm_uv(
-    rows: usize,
-    cols: usize,
-    k: usize,
-    alpha: f32,
-    u: Mat,
-    v: Mat,
-    beta: f32,
-    d: &mut [f32],
-    rsd: usize,
-    csd: usize,
+/// Packs `op(B)[p0..p0+kc, j0..j0+nc]` into `NR`-column panels `[kc][NR]`,
+/// panel `q` at `q·ps` (`ps ≥ kc·NR`), zero-padding missing columns.
+#[inline(always)]
+fn pack_b_block(
+    dst: &mut [MaybeUninit<f32>],
+    b: Op,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    ps: usize,
 ) {
-    let (micro, mr) = select();
-    let mut bpack = [0.0f32; KC * NR];
-    let mut acc = [[0.0f32; NR]; MR_MAX];
-    let mut p0 = 0;
-    while p0 < k {
-        let kc = KC.min(k - p0);
-        // The first depth block applies β; later blocks accumulate.
-        let beta_here = if p0 == 0 { beta } else { 1.0 };
-        let mut j0 = 0;
-        while j0 < cols {
-            let nr = NR.min(cols - j0);
-            pack_panel(&mut bpack, v, p0, kc, j0, nr);
-            let mut i0 = 0;
-            while i0 < rows {
-                let m_here = mr.min(rows - i0);
-                // Rows past the end repeat the last valid row; their results are dropped.
-                let mut offs = [0usize; MR_MAX];
-                for (r, o) in offs.iter_mut().enumerate() {
-                    *o = (i0 + r.min(m_here - 1)) * u.rs + p0 * u.cs;
+    let panels = nc.div_ceil(NR);
+    for q in 0..panels {
+        let c0 = j0 + q * NR;
+        let nr = NR.min(j0 + nc - c0);
+        let panel = &mut dst[q * ps..q * ps + kc * NR];
+        if b.cs == 1 {
+            // Row-major B: one contiguous 16-float copy per depth step.
+            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
+                let s = (p0 + p) * b.rs + c0;
+                let src = &b.d[s..s + nr];
+                for j in 0..nr {
+                    d[j].write(src[j]);
                 }
-                micro(kc, u.data, &offs, u.cs, &bpack[..kc * NR], &mut acc);
-                if csd == 1 || rsd != 1 {
-                    for r in 0..m_here {
-                        let at = (i0 + r) * rsd + j0 * csd;
-                        store_row(d, at, csd, &acc[r][..nr], alpha, beta_here);
-                    }
-                } else {
-                    // Transposed output (D = Cᵀ): for each column j the tile's
-                    // rows are contiguous in C.
-                    for j in 0..nr {
-                        let at = i0 + (j0 + j) * csd;
-                        let col = &mut d[at..at + m_here];
-                        for (r, o) in col.iter_mut().enumerate() {
-                            let val = alpha * acc[r][j];
-                            *o = if beta_here == 0.0 {
-                                val
-                            } else {
-                                val + beta_here * *o
-                            };
-                        }
-                    }
+                for x in &mut d[nr..] {
+                    x.write(0.0);
                 }
-                i0 += mr;
             }
-            j0 += NR;
+        } else if b.rs == 1 {
+            // B = Wᵀ: column j of B is row j of W, contiguous in p. Transpose
+            // 8 depth steps × 16 columns at a time through a small block.
+            if nr < NR {
+                for x in panel.iter_mut() {
+                    x.write(0.0);
+                }
+            }
+            let mut p = 0;
+            while p + 8 <= kc {
+                let mut blk = [[0.0f32; 8]; NR];
+                for j in 0..nr {
+                    let s = (c0 + j) * b.cs + p0 + p;
+                    blk[j].copy_from_slice(&b.d[s..s + 8]);
+                }
+                for u in 0..8 {
+                    let d = &mut panel[(p + u) * NR..(p + u + 1) * NR];
+                    for j in 0..NR {
+                        d[j].write(blk[j][u]);
+                    }
+                }
+                p += 8;
+            }
+            for j in 0..nr {
+                let s = (c0 + j) * b.cs + p0;
+                for pp in p..kc {
+                    panel[pp * NR + j].write(b.d[s + pp]);
+                }
+            }
+        } else {
+            for (p, d) in panel.chunks_exact_mut(NR).enumerate() {
+                for j in 0..NR {
+                    d[j].write(if j < nr {
+                        b.d[(p0 + p) * b.rs + (c0 + j) * b.cs]
+                    } else {
+                        0.0
+                    });
+                }
+            }
         }
-        p0 += kc;
     }
 }
 
-/// Below this many rows of `op(A)`, `x·Wᵀ` is computed as dot products.
-const GEMV_ROWS: usize = 4;
+/// A fresh uninitialised stack buffer.
+#[inline(always)]
+fn buffer<const N: usize>() -> [MaybeUninit<f32>; N] {
+    [const { MaybeUninit::uninit() }; N]
+}
 
-/// `C[m,n] = α·op(A)·op(B) + β·C`, operands given as strided views of
-/// `op(A)` `[m, k]` and `op(B)` `[k, n]`, `C` row-major with row stride `ldc`.
-/// Lengths were checked by the caller.
-#[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature
-pub(super) fn gemm(
+// ───────────────────────────── drivers ─────────────────────────────
+
+/// The B operand of the blocked driver.
+#[derive(Clone, Copy)]
+enum BSide<'a> {
+    /// Strided, packed per block into the stack buffer.
+    Strided(Op<'a>),
+    /// Row-major (`cs = 1`), read in place by the micro-kernel; only an edge
+    /// panel of `n % 8` columns is copied (into the `BCAP ≥ KC·NR` buffer).
+    InPlace(Op<'a>),
+    /// Pre-packed by [`pack_b`] over the full depth `k`.
+    Packed(&'a [f32]),
+}
+
+/// The blocked (BLIS) driver with packing buffers of `ACAP` / `BCAP` floats;
+/// `ACAP = 0` reads A in place (no packing). Operand bounds were checked by
+/// the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
     m: usize,
     n: usize,
     k: usize,
     alpha: f32,
-    va: Mat,
-    vb: Mat,
+    a: Op,
+    b: BSide,
     beta: f32,
     c: &mut [f32],
-    ldc: usize,
+    rsc: usize,
+    csc: usize,
 ) {
-    if m < GEMV_ROWS && va.cs == 1 && vb.rs == 1 {
-        // A few rows times a transposed weight (decoding: x·Wᵀ for one token):
-        // every output is a dot product of two contiguous vectors; a packed
-        // panel would be mostly padding.
-        for i in 0..m {
-            let x = &va.data[i * va.rs..i * va.rs + k];
-            for j in 0..n {
-                let w = &vb.data[j * vb.cs..j * vb.cs + k];
-                let o = &mut c[i * ldc + j];
-                let val = alpha * crate::kernels::dot(x, w);
-                *o = if beta == 0.0 { val } else { val + beta * *o };
+    let a_inplace = ACAP == 0;
+    let kc_blk = k.min(KC);
+    let mc_blk = round_up(m, MR).min(MC);
+    let nc_blk = match b {
+        BSide::Strided(_) => round_up(n, NR).min(NC).min(BCAP / kc_blk / NR * NR),
+        BSide::InPlace(_) => round_up(n, NR).min(NC),
+        BSide::Packed(_) => round_up(n, NR),
+    };
+    assert!(
+        (a_inplace || mc_blk * kc_blk <= ACAP)
+            && nc_blk >= NR
+            && (!matches!(b, BSide::InPlace(_)) || kc_blk * NR <= BCAP),
+        "gemm: packing buffer too small"
+    );
+    let mut abuf = buffer::<ACAP>();
+    let mut bbuf = buffer::<BCAP>();
+    let cd = CDst {
+        ptr: c.as_mut_ptr(),
+        rs: rsc,
+        cs: csc,
+        nx: 0,
+    };
+    let mut jc = 0;
+    while jc < n {
+        let nc = nc_blk.min(n - jc);
+        let mut pc = 0;
+        while pc < k {
+            let kc = kc_blk.min(k - pc);
+            // Later depth blocks accumulate onto the first one's result.
+            let beta_here = if pc == 0 { beta } else { 1.0 };
+            // Base of the B panels for this block, panel stride, depth stride,
+            // whether packed, and the first column (if any) of an edge panel
+            // that was copied into `bbuf`.
+            let (bp, ps, bks, pb, edge) = match b {
+                BSide::Strided(op) => {
+                    pack_b_block(&mut bbuf, op, pc, kc, jc, nc, kc * NR);
+                    (bbuf.as_ptr() as *const f32, kc * NR, NR, true, usize::MAX)
+                }
+                BSide::InPlace(op) => {
+                    let full = nc / 8 * 8;
+                    if full < nc {
+                        // Columns full..nc (fewer than 8) into a padded panel.
+                        let e0 = full / NR * NR;
+                        pack_b_block(&mut bbuf, op, pc, kc, jc + e0, nc - e0, kc * NR);
+                    }
+                    let edge = if full < nc {
+                        full / NR * NR
+                    } else {
+                        usize::MAX
+                    };
+                    (
+                        op.d.as_ptr().wrapping_add(pc * op.rs + jc),
+                        NR,
+                        op.rs,
+                        false,
+                        edge,
+                    )
+                }
+                BSide::Packed(pk) => (
+                    pk.as_ptr().wrapping_add(jc * k + pc * NR),
+                    k * NR,
+                    NR,
+                    true,
+                    usize::MAX,
+                ),
+            };
+            let mut ic = 0;
+            while ic < m {
+                let mc = mc_blk.min(m - ic);
+                if !a_inplace {
+                    pack_a(&mut abuf, a, ic, mc, pc, kc);
+                }
+                let ap = abuf.as_ptr() as *const f32;
+                let blk = Block {
+                    mc,
+                    nc,
+                    kc,
+                    a: if a_inplace {
+                        ASrc {
+                            ptr: a.d.as_ptr().wrapping_add(ic * a.rs + pc * a.cs),
+                            rs: a.rs,
+                            ks: a.cs,
+                        }
+                    } else {
+                        ASrc {
+                            ptr: ap,
+                            rs: 1,
+                            ks: MR,
+                        }
+                    },
+                    a_panel: if a_inplace { MR * a.rs } else { MR * kc },
+                    pa: !a_inplace,
+                    b: BSrc {
+                        ptr: bp,
+                        ks: bks,
+                        ps: NR,
+                    },
+                    b_panel: ps,
+                    pb,
+                    edge,
+                    edge_ptr: bbuf.as_ptr() as *const f32,
+                    c: cd.at(ic, jc),
+                    alpha,
+                    beta: beta_here,
+                    row_walk: kc <= SHORT_K,
+                };
+                // SAFETY: `K` was selected for this CPU by the entry point.
+                // A: either `abuf`, whose ⌈mc/MR⌉ panels of `MR·kc` floats
+                // `pack_a` just wrote, or op(A)[ic.., pc..] in place (rows
+                // < m, depth < k: inside `a`, checked by the entry point).
+                // B: packed panels hold `kc·NR` initialised floats each
+                // (`pack_b_block` above, or the caller's pre-packed slice of
+                // checked length `packed_len(k, n)`); in place, only panels
+                // whose 8-float vectors are whole are read from `b` (rows
+                // pc.. < k, columns < n), the partial one (`edge`) was copied
+                // to `bbuf`. C: rows ic.. < m, columns jc.. < n lie in `c`
+                // (checked by the entry point), borrowed mutably here.
+                unsafe { K::block(&blk) };
+                ic += mc;
+            }
+            pc += kc;
+        }
+        jc += nc;
+    }
+}
+
+/// The small-`m` path (`m ≤ SMALL_M`): A read in place, each tile accumulates
+/// over the whole depth in registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn small_m<K: Arch>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Op,
+    b: BSide,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    let cd = CDst {
+        ptr: c.as_mut_ptr(),
+        rs: rsc,
+        cs: csc,
+        nx: NR * csc,
+    };
+    let asrc = ASrc {
+        ptr: a.d.as_ptr(),
+        rs: a.rs,
+        ks: a.cs,
+    };
+    let wide = 8 * K::wide_nv(m);
+    match b {
+        BSide::Packed(pk) => {
+            let ps = k * NR;
+            let mut j = 0;
+            while j < n {
+                let w = if n - j >= wide { wide } else { NR.min(n - j) };
+                let bsrc = BSrc {
+                    ptr: pk.as_ptr().wrapping_add(j * k),
+                    ks: NR,
+                    ps,
+                };
+                // SAFETY: `K` was selected for this CPU. A(r, p) for r < m,
+                // p < k is inside `a` (checked by the entry point). B: the
+                // panels j/NR.. (j/NR + ⌈w/16⌉) each hold k·NR initialised
+                // floats of the pre-packed slice (length checked), so every
+                // vector v < ⌈w/8⌉ of every step p < k is readable; w ≤ 16 or
+                // w = 8·wide_nv(m). C: rows < m, columns j..j+w ≤ n are in `c`.
+                unsafe {
+                    K::tile(
+                        m,
+                        w,
+                        k,
+                        asrc,
+                        bsrc,
+                        cd.at(0, j),
+                        alpha,
+                        beta,
+                        false,
+                        true,
+                        Run::ONE,
+                    )
+                };
+                j += w;
             }
         }
+        BSide::Strided(bo) | BSide::InPlace(bo) if bo.cs == 1 => {
+            // Row-major B in place: vectors straight from the rows of B.
+            let full = n / 8 * 8;
+            let mut j = 0;
+            while j < full {
+                let w = if full - j >= wide {
+                    wide
+                } else {
+                    NR.min(full - j)
+                };
+                let bsrc = BSrc {
+                    ptr: bo.d.as_ptr().wrapping_add(j),
+                    ks: bo.rs,
+                    ps: NR,
+                };
+                // SAFETY: `K` was selected for this CPU; A as above. B: w is a
+                // multiple of 8 with j + w ≤ n, so every vector read (columns
+                // j..j+w of rows p < k, offset p·rsb + j + …) is an element of
+                // op(B) inside `b` (checked). C: columns j..j+w ≤ n, rows < m.
+                unsafe {
+                    K::tile(
+                        m,
+                        w,
+                        k,
+                        asrc,
+                        bsrc,
+                        cd.at(0, j),
+                        alpha,
+                        beta,
+                        false,
+                        false,
+                        Run::ONE,
+                    )
+                };
+                j += w;
+            }
+            if j < n {
+                // The last n % 8 columns: copy them into a padded panel.
+                let nr = n - j;
+                let mut pbuf = buffer::<{ KC * NR }>();
+                let mut pc = 0;
+                while pc < k {
+                    let kc = KC.min(k - pc);
+                    pack_b_block(&mut pbuf, bo, pc, kc, j, nr, kc * NR);
+                    let bsrc = BSrc {
+                        ptr: pbuf.as_ptr() as *const f32,
+                        ks: NR,
+                        ps: NR,
+                    };
+                    let ablk = ASrc {
+                        ptr: asrc.ptr.wrapping_add(pc * a.cs),
+                        ..asrc
+                    };
+                    // SAFETY: `K` was selected for this CPU. A(r, pc + p),
+                    // p < kc, is inside `a`. B: `pbuf` holds kc·NR floats just
+                    // written by `pack_b_block`. C: columns j..n, rows < m, in `c`.
+                    unsafe {
+                        K::tile(
+                            m,
+                            nr,
+                            kc,
+                            ablk,
+                            bsrc,
+                            cd.at(0, j),
+                            alpha,
+                            if pc == 0 { beta } else { 1.0 },
+                            false,
+                            true,
+                            Run::ONE,
+                        )
+                    };
+                    pc += kc;
+                }
+            }
+        }
+        BSide::Strided(bo) | BSide::InPlace(bo) if a.cs == 1 && bo.rs == 1 => {
+            K::dots(m, n, k, a, bo, c, cd, alpha, beta);
+        }
+        BSide::Strided(bo) | BSide::InPlace(bo) => {
+            // General strides: pack one 16-column panel at a time.
+            let mut pbuf = buffer::<{ KC * NR }>();
+            let mut j = 0;
+            while j < n {
+                let nr = NR.min(n - j);
+                let mut pc = 0;
+                while pc < k {
+                    let kc = KC.min(k - pc);
+                    pack_b_block(&mut pbuf, bo, pc, kc, j, nr, kc * NR);
+                    let bsrc = BSrc {
+                        ptr: pbuf.as_ptr() as *const f32,
+                        ks: NR,
+                        ps: NR,
+                    };
+                    let ablk = ASrc {
+                        ptr: asrc.ptr.wrapping_add(pc * a.cs),
+                        ..asrc
+                    };
+                    // SAFETY: as in the branch above (panel just packed, A and
+                    // C elements inside their checked slices).
+                    unsafe {
+                        K::tile(
+                            m,
+                            nr,
+                            kc,
+                            ablk,
+                            bsrc,
+                            cd.at(0, j),
+                            alpha,
+                            if pc == 0 { beta } else { 1.0 },
+                            false,
+                            true,
+                            Run::ONE,
+                        )
+                    };
+                    pc += kc;
+                }
+                j += NR;
+            }
+        }
+    }
+}
+
+/// Chooses the path and the packing-buffer tier. Bounds were checked.
+///
+/// # Safety
+/// The CPU supports the instruction set of `K`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<K: Arch>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Op,
+    b: BSide,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    if m <= SMALL_M {
+        // SAFETY: forwarded contract (CPU support for `K`, operand bounds
+        // checked by the entry point).
+        return unsafe { K::small_m_frame(m, n, k, alpha, a, b, beta, c, rsc, csc) };
+    }
+    let kc = k.min(KC);
+    let a_need = round_up(m, MR).min(MC) * kc;
+    let b_need = round_up(n, NR).min(NC) * kc;
+    // Packing pays for itself through reuse: each A micro-panel is used
+    // ⌈n/NR⌉ times, each B micro-panel ⌈m/MR⌉ times. Read an operand in place
+    // when it is reused at most twice, or small enough (≤ 64 KiB span) to sit
+    // in L1/L2 with few TLB pages anyway.
+    // In-place micro-panels must also not alias in L1 (see `l1_friendly`).
+    let a_span = (m - 1) * a.rs + (k - 1) * a.cs + 1;
+    let a_inplace = n <= 2 * NR || (a_span <= INPLACE_SPAN && (a.cs == 1 || l1_friendly(a.cs, kc)));
+    let b = match b {
+        BSide::Strided(op) if op.cs == 1 => {
+            let b_span = (k - 1) * op.rs + n;
+            if m <= 2 * MR || (b_span <= INPLACE_SPAN && l1_friendly(op.rs, kc)) {
+                BSide::InPlace(op)
+            } else {
+                b
+            }
+        }
+        _ => b,
+    };
+    let at = if a_inplace {
+        0
+    } else if a_need <= TINY_A {
+        1
+    } else if a_need <= SMALL_A {
+        2
+    } else {
+        3
+    };
+    let bt = match b {
+        BSide::Packed(_) => 0,
+        BSide::InPlace(_) => 4,
+        BSide::Strided(_) if b_need <= TINY_B => 1,
+        BSide::Strided(_) if b_need <= SMALL_B => 2,
+        BSide::Strided(_) => 3,
+    };
+    macro_rules! tiers {
+        ($(($x:literal, $y:literal) => ($ac:expr, $bc:expr)),* $(,)?) => {
+            match (at, bt) {
+                // SAFETY: forwarded contract (CPU support for `K`, operand
+                // bounds checked by the entry point); the tier's buffers are
+                // large enough (the driver asserts it).
+                $(($x, $y) => unsafe { K::blocked_tier::<{ $ac }, { $bc }>(m, n, k, alpha, a, b, beta, c, rsc, csc) },)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    const BIG_A: usize = MC * KC;
+    const BIG_B: usize = KC * NC;
+    const EDGE: usize = KC * NR;
+    tiers! {
+        (0, 0) => (0, 0), (0, 1) => (0, TINY_B), (0, 2) => (0, SMALL_B), (0, 3) => (0, BIG_B), (0, 4) => (0, EDGE),
+        (1, 0) => (TINY_A, 0), (1, 1) => (TINY_A, TINY_B), (1, 2) => (TINY_A, SMALL_B), (1, 3) => (TINY_A, BIG_B), (1, 4) => (TINY_A, EDGE),
+        (2, 0) => (SMALL_A, 0), (2, 1) => (SMALL_A, TINY_B), (2, 2) => (SMALL_A, SMALL_B), (2, 3) => (SMALL_A, BIG_B), (2, 4) => (SMALL_A, EDGE),
+        (3, 0) => (BIG_A, 0), (3, 1) => (BIG_A, TINY_B), (3, 2) => (BIG_A, SMALL_B), (3, 3) => (BIG_A, BIG_B), (3, 4) => (BIG_A, EDGE),
+    }
+}
+
+/// Which micro-kernels a call may use.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The best kernels this CPU supports (what [`gemm`] uses).
+    Auto,
+    /// The plain-Rust kernels, even where AVX2+FMA exist (test hook: checks
+    /// the fallback path on an AVX2 machine without a global switch).
+    Portable,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn have_avx2_fma() -> bool {
+    crate::kernels::cpu::avx2_fma()
+}
+
+/// Runs [`run`] with the best micro-kernels for this CPU.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    path: Path,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Op,
+    b: BSide,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Auto && have_avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        unsafe { avx2::run(m, n, k, alpha, a, b, beta, c, rsc, csc) };
         return;
     }
-    if n > m {
-        // Cᵀ[n, m] = op(B)ᵀ · op(A)ᵀ: U = op(B)ᵀ, V = op(A)ᵀ, D = Cᵀ (strides 1, ldc).
-        gemm_uv(
+    // SAFETY: the portable kernels run on any CPU.
+    unsafe { run::<Portable>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+}
+
+/// Name of the micro-kernel this CPU uses (for benchmark metadata).
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if have_avx2_fma() {
+        return "avx2+fma 6x16 (blis)";
+    }
+    "portable 6x16 (blis)"
+}
+
+/// `C = β·C` for `k = 0` (`β = 0` writes zeros without reading).
+fn scale_c(m: usize, n: usize, beta: f32, c: &mut [f32], rsc: usize, csc: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            let o = &mut c[i * rsc + j * csc];
+            *o = if beta == 0.0 { 0.0 } else { beta * *o };
+        }
+    }
+}
+
+// ───────────────────────────── public API ─────────────────────────────
+
+/// `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` on strided operands: `op(A)[i,p]`
+/// is `a[i·rsa + p·csa]`, `op(B)[p,j]` is `b[p·rsb + j·csb]`, `C[i,j]` is
+/// `c[i·rsc + j·csc]` (so `Aᵀ` is just swapped strides). With `β = 0`, C is
+/// overwritten and never read. Allocation-free.
+///
+/// # Panics
+/// If an operand's slice is too short for its shape and strides.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    gemm_on(
+        Path::Auto,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
+/// [`gemm`] on an explicit kernel [`Path`] (test hook).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_on(
+    path: Path,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    check(c.len(), m, n, rsc, csc, "C");
+    if k == 0 {
+        return scale_c(m, n, beta, c, rsc, csc);
+    }
+    check(a.len(), m, k, rsa, csa, "A");
+    check(b.len(), k, n, rsb, csb, "B");
+    let a = Op {
+        d: a,
+        rs: rsa,
+        cs: csa,
+    };
+    let b = Op {
+        d: b,
+        rs: rsb,
+        cs: csb,
+    };
+    if (rsc == 1 && csc != 1 && n > 1)
+        || (csc == 1 && a.cs == 1 && b.rs == 1 && b.cs != 1 && m > SMALL_M && m <= NR && n > 2 * NR)
+    {
+        // Column-major C, or a few rows times a transposed weight (`x·Wᵀ`,
+        // 4 < m ≤ 16): compute Cᵀ[n,m] = op(B)ᵀ·op(A)ᵀ. For the latter, W
+        // (rows contiguous, each A micro-panel used once) is read in place
+        // and only xᵀ — one 16-column panel — is packed, instead of packing
+        // all of Wᵀ; the price is strided C stores.
+        dispatch(
+            path,
             n,
             m,
             k,
             alpha,
-            vb.transposed(),
-            va.transposed(),
+            b.t(),
+            BSide::Strided(a.t()),
             beta,
             c,
-            1,
-            ldc,
+            csc,
+            rsc,
         );
     } else {
-        gemm_uv(m, n, k, alpha, va, vb, beta, c, ldc, 1);
+        dispatch(
+            path,
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            BSide::Strided(b),
+            beta,
+            c,
+            rsc,
+            csc,
+        );
+    }
+}
+
+/// Length of the buffer [`pack_b`] fills for a `[k, n]` operand:
+/// `k · ⌈n/16⌉·16` floats.
+pub const fn packed_len(k: usize, n: usize) -> usize {
+    k * round_up(n, NR)
+}
+
+/// Packs `op(B)[k,n]` (`op(B)[p,j] = b[p·rsb + j·csb]`) into the micro-kernel's
+/// panel layout, for [`gemm_packed_b`]: 16-column panels over the full depth,
+/// panel `q` at `q·16·k`, element `(p, j)` at `q·16·k + p·16 + j % 16`,
+/// the last panel zero-padded. For a weight `W[out, in]` used as `x·Wᵀ`:
+/// `pack_b(in, out, w, 1, in, &mut buf)` with `buf.len() >= packed_len(in, out)`.
+///
+/// # Panics
+/// If `b` is too short for its shape or `out.len() < packed_len(k, n)`.
+pub fn pack_b(k: usize, n: usize, b: &[f32], rsb: usize, csb: usize, out: &mut [f32]) {
+    check(b.len(), k, n, rsb, csb, "B");
+    let len = packed_len(k, n);
+    assert!(
+        out.len() >= len,
+        "pack_b: output has {} floats, needs {len}",
+        out.len()
+    );
+    if len == 0 {
+        return;
+    }
+    let out = &mut out[..len];
+    // SAFETY: `MaybeUninit<f32>` has the size, alignment and validity-superset
+    // of `f32`; `pack_b_block` only ever writes initialised `f32` values through the
+    // view, so `out` stays fully initialised when the borrow ends.
+    let view =
+        unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut MaybeUninit<f32>, len) };
+    let op = Op {
+        d: b,
+        rs: rsb,
+        cs: csb,
+    };
+    pack_b_block(view, op, 0, k, 0, n, k * NR);
+}
+
+/// [`gemm`] with `op(B)` pre-packed by [`pack_b`] for the same `k`, `n`:
+/// no B packing at all (inference never repacks a weight).
+///
+/// # Panics
+/// If an operand is too short, or `packed.len() < packed_len(k, n)`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm_packed_b(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    gemm_packed_b_on(
+        Path::Auto,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        packed,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
+/// [`gemm_packed_b`] on an explicit kernel [`Path`] (test hook).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_b_on(
+    path: Path,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    check(c.len(), m, n, rsc, csc, "C");
+    if k == 0 {
+        return scale_c(m, n, beta, c, rsc, csc);
+    }
+    check(a.len(), m, k, rsa, csa, "A");
+    assert!(
+        packed.len() >= packed_len(k, n),
+        "gemm_packed_b: packed B has {} floats, needs {}",
+        packed.len(),
+        packed_len(k, n)
+    );
+    let a = Op {
+        d: a,
+        rs: rsa,
+        cs: csa,
+    };
+    dispatch(
+        path,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        BSide::Packed(packed),
+        beta,
+        c,
+        rsc,
+        csc,
+    );
+}
+
+// ───────────────────────────── portable kernels ─────────────────────────────
+
+/// Plain-Rust kernels (the compiler vectorises the 16-wide inner loops for the
+/// baseline ISA).
+struct Portable;
+
+/// One portable tile (see [`Arch::tile`]).
+///
+/// # Safety
+/// The contract of [`Arch::tile`] for a single tile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_tile(
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    a: ASrc,
+    b: BSrc,
+    c: CDst,
+    alpha: f32,
+    beta: f32,
+) {
+    let mut acc = [[0.0f32; NR]; MR];
+    let nv = nr.div_ceil(8);
+    let nrp = nv * 8;
+    for p in 0..kc {
+        let mut bv = [0.0f32; NR];
+        // SAFETY: the caller guarantees vectors v < ⌈nr/8⌉ (floats
+        // 0..nrp, nrp ≤ 16, in one panel since nr ≤ 16) of step p < kc
+        // are readable at `b.ptr + p·ks`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(b.ptr.wrapping_add(p * b.ks), bv.as_mut_ptr(), nrp)
+        };
+        for r in 0..mr {
+            // SAFETY: A(r, p), r < mr, p < kc is readable (caller).
+            let x = unsafe { *a.ptr.wrapping_add(r * a.rs + p * a.ks) };
+            for j in 0..NR {
+                acc[r][j] += x * bv[j];
+            }
+        }
+    }
+    for r in 0..mr {
+        for j in 0..nr {
+            let o = c.ptr.wrapping_add(r * c.rs + j * c.cs);
+            // SAFETY: C[r, j], r < mr, j < nr, is writable (readable
+            // when β ≠ 0) and unaliased (caller).
+            unsafe {
+                *o = if beta == 0.0 {
+                    alpha * acc[r][j]
+                } else {
+                    alpha * acc[r][j] + beta * *o
+                };
+            }
+        }
+    }
+}
+
+impl Arch for Portable {
+    fn wide_nv(_mr: usize) -> usize {
+        2
+    }
+
+    unsafe fn block(blk: &Block) {
+        // SAFETY: forwarded contract.
+        unsafe { block_tiles::<Portable>(blk) }
+    }
+
+    #[inline(never)]
+    unsafe fn blocked_tier<const ACAP: usize, const BCAP: usize>(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        blocked::<Portable, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    #[inline(never)]
+    unsafe fn small_m_frame(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        small_m::<Portable>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    #[inline(always)]
+    unsafe fn tile(
+        mr: usize,
+        nr: usize,
+        kc: usize,
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        _pa: bool,
+        _pb: bool,
+        run: Run,
+    ) {
+        for t in 0..run.n {
+            let a = ASrc {
+                ptr: a.ptr.wrapping_add(t * run.da),
+                ..a
+            };
+            let b = BSrc {
+                ptr: b.ptr.wrapping_add(t * run.db),
+                ..b
+            };
+            let c = CDst {
+                ptr: c.ptr.wrapping_add(t * c.nx),
+                ..c
+            };
+            // SAFETY: the contract holds for every tile of the run.
+            unsafe { portable_tile(mr, nr, kc, a, b, c, alpha, beta) };
+        }
+    }
+
+    fn dots(
+        mr: usize,
+        n: usize,
+        k: usize,
+        x: Op,
+        w: Op,
+        c: &mut [f32],
+        cd: CDst,
+        alpha: f32,
+        beta: f32,
+    ) {
+        for i in 0..mr {
+            let xi = &x.d[i * x.rs..i * x.rs + k];
+            for j in 0..n {
+                let wj = &w.d[j * w.cs..j * w.cs + k];
+                let mut acc = [0.0f32; 8];
+                let (xc, wc) = (xi.chunks_exact(8), wj.chunks_exact(8));
+                let (xr, wr) = (xc.remainder(), wc.remainder());
+                for (u, v) in xc.zip(wc) {
+                    for l in 0..8 {
+                        acc[l] += u[l] * v[l];
+                    }
+                }
+                for (l, (u, v)) in xr.iter().zip(wr).enumerate() {
+                    acc[l] += u * v;
+                }
+                let s = ((acc[0] + acc[4]) + (acc[2] + acc[6]))
+                    + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+                let o = &mut c[i * cd.rs + j * cd.cs];
+                *o = if beta == 0.0 {
+                    alpha * s
+                } else {
+                    alpha * s + beta * *o
+                };
+            }
+        }
+    }
+}
+
+// ───────────────────────────── AVX2 + FMA kernels ─────────────────────────────
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR};
+    use core::arch::x86_64::*;
+
+    pub(super) struct Avx2;
+
+    /// `for $i in 0..$n` with `$n ≤ 8` unrolled textually, so that every
+    /// accumulator index is a literal and LLVM keeps the tile in registers
+    /// (a loop it declines to unroll would index `acc` dynamically and force
+    /// the whole tile to the stack after every FMA).
+    macro_rules! unroll {
+        ($i:ident < $n:expr => $body:block) => {
+            unroll!(@ $i, $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
+        };
+        (@ $i:ident, $n:expr, $body:block, $($l:literal),*) => {
+            $(
+                if $l < $n {
+                    let $i: usize = $l;
+                    $body
+                }
+            )*
+        };
+    }
+
+    /// The whole driver compiled with AVX2+FMA enabled (packing loops too).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        // SAFETY: forwarded contract (AVX2+FMA present).
+        unsafe { super::run::<Avx2>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+    }
+
+    /// [`super::blocked`] for `Avx2` in its own frame (LLVM inlines
+    /// `#[target_feature]` callees regardless of `inline(never)`, merging all
+    /// tiers' buffers into one frame; the kernels it calls carry the features).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; operand bounds were checked.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocked_avx2<const ACAP: usize, const BCAP: usize>(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        super::blocked::<Avx2, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    /// The tiles of one block, compiled with AVX2+FMA so that the kernels
+    /// inline into the loop.
+    ///
+    /// # Safety
+    /// AVX2+FMA present; the contract of [`Arch::block`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_avx2(blk: &Block) {
+        // SAFETY: forwarded contract.
+        unsafe { super::block_tiles::<Avx2>(blk) }
+    }
+
+    /// [`super::small_m`] for `Avx2` in its own frame.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; operand bounds were checked.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn small_m_avx2(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        super::small_m::<Avx2>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    /// Lane mask with the first `lanes` (0..=8) lanes set.
+    #[inline(always)]
+    fn mask(lanes: usize) -> __m256i {
+        // SAFETY: plain AVX register arithmetic, no memory access; only
+        // reached from `#[target_feature(enable = "avx2")]` kernels.
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(lanes as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+
+    /// The `M × 8·NV` micro-kernel. `PA`: A is a packed panel (`rs = 1`,
+    /// `ks = MR`); `PB`: B is packed (`ks = NR`).
+    ///
+    /// # Safety
+    /// As [`Arch::tile`] with `mr = M`, `⌈nr/8⌉ = NV`, on a CPU with AVX2+FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kern<const M: usize, const NV: usize, const PA: bool, const PB: bool>(
+        nr: usize,
+        kc: usize,
+        a0: ASrc,
+        b0: BSrc,
+        c0: CDst,
+        alpha: f32,
+        beta: f32,
+        run: Run,
+    ) {
+        for t in 0..run.n {
+            let a = ASrc {
+                ptr: a0.ptr.wrapping_add(t * run.da),
+                ..a0
+            };
+            let b = BSrc {
+                ptr: b0.ptr.wrapping_add(t * run.db),
+                ..b0
+            };
+            let c = CDst {
+                ptr: c0.ptr.wrapping_add(t * c0.nx),
+                ..c0
+            };
+            // SAFETY: the caller's contract holds for every tile of the run.
+            unsafe { kern_body::<M, NV, PA, PB>(nr, kc, a, b, c, alpha, beta, t == 0) };
+        }
+    }
+
+    /// One tile of [`kern`] (`first`: the first tile of its run).
+    ///
+    /// # Safety
+    /// As [`kern`] for a single tile.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kern_body<const M: usize, const NV: usize, const PA: bool, const PB: bool>(
+        nr: usize,
+        kc: usize,
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        first: bool,
+    ) {
+        let (ars, aks) = if PA { (1, MR) } else { (a.rs, a.ks) };
+        let bks = if PB { NR } else { b.ks };
+        let ps = b.ps;
+        // Offset of B vector v within a depth step.
+        let boff = |v: usize| (v / 2) * ps + (v % 2) * 8;
+        // Bring this tile's C lines in while the FMAs run, and the next
+        // tile's (in the driver's walking order): with short depths
+        // (k = 16) a tile's FMAs are too few to hide a C miss. Prefetches
+        // never fault, so the next tile may lie past the end of C.
+        // Within a run the previous tile already prefetched this one.
+        if first {
+            for r in 0..M {
+                let row = c.ptr.wrapping_add(r * c.rs);
+                _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
+            }
+        }
+        for r in 0..M {
+            let next = c.ptr.wrapping_add(r * c.rs + c.nx);
+            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
+        }
+        let mut acc = [[_mm256_setzero_ps(); NV]; M];
+        let mut ap = a.ptr;
+        let mut bp = b.ptr;
+        macro_rules! step {
+            ($u:expr) => {{
+                let mut bv = [_mm256_setzero_ps(); NV];
+                unroll!(v < NV => {
+                    // SAFETY: step p + $u < kc: vector v < NV = ⌈nr/8⌉ of
+                    // that step is readable (the caller's contract).
+                    bv[v] = unsafe { _mm256_loadu_ps(bp.wrapping_add($u * bks + boff(v))) };
+                });
+                unroll!(r < M => {
+                    // SAFETY: A(r, p + $u) with r < M = mr, p + $u < kc is
+                    // readable (the caller's contract).
+                    let x = _mm256_set1_ps(unsafe { *ap.wrapping_add(r * ars + $u * aks) });
+                    unroll!(v < NV => {
+                        acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+                    });
+                });
+            }};
+        }
+        let mut p = 0;
+        while p + 4 <= kc {
+            step!(0);
+            step!(1);
+            step!(2);
+            step!(3);
+            ap = ap.wrapping_add(4 * aks);
+            bp = bp.wrapping_add(4 * bks);
+            p += 4;
+        }
+        while p < kc {
+            step!(0);
+            ap = ap.wrapping_add(aks);
+            bp = bp.wrapping_add(bks);
+            p += 1;
+        }
+        let va = _mm256_set1_ps(alpha);
+        let vb = _mm256_set1_ps(beta);
+        let accumulate = alpha == 1.0 && beta == 1.0;
+        if c.cs == 1 {
+            unroll!(r < M => {
+                let row = c.ptr.wrapping_add(r * c.rs);
+                unroll!(v < NV => {
+                    let dst = row.wrapping_add(8 * v);
+                    let lanes = nr - 8 * v; // ≥ 1 since NV = ⌈nr/8⌉
+                    let x = _mm256_mul_ps(va, acc[r][v]);
+                    if lanes >= 8 {
+                        // SAFETY: C[r, 8v..8v+8] is in the tile (8v + 8 ≤ nr)
+                        // and contiguous (cs = 1): writable, readable if β ≠ 0.
+                        unsafe {
+                            let y = if beta == 0.0 {
+                                x
+                            } else if accumulate {
+                                // C += A·B: the same bits as the general
+                                // form (1·acc is exact, fma(1, c, acc) = c + acc).
+                                _mm256_add_ps(_mm256_loadu_ps(dst), acc[r][v])
+                            } else {
+                                _mm256_fmadd_ps(vb, _mm256_loadu_ps(dst), x)
+                            };
+                            _mm256_storeu_ps(dst, y);
+                        }
+                    } else {
+                        let mk = mask(lanes);
+                        // SAFETY: masked accesses touch only lanes < lanes,
+                        // i.e. C[r, 8v + l] with 8v + l < nr, in the tile;
+                        // masked-off lanes are never accessed (no fault).
+                        unsafe {
+                            let y = if beta == 0.0 {
+                                x
+                            } else {
+                                _mm256_fmadd_ps(vb, _mm256_maskload_ps(dst, mk), x)
+                            };
+                            _mm256_maskstore_ps(dst, mk, y);
+                        }
+                    }
+                });
+            });
+        } else {
+            // Strided C: gather the row into a buffer, same arithmetic, scatter.
+            unroll!(r < M => {
+                unroll!(v < NV => {
+                    let lanes = (nr - 8 * v).min(8);
+                    let mut t = [0.0f32; 8];
+                    let base = c.ptr.wrapping_add(r * c.rs + 8 * v * c.cs);
+                    if beta != 0.0 {
+                        for l in 0..lanes {
+                            // SAFETY: C[r, 8v + l], 8v + l < nr, is in the tile.
+                            t[l] = unsafe { *base.wrapping_add(l * c.cs) };
+                        }
+                    }
+                    // SAFETY: `t` is a local 8-float array.
+                    unsafe {
+                        let x = _mm256_mul_ps(va, acc[r][v]);
+                        let y = if beta == 0.0 {
+                            x
+                        } else {
+                            _mm256_fmadd_ps(vb, _mm256_loadu_ps(t.as_ptr()), x)
+                        };
+                        _mm256_storeu_ps(t.as_mut_ptr(), y);
+                    }
+                    for l in 0..lanes {
+                        // SAFETY: C[r, 8v + l], 8v + l < nr, is in the tile.
+                        unsafe { *base.wrapping_add(l * c.cs) = t[l] };
+                    }
+                });
+            });
+        }
+    }
+
+    /// Dispatch on `(mr, ⌈nr/8⌉)` for fixed packing flags.
+    ///
+    /// # Safety
+    /// As [`Arch::tile`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_pp<const PA: bool, const PB: bool>(
+        mr: usize,
+        nr: usize,
+        kc: usize,
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        run: Run,
+    ) {
+        let nv = nr.div_ceil(8);
+        macro_rules! go {
+            ($m:literal, $v:literal) => {
+                // SAFETY: forwarded contract; (mr, nv) = ($m, $v) matched.
+                unsafe { kern::<$m, $v, PA, PB>(nr, kc, a, b, c, alpha, beta, run) }
+            };
+        }
+        match (mr, nv) {
+            (6, 2) => go!(6, 2),
+            (6, 1) => go!(6, 1),
+            (5, 2) => go!(5, 2),
+            (5, 1) => go!(5, 1),
+            (4, 2) => go!(4, 2),
+            (4, 1) => go!(4, 1),
+            (3, 4) => go!(3, 4),
+            (3, 2) => go!(3, 2),
+            (3, 1) => go!(3, 1),
+            (2, 4) => go!(2, 4),
+            (2, 2) => go!(2, 2),
+            (2, 1) => go!(2, 1),
+            (1, 8) => go!(1, 8),
+            (1, 2) => go!(1, 2),
+            (1, 1) => go!(1, 1),
+            _ => unreachable!("gemm: no {mr}x{nr} micro-kernel"),
+        }
+    }
+
+    /// Horizontal sums of 8 vectors: lane `i` of the result is `Σ v[i]`
+    /// (fixed order).
+    #[inline(always)]
+    fn hsum8(v: &[__m256; 8]) -> __m256 {
+        // SAFETY: register-only AVX arithmetic; reached only from AVX2 code.
+        unsafe {
+            let t0 = _mm256_hadd_ps(v[0], v[1]);
+            let t1 = _mm256_hadd_ps(v[2], v[3]);
+            let t2 = _mm256_hadd_ps(v[4], v[5]);
+            let t3 = _mm256_hadd_ps(v[6], v[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(u0, u1),
+                _mm256_permute2f128_ps::<0x31>(u0, u1),
+            )
+        }
+    }
+
+    /// `M` rows of X against `J` rows of W: `M·J` dot products of length `k`.
+    ///
+    /// # Safety
+    /// AVX2+FMA; X rows `i < M` and W rows `j < J` are readable for `k`
+    /// contiguous floats from `x + i·rsx`, `w + j·rsw`; C[i, j] writable.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dot_tile<const M: usize, const J: usize>(
+        k: usize,
+        x: *const f32,
+        rsx: usize,
+        w: *const f32,
+        rsw: usize,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); J]; M];
+        let mut p = 0;
+        while p + 8 <= k {
+            let mut xv = [_mm256_setzero_ps(); M];
+            for i in 0..M {
+                // SAFETY: p + 8 ≤ k floats of X row i are readable.
+                xv[i] = unsafe { _mm256_loadu_ps(x.wrapping_add(i * rsx + p)) };
+            }
+            for j in 0..J {
+                // SAFETY: p + 8 ≤ k floats of W row j are readable.
+                let wv = unsafe { _mm256_loadu_ps(w.wrapping_add(j * rsw + p)) };
+                for i in 0..M {
+                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                }
+            }
+            p += 8;
+        }
+        if p < k {
+            let mk = mask(k - p);
+            let mut xv = [_mm256_setzero_ps(); M];
+            for i in 0..M {
+                // SAFETY: only lanes p + l < k are loaded (masked).
+                xv[i] = unsafe { _mm256_maskload_ps(x.wrapping_add(i * rsx + p), mk) };
+            }
+            for j in 0..J {
+                // SAFETY: only lanes p + l < k are loaded (masked).
+                let wv = unsafe { _mm256_maskload_ps(w.wrapping_add(j * rsw + p), mk) };
+                for i in 0..M {
+                    acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                }
+            }
+        }
+        let mut flat = [_mm256_setzero_ps(); 8];
+        let mut sums = [0.0f32; 8];
+        let mut n = 0;
+        for i in 0..M {
+            for j in 0..J {
+                flat[n] = acc[i][j];
+                n += 1;
+            }
+        }
+        debug_assert!(M * J <= 8);
+        // SAFETY: `sums` is a local 8-float array.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(&flat)) };
+        for i in 0..M {
+            for j in 0..J {
+                let s = sums[i * J + j];
+                let o = c.ptr.wrapping_add(i * c.rs + j * c.cs);
+                // SAFETY: C[i, j], i < M, j < J, is writable (caller).
+                unsafe {
+                    *o = if beta == 0.0 {
+                        alpha * s
+                    } else {
+                        alpha * s + beta * *o
+                    }
+                };
+            }
+        }
+    }
+
+    impl Arch for Avx2 {
+        fn wide_nv(mr: usize) -> usize {
+            match mr {
+                1 => 8,
+                2 | 3 => 4,
+                _ => 2,
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn block(blk: &Block) {
+            // SAFETY: forwarded contract (AVX2+FMA present).
+            unsafe { block_avx2(blk) }
+        }
+
+        #[inline(always)]
+        unsafe fn blocked_tier<const ACAP: usize, const BCAP: usize>(
+            m: usize,
+            n: usize,
+            k: usize,
+            alpha: f32,
+            a: Op,
+            b: BSide,
+            beta: f32,
+            c: &mut [f32],
+            rsc: usize,
+            csc: usize,
+        ) {
+            // SAFETY: forwarded contract (AVX2+FMA present, bounds checked).
+            unsafe { blocked_avx2::<ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+        }
+
+        #[inline(always)]
+        unsafe fn small_m_frame(
+            m: usize,
+            n: usize,
+            k: usize,
+            alpha: f32,
+            a: Op,
+            b: BSide,
+            beta: f32,
+            c: &mut [f32],
+            rsc: usize,
+            csc: usize,
+        ) {
+            // SAFETY: forwarded contract (AVX2+FMA present, bounds checked).
+            unsafe { small_m_avx2(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+        }
+
+        #[inline(always)]
+        unsafe fn tile(
+            mr: usize,
+            nr: usize,
+            kc: usize,
+            a: ASrc,
+            b: BSrc,
+            c: CDst,
+            alpha: f32,
+            beta: f32,
+            pa: bool,
+            pb: bool,
+            run: Run,
+        ) {
+            // The implementor `Avx2` is only used after AVX2+FMA detection;
+            // each arm forwards the contract of `Arch::tile` unchanged.
+            match (pa, pb) {
+                // SAFETY: forwarded contract (see above); A and B are packed.
+                (true, true) => unsafe {
+                    tile_pp::<true, true>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; A packed, B in place.
+                (true, false) => unsafe {
+                    tile_pp::<true, false>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; A in place, B packed.
+                (false, true) => unsafe {
+                    tile_pp::<false, true>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; A and B in place.
+                (false, false) => unsafe {
+                    tile_pp::<false, false>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+            }
+        }
+
+        fn dots(
+            mr: usize,
+            n: usize,
+            k: usize,
+            x: Op,
+            w: Op,
+            c: &mut [f32],
+            cd: CDst,
+            alpha: f32,
+            beta: f32,
+        ) {
+            debug_assert!(x.cs == 1 && w.rs == 1 && mr <= super::SMALL_M);
+            // The caller checked X[i, p] (i < mr, p < k) and W[j, p] = op(B)[p, j]
+            // (j < n) inside their slices, and C[i, j] inside `c`.
+            let cp = CDst {
+                ptr: c.as_mut_ptr(),
+                ..cd
+            };
+            let xp = x.d.as_ptr();
+            let wp = w.d.as_ptr();
+            macro_rules! sweep {
+                ($m:literal, $j:literal) => {{
+                    let mut j = 0;
+                    while j + $j <= n {
+                        // SAFETY: AVX2+FMA detected (Avx2 is only used after
+                        // detection); rows i < mr of X and rows j..j+$j ≤ n of
+                        // W (k contiguous floats each) and C[i, j..j+$j] are
+                        // inside their checked slices.
+                        unsafe {
+                            dot_tile::<$m, $j>(
+                                k,
+                                xp,
+                                x.rs,
+                                wp.wrapping_add(j * w.cs),
+                                w.cs,
+                                cp.at(0, j),
+                                alpha,
+                                beta,
+                            )
+                        };
+                        j += $j;
+                    }
+                    while j < n {
+                        // SAFETY: as above with one W row j < n.
+                        unsafe {
+                            dot_tile::<$m, 1>(
+                                k,
+                                xp,
+                                x.rs,
+                                wp.wrapping_add(j * w.cs),
+                                w.cs,
+                                cp.at(0, j),
+                                alpha,
+                                beta,
+                            )
+                        };
+                        j += 1;
+                    }
+                }};
+            }
+            match mr {
+                1 => sweep!(1, 8),
+                2 => sweep!(2, 4),
+                3 => sweep!(3, 2),
+                _ => sweep!(4, 2),
+            }
+        }
     }
 }

@@ -1,0 +1,157 @@
+//! Run-time CPU feature selection shared by every kernel.
+//!
+//! Under `std` the features are detected once per process by
+//! `is_x86_feature_detected!` (the standard library caches the CPUID result
+//! in a static, so each query is one relaxed atomic load and a bit test — no
+//! allocation, no system call after the first). Without `std` the choice is
+//! made at compile time from `cfg(target_feature)`: a `no_std` build for a
+//! generic x86-64 target runs the portable code, one built with
+//! `-C target-feature=+avx2,+fma` (or a matching `target-cpu`) the AVX2 code.
+
+/// Whether the AVX2 + FMA kernels may run on this CPU.
+#[inline]
+pub fn avx2_fma() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+    {
+        cfg!(all(target_feature = "avx2", target_feature = "fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernel path the elementwise kernels take on this CPU (for metadata).
+pub fn elementwise_path() -> &'static str {
+    if avx2_fma() {
+        "avx2+fma"
+    } else {
+        "portable"
+    }
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// Test hook: this thread's elementwise kernels take the portable path.
+    static FORCE_PORTABLE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the elementwise kernels of this thread run their AVX2+FMA clone.
+#[inline(always)]
+fn elementwise_avx2() -> bool {
+    #[cfg(feature = "std")]
+    if FORCE_PORTABLE.with(|f| f.get()) {
+        return false;
+    }
+    avx2_fma()
+}
+
+/// Runs `f` with the elementwise kernels of *this thread* forced onto the
+/// portable path (test hook for the bit-identity test; other threads and the
+/// GEMM are unaffected). Restores the previous setting even if `f` panics.
+#[cfg(feature = "std")]
+#[doc(hidden)]
+pub fn with_portable_elementwise<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.0;
+            FORCE_PORTABLE.with(|c| c.set(old));
+        }
+    }
+    let _restore = Restore(FORCE_PORTABLE.with(|c| c.replace(true)));
+    f()
+}
+
+/// Runs `f` compiled for AVX2+FMA where the CPU has them, else as is.
+///
+/// `f` is monomorphised into (and inlined by LLVM into) the
+/// `#[target_feature(enable = "avx2,fma")]` clone [`avx2_clone`], so the same
+/// scalar Rust loops are auto-vectorised with 256-bit lanes there and with the
+/// baseline ISA (SSE2) in the other instance. Rust never contracts `a·b + c`
+/// into an FMA and never reassociates float operations, so both instances
+/// compute the same operations in the same order: the results are
+/// bit-identical across the two paths (tested). No allocation, one cached
+/// feature query per call.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if elementwise_avx2() {
+        // SAFETY: `elementwise_avx2()` returned true only because AVX2 and FMA
+        // were detected on this CPU (run time under `std`, target features at
+        // compile time otherwise), which is `avx2_clone`'s only requirement.
+        return unsafe { avx2_clone(f) };
+    }
+    f()
+}
+
+/// The AVX2+FMA instance of [`vectorized`]'s closure.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_clone<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Independent FMA chains of [`fma_peak`]: 12 `ymm` accumulators cover the
+/// FMA latency × throughput product (4 cycles × 2 pipes × 1.5) of current x86 cores.
+#[doc(hidden)]
+pub const PEAK_CHAINS: usize = 12;
+/// Lanes per chain (one 256-bit register of `f32`).
+#[doc(hidden)]
+pub const PEAK_LANES: usize = 8;
+
+/// The machine's single-core FMA peak loop (benchmark `machine_fma_peak`):
+/// `iters` rounds of [`PEAK_CHAINS`] independent 8-lane `acc = acc·x + y`,
+/// i.e. `iters · 12 · 8 · 2` FLOPs; returns the sum of the accumulators (so
+/// the work cannot be removed). AVX2+FMA where available, else the same
+/// recurrence in plain Rust (multiply then add).
+#[doc(hidden)]
+pub fn fma_peak(iters: u64, x: f32, y: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above, the only
+        // requirement of `fma_peak_avx2`.
+        return unsafe { fma_peak_avx2(iters, x, y) };
+    }
+    let mut acc = [[0.0f32; PEAK_LANES]; PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            for l in a.iter_mut() {
+                *l = *l * x + y;
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_peak_avx2(iters: u64, x: f32, y: f32) -> f32 {
+    use core::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); PEAK_CHAINS];
+    let (xv, yv) = (_mm256_set1_ps(x), _mm256_set1_ps(y));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, xv, yv);
+        }
+    }
+    let mut out = [0.0f32; PEAK_LANES];
+    let mut s = 0.0f32;
+    for a in acc {
+        // SAFETY: `out` holds exactly 8 floats, the width of one `__m256`
+        // (unaligned store).
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), a) };
+        s += out.iter().sum::<f32>();
+    }
+    s
+}
