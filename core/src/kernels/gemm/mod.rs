@@ -106,6 +106,9 @@ impl<'a> Mat<'a> {
     }
 
     /// Element `(r, c)`.
+    ///
+    /// # Panics
+    /// If `r·rs + c·cs` lies outside `data`.
     #[inline(always)]
     pub fn at(&self, r: usize, c: usize) -> f32 {
         self.data[r * self.rs + c * self.cs]
@@ -151,6 +154,9 @@ const fn panel_wins(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
+///
+/// # Panics
+/// As [`gemm_with`].
 #[inline]
 #[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature (shape, α, A, B, β, C, ldc)
 pub fn gemm(
@@ -168,7 +174,12 @@ pub fn gemm(
 }
 
 /// E3 — [`gemm`] (`C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C`) with an explicit
-/// backend. Panics (a bug, not user input) if an operand is too short for its shape.
+/// backend.
+///
+/// # Panics
+/// If an operand is too short for its shape or a leading dimension is smaller
+/// than its row (`ldc < n`, a [`Mat`] stride below its width): the model's
+/// buffers are planned to fit, so this is a bug in the caller, not bad input.
 #[allow(clippy::too_many_arguments)] // reason: the BLAS sgemm signature plus the backend
 pub fn gemm_with(
     backend: Backend,
