@@ -104,14 +104,16 @@ pub fn generate<R: RngCore + ?Sized>(
     }
     let v = model.config().vocab_size;
     let mut dec = Decoder::new(model, max_len)?;
+    // Planned sampling scratch `[v]`: each token's weights are computed once into it.
+    let mut probs = crate::layout::alloc_zeroed(v)?;
     let logits = dec.prefill(prompt)?;
-    let mut next = strategy.pick_token(&logits[(prompt.len() - 1) * v..], rng)?;
+    let mut next = strategy.pick_token_with(&logits[(prompt.len() - 1) * v..], &mut probs, rng)?;
     loop {
         out.push(next);
         if out.len() == max_len {
             return Ok(out);
         }
-        next = strategy.pick_token(dec.step(next)?, rng)?;
+        next = strategy.pick_token_with(dec.step(next)?, &mut probs, rng)?;
     }
 }
 

@@ -13,7 +13,8 @@ use alloc::vec::Vec;
 
 use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::{first_non_finite, sqrt};
+use crate::kernels::adamw::{adamw_pass, AdamWStep};
+use crate::kernels::first_non_finite;
 use crate::layout::alloc_zeroed;
 
 /// AdamW hyper-parameters.
@@ -265,19 +266,22 @@ impl AdamW {
         let bc2_sqrt = libm::sqrt(bc2) as f32;
         let decay = 1.0 - lr * weight_decay;
         let (w1, w2) = (1.0 - beta1, 1.0 - beta2);
-        for (((w, &g), m), v) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
-            *w *= decay;
-            let g = if grad_scale == 1.0 { g } else { g * grad_scale };
-            *m += w1 * (g - *m);
-            *v = *v * beta2 + w2 * g * g;
-            let denom = sqrt(*v) / bc2_sqrt + eps;
-            *w -= step_size * (*m / denom);
-        }
+        adamw_pass(
+            params,
+            grads,
+            &mut self.m,
+            &mut self.v,
+            AdamWStep {
+                decay,
+                grad_scale,
+                w1,
+                beta2,
+                w2,
+                bc2_sqrt,
+                eps,
+                step_size,
+            },
+        );
         if let Some(index) = first_non_finite(params) {
             return Err(Error::NonFinite {
                 what: "parameters after the AdamW update",

@@ -7,10 +7,12 @@
 //! reaches `p` (TopP; always at least one token), renormalised, and sampled
 //! with one uniform draw `u ∈ [0, 1)` from the caller's RNG: the token is the
 //! first one (in index order) whose cumulative kept mass exceeds `u·Z`.
-//! Greedy is argmax, lowest index on ties. Neither sorting nor scratch memory
-//! is needed: the top-k and top-p cut-offs are found by bisection over the
-//! IEEE bit patterns of the values (32 passes over the logits at most), so
-//! `pick_token` allocates nothing and touches nothing but the logits.
+//! Greedy is argmax, lowest index on ties. No sorting is needed: the top-k and
+//! top-p cut-offs are found by bisection over the IEEE bit patterns of the
+//! values (32 passes at most), so `pick_token` allocates nothing and touches
+//! nothing but the logits. `pick_token_with` takes planned scratch `[vocab]`
+//! and computes each `exp` once into it, bisecting top-p on the stored
+//! weights (same values, same sums, so the same token); `generate` uses it.
 
 use rand_core::RngCore;
 
@@ -110,6 +112,40 @@ impl SamplingStrategy {
     /// Invalid parameters, [`Error::EmptyInput`] for empty logits,
     /// [`Error::NonFinite`] if a logit is NaN or infinite.
     pub fn pick_token<R: RngCore + ?Sized>(&self, logits: &[f32], rng: &mut R) -> Result<TokenId> {
+        self.check(logits)?;
+        self.pick_checked(logits, None, rng)
+    }
+
+    /// [`SamplingStrategy::pick_token`] with planned scratch `probs` (at least
+    /// `logits.len()` elements; its contents are overwritten): the unnormalised
+    /// probabilities `w_i = exp((x_i − max)/T)` are computed once into it and the
+    /// top-p cut-off is bisected on the stored values instead of re-evaluating
+    /// `exp` over the vocabulary on every step. The arithmetic of every `w_i`
+    /// and every sum is the same, so the token is identical to `pick_token`'s
+    /// for the same RNG state. Allocates nothing.
+    ///
+    /// # Errors
+    /// As [`SamplingStrategy::pick_token`], and [`Error::ShapeMismatch`]
+    /// (`"probs"`) if `probs` is shorter than `logits` (checked after the logits).
+    pub fn pick_token_with<R: RngCore + ?Sized>(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut R,
+    ) -> Result<TokenId> {
+        self.check(logits)?;
+        if probs.len() < logits.len() {
+            return Err(Error::ShapeMismatch {
+                arg: "probs",
+                expected: logits.len(),
+                actual: probs.len(),
+            });
+        }
+        self.pick_checked(logits, Some(&mut probs[..logits.len()]), rng)
+    }
+
+    /// The parameter and logit checks of [`SamplingStrategy::pick_token`].
+    fn check(&self, logits: &[f32]) -> Result<()> {
         self.validate()?;
         if logits.is_empty() {
             return Err(Error::EmptyInput { arg: "logits" });
@@ -127,6 +163,17 @@ impl SamplingStrategy {
                 index,
             });
         }
+        Ok(())
+    }
+
+    /// The choice on checked logits; with `probs`, top-p and temperature
+    /// sampling read the weights from it (filled here) instead of recomputing them.
+    fn pick_checked<R: RngCore + ?Sized>(
+        &self,
+        logits: &[f32],
+        probs: Option<&mut [f32]>,
+        rng: &mut R,
+    ) -> Result<TokenId> {
         let (temperature, keep) = match *self {
             SamplingStrategy::Greedy => return Ok(argmax(logits)),
             SamplingStrategy::Temperature(t) => (t, Keep::All),
@@ -136,49 +183,110 @@ impl SamplingStrategy {
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         // Unnormalised probability w_i = exp((x_i − max) / T) ∈ [0, 1]; w(argmax) = 1.
         let w = |x: f32| exp((x - max) / temperature);
-        // The kept set is {i : key ≥ τ} plus, for ties at τ, the first `ties` of them in index order.
-        let (tau, mut ties) = match keep {
-            Keep::All => (0, usize::MAX),
-            Keep::TopK(k) => {
-                let k = k.min(logits.len());
-                let tau =
-                    bisect_threshold(|t| logits.iter().filter(|&&x| key(x) >= t).count() >= k);
-                let above = logits.iter().filter(|&&x| key(x) > tau).count();
-                (tau, k - above)
+        match (keep, probs) {
+            (Keep::TopK(_), _) | (_, None) => Ok(choose(logits, None, rng, keep, |i| w(logits[i]))),
+            (_, Some(probs)) => {
+                // exp once per token, into the planned scratch (vectorised fill;
+                // the same scalar arithmetic, so the same values).
+                crate::kernels::vectorized(|| {
+                    for (q, &x) in probs.iter_mut().zip(logits) {
+                        *q = w(x);
+                    }
+                });
+                let probs: &[f32] = probs;
+                Ok(crate::kernels::vectorized(|| {
+                    choose(logits, Some(probs), rng, keep, |i| probs[i])
+                }))
             }
-            Keep::TopP(p) => {
-                // Total mass Z and the cut-off on key(w_i), bisected on the weights.
-                let z: f64 = logits.iter().map(|&x| w(x) as f64).sum();
-                let target = p as f64 * z;
-                let mass_at = |t: u32| -> f64 {
-                    logits
-                        .iter()
-                        .map(|&x| w(x))
-                        .filter(|&wi| key(wi) >= t)
-                        .map(|wi| wi as f64)
-                        .sum()
-                };
-                let tau = bisect_threshold(|t| mass_at(t) >= target * (1.0 - 1e-12));
-                // Ties at τ join in index order until the mass reaches p.
-                let above = mass_at(tau.saturating_add(1));
-                let w_tau = logits
-                    .iter()
-                    .map(|&x| w(x))
-                    .find(|&wi| key(wi) == tau)
-                    .unwrap_or(0.0) as f64;
-                let need = if w_tau > 0.0 {
-                    libm::ceil((target - above) / w_tau).max(1.0) as usize
-                } else {
-                    usize::MAX
-                };
-                // Compare the weights, not the logits, for this mode.
-                return Ok(sample(logits, rng, |x| key(w(x)), tau, need, w));
-            }
-        };
-        if ties == 0 {
-            ties = usize::MAX; // cannot happen (k ≥ 1 keeps at least one at τ); stay total
         }
-        Ok(sample(logits, rng, key, tau, ties, w))
+    }
+}
+
+/// E19–E21 on checked logits, with the weight of token `i` given by `w(i)`
+/// (computed on the fly or read from stored probabilities: the same values).
+#[inline(always)]
+fn choose<R: RngCore + ?Sized>(
+    logits: &[f32],
+    stored: Option<&[f32]>,
+    rng: &mut R,
+    keep: Keep,
+    w: impl Fn(usize) -> f32,
+) -> TokenId {
+    let n = logits.len();
+    // The kept set is {i : key ≥ τ} plus, for ties at τ, the first `ties` of them in index order.
+    let (tau, mut ties) = match keep {
+        Keep::All => (0, usize::MAX),
+        Keep::TopK(k) => {
+            let k = k.min(n);
+            let tau = bisect_threshold(|t| logits.iter().filter(|&&x| key(x) >= t).count() >= k);
+            let above = logits.iter().filter(|&&x| key(x) > tau).count();
+            (tau, k - above)
+        }
+        Keep::TopP(p) => {
+            // Total mass Z and the cut-off on key(w_i), bisected on the weights.
+            let z: f64 = (0..n).map(|i| w(i) as f64).sum();
+            let target = p as f64 * z;
+            let mass_at = |t: u32| -> f64 {
+                (0..n)
+                    .map(&w)
+                    .filter(|&wi| key(wi) >= t)
+                    .map(|wi| wi as f64)
+                    .sum()
+            };
+            let thr = target * (1.0 - 1e-12);
+            let tau = bisect_threshold(|t| match stored {
+                // Decided by a lane-parallel sum when it is provably on the
+                // same side of `thr` as the index-order sum `mass_at`.
+                Some(q) => mass_reaches(q, t, thr).unwrap_or_else(|| mass_at(t) >= thr),
+                None => mass_at(t) >= thr,
+            });
+            // Ties at τ join in index order until the mass reaches p.
+            let above = mass_at(tau.saturating_add(1));
+            let w_tau = (0..n).map(&w).find(|&wi| key(wi) == tau).unwrap_or(0.0) as f64;
+            let need = if w_tau > 0.0 {
+                libm::ceil((target - above) / w_tau).max(1.0) as usize
+            } else {
+                usize::MAX
+            };
+            // Compare the weights, not the logits, for this mode.
+            return sample(n, rng, |i| key(w(i)), tau, need, &w);
+        }
+    };
+    if ties == 0 {
+        ties = usize::MAX; // cannot happen (k ≥ 1 keeps at least one at τ); stay total
+    }
+    sample(n, rng, |i| key(logits[i]), tau, ties, w)
+}
+
+/// Whether `mass_at(t) = Σ_{key(q_i) ≥ t} q_i` (f64, index order) is `≥ thr`,
+/// decided from a 4-lane f64 sum `ŝ` of the same terms, or `None` when `ŝ` is
+/// too close to `thr` to tell. Both sums are recursive sums of `n`
+/// non-negative terms (exact f32 → f64 conversions, no overflow or underflow
+/// for `q ∈ [0, 1]`), so each is within `γ = n·u/(1 − n·u)` (`u = 2⁻⁵³`) of
+/// the exact sum and they differ by at most `≈ 2γ·ŝ`; outside a margin of
+/// `4·n·u·ŝ` (relative ≈ 4.4·10⁻¹² at n = 10⁴) the answer is the sequential
+/// one exactly, so the chosen token never changes.
+#[inline(always)]
+fn mass_reaches(q: &[f32], t: u32, thr: f64) -> Option<bool> {
+    let mut acc = [0.0f64; 4];
+    let chunks = q.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..4 {
+            acc[l] += if key(c[l]) >= t { c[l] as f64 } else { 0.0 };
+        }
+    }
+    for (l, &x) in rest.iter().enumerate() {
+        acc[l] += if key(x) >= t { x as f64 } else { 0.0 };
+    }
+    let s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    let margin = 4.0 * q.len() as f64 * f64::EPSILON * 0.5 * s;
+    if s - margin >= thr {
+        Some(true)
+    } else if s + margin < thr {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -189,18 +297,19 @@ enum Keep {
     TopP(f32),
 }
 
-/// E19–E21 draw — samples from the kept set `{i : kf(x_i) > τ} ∪ (first `ties` of {kf(x_i) = τ})`
-/// with weights `w(x_i)`, using one uniform draw.
+/// E19–E21 draw — samples from the kept set `{i : kf(i) > τ} ∪ (first `ties` of {kf(i) = τ})`
+/// among `0..n` with weights `w(i)`, using one uniform draw.
+#[inline(always)]
 fn sample<R: RngCore + ?Sized>(
-    logits: &[f32],
+    n: usize,
     rng: &mut R,
-    kf: impl Fn(f32) -> u32,
+    kf: impl Fn(usize) -> u32,
     tau: u32,
     ties: usize,
-    w: impl Fn(f32) -> f32,
+    w: impl Fn(usize) -> f32,
 ) -> TokenId {
-    let kept = |ties_left: &mut usize, x: f32| -> bool {
-        let kx = kf(x);
+    let kept = |ties_left: &mut usize, i: usize| -> bool {
+        let kx = kf(i);
         if kx > tau {
             true
         } else if kx == tau && *ties_left > 0 {
@@ -211,19 +320,18 @@ fn sample<R: RngCore + ?Sized>(
         }
     };
     let mut left = ties;
-    let z: f64 = logits
-        .iter()
-        .filter(|&&x| kept(&mut left, x))
-        .map(|&x| w(x) as f64)
+    let z: f64 = (0..n)
+        .filter(|&i| kept(&mut left, i))
+        .map(|i| w(i) as f64)
         .sum();
     let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
     let target = u * z;
     let mut acc = 0.0f64;
     let mut last = 0;
     let mut left = ties;
-    for (i, &x) in logits.iter().enumerate() {
-        if kept(&mut left, x) {
-            acc += w(x) as f64;
+    for i in 0..n {
+        if kept(&mut left, i) {
+            acc += w(i) as f64;
             last = i;
             if acc > target {
                 return i as TokenId;

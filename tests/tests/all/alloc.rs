@@ -156,3 +156,25 @@ fn gemm_calls_allocate_nothing() {
     });
     assert_eq!((n_allocs, bytes), (0, 0), "gemm allocated");
 }
+
+#[test]
+fn sampling_with_planned_scratch_allocates_nothing() {
+    use moe_core::{ChaCha8Rng, SamplingStrategy, SeedableRng};
+    let logits: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.1).collect();
+    let mut probs = vec![0.0f32; logits.len()];
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for s in [
+        SamplingStrategy::Temperature(0.9),
+        SamplingStrategy::TopK {
+            k: 40,
+            temperature: 1.0,
+        },
+        SamplingStrategy::TopP {
+            p: 0.9,
+            temperature: 1.0,
+        },
+    ] {
+        let (n, bytes, _) = count(|| s.pick_token_with(&logits, &mut probs, &mut rng).unwrap());
+        assert_eq!((n, bytes), (0, 0), "{s:?} with scratch allocated");
+    }
+}

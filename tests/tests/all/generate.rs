@@ -411,3 +411,108 @@ fn invalid_sampling_parameters_and_logits_are_errors() {
         assert_eq!(t, 1, "{s:?}");
     }
 }
+
+/// `pick_token_with` (weights computed once into scratch) picks exactly the
+/// token `pick_token` picks, for every strategy, with the same RNG stream —
+/// including ties, signed zeros, huge spreads and weights that flush to 0.
+#[test]
+fn pick_token_with_scratch_is_identical_to_pick_token() {
+    use moe_core::RngCore;
+    let mut gen = ChaCha8Rng::seed_from_u64(7);
+    let mut probs = vec![f32::NAN; 40_000];
+    for case in 0..300 {
+        let v = 1 + (gen.next_u32() as usize % 3000);
+        let spread = [0.01f32, 1.0, 10.0, 100.0, 3000.0][case % 5];
+        let logits: Vec<f32> = (0..v)
+            .map(|i| match gen.next_u32() % 8 {
+                0 => 0.0,
+                1 => -0.0,
+                2 if i > 0 => 1.5,
+                _ => (gen.next_u32() as f32 / u32::MAX as f32 - 0.5) * spread,
+            })
+            .collect();
+        for s in [
+            SamplingStrategy::Greedy,
+            SamplingStrategy::Temperature(0.7),
+            SamplingStrategy::TopK {
+                k: 1 + case % 50,
+                temperature: 1.3,
+            },
+            SamplingStrategy::TopP {
+                p: [1.0, 0.9, 0.5, 1e-6][case % 4],
+                temperature: [0.05f32, 1.0, 2.5][case % 3],
+            },
+        ] {
+            let seed = gen.next_u64();
+            let (mut a, mut b) = (
+                ChaCha8Rng::seed_from_u64(seed),
+                ChaCha8Rng::seed_from_u64(seed),
+            );
+            for _ in 0..3 {
+                assert_eq!(
+                    s.pick_token(&logits, &mut a).unwrap(),
+                    s.pick_token_with(&logits, &mut probs, &mut b).unwrap(),
+                    "case {case}, {s:?}, v = {v}"
+                );
+            }
+        }
+    }
+    let s = SamplingStrategy::TopP {
+        p: 0.9,
+        temperature: 1.0,
+    };
+    assert_eq!(
+        s.pick_token_with(&[0.0, 1.0], &mut [0.0], &mut ChaCha8Rng::seed_from_u64(0)),
+        Err(Error::ShapeMismatch {
+            arg: "probs",
+            expected: 2,
+            actual: 1
+        })
+    );
+}
+
+/// Per-token time of top-k vs top-p (with and without the scratch) at
+/// v = 1,000 and 32,000: `cargo test --release -p moe-tests pick_token_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn pick_token_timing() {
+    use moe_core::RngCore;
+    use std::time::Instant;
+    for v in [1000usize, 32_000] {
+        let mut gen = ChaCha8Rng::seed_from_u64(1);
+        let logits: Vec<f32> = (0..v)
+            .map(|_| (gen.next_u32() as f32 / u32::MAX as f32 - 0.5) * 20.0)
+            .collect();
+        let mut probs = vec![0.0f32; v];
+        let k = SamplingStrategy::TopK {
+            k: 40,
+            temperature: 0.8,
+        };
+        let p = SamplingStrategy::TopP {
+            p: 0.9,
+            temperature: 0.8,
+        };
+        let reps = if v > 10_000 { 60 } else { 1000 };
+        let time = |f: &mut dyn FnMut() -> u32| {
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                let mut acc = 0u32;
+                for _ in 0..reps {
+                    acc = acc.wrapping_add(f());
+                }
+                std::hint::black_box(acc);
+                best = best.min(t0.elapsed().as_secs_f64() / reps as f64 * 1e6);
+            }
+            best
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let tk = time(&mut || k.pick_token_with(&logits, &mut probs, &mut rng).unwrap());
+        let tp_old = time(&mut || p.pick_token(&logits, &mut rng).unwrap());
+        let tp = time(&mut || p.pick_token_with(&logits, &mut probs, &mut rng).unwrap());
+        println!(
+            "v = {v}: top-k {tk:.1} µs, top-p recomputing exp {tp_old:.1} µs, top-p stored {tp:.1} µs ({:.2}× top-k)",
+            tp / tk
+        );
+    }
+}

@@ -1104,4 +1104,24 @@ mod dispatch_paths {
             [q, dq].concat()
         });
     }
+
+    #[test]
+    fn adamw_is_bit_identical_across_paths() {
+        use moe_core::optim::{AdamW, AdamWConfig};
+        let mut g = rng(78);
+        for &n in &[1usize, 7, 8, 31, 1000, 1027] {
+            let w0 = rand_vec(&mut g, n, 1.0);
+            let grads: Vec<Vec<f32>> = (0..4).map(|_| rand_vec(&mut g, n, 2.0)).collect();
+            for scale in [1.0f32, 0.37] {
+                same_bits("adamw", || {
+                    let mut opt = AdamW::new(AdamWConfig::default(), n).unwrap();
+                    let mut w = w0.clone();
+                    for gr in &grads {
+                        opt.update_scaled(&mut w, gr, 1e-2, scale).unwrap();
+                    }
+                    [w, opt.m().to_vec(), opt.v().to_vec()].concat()
+                });
+            }
+        }
+    }
 }
