@@ -25,7 +25,9 @@
 //! | `rstd1`, `rstd2` | `[n]` | yes | RMSNorm `1/rms` (saved) |
 //! | `xn1`, `xn2` | `[n, c]` | yes | normed inputs of attention / MoE |
 //! | `qkv` | `[n, q]` | yes | q, k after RoPE, v |
-//! | `probs` | `[b, h, t, t]` (train) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
+//! | `ckpt` | `[L, n, c]` (train, `Recompute::Layers`; else empty) | | each layer's input |
+//! | `probs` | `[b, h, t, t]` (train, saved) / `[t]` (train, LSE) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
+//! | `row_max`, `row_inv` | `[b, h, t]` (train, `AttnMemory::Lse`; else empty) | yes | softmax row statistics |
 //! | `att` | `[n, h·d]` | yes | attention output before `o_proj` |
 //! | `rprobs` | `[n, e]` | yes | router probabilities |
 //! | `topk_idx`, `topk_w` | `[n, k]` | yes | chosen experts, renormalised weights |
@@ -35,8 +37,13 @@
 //! | `h13` | `[s, 2f]` | yes | `[x·w1ᵀ, x·w3ᵀ]` pre-activations |
 //! | `act` | `[s, f]` | yes | `silu(h1) ⊙ h3` |
 //! | `xf`, `rstd_f` | `[n, c]`, `[n]` | | final norm output / `1/rms` |
-//! | `logits` | `[n, v]` | | output |
-//! | training only: `dlogits` `[n,v]`, `dresid`, `dxn` `[n,c]`, `dqkv` `[n,q]`, `datt` `[n,h·d]`, `dprobs` `[t,t]`, `drprobs` `[n,e]`, `dtopk_w` `[n,k]`, `dxg`, `dye` `[s,c]`, `dh13` `[s,2f]`, `dact` `[s,f]` | | | backward scratch, shared by all layers |
+//! | `logits` | `[n, v]` | | output; in training overwritten by `dL/dlogits` |
+//! | training only: `dresid`, `dxn` `[n,c]`, `dqkv` `[n,q]`, `datt` `[n,h·d]`, `dprobs` `[t,t]` (saved) / `[t]` (LSE), `drprobs` `[n,e]`, `dtopk_w` `[n,k]` | | | backward scratch, shared by all layers |
+//!
+//! In-place gradients: the cross-entropy gradient overwrites `logits`, and the
+//! MoE backward overwrites `ye`, `act`, `h13`, `xg` with their gradients (each
+//! is dead once read), so there are no `dlogits`, `dye`, `dact`, `dh13`, `dxg`.
+//! "Per layer" buffers are one copy in all under `Recompute::Layers`.
 
 use alloc::vec::Vec;
 use bumpalo::Bump;
@@ -51,6 +58,49 @@ pub enum Mode {
     Inference,
     /// Forward with every layer's activations saved, plus backward scratch.
     Training,
+}
+
+/// What a training workspace keeps of each layer between forward and backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recompute {
+    /// Every layer's activations are saved (one copy of the `layer` buffers per layer).
+    #[default]
+    None,
+    /// Activation checkpointing: the forward saves only each layer's input
+    /// `x_in` (`ckpt: [L, n, c]`); the backward recomputes one layer at a time
+    /// into a single copy of the `layer` buffers, then differentiates it.
+    /// Same arithmetic in the same order: bit-identical gradients.
+    Layers,
+}
+
+/// What a training workspace keeps of attention for the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttnMemory {
+    /// The probabilities `P: [b, h, t, t]` (memory grows as `t²`).
+    #[default]
+    Saved,
+    /// Each row's max `m_i` and `1/Σ_j exp(s_ij − m_i)` (`[b, h, t]` each, the
+    /// log-sum-exp in two parts); the backward recomputes `P` one row at a time
+    /// (E33), bit-identically. Memory grows as `t`.
+    Lse,
+}
+
+/// The memory options of a workspace, chosen when it is built
+/// ([`crate::Workspace::with_memory`]). Inference workspaces ignore them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Memory {
+    /// Activation checkpointing.
+    pub recompute: Recompute,
+    /// Attention probabilities saved or recomputed.
+    pub attention: AttnMemory,
+}
+
+impl Memory {
+    /// The smallest training plan: [`Recompute::Layers`] and [`AttnMemory::Lse`].
+    pub const LOW: Memory = Memory {
+        recompute: Recompute::Layers,
+        attention: AttnMemory::Lse,
+    };
 }
 
 /// Element type of a planned buffer.
@@ -202,14 +252,20 @@ struct Sz {
     v: usize,
     /// Routed slots `s = n·k`.
     s: usize,
-    /// Sequence length `t`.
-    t: usize,
-    /// Attention probabilities: `b·h·t·t` saved (training), else one score row of `max_seq`.
+    /// Attention probabilities: `b·h·t·t` saved (training, [`AttnMemory::Saved`]),
+    /// one row of `t` ([`AttnMemory::Lse`]), else one score row of `max_seq`.
     probs: usize,
+    /// Per-row softmax statistics: `b·h·t` under [`AttnMemory::Lse`], else 0.
+    lse: usize,
+    /// Softmax-backward scratch: `t·t` ([`AttnMemory::Saved`]) or `t` ([`AttnMemory::Lse`]).
+    dprobs: usize,
+    /// Layer checkpoints `L·n·c` under [`Recompute::Layers`], else 0.
+    ckpt: usize,
 }
 
 impl Sz {
-    fn new(dm: &Dims, train: bool, max_seq: usize) -> Self {
+    fn new(dm: &Dims, train: bool, mem: Memory, max_seq: usize) -> Self {
+        let lse = train && mem.attention == AttnMemory::Lse;
         Sz {
             n: dm.n,
             c: dm.c,
@@ -220,13 +276,29 @@ impl Sz {
             f: dm.f,
             v: dm.v,
             s: dm.s(),
-            t: dm.t,
-            probs: if train {
-                dm.b * dm.h * dm.t * dm.t
+            probs: match (train, lse) {
+                (false, _) => max_seq,
+                (true, false) => dm.b * dm.h * dm.t * dm.t,
+                (true, true) => dm.t,
+            },
+            lse: if lse { dm.b * dm.h * dm.t } else { 0 },
+            dprobs: if lse { dm.t } else { dm.t * dm.t },
+            ckpt: if train && mem.recompute == Recompute::Layers {
+                dm.layers * dm.n * dm.c
             } else {
-                max_seq
+                0
             },
         }
+    }
+}
+
+/// Copies of the `layer` buffers: one per layer in training without
+/// recompute, else one shared by all layers.
+fn layer_copies(layers: usize, train: bool, mem: Memory) -> usize {
+    if train && mem.recompute == Recompute::None {
+        layers
+    } else {
+        1
     }
 }
 
@@ -253,10 +325,10 @@ macro_rules! buffers {
         /// single source of truth for both the plan and the carving.
         /// `max_seq` sizes the inference-mode score row (a query attends to at
         /// most `max_seq` keys, including KV-cached ones).
-        fn entries(dm: &Dims, mode: Mode, max_seq: usize) -> [PlanEntry; N_BUFFERS] {
+        fn entries(dm: &Dims, mode: Mode, mem: Memory, max_seq: usize) -> [PlanEntry; N_BUFFERS] {
             let train = mode == Mode::Training;
-            let $z = Sz::new(dm, train, max_seq);
-            let lc = if train { dm.layers } else { 1 };
+            let $z = Sz::new(dm, train, mem, max_seq);
+            let lc = layer_copies(dm.layers, train, mem);
             let g = |x: usize| if train { x } else { 0 };
             let e = |name, dtype, elems, copies| PlanEntry {
                 name,
@@ -289,8 +361,11 @@ macro_rules! buffers {
         pub(crate) struct Acts<'a> {
             /// The step's dimensions.
             pub dims: Dims,
+            /// The workspace's memory options (training).
+            pub memory: Memory,
             $( $(#[$hm])* pub $hn: &'a mut [$ht], )*
-            /// One `LayerActs` per layer (training) or one shared by all (inference).
+            /// One `LayerActs` per layer (training without recompute) or one
+            /// shared by all (inference, [`Recompute::Layers`]).
             pub layers: &'a mut [LayerActs<'a>],
             $( $(#[$tm])* pub $tn: &'a mut [$tt], )*
             /// `Some` in training mode.
@@ -305,10 +380,11 @@ macro_rules! buffers {
             src: &mut impl Take<'a>,
             dm: Dims,
             train: bool,
+            mem: Memory,
             max_seq: usize,
         ) -> Result<Acts<'a>> {
-            let $z = Sz::new(&dm, train, max_seq);
-            let copies = if train { dm.layers } else { 1 };
+            let $z = Sz::new(&dm, train, mem, max_seq);
+            let copies = layer_copies(dm.layers, train, mem);
             let layers = bump
                 .try_alloc_slice_fill_with(copies, |_| LayerActs::default())
                 .map_err(|_| Error::AllocationFailed {
@@ -330,6 +406,7 @@ macro_rules! buffers {
             };
             Ok(Acts {
                 dims: dm,
+                memory: mem,
                 $( $hn, )*
                 layers,
                 $( $tn, )*
@@ -341,8 +418,14 @@ macro_rules! buffers {
         /// planned buffer of a step of `dm` into `store` (emptied first,
         /// which frees the previous step's).
         #[cfg(feature = "heap-per-step")]
-        fn fill_heap(store: &mut HeapStore, dm: Dims, train: bool, max_seq: usize) -> Result<()> {
-            let $z = Sz::new(&dm, train, max_seq);
+        fn fill_heap(
+            store: &mut HeapStore,
+            dm: Dims,
+            train: bool,
+            mem: Memory,
+            max_seq: usize,
+        ) -> Result<()> {
+            let $z = Sz::new(&dm, train, mem, max_seq);
             store.f32s.clear();
             store.u32s.clear();
             fn push<T: Elem>(store: &mut HeapStore, len: usize) -> Result<()> {
@@ -352,7 +435,7 @@ macro_rules! buffers {
                 }
                 Ok(())
             }
-            let copies = if train { dm.layers } else { 1 };
+            let copies = layer_copies(dm.layers, train, mem);
             for _ in 0..copies {
                 $( push::<$lt>(store, $ls)?; )*
             }
@@ -371,6 +454,8 @@ buffers! {
     head {
         /// Residual stream `[n, c]`.
         resid: f32 = z.n * z.c;
+        /// Each layer's input `[L, n, c]` ([`Recompute::Layers`] only).
+        ckpt: f32 = z.ckpt;
     }
     layer {
         /// RMSNorm input before attention `[n, c]` (saved).
@@ -381,8 +466,13 @@ buffers! {
         xn1: f32 = z.n * z.c;
         /// q, k after RoPE, v `[n, q]`.
         qkv: f32 = z.n * z.q;
-        /// Attention probabilities `[b, h, t, t]` (train) / one score row `[max_seq]` (infer).
+        /// Attention probabilities `[b, h, t, t]` (train, saved) / one row `[t]`
+        /// (train, LSE) / one score row `[max_seq]` (infer).
         probs: f32 = z.probs;
+        /// Softmax row max `m_i` `[b, h, t]` ([`AttnMemory::Lse`] only).
+        row_max: f32 = z.lse;
+        /// Softmax row `1/Σ_j exp(s_ij − m_i)` `[b, h, t]` ([`AttnMemory::Lse`] only).
+        row_inv: f32 = z.lse;
         /// Attention output before `o_proj` `[n, h·d]`.
         att: f32 = z.n * z.hd;
         /// RMSNorm input before the MoE `[n, c]` (saved).
@@ -405,13 +495,13 @@ buffers! {
         slot_row: u32 = z.s;
         /// Slot of each (row, choice) `[s]`.
         slot_of: u32 = z.s;
-        /// Gathered expert inputs `[s, c]`.
+        /// Gathered expert inputs `[s, c]`; in the backward, overwritten by their gradient.
         xg: f32 = z.s * z.c;
-        /// `[x·w1ᵀ, x·w3ᵀ]` pre-activations `[s, 2f]`.
+        /// `[x·w1ᵀ, x·w3ᵀ]` pre-activations `[s, 2f]`; backward: their gradient.
         h13: f32 = z.s * 2 * z.f;
-        /// `silu(h1) ⊙ h3` `[s, f]`.
+        /// `silu(h1) ⊙ h3` `[s, f]`; backward: its gradient.
         act: f32 = z.s * z.f;
-        /// Expert outputs `[s, c]`.
+        /// Expert outputs `[s, c]`; backward: their gradient `w_rj · dout_r`.
         ye: f32 = z.s * z.c;
     }
     tail {
@@ -419,12 +509,10 @@ buffers! {
         xf: f32 = z.n * z.c;
         /// Its `1/rms` `[n]`.
         rstd_f: f32 = z.n;
-        /// Output logits `[n, v]`.
+        /// Output logits `[n, v]`; in training, overwritten by `dL/dlogits`.
         logits: f32 = z.n * z.v;
     }
     grad {
-        /// `dL/dlogits` `[n, v]`.
-        dlogits: f32 = z.n * z.v;
         /// Gradient of the residual stream `[n, c]`.
         dresid: f32 = z.n * z.c;
         /// Gradient of a normed input `[n, c]`.
@@ -433,20 +521,12 @@ buffers! {
         dqkv: f32 = z.n * z.q;
         /// `[n, h·d]`.
         datt: f32 = z.n * z.hd;
-        /// One sequence-head's score gradient `[t, t]`.
-        dprobs: f32 = z.t * z.t;
+        /// Score gradient: one sequence-head `[t, t]` (saved) / one row `[t]` (LSE).
+        dprobs: f32 = z.dprobs;
         /// `[n, e]`.
         drprobs: f32 = z.n * z.e;
         /// `[n, k]`.
         dtopk_w: f32 = z.n * z.k;
-        /// `[s, c]`.
-        dxg: f32 = z.s * z.c;
-        /// `[s, 2f]`.
-        dh13: f32 = z.s * 2 * z.f;
-        /// `[s, f]`.
-        dact: f32 = z.s * z.f;
-        /// `[s, c]`.
-        dye: f32 = z.s * z.c;
         /// Per-row cross-entropy `[n]`.
         ce_row: f32 = z.n;
         /// Aux loss: routed fraction per expert `[e]`.
@@ -464,6 +544,7 @@ const TABLE_ALIGN_SLACK: usize = 16;
 pub(crate) struct Arena {
     cfg: Config,
     mode: Mode,
+    mem: Memory,
     max_batch: usize,
     max_seq: usize,
     plan_bytes: usize,
@@ -480,7 +561,13 @@ impl Arena {
     /// Invalid config, `max_batch == 0` / `max_seq == 0` ([`Error::EmptyInput`]),
     /// `max_seq > max_position_embeddings` ([`Error::SeqTooLong`]), size overflow,
     /// or a failed allocation.
-    pub(crate) fn new(cfg: &Config, max_batch: usize, max_seq: usize, mode: Mode) -> Result<Self> {
+    pub(crate) fn new(
+        cfg: &Config,
+        max_batch: usize,
+        max_seq: usize,
+        mode: Mode,
+        mem: Memory,
+    ) -> Result<Self> {
         cfg.validate()?;
         if max_batch == 0 {
             return Err(Error::EmptyInput { arg: "max_batch" });
@@ -494,8 +581,8 @@ impl Arena {
                 max: cfg.max_position_embeddings,
             });
         }
-        let plan_bytes = Self::plan_bytes(cfg, max_batch, max_seq, mode)?;
-        let capacity = plan_bytes + Self::table_bytes(cfg, mode) + TABLE_ALIGN_SLACK;
+        let plan_bytes = Self::plan_bytes(cfg, max_batch, max_seq, mode, mem)?;
+        let capacity = plan_bytes + Self::table_bytes(cfg, mode, mem) + TABLE_ALIGN_SLACK;
         let bump = Bump::try_with_capacity(capacity)
             .map_err(|_| Error::AllocationFailed { bytes: capacity })?;
         // One chunk, never another: a request beyond the plan fails instead of growing.
@@ -503,6 +590,7 @@ impl Arena {
         Ok(Arena {
             cfg: *cfg,
             mode,
+            mem,
             max_batch,
             max_seq,
             plan_bytes,
@@ -517,13 +605,20 @@ impl Arena {
         entries(
             &Dims::new(&self.cfg, self.max_batch, self.max_seq),
             self.mode,
+            self.mem,
             self.max_seq,
         )
         .to_vec()
     }
 
     /// Activation bytes of the plan at the maximum shape, checked for overflow.
-    fn plan_bytes(cfg: &Config, max_batch: usize, max_seq: usize, mode: Mode) -> Result<usize> {
+    fn plan_bytes(
+        cfg: &Config,
+        max_batch: usize,
+        max_seq: usize,
+        mode: Mode,
+        mem: Memory,
+    ) -> Result<usize> {
         let of = Error::Overflow {
             what: "workspace plan bytes",
         };
@@ -545,25 +640,26 @@ impl Arena {
                 .ok_or(of.clone())?;
         }
         let dm = Dims::new(cfg, max_batch, max_seq);
-        entries(&dm, mode, max_seq)
+        entries(&dm, mode, mem, max_seq)
             .iter()
             .try_fold(0usize, |acc, e| acc.checked_add(e.bytes()))
             .ok_or(of)
     }
 
-    fn table_bytes(cfg: &Config, mode: Mode) -> usize {
-        let copies = if mode == Mode::Training {
-            cfg.num_hidden_layers
-        } else {
-            1
-        };
+    fn table_bytes(cfg: &Config, mode: Mode, mem: Memory) -> usize {
+        let copies = layer_copies(cfg.num_hidden_layers, mode == Mode::Training, mem);
         copies * core::mem::size_of::<LayerActs<'static>>()
     }
 
     /// Bytes of the plan: activation buffers at the maximum shape plus the
     /// per-layer slice table.
     pub(crate) fn bytes(&self) -> usize {
-        self.plan_bytes + Self::table_bytes(&self.cfg, self.mode)
+        self.plan_bytes + Self::table_bytes(&self.cfg, self.mode, self.mem)
+    }
+
+    /// The memory options it was planned with.
+    pub(crate) fn memory(&self) -> Memory {
+        self.mem
     }
 
     /// The mode it was planned for.
@@ -630,18 +726,19 @@ impl Arena {
         self.bump.reset();
         #[cfg(feature = "heap-per-step")]
         if let Some(store) = &mut self.heap {
-            fill_heap(store, dm, train, self.max_seq)?;
+            fill_heap(store, dm, train, self.mem, self.max_seq)?;
             let mut src = HeapTake {
                 f32s: store.f32s.iter_mut(),
                 u32s: store.u32s.iter_mut(),
             };
-            return carve_acts(&self.bump, &mut src, dm, train, self.max_seq);
+            return carve_acts(&self.bump, &mut src, dm, train, self.mem, self.max_seq);
         }
         carve_acts(
             &self.bump,
             &mut BumpTake(&self.bump),
             dm,
             train,
+            self.mem,
             self.max_seq,
         )
     }

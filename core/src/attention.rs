@@ -16,6 +16,8 @@
 //! ```
 //! `dk`, `dv` sum over the `h/kv` query heads that share a KV head.
 
+pub mod flash;
+
 use crate::config::Dims;
 use crate::error::{Error, Result};
 use crate::kernels::{axpy, dot, softmax};

@@ -65,7 +65,7 @@ pub mod workspace;
 
 #[cfg(feature = "heap-per-step")]
 pub use arena::AllocPolicy;
-pub use arena::{Mode, PlanEntry};
+pub use arena::{AttnMemory, Memory, Mode, PlanEntry, Recompute};
 pub use config::{Config, Dims, ParamCounts, TokenId};
 pub use error::{Error, Result};
 pub use generate::{

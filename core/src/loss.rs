@@ -103,6 +103,74 @@ fn ce_rows(
     (total / n as f64) as f32
 }
 
+/// E14 / E15 in place: like [`cross_entropy`], with `logits: [n, v]`
+/// overwritten by `dlogits` (each row's target logit is read before its row
+/// is overwritten). Same operations in the same order: the loss, `ce_row` and
+/// the gradient are bit-identical to [`cross_entropy`]'s. The training
+/// workspace has no separate `dlogits` buffer because of this.
+///
+/// # Errors
+/// As [`cross_entropy`] (`logits` is the name for both shapes); nothing is
+/// written on error.
+pub fn cross_entropy_inplace(
+    logits: &mut [f32],
+    ce_row: &mut [f32],
+    targets: &[u32],
+    v: usize,
+) -> Result<f32> {
+    let n = targets.len();
+    if n == 0 {
+        return Err(Error::EmptyInput { arg: "targets" });
+    }
+    if v == 0 {
+        return Err(Error::EmptyInput { arg: "v" });
+    }
+    for (arg, len, want) in [("logits", logits.len(), n * v), ("ce_row", ce_row.len(), n)] {
+        if len != want {
+            return Err(Error::ShapeMismatch {
+                arg,
+                expected: want,
+                actual: len,
+            });
+        }
+    }
+    if let Some(index) = targets.iter().position(|&t| t as usize >= v) {
+        return Err(Error::TokenOutOfRange {
+            arg: "targets",
+            index,
+            token: targets[index],
+            vocab: v,
+        });
+    }
+    Ok(crate::kernels::vectorized(|| {
+        let scale = 1.0 / n as f32;
+        let mut total = 0.0f64;
+        for (r, (z, &tgt)) in logits.chunks_exact_mut(v).zip(targets).enumerate() {
+            let mut max = f32::NEG_INFINITY;
+            for &x in z.iter() {
+                max = if x > max { x } else { max };
+            }
+            let zt = z[tgt as usize];
+            let mut sum = 0.0f32;
+            for x in z.iter_mut() {
+                let e = exp(*x - max);
+                *x = e;
+                sum += e;
+            }
+            let lse = max + libm::logf(sum);
+            let ce = lse - zt;
+            ce_row[r] = ce;
+            total += ce as f64;
+            let inv = scale / sum;
+            for d in z.iter_mut() {
+                *d *= inv;
+            }
+            z[tgt as usize] -= scale;
+        }
+        (total / n as f64) as f32
+    }))
+}
+
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are
 /// accumulated from each layer's `counts: [e]` and `rprobs: [n, e]`.
 ///

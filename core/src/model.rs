@@ -10,9 +10,10 @@ use alloc::vec::Vec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::arena::{Acts, Mode};
+use crate::arena::{Acts, AttnMemory, LayerActs, Memory, Mode, Recompute};
+use crate::attention::flash;
 pub use crate::config::TokenId;
-use crate::config::{check_param, Config, Domain};
+use crate::config::{check_param, Config, Dims, Domain};
 use crate::error::{Error, Result};
 use crate::kernels::first_non_finite;
 use crate::kv_cache::KvCache;
@@ -176,6 +177,21 @@ impl MoETransformer {
         Workspace::new(&self.config, max_batch, max_seq, mode)
     }
 
+    /// A workspace planned for this model with the training memory options
+    /// `mem` (see [`Memory`]; e.g. [`Memory::LOW`]). Same results, smaller plan.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::workspace`].
+    pub fn workspace_with(
+        &self,
+        max_batch: usize,
+        max_seq: usize,
+        mode: Mode,
+        mem: Memory,
+    ) -> Result<Workspace> {
+        Workspace::with_memory(&self.config, max_batch, max_seq, mode, mem)
+    }
+
     /// Forward pass over `tokens: [batch, seq]` (row-major). Returns the logits
     /// `[batch, seq, vocab]`, a slice of the workspace valid until its next use.
     ///
@@ -247,46 +263,31 @@ impl MoETransformer {
     /// attention reads all cached positions.
     pub(crate) fn forward_acts<'a>(
         &self,
-        acts: Acts<'a>,
+        mut acts: Acts<'a>,
         rope: &RopeTable,
         tokens: &[TokenId],
         mut cache: Option<&mut KvCache>,
     ) -> Result<Acts<'a>> {
         let dm = acts.dims;
         let (n, c, v) = (dm.n, dm.c, dm.v);
-        let hd = dm.h * dm.d;
         let p = &self.params[..];
         let lay = &self.layout;
         let eps = self.config.rms_norm_eps;
-        let save = acts.grads.is_some();
+        let train = acts.grads.is_some();
+        let save = train.then_some(acts.memory.attention);
+        let recompute = train && acts.memory.recompute == Recompute::Layers;
         embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c)?;
-        for (l, ll) in lay.layers.iter().enumerate() {
-            let la = &mut acts.layers[if save { l } else { 0 }];
-            // x = x + Attn(RMSNorm(x))
-            la.x_in.copy_from_slice(acts.resid);
-            let w_norm = &p[ll.attn_norm.clone()];
-            rmsnorm::forward(la.xn1, la.rstd1, la.x_in, w_norm, eps);
-            let w_qkv = &p[ll.wqkv.clone()];
-            linear::forward(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
-            match cache.as_deref_mut() {
-                None => {
-                    rope::forward(la.qkv, rope, 0, &dm)?;
-                    attention::forward(la.att, la.probs, la.qkv, &dm, save)?;
-                }
-                Some(kc) => {
-                    let pos0 = kc.len();
-                    rope::forward(la.qkv, rope, pos0, &dm)?;
-                    let kvs = kc.append(l, la.qkv, &dm);
-                    attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, &dm)?;
-                }
+        for l in 0..lay.layers.len() {
+            if recompute {
+                // Checkpoint: the layer's input, all the backward keeps of it.
+                acts.ckpt[l * n * c..(l + 1) * n * c].copy_from_slice(acts.resid);
             }
-            let w_o = &p[ll.wo.clone()];
-            linear::forward(acts.resid, la.att, w_o, n, hd, c, Accum::Add);
-            // x = x + MoE(RMSNorm(x))
-            la.x_mid.copy_from_slice(acts.resid);
-            let w_norm = &p[ll.mlp_norm.clone()];
-            rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, w_norm, eps);
-            moe::forward(la, acts.resid, p, lay, l, &dm);
+            let la = &mut acts.layers[if train && !recompute { l } else { 0 }];
+            self.layer_forward(l, la, acts.resid, rope, cache.as_deref_mut(), save, &dm)?;
+            if let Some(g) = acts.grads.as_mut() {
+                // E13's routing statistics pool all layers, in layer order.
+                loss::aux_accumulate(g.aux_f, g.aux_p, la.counts, la.rprobs);
+            }
         }
         if let Some(kc) = cache {
             kc.advance(dm.t);
@@ -302,6 +303,63 @@ impl MoETransformer {
             });
         }
         Ok(acts)
+    }
+
+    /// One block, `x_mid = x + Attn(RMSNorm(x))`, `x_out = x_mid + MoE(RMSNorm(x_mid))`
+    /// (E5, E6, E9, E10, E11): reads `resid: [n, c]` = `x`, writes layer `l`'s
+    /// activations into `la` and leaves `resid` = `x_out`. The one body of both
+    /// the forward and the backward's recompute ([`Recompute::Layers`]), so a
+    /// recomputed layer holds the same bits as the forward's.
+    ///
+    /// `save`: `None` in inference (one score row), else what training keeps
+    /// of attention. With a KV cache (`b = 1`), keys/values are appended to it.
+    #[allow(clippy::too_many_arguments)] // reason: layer index, its buffers, the stream, RoPE table, optional cache, attention mode, dims
+    fn layer_forward(
+        &self,
+        l: usize,
+        la: &mut LayerActs,
+        resid: &mut [f32],
+        rope: &RopeTable,
+        cache: Option<&mut KvCache>,
+        save: Option<AttnMemory>,
+        dm: &Dims,
+    ) -> Result<()> {
+        let (n, c) = (dm.n, dm.c);
+        let hd = dm.h * dm.d;
+        let p = &self.params[..];
+        let lay = &self.layout;
+        let ll = &lay.layers[l];
+        let eps = self.config.rms_norm_eps;
+        // x = x + Attn(RMSNorm(x))
+        la.x_in.copy_from_slice(resid);
+        let w_norm = &p[ll.attn_norm.clone()];
+        rmsnorm::forward(la.xn1, la.rstd1, la.x_in, w_norm, eps);
+        let w_qkv = &p[ll.wqkv.clone()];
+        linear::forward(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
+        match (cache, save) {
+            (Some(kc), _) => {
+                let pos0 = kc.len();
+                rope::forward(la.qkv, rope, pos0, dm)?;
+                let kvs = kc.append(l, la.qkv, dm);
+                attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, dm)?;
+            }
+            (None, Some(AttnMemory::Lse)) => {
+                rope::forward(la.qkv, rope, 0, dm)?;
+                flash::forward(la.att, la.probs, la.row_max, la.row_inv, la.qkv, dm)?;
+            }
+            (None, save) => {
+                rope::forward(la.qkv, rope, 0, dm)?;
+                attention::forward(la.att, la.probs, la.qkv, dm, save.is_some())?;
+            }
+        }
+        let w_o = &p[ll.wo.clone()];
+        linear::forward(resid, la.att, w_o, n, hd, c, Accum::Add);
+        // x = x + MoE(RMSNorm(x))
+        la.x_mid.copy_from_slice(resid);
+        let w_norm = &p[ll.mlp_norm.clone()];
+        rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, w_norm, eps);
+        moe::forward(la, resid, p, lay, l, dm);
+        Ok(())
     }
 
     /// Losses and gradients for one batch: forward, CE + `alpha`·aux, and the
@@ -376,7 +434,9 @@ impl MoETransformer {
     ) -> Result<Losses> {
         let Acts {
             dims: dm,
+            memory: mem,
             resid,
+            ckpt,
             layers,
             xf,
             rstd_f,
@@ -393,11 +453,10 @@ impl MoETransformer {
         let p = &self.params[..];
         let lay = &self.layout;
 
-        // Loss: CE + α·aux.
-        let ce = loss::cross_entropy(g.dlogits, g.ce_row, logits, targets, v)?;
-        for la in layers.iter() {
-            loss::aux_accumulate(g.aux_f, g.aux_p, la.counts, la.rprobs);
-        }
+        // Loss: CE + α·aux. The CE gradient overwrites the logits (E15 in place);
+        // the aux statistics were pooled over all layers by the forward.
+        let ce = loss::cross_entropy_inplace(logits, g.ce_row, targets, v)?;
+        let dlogits: &[f32] = logits;
         let rows = dm.layers * n;
         let aux = loss::aux_finish(g.aux_f, g.aux_p, rows);
         let total = ce + alpha * aux;
@@ -412,8 +471,8 @@ impl MoETransformer {
 
         // forward: logits = xf·W_lmᵀ
         let wl = lay.lm_head.clone();
-        linear::backward_input(g.dxn, g.dlogits, &p[wl.clone()], n, c, v, Accum::Set);
-        linear::backward_weight(&mut grads[wl], g.dlogits, xf, n, c, v);
+        linear::backward_input(g.dxn, dlogits, &p[wl.clone()], n, c, v, Accum::Set);
+        linear::backward_weight(&mut grads[wl], dlogits, xf, n, c, v);
         // forward: xf = RMSNorm(resid)
         let wn = lay.final_norm.clone();
         g.dresid.iter_mut().for_each(|x| *x = 0.0);
@@ -426,16 +485,20 @@ impl MoETransformer {
             &p[wn],
         );
 
-        for (l, (ll, la)) in lay.layers.iter().zip(layers.iter()).enumerate().rev() {
+        let recompute = mem.recompute == Recompute::Layers;
+        for (l, ll) in lay.layers.iter().enumerate().rev() {
+            let la = &mut layers[if recompute { 0 } else { l }];
+            if recompute {
+                // Recompute layer l from its checkpoint into the one set of layer
+                // buffers (`resid` is free once the final norm's backward read it).
+                resid.copy_from_slice(&ckpt[l * n * c..(l + 1) * n * c]);
+                self.layer_forward(l, la, resid, rope_table, None, Some(mem.attention), &dm)?;
+            }
             // forward: x_out = x_mid + MoE(RMSNorm(x_mid))
             let mg = MoeGrads {
                 dxn: g.dxn,
                 dparams: grads,
                 dtopk_w: g.dtopk_w,
-                dye: g.dye,
-                dxg: g.dxg,
-                dh13: g.dh13,
-                dact: g.dact,
                 drprobs: g.drprobs,
             };
             moe::backward(mg, g.dresid, la, aux_coef, p, lay, l, &dm);
@@ -452,7 +515,14 @@ impl MoETransformer {
             let wo = ll.wo.clone();
             linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, Accum::Set);
             linear::backward_weight(&mut grads[wo], g.dresid, la.att, n, hd, c);
-            attention::backward(g.dqkv, g.dprobs, g.datt, la.probs, la.qkv, &dm);
+            match mem.attention {
+                AttnMemory::Saved => {
+                    attention::backward(g.dqkv, g.dprobs, g.datt, la.probs, la.qkv, &dm);
+                }
+                AttnMemory::Lse => flash::backward(
+                    g.dqkv, la.probs, g.dprobs, g.datt, la.row_max, la.row_inv, la.qkv, &dm,
+                ),
+            }
             rope::backward(g.dqkv, rope_table, &dm)?;
             // forward: qkv = xn1·W_qkvᵀ
             let wq = ll.wqkv.clone();

@@ -132,17 +132,14 @@ pub(crate) fn forward(
     }
 }
 
-/// Scratch and gradient buffers the MoE backward writes.
+/// Scratch and gradient buffers the MoE backward writes (the expert
+/// gradients overwrite the layer's `ye`, `act`, `h13`, `xg`; see [`backward`]).
 pub(crate) struct MoeGrads<'a> {
     /// `dL/d xn2`, overwritten: `[n, c]`.
     pub dxn: &'a mut [f32],
     /// Flat parameter gradient (accumulated).
     pub dparams: &'a mut [f32],
     pub dtopk_w: &'a mut [f32],
-    pub dye: &'a mut [f32],
-    pub dxg: &'a mut [f32],
-    pub dh13: &'a mut [f32],
-    pub dact: &'a mut [f32],
     pub drprobs: &'a mut [f32],
 }
 
@@ -153,12 +150,15 @@ pub(crate) struct MoeGrads<'a> {
 /// stream after the block). Writes `g.dxn` = gradient w.r.t. `la.xn2`
 /// (router and experts), accumulates weight gradients. `aux: [e]` is the
 /// aux-loss gradient per router probability. The block's weights are layer
-/// `l` of `lay` in the flat `params`.
+/// `l` of `lay` in the flat `params`. In place: `la.ye` becomes `dye`, and
+/// [`SwiGLU::backward_inplace`] turns `la.act`, `la.h13`, `la.xg` into their
+/// gradients (each dead once read), so the layer's expert activations are
+/// gone afterwards.
 #[allow(clippy::too_many_arguments)] // reason: llm.c order — grads, dout, saved, aux coefficients, then the weights (params, layout, layer) and dims
 pub(crate) fn backward(
     g: MoeGrads,
     dout: &[f32],
-    la: &LayerActs,
+    la: &mut LayerActs,
     aux: &[f32],
     params: &[f32],
     lay: &Layout,
@@ -170,11 +170,12 @@ pub(crate) fn backward(
     for r in 0..n {
         let dr = &dout[r * c..(r + 1) * c];
         for j in 0..k {
+            // Each slot is one (r, j): read ye_s, then overwrite it with dye_s.
             let s = la.slot_of[r * k + j] as usize;
-            let ye = &la.ye[s * c..(s + 1) * c];
+            let ye = &mut la.ye[s * c..(s + 1) * c];
             g.dtopk_w[r * k + j] = dot(dr, ye);
             let w = la.topk_w[r * k + j];
-            for (d, &x) in g.dye[s * c..(s + 1) * c].iter_mut().zip(dr) {
+            for (d, &x) in ye.iter_mut().zip(dr) {
                 *d = w * x;
             }
         }
@@ -186,16 +187,13 @@ pub(crate) fn backward(
         }
         let r = lay.expert(l, ex);
         let (dw13, dw2) = g.dparams[r.all()].split_at_mut(r.w13.len());
-        expert(params, lay, l, ex, dm).backward(
-            &mut g.dxg[lo * c..(lo + m) * c],
+        expert(params, lay, l, ex, dm).backward_inplace(
             dw13,
             dw2,
-            &mut g.dh13[lo * 2 * f..(lo + m) * 2 * f],
-            &mut g.dact[lo * f..(lo + m) * f],
-            &g.dye[lo * c..(lo + m) * c],
-            &la.xg[lo * c..(lo + m) * c],
-            &la.h13[lo * 2 * f..(lo + m) * 2 * f],
-            &la.act[lo * f..(lo + m) * f],
+            &la.ye[lo * c..(lo + m) * c],
+            &mut la.xg[lo * c..(lo + m) * c],
+            &mut la.h13[lo * 2 * f..(lo + m) * 2 * f],
+            &mut la.act[lo * f..(lo + m) * f],
             m,
         );
     }
@@ -205,7 +203,7 @@ pub(crate) fn backward(
         let r = r as usize;
         for (d, &x) in g.dxn[r * c..(r + 1) * c]
             .iter_mut()
-            .zip(&g.dxg[s * c..(s + 1) * c])
+            .zip(&la.xg[s * c..(s + 1) * c])
         {
             *d += x;
         }

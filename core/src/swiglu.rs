@@ -94,4 +94,43 @@ impl SwiGLU<'_> {
         linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, Accum::Set);
         linear::backward_weight(dw13, dh13, xg, m, c, 2 * f);
     }
+
+    /// E26 in place: the arithmetic of [`SwiGLU::backward`], with each saved
+    /// activation overwritten by its gradient once it is dead — `act ← dact`
+    /// (after `dw2 += dyᵀ·act`), `h13 ← dh13` (element by element),
+    /// `xg ← dxg` (after `dw13 += dh13ᵀ·xg`). Every output gets the same bits
+    /// as [`SwiGLU::backward`]'s; no scratch.
+    ///
+    /// # Panics
+    /// As [`SwiGLU::forward`].
+    #[allow(clippy::too_many_arguments)] // reason: llm.c order — two d-weights, dout, the three saved activations (overwritten), rows
+    pub fn backward_inplace(
+        &self,
+        dw13: &mut [f32],
+        dw2: &mut [f32],
+        dy: &[f32],
+        xg: &mut [f32],
+        h13: &mut [f32],
+        act: &mut [f32],
+        m: usize,
+    ) {
+        let (c, f) = (self.c, self.f);
+        // forward: y = act·w2ᵀ
+        linear::backward_weight(dw2, dy, act, m, f, c);
+        linear::backward_input(act, dy, self.w2, m, f, c, Accum::Set);
+        // forward: act = silu(h1) ⊙ h3
+        kernels::vectorized(|| {
+            for (hr, da) in h13.chunks_exact_mut(2 * f).zip(act.chunks_exact(f)) {
+                let (h1, h3) = hr.split_at_mut(f);
+                for i in 0..f {
+                    let (a, b) = (h1[i], h3[i]);
+                    h1[i] = da[i] * b * silu_grad(a);
+                    h3[i] = da[i] * silu(a);
+                }
+            }
+        });
+        // forward: h13 = xg·w13ᵀ
+        linear::backward_weight(dw13, h13, xg, m, c, 2 * f);
+        linear::backward_input(xg, h13, self.w13, m, c, 2 * f, Accum::Set);
+    }
 }

@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use crate::arena::{Acts, Arena, Mode, PlanEntry};
+use crate::arena::{Acts, Arena, Memory, Mode, PlanEntry};
 use crate::config::Config;
 use crate::error::Result;
 use crate::rope::RopeTable;
@@ -25,9 +25,31 @@ impl Workspace {
     /// `max_seq > max_position_embeddings` ([`crate::Error::SeqTooLong`]), size overflow,
     /// or a failed allocation.
     pub fn new(cfg: &Config, max_batch: usize, max_seq: usize, mode: Mode) -> Result<Self> {
-        let arena = Arena::new(cfg, max_batch, max_seq, mode)?;
+        Self::with_memory(cfg, max_batch, max_seq, mode, Memory::default())
+    }
+
+    /// Like [`Workspace::new`], with the training memory options `mem`
+    /// (activation checkpointing, attention statistics instead of
+    /// probabilities; ignored in [`Mode::Inference`]). Every option computes
+    /// bit-identical losses and gradients; they trade memory for step time.
+    ///
+    /// # Errors
+    /// As [`Workspace::new`].
+    pub fn with_memory(
+        cfg: &Config,
+        max_batch: usize,
+        max_seq: usize,
+        mode: Mode,
+        mem: Memory,
+    ) -> Result<Self> {
+        let arena = Arena::new(cfg, max_batch, max_seq, mode, mem)?;
         let rope = RopeTable::new(cfg, max_seq)?;
         Ok(Workspace { arena, rope })
+    }
+
+    /// The memory options it was planned with.
+    pub fn memory(&self) -> Memory {
+        self.arena.memory()
     }
 
     /// The named buffers of a step at the planned maximum shape.

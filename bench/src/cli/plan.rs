@@ -8,7 +8,7 @@
 
 use clap::{Args, ValueEnum};
 use moe_core::rope::RopeTable;
-use moe_core::{Config, KvCache, Mode, PlanEntry, Workspace};
+use moe_core::{AttnMemory, Config, KvCache, Memory, Mode, PlanEntry, Recompute, Workspace};
 
 use crate::Error;
 
@@ -32,6 +32,24 @@ pub enum PlanMode {
     Both,
 }
 
+/// `--recompute` of `moe plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanRecompute {
+    /// Every layer's activations saved (`Recompute::None`).
+    None,
+    /// Activation checkpointing (`Recompute::Layers`).
+    Layers,
+}
+
+/// `--attention` of `moe plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanAttention {
+    /// Probabilities `[b, h, t, t]` saved (`AttnMemory::Saved`).
+    Saved,
+    /// Row statistics saved, probabilities recomputed (`AttnMemory::Lse`).
+    Lse,
+}
+
 /// Options of `moe plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -47,6 +65,13 @@ pub struct PlanArgs {
     /// Workspace mode(s).
     #[arg(long, value_enum, default_value = "both")]
     pub mode: PlanMode,
+    /// Training memory option: activation checkpointing. With `layers` (or
+    /// `--attention lse`) the training plan is printed beside the default one.
+    #[arg(long, value_enum, default_value = "none")]
+    pub recompute: PlanRecompute,
+    /// Training memory option: what attention keeps for the backward.
+    #[arg(long, value_enum, default_value = "saved")]
+    pub attention: PlanAttention,
     /// Print markdown tables (for docs/runtime.md) instead of plain text.
     #[arg(long)]
     pub markdown: bool,
@@ -281,6 +306,94 @@ fn print_workspace(
     Ok(())
 }
 
+fn memory_name(mem: Memory) -> String {
+    let r = match mem.recompute {
+        Recompute::None => "no recompute",
+        Recompute::Layers => "recompute layers",
+    };
+    let a = match mem.attention {
+        AttnMemory::Saved => "saved probabilities",
+        AttnMemory::Lse => "LSE attention",
+    };
+    format!("{r}, {a}")
+}
+
+/// The default training plan and the one with `mem`, entry by entry.
+fn print_side_by_side(
+    cfg: &Config,
+    mem: Memory,
+    batch: usize,
+    seq: usize,
+    markdown: bool,
+) -> Result<(), Error> {
+    let mode = Mode::Training;
+    super::check_workspace_fits(cfg, batch, seq, mode, "--batch/--seq")?;
+    let build = |m: Memory| {
+        Workspace::with_memory(cfg, batch, seq, mode, m)
+            .map_err(|e| super::arg_error("--batch/--seq", e))
+    };
+    let (base, low) = (build(Memory::default())?, build(mem)?);
+    heading(
+        markdown,
+        &format!(
+            "Training plan b{batch} s{seq}: default vs {}",
+            memory_name(mem)
+        ),
+    );
+    let cell = |e: &PlanEntry| {
+        if e.elems == 0 {
+            "—".to_owned()
+        } else {
+            format!("{} × {}", thousands(e.elems as u64), e.copies)
+        }
+    };
+    let mut rows = Vec::new();
+    for (a, b) in base.plan().iter().zip(low.plan().iter()) {
+        if a.elems == 0 && b.elems == 0 {
+            continue;
+        }
+        let (x, y) = (a.bytes() as u64, b.bytes() as u64);
+        let name = if x != y {
+            format!("**`{}`**", a.name)
+        } else {
+            format!("`{}`", a.name)
+        };
+        rows.push(vec![name, cell(a), thousands(x), cell(b), thousands(y)]);
+    }
+    let (x, y) = (base.bytes() as u64, low.bytes() as u64);
+    rows.push(vec![
+        "**total (`arena_bytes`)**".to_owned(),
+        String::new(),
+        human(x),
+        String::new(),
+        human(y),
+    ]);
+    Table {
+        header: vec![
+            "buffer",
+            "default elems × copies",
+            "bytes (default)",
+            "chosen elems × copies",
+            "bytes (chosen)",
+        ],
+        right: vec![false, true, true, true, true],
+        rows,
+    }
+    .print(markdown);
+    println!();
+    println!(
+        "{:.2}× smaller ({} saved){}",
+        x as f64 / y.max(1) as f64,
+        human(x.saturating_sub(y)),
+        if markdown {
+            "; changed buffers in bold."
+        } else {
+            "."
+        }
+    );
+    Ok(())
+}
+
 /// The KV cache of `generate` for a few lengths: `2 · L · capacity · kv · d` f32.
 fn print_kv(cfg: &Config, markdown: bool) -> Result<(), Error> {
     let per = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4;
@@ -338,6 +451,21 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
         let (b0, t0) = default_shape(mode);
         let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
         print_workspace(&cfg, mode, b, t, args.markdown)?;
+    }
+    let mem = Memory {
+        recompute: match args.recompute {
+            PlanRecompute::None => Recompute::None,
+            PlanRecompute::Layers => Recompute::Layers,
+        },
+        attention: match args.attention {
+            PlanAttention::Saved => AttnMemory::Saved,
+            PlanAttention::Lse => AttnMemory::Lse,
+        },
+    };
+    if mem != Memory::default() && modes.contains(&Mode::Training) {
+        let (b0, t0) = default_shape(Mode::Training);
+        let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
+        print_side_by_side(&cfg, mem, b, t, args.markdown)?;
     }
     if modes.contains(&Mode::Inference) {
         print_kv(&cfg, args.markdown)?;

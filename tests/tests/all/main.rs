@@ -19,5 +19,6 @@ mod proptest_fuzz_regressions;
 mod proptest_model;
 mod proptest_units;
 mod readme;
+mod recompute;
 mod reliability;
 mod training;
