@@ -25,7 +25,7 @@
 //! | `rstd1`, `rstd2` | `[n]` | yes | RMSNorm `1/rms` (saved) |
 //! | `xn1`, `xn2` | `[n, c]` | yes | normed inputs of attention / MoE |
 //! | `qkv` | `[n, q]` | yes | q, k after RoPE, v |
-//! | `ckpt` | `[L, n, c]` (train, `Recompute::Layers`; else empty) | | each layer's input |
+//! | `ckpt` | `[L−1, n, c]` (train, `Recompute::Layers`; else empty) | | each layer's input but the last's |
 //! | `probs` | `[b, h, t, t]` (train, saved) / `[t]` (train, LSE) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
 //! | `row_max`, `row_inv` | `[b, h, t]` (train, `AttnMemory::Lse`; else empty) | yes | softmax row statistics |
 //! | `att` | `[n, h·d]` | yes | attention output before `o_proj` |
@@ -67,8 +67,9 @@ pub enum Recompute {
     #[default]
     None,
     /// Activation checkpointing: the forward saves only each layer's input
-    /// `x_in` (`ckpt: [L, n, c]`); the backward recomputes one layer at a time
-    /// into a single copy of the `layer` buffers, then differentiates it.
+    /// `x_in` (`ckpt: [L−1, n, c]`; the last layer's activations stay in the
+    /// buffers); the backward recomputes one layer at a time into a single
+    /// copy of the `layer` buffers, then differentiates it.
     /// Same arithmetic in the same order: bit-identical gradients.
     Layers,
 }
@@ -96,6 +97,11 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// The default: every layer's activations and the attention probabilities saved.
+    pub const DEFAULT: Memory = Memory {
+        recompute: Recompute::None,
+        attention: AttnMemory::Saved,
+    };
     /// The smallest training plan: [`Recompute::Layers`] and [`AttnMemory::Lse`].
     pub const LOW: Memory = Memory {
         recompute: Recompute::Layers,
@@ -259,7 +265,7 @@ struct Sz {
     lse: usize,
     /// Softmax-backward scratch: `t·t` ([`AttnMemory::Saved`]) or `t` ([`AttnMemory::Lse`]).
     dprobs: usize,
-    /// Layer checkpoints `L·n·c` under [`Recompute::Layers`], else 0.
+    /// Layer checkpoints `(L−1)·n·c` under [`Recompute::Layers`], else 0.
     ckpt: usize,
 }
 
@@ -284,7 +290,7 @@ impl Sz {
             lse: if lse { dm.b * dm.h * dm.t } else { 0 },
             dprobs: if lse { dm.t } else { dm.t * dm.t },
             ckpt: if train && mem.recompute == Recompute::Layers {
-                dm.layers * dm.n * dm.c
+                dm.layers.saturating_sub(1) * dm.n * dm.c
             } else {
                 0
             },
@@ -454,7 +460,7 @@ buffers! {
     head {
         /// Residual stream `[n, c]`.
         resid: f32 = z.n * z.c;
-        /// Each layer's input `[L, n, c]` ([`Recompute::Layers`] only).
+        /// Each layer's input but the last's `[L−1, n, c]` ([`Recompute::Layers`] only).
         ckpt: f32 = z.ckpt;
     }
     layer {

@@ -278,8 +278,9 @@ impl MoETransformer {
         let recompute = train && acts.memory.recompute == Recompute::Layers;
         embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c)?;
         for l in 0..lay.layers.len() {
-            if recompute {
-                // Checkpoint: the layer's input, all the backward keeps of it.
+            if recompute && l + 1 < lay.layers.len() {
+                // Checkpoint: the layer's input, all the backward keeps of it
+                // (the last layer's activations stay in the buffers).
                 acts.ckpt[l * n * c..(l + 1) * n * c].copy_from_slice(acts.resid);
             }
             let la = &mut acts.layers[if train && !recompute { l } else { 0 }];
@@ -488,9 +489,10 @@ impl MoETransformer {
         let recompute = mem.recompute == Recompute::Layers;
         for (l, ll) in lay.layers.iter().enumerate().rev() {
             let la = &mut layers[if recompute { 0 } else { l }];
-            if recompute {
-                // Recompute layer l from its checkpoint into the one set of layer
-                // buffers (`resid` is free once the final norm's backward read it).
+            // The last layer's activations are still in the buffers the forward
+            // left them in; every other layer is recomputed from its checkpoint
+            // into that one set (`resid` is free once the final norm's backward read it).
+            if recompute && l + 1 < lay.layers.len() {
                 resid.copy_from_slice(&ckpt[l * n * c..(l + 1) * n * c]);
                 self.layer_forward(l, la, resid, rope_table, None, Some(mem.attention), &dm)?;
             }

@@ -22,8 +22,8 @@ use std::sync::Barrier;
 use moe_core::kernels::gemm::{gemm_with, Backend, Mat};
 use moe_core::kernels::softmax;
 use moe_core::{
-    rmsnorm, AllocPolicy, ChaCha8Rng, Config, Decoder, MoETransformer, Mode, SamplingStrategy,
-    SeedableRng, TrainConfig, Trainer,
+    rmsnorm, AllocPolicy, ChaCha8Rng, Config, Decoder, Memory as MemOpts, MoETransformer, Mode,
+    Recompute, SamplingStrategy, SeedableRng, TrainConfig, Trainer,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -99,6 +99,15 @@ pub enum Kind {
     /// STREAM-style triad `a[i] = b[i] + s·c[i]` over three arrays of `n`
     /// floats each (≫ L3): 12·n bytes moved per iteration.
     Bandwidth { n: usize },
+    /// One `loss_and_grad` (forward, CE + aux, backward; no optimizer) per
+    /// iteration in a training workspace built with the memory options `mem`;
+    /// at most 1 warmup and 5 trials (long steps).
+    TrainMemory {
+        profile: Profile,
+        b: usize,
+        t: usize,
+        mem: MemOpts,
+    },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -317,7 +326,39 @@ pub const SCENARIOS: &[Scenario] = &[
         "scale",
         heap(scale(TrainStep, 2, 8)),
     ),
+    // Training memory modes (docs/runtime.md): activation checkpointing + LSE
+    // attention (`Memory::LOW`) against the default plan, same shape, b8.
+    s(
+        "recompute_train_tiny_s512",
+        "memory",
+        train_mem(Profile::Tiny, 512, MemOpts::LOW),
+    ),
+    s(
+        "recompute_train_tiny_s512_off",
+        "memory",
+        train_mem(Profile::Tiny, 512, MemOpts::DEFAULT),
+    ),
+    s(
+        "recompute_train_scale_s256",
+        "memory",
+        train_mem(Profile::Scale256, 256, MemOpts::LOW),
+    ),
+    s(
+        "recompute_train_scale_s256_off",
+        "memory",
+        train_mem(Profile::Scale256, 256, MemOpts::DEFAULT),
+    ),
 ];
+
+/// A b8 [`Kind::TrainMemory`].
+const fn train_mem(profile: Profile, t: usize, mem: MemOpts) -> Kind {
+    Kind::TrainMemory {
+        profile,
+        b: 8,
+        t,
+        mem,
+    }
+}
 
 /// Rounds of `machine_fma_peak` (≈ 1 ms at 90 GFLOP/s).
 const FMA_PEAK_ITERS: u64 = 500_000;
@@ -354,6 +395,14 @@ impl Kind {
             Kind::Matmul { backend, m, n, k } => {
                 json!({ "M": m, "K": k, "N": n, "backend": backend.name(), "op": "C = A * B^T" })
             }
+            Kind::TrainMemory { profile, b, t, mem } => json!({
+                "batch": b, "seq_len": t, "hidden_dim": profile.config().hidden_size,
+                "workload": "loss_and_grad",
+                "recompute": match mem.recompute { Recompute::None => "none", Recompute::Layers => "layers" },
+                "attention": match mem.attention {
+                    moe_core::AttnMemory::Saved => "saved", moe_core::AttnMemory::Lse => "lse",
+                },
+            }),
             Kind::Softmax { n } => json!({ "n": n }),
             Kind::FmaPeak { iters } => json!({
                 "iters": iters,
@@ -399,6 +448,11 @@ impl Kind {
                 t,
                 ..
             } => Some(model(&profile.config(), workload, b, t)),
+            // The model's FLOPs of a training step without the optimizer's
+            // (recompute's extra forward work is not counted).
+            Kind::TrainMemory { profile, b, t, .. } => {
+                Some(model(&profile.config(), Workload::TrainStep, b, t))
+            }
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
             Kind::Softmax { n } => Some(flops::softmax(n)),
             Kind::FmaPeak { iters } => Some(
@@ -424,6 +478,7 @@ impl Kind {
     pub fn tokens(&self) -> Option<u64> {
         match *self {
             Kind::Model { b, t, .. }
+            | Kind::TrainMemory { b, t, .. }
             | Kind::DispatchCold { b, t }
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
@@ -480,6 +535,9 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
             t,
             heap,
         } => run_train(&profile.config(), b, t, policy(heap), o)?,
+        Kind::TrainMemory { profile, b, t, mem } => {
+            run_train_memory(&profile.config(), b, t, mem, o)?
+        }
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
@@ -638,6 +696,38 @@ fn run_train(
         m,
         numerical,
         arena_bytes: trainer.workspace_bytes() as u64,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_train_memory(
+    cfg: &Config,
+    b: usize,
+    t: usize,
+    mem: MemOpts,
+    o: &RunOpts,
+) -> Result<Outcome, Error> {
+    let model = MoETransformer::new(cfg, o.seed)?;
+    let mut ws = model.workspace_with(b, t, Mode::Training, mem)?;
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
+    let mut grads = vec![0.0f32; model.layout().total];
+    let alpha = TrainConfig::default().aux_alpha;
+    let mut numerical = Numerical::default();
+    // A step is 0.5–1.5 s at these shapes: at most 1 warmup + 5 trials keeps
+    // the four scenarios near half a minute of the full run.
+    let m = measure::run(o.warmup.min(1), o.trials.min(5), |p| {
+        let s = p.start();
+        grads.iter_mut().for_each(|g| *g = 0.0);
+        let out = model.loss_and_grad(&mut ws, &mut grads, &tokens, &targets, b, t, alpha, None);
+        p.stop(s);
+        numerical = Numerical::of(&[out?.loss]);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes: ws.bytes() as u64,
         peak_rss_bytes: None,
     })
 }

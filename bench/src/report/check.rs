@@ -662,6 +662,14 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
             t: u("seq_len").unwrap_or(t),
             heap,
         }),
+        Kind::TrainMemory { profile, b, t, mem } => {
+            hidden_ok(profile.config().hidden_size).map(|()| Kind::TrainMemory {
+                profile,
+                b: u("batch").unwrap_or(b),
+                t: u("seq_len").unwrap_or(t),
+                mem,
+            })
+        }
         Kind::Parallel {
             threads,
             workload,
@@ -721,6 +729,7 @@ fn shape_of(k: &Kind) -> String {
     let mut s = String::new();
     match *k {
         Kind::Model { b, t, .. }
+        | Kind::TrainMemory { b, t, .. }
         | Kind::DispatchCold { b, t }
         | Kind::DispatchColdProcess { b, t } => {
             let _ = write!(s, "batch {b}, seq_len {t}");

@@ -50,11 +50,16 @@ const IDS: &[&str] = &[
     "mem_train_step_heap",
     "scale_forward_256_heap",
     "scale_train_256_heap",
+    "recompute_train_tiny_s512",
+    "recompute_train_tiny_s512_off",
+    "recompute_train_scale_s256",
+    "recompute_train_scale_s256_off",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
     match id {
-        _ if id.starts_with("mem_") || id == "dispatch_warm_heap" => "memory",
+        _ if id.starts_with("mem_") || id.starts_with("recompute_") => "memory",
+        _ if id == "dispatch_warm_heap" => "memory",
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") => "parallel",

@@ -144,8 +144,8 @@ fn tiny_b8_s512_training_plan_meets_the_target() {
     assert_eq!(plan_bytes(&low, "probs"), 512 * 4);
     assert_eq!(plan_bytes(&low, "row_max"), 8 * 4 * 512 * 4);
     assert_eq!(plan_bytes(&full, "row_max"), 0);
-    // Checkpoints [L, n, c] only under recompute; one copy of h13 [s, 2f].
-    assert_eq!(plan_bytes(&low, "ckpt"), 2 * 4096 * 64 * 4);
+    // Checkpoints [L−1, n, c] only under recompute; one copy of h13 [s, 2f].
+    assert_eq!(plan_bytes(&low, "ckpt"), 4096 * 64 * 4);
     assert_eq!(plan_bytes(&full, "ckpt"), 0);
     assert_eq!(plan_bytes(&low, "h13"), 8192 * 512 * 4);
     assert_eq!(plan_bytes(&full, "h13"), 2 * 8192 * 512 * 4);
