@@ -12,6 +12,7 @@ mod grads;
 mod heap;
 mod json_schema;
 mod outputs;
+mod plan_memory;
 mod reliability;
 mod report;
 mod stress;

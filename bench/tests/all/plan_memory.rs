@@ -1,0 +1,46 @@
+//! `moe plan --recompute/--attention`: the training plan beside the default
+//! one, with the byte totals of docs/runtime.md.
+
+use crate::common::{moe, text};
+
+#[test]
+fn plan_prints_the_memory_modes_side_by_side() {
+    let o = moe(&[
+        "plan",
+        "--profile",
+        "tiny",
+        "--batch",
+        "8",
+        "--seq",
+        "512",
+        "--mode",
+        "training",
+        "--recompute",
+        "layers",
+        "--attention",
+        "lse",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("Training plan b8 s512: default vs recompute layers, LSE attention"),
+        "{out}"
+    );
+    // Default and Memory::LOW totals (Workspace::bytes()).
+    assert!(
+        out.contains("164,332,328") && out.contains("60,952,996"),
+        "{out}"
+    );
+    // Without an option there is no second table.
+    let o = moe(&["plan", "--mode", "training"]);
+    assert!(o.status.success());
+    assert!(!text(&o.stdout).contains("Training plan"));
+    // A bad value names the flag.
+    let o = moe(&["plan", "--recompute", "some"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--recompute"),
+        "{}",
+        text(&o.stderr)
+    );
+}
