@@ -20,4 +20,5 @@ mod proptest_model;
 mod proptest_units;
 mod readme;
 mod reliability;
+mod threads;
 mod training;
