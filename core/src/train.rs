@@ -293,6 +293,12 @@ impl Trainer {
         &self.pool
     }
 
+    /// Runs the following steps on `pool`. The micro-batches stay as they
+    /// are, so the results do not change (e.g. after loading a checkpoint).
+    pub fn set_pool(&mut self, pool: Pool) {
+        self.pool = pool;
+    }
+
     /// The model.
     pub fn model(&self) -> &MoETransformer {
         &self.model
