@@ -15,3 +15,4 @@ mod outputs;
 mod reliability;
 mod report;
 mod stress;
+mod threads;
