@@ -69,7 +69,17 @@ fn forward_gemv_split(y: &mut [f32], x: &[f32], w: &[f32], din: usize, dout: usi
         if let Some(yc) = part {
             let (j0, m) = (j * cols, yc.len());
             let wj = &w[j0 * din..(j0 + m) * din];
-            gemm(1, m, din, 1.0, Mat::n(x, din), Mat::t(wj, din), acc.beta(), yc, m);
+            gemm(
+                1,
+                m,
+                din,
+                1.0,
+                Mat::n(x, din),
+                Mat::t(wj, din),
+                acc.beta(),
+                yc,
+                m,
+            );
         }
     });
 }

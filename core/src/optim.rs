@@ -275,7 +275,10 @@ impl AdamW {
                 *out = grad_stats(&g[lo..hi]);
             });
         }
-        if checks.iter().any(|c| c.0 || c.1 * grad_scale >= MAX_SAFE_GRAD) {
+        if checks
+            .iter()
+            .any(|c| c.0 || c.1 * grad_scale >= MAX_SAFE_GRAD)
+        {
             return check_grads(grads, grad_scale);
         }
         let s = self.advance(lr, grad_scale);

@@ -468,7 +468,10 @@ mod tests {
                         hits[i].fetch_add(1, Ordering::Relaxed);
                     });
                 }
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 20), "T={t} tasks={tasks}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 20),
+                    "T={t} tasks={tasks}"
+                );
             }
         }
     }
@@ -485,7 +488,10 @@ mod tests {
     fn zero_threads_is_a_typed_error() {
         assert!(matches!(
             Pool::new(0),
-            Err(Error::InvalidParameter { param: "threads", .. })
+            Err(Error::InvalidParameter {
+                param: "threads",
+                ..
+            })
         ));
     }
 

@@ -224,7 +224,14 @@ impl Trainer {
         threads: usize,
     ) -> Result<Self> {
         let pool = Pool::new(threads)?;
-        Self::with_pool(model, config, max_batch, max_seq, pool, DEFAULT_MICRO_BATCHES)
+        Self::with_pool(
+            model,
+            config,
+            max_batch,
+            max_seq,
+            pool,
+            DEFAULT_MICRO_BATCHES,
+        )
     }
 
     /// A trainer splitting each step into `min(micro_batches, batch)`

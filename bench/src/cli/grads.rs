@@ -464,13 +464,8 @@ pub fn compute_with_threads(
         ..moe_core::TrainConfig::default()
     };
     let mut tr = moe_core::Trainer::with_threads(model.clone(), config, b, t, threads)?;
-    let losses = tr.compute_gradients(
-        &tokens.input_ids,
-        &tokens.targets,
-        b,
-        t,
-        Some(&mut logits),
-    )?;
+    let losses =
+        tr.compute_gradients(&tokens.input_ids, &tokens.targets, b, t, Some(&mut logits))?;
     let mut grads = try_zeros(0)?;
     grads.try_reserve_exact(model.layout().total).map_err(|_| {
         moe_core::Error::AllocationFailed {

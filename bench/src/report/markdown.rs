@@ -379,8 +379,11 @@ impl Report<'_> {
         if runs.is_empty() {
             return;
         }
-        let _ = writeln!(o, "## One model, many threads
-");
+        let _ = writeln!(
+            o,
+            "## One model, many threads
+"
+        );
         let _ = writeln!(
             o,
             "One scale_256 model on a persistent pool of T threads (moe-core `Pool`): a training step split into \

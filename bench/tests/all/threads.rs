@@ -93,10 +93,23 @@ fn threads_zero_or_garbage_is_a_flag_error() {
 
 #[test]
 fn plan_prints_the_memory_of_each_micro_batch() {
-    let o = moe(&["plan", "--threads", "2", "--batch", "8", "--seq", "16", "--mode", "training"]);
+    let o = moe(&[
+        "plan",
+        "--threads",
+        "2",
+        "--batch",
+        "8",
+        "--seq",
+        "16",
+        "--mode",
+        "training",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let s = text(&o.stdout);
-    assert!(s.contains("Training on 2 threads, b8 s16: 4 micro-batches"), "{s}");
+    assert!(
+        s.contains("Training on 2 threads, b8 s16: 4 micro-batches"),
+        "{s}"
+    );
     assert!(s.contains("6..8"), "{s}");
     assert!(s.contains("Split forward on 2 threads"), "{s}");
 }
@@ -146,5 +159,8 @@ fn a_pool_region_costs_microseconds_and_no_allocation() {
     let ns = median_ns(200, scope);
     let per = d.count as f64 / 200.0;
     println!("thread::scope + 1 spawn: median {ns:.0} ns, {per:.1} allocations per region");
-    assert!(per >= 1.0, "spawning a scoped thread is expected to allocate");
+    assert!(
+        per >= 1.0,
+        "spawning a scoped thread is expected to allocate"
+    );
 }

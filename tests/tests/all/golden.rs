@@ -103,7 +103,8 @@ fn losses_and_every_gradient_match_hf_autograd() {
         let cfg = profile(&fx);
         let alpha = fx.meta_f32("alpha");
         let (b, t) = (2, 8);
-        let mut tr = Trainer::with_threads(model(&cfg), train_config(alpha), b, t, threads).unwrap();
+        let mut tr =
+            Trainer::with_threads(model(&cfg), train_config(alpha), b, t, threads).unwrap();
         let mut logits = vec![0.0; b * t * cfg.vocab_size];
         let l = tr
             .compute_gradients(
@@ -180,7 +181,8 @@ fn ten_adamw_steps_match_hf() {
         let fx = Fixture::load(name);
         let cfg = profile(&fx);
         let alpha = fx.meta_f32("alpha");
-        let mut tr = Trainer::with_threads(model(&cfg), train_config(alpha), 2, 8, threads).unwrap();
+        let mut tr =
+            Trainer::with_threads(model(&cfg), train_config(alpha), 2, 8, threads).unwrap();
         let (x, y) = (fx.tokens("input_ids"), fx.tokens("targets"));
         let (want_loss, want_norm, want_lr) = (
             fx.f32("train_loss"),

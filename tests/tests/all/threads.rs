@@ -53,8 +53,13 @@ fn train_steps_are_bit_identical_for_1_2_4_threads() {
     }
     // Trainer::new is the same computation (one thread, the default micro-batches).
     let cfg = Config::tiny();
-    let mut tr = Trainer::new(MoETransformer::new(&cfg, 7).unwrap(), TrainConfig::default(), 8, 16)
-        .unwrap();
+    let mut tr = Trainer::new(
+        MoETransformer::new(&cfg, 7).unwrap(),
+        TrainConfig::default(),
+        8,
+        16,
+    )
+    .unwrap();
     for (s, &(b, t)) in shapes.iter().enumerate() {
         let x = tokens(b * t, cfg.vocab_size, s as u32);
         let y = tokens(b * t, cfg.vocab_size, 99 + s as u32);
@@ -78,15 +83,16 @@ fn micro_batches_keep_the_single_pass_losses_and_gradients() {
         .loss_and_grad(&mut ws, &mut g1, &x, &y, b, t, tc.aux_alpha, None)
         .unwrap();
     // One micro-batch is that single pass, bit for bit.
-    let mut one =
-        Trainer::with_pool(model.clone(), tc, b, t, Pool::new(2).unwrap(), 1).unwrap();
+    let mut one = Trainer::with_pool(model.clone(), tc, b, t, Pool::new(2).unwrap(), 1).unwrap();
     assert_eq!(one.compute_gradients(&x, &y, b, t, None).unwrap(), l1);
     assert!(bits(one.grads()) == bits(&g1));
     // Four: the CE and aux values are the single pass's sums in the same
     // order (bit-identical); gradients differ only in the order of the row sums.
     let mut four = Trainer::with_threads(model, tc, b, t, 2).unwrap();
     let mut logits = vec![0.0f32; b * t * cfg.vocab_size];
-    let l4 = four.compute_gradients(&x, &y, b, t, Some(&mut logits)).unwrap();
+    let l4 = four
+        .compute_gradients(&x, &y, b, t, Some(&mut logits))
+        .unwrap();
     assert_eq!(l4.ce.to_bits(), l1.ce.to_bits());
     assert_eq!(l4.aux.to_bits(), l1.aux.to_bits());
     assert_eq!(l4.loss.to_bits(), l1.loss.to_bits());
@@ -95,8 +101,14 @@ fn micro_batches_keep_the_single_pass_losses_and_gradients() {
         let err = (a - w).abs() / (1e-5 + 1e-4 * w.abs());
         worst = worst.max(err);
     }
-    assert!(worst <= 1.0, "gradient error {worst} × (1e-5 abs + 1e-4 rel)");
-    assert!(four.grads() != &g1[..], "the micro-batched sums were not exercised");
+    assert!(
+        worst <= 1.0,
+        "gradient error {worst} × (1e-5 abs + 1e-4 rel)"
+    );
+    assert!(
+        four.grads() != &g1[..],
+        "the micro-batched sums were not exercised"
+    );
     // The logits copied out are the plain forward's within 1e-5 (other GEMM shapes).
     let mut wi = four.model().workspace(b, t, Mode::Inference).unwrap();
     let plain = four.model().forward(&mut wi, &x, b, t).unwrap();
@@ -117,7 +129,9 @@ fn split_forward_is_bit_identical_for_any_thread_count() {
     let mut want: Option<Vec<u32>> = None;
     for threads in [1, 2, 4] {
         let pool = Pool::new(threads).unwrap();
-        let mut ws = model.split_workspace(8, 16, moe_core::FORWARD_SPLITS).unwrap();
+        let mut ws = model
+            .split_workspace(8, 16, moe_core::FORWARD_SPLITS)
+            .unwrap();
         assert_eq!(ws.splits(), 4);
         let got = bits(model.forward_split(&pool, &mut ws, &x, b, t).unwrap());
         match &want {
@@ -167,7 +181,11 @@ fn pooled_decoding_is_bit_identical_for_any_thread_count() {
         let one = decode(&model, Some(&Pool::single()), 6);
         for t in [2, 4] {
             let got = decode(&model, Some(&Pool::new(t).unwrap()), 6);
-            assert!(got == one, "decoded logits differ at T={t} (c = {})", cfg.hidden_size);
+            assert!(
+                got == one,
+                "decoded logits differ at T={t} (c = {})",
+                cfg.hidden_size
+            );
         }
         let plain = decode(&model, None, 6);
         let d = plain
@@ -186,7 +204,10 @@ fn zero_threads_and_bad_micro_batches_are_typed_errors() {
     let tc = TrainConfig::default();
     assert!(matches!(
         Trainer::with_threads(model.clone(), tc, 2, 8, 0),
-        Err(Error::InvalidParameter { param: "threads", .. })
+        Err(Error::InvalidParameter {
+            param: "threads",
+            ..
+        })
     ));
     for m in [0, 17] {
         assert!(matches!(
@@ -269,7 +290,11 @@ fn threaded_steps_allocate_nothing_on_any_thread() {
     }
     let main_d = AllocSnapshot::this_thread().since(main0);
     let after = per_thread(&pool);
-    assert_eq!((main_d.count, main_d.bytes), (0, 0), "the calling thread allocated");
+    assert_eq!(
+        (main_d.count, main_d.bytes),
+        (0, 0),
+        "the calling thread allocated"
+    );
     assert_eq!(before.len(), 2);
     let mut workers = 0;
     for ((id, a), (id2, b)) in before.iter().zip(&after) {
