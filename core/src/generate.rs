@@ -11,6 +11,7 @@ use crate::config::TokenId;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::MoETransformer;
+use crate::parallel::Pool;
 use crate::sampling::SamplingStrategy;
 use crate::workspace::Workspace;
 
@@ -21,6 +22,8 @@ pub struct Decoder<'m> {
     model: &'m MoETransformer,
     ws: Workspace,
     cache: KvCache,
+    /// Installed around every forward: decoding's GEMVs split over its threads.
+    pool: Option<Pool>,
 }
 
 impl<'m> Decoder<'m> {
@@ -28,7 +31,23 @@ impl<'m> Decoder<'m> {
     pub fn new(model: &'m MoETransformer, capacity: usize) -> Result<Self> {
         let cache = KvCache::new(model.config(), capacity)?;
         let ws = model.workspace(1, capacity, Mode::Inference)?;
-        Ok(Decoder { model, ws, cache })
+        Ok(Decoder {
+            model,
+            ws,
+            cache,
+            pool: None,
+        })
+    }
+
+    /// [`Decoder::new`] whose forwards run on `pool`: each one-row GEMV
+    /// (`qkv`, `o_proj`, the experts' `w13`/`w2`, `lm_head`) is split into
+    /// fixed column blocks ([`crate::linear::GEMV_CHUNKS`]) spread over the
+    /// pool's threads. The blocks do not depend on the thread count, so the
+    /// logits are bit-identical for every pool size (including one thread).
+    pub fn with_pool(model: &'m MoETransformer, capacity: usize, pool: &Pool) -> Result<Self> {
+        let mut d = Self::new(model, capacity)?;
+        d.pool = Some(pool.clone());
+        Ok(d)
     }
 
     /// Positions decoded so far.
@@ -53,14 +72,21 @@ impl<'m> Decoder<'m> {
 
     /// Appends `tokens` and returns their logits `[tokens.len(), vocab]`.
     pub fn prefill(&mut self, tokens: &[TokenId]) -> Result<&[f32]> {
-        self.model
-            .forward_cached(&mut self.ws, tokens, &mut self.cache)
+        let Decoder {
+            model,
+            ws,
+            cache,
+            pool,
+        } = self;
+        match pool {
+            Some(p) => p.install(|| model.forward_cached(ws, tokens, cache)),
+            None => model.forward_cached(ws, tokens, cache),
+        }
     }
 
     /// Appends one token and returns the logits `[vocab]` of its position.
     pub fn step(&mut self, token: TokenId) -> Result<&[f32]> {
-        self.model
-            .forward_cached(&mut self.ws, &[token], &mut self.cache)
+        self.prefill(&[token])
     }
 }
 
@@ -78,6 +104,33 @@ pub fn generate<R: RngCore + ?Sized>(
     max_len: usize,
     strategy: SamplingStrategy,
     rng: &mut R,
+) -> Result<Vec<TokenId>> {
+    generate_impl(model, prompt, max_len, strategy, rng, None)
+}
+
+/// [`generate`] decoding on `pool` ([`Decoder::with_pool`]): the same tokens
+/// for every pool size.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_with<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    strategy: SamplingStrategy,
+    rng: &mut R,
+    pool: &Pool,
+) -> Result<Vec<TokenId>> {
+    generate_impl(model, prompt, max_len, strategy, rng, Some(pool))
+}
+
+fn generate_impl<R: RngCore + ?Sized>(
+    model: &MoETransformer,
+    prompt: &[TokenId],
+    max_len: usize,
+    strategy: SamplingStrategy,
+    rng: &mut R,
+    pool: Option<&Pool>,
 ) -> Result<Vec<TokenId>> {
     strategy.validate()?;
     if prompt.is_empty() {
@@ -103,7 +156,10 @@ pub fn generate<R: RngCore + ?Sized>(
         return Ok(out);
     }
     let v = model.config().vocab_size;
-    let mut dec = Decoder::new(model, max_len)?;
+    let mut dec = match pool {
+        Some(p) => Decoder::with_pool(model, max_len, p)?,
+        None => Decoder::new(model, max_len)?,
+    };
     // Planned sampling scratch `[v]`: each token's weights are computed once into it.
     let mut probs = crate::layout::alloc_zeroed(v)?;
     let logits = dec.prefill(prompt)?;

@@ -55,6 +55,8 @@ pub mod loss;
 pub mod model;
 pub mod moe;
 pub mod optim;
+#[allow(unsafe_code)]
+pub mod parallel;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
@@ -69,16 +71,18 @@ pub use arena::{AttnMemory, Memory, Mode, PlanEntry, Recompute};
 pub use config::{Config, Dims, ParamCounts, TokenId};
 pub use error::{Error, Result};
 pub use generate::{
-    generate, generate_greedy, generate_sample, generate_topk, generate_topp, Decoder,
+    generate, generate_greedy, generate_sample, generate_topk, generate_topp, generate_with,
+    Decoder,
 };
 pub use kv_cache::KvCache;
 pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
-pub use model::{Losses, MoETransformer};
+pub use model::{Losses, MoETransformer, SplitWorkspace, FORWARD_SPLITS};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
+pub use parallel::{available_threads, Pool};
 pub use rand_chacha::ChaCha8Rng;
 pub use rand_core::{RngCore, SeedableRng};
 pub use sampling::SamplingStrategy;
-pub use train::{StepStats, TrainConfig, Trainer};
+pub use train::{StepStats, TrainConfig, Trainer, DEFAULT_MICRO_BATCHES, MAX_MICRO_BATCHES};
 pub use workspace::Workspace;
 
 /// The README's Rust snippet ("Using the core in your program"), compiled and

@@ -426,39 +426,23 @@ impl MoETransformer {
     /// unchanged and adds `F`'s input gradient. Accumulates into `grads: [P]`.
     fn backward(
         &self,
-        acts: Acts,
+        mut acts: Acts,
         rope_table: &RopeTable,
         grads: &mut [f32],
         tokens: &[TokenId],
         targets: &[TokenId],
         alpha: f32,
     ) -> Result<Losses> {
-        let Acts {
-            dims: dm,
-            memory: mem,
-            resid,
-            ckpt,
-            layers,
-            xf,
-            rstd_f,
-            logits,
-            grads: g,
-        } = acts;
-        let Some(g) = g else {
+        let dm = acts.dims;
+        let Some(g) = acts.grads.as_mut() else {
             return Err(Error::WorkspaceMismatch {
                 what: "backward needs a Mode::Training workspace",
             });
         };
-        let (n, c, v) = (dm.n, dm.c, dm.v);
-        let hd = dm.h * dm.d;
-        let p = &self.params[..];
-        let lay = &self.layout;
-
-        // Loss: CE + α·aux. The CE gradient overwrites the logits (E15 in place);
-        // the aux statistics were pooled over all layers by the forward.
-        let ce = loss::cross_entropy_inplace(logits, g.ce_row, targets, v)?;
-        let dlogits: &[f32] = logits;
-        let rows = dm.layers * n;
+        // Loss: CE + α·aux. The CE gradient overwrites the logits (E15 in
+        // place); the aux statistics were pooled over all layers by the forward.
+        let ce = loss::cross_entropy_inplace(acts.logits, g.ce_row, targets, dm.v)?;
+        let rows = dm.layers * dm.n;
         let aux = loss::aux_finish(g.aux_f, g.aux_p, rows);
         let total = ce + alpha * aux;
         if !total.is_finite() {
@@ -468,6 +452,46 @@ impl MoETransformer {
             });
         }
         loss::aux_grad_coef(g.aux_f, alpha, rows);
+        self.backward_pass(acts, rope_table, grads, tokens)?;
+        Ok(Losses {
+            loss: total,
+            ce,
+            aux,
+        })
+    }
+
+    /// E32 after the loss head — the backward pass proper, in exact reverse
+    /// order of `forward_acts`, from `dlogits` (E15, written over the
+    /// logits) and the E31 coefficients `α·e·f_e/R` (already in `aux_f`).
+    /// Accumulates into `grads: [P]`; `Err` if a gradient is not finite.
+    pub(crate) fn backward_pass(
+        &self,
+        acts: Acts,
+        rope_table: &RopeTable,
+        grads: &mut [f32],
+        tokens: &[TokenId],
+    ) -> Result<()> {
+        let Acts {
+            dims: dm,
+            memory: mem,
+            resid,
+            ckpt,
+            layers,
+            xf,
+            rstd_f,
+            logits: dlogits,
+            grads: g,
+        } = acts;
+        let dlogits: &[f32] = dlogits;
+        let Some(g) = g else {
+            return Err(Error::WorkspaceMismatch {
+                what: "backward needs a Mode::Training workspace",
+            });
+        };
+        let (n, c, v) = (dm.n, dm.c, dm.v);
+        let hd = dm.h * dm.d;
+        let p = &self.params[..];
+        let lay = &self.layout;
         let aux_coef: &[f32] = g.aux_f;
 
         // forward: logits = xf·W_lmᵀ
@@ -551,10 +575,188 @@ impl MoETransformer {
                 index,
             });
         }
-        Ok(Losses {
-            loss: total,
-            ce,
-            aux,
-        })
+        Ok(())
     }
 }
+
+/// Sequences `[lo, hi)` of part `i` of a batch of `batch` sequences split
+/// into `parts` contiguous groups whose sizes differ by at most one (a pure
+/// function of `(batch, parts, i)`, never of the thread count).
+pub(crate) fn split_range(batch: usize, parts: usize, i: usize) -> (usize, usize) {
+    (i * batch / parts, (i + 1) * batch / parts)
+}
+
+/// Default number of sequence groups of a [`SplitWorkspace`] forward.
+pub const FORWARD_SPLITS: usize = 4;
+
+/// Workspaces for a batched forward split over fixed groups of sequences
+/// ([`MoETransformer::forward_split`]): one inference workspace per group and
+/// the logits `[max_batch, max_seq, v]` they are gathered into.
+#[derive(Debug)]
+pub struct SplitWorkspace {
+    parts: Vec<Workspace>,
+    logits: Vec<f32>,
+    max_batch: usize,
+}
+
+impl SplitWorkspace {
+    /// Number of sequence groups.
+    pub fn splits(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Bytes of all group workspaces plus the gathered logits.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(Workspace::bytes).sum::<usize>() + 4 * self.logits.len()
+    }
+}
+
+/// One group of a split forward while it runs.
+struct FwdPart<'a> {
+    ws: &'a mut Workspace,
+    tokens: &'a [TokenId],
+    batch: usize,
+    out: &'a mut [f32],
+    err: Option<Error>,
+}
+
+impl MoETransformer {
+    /// Workspaces for [`MoETransformer::forward_split`]: `min(splits, max_batch, 16)`
+    /// groups, each planned for `⌈max_batch/groups⌉` sequences of `max_seq`.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::workspace`]; [`Error::InvalidParameter`] for `splits == 0`.
+    pub fn split_workspace(
+        &self,
+        max_batch: usize,
+        max_seq: usize,
+        splits: usize,
+    ) -> Result<SplitWorkspace> {
+        if splits == 0 {
+            return Err(Error::InvalidParameter {
+                param: "splits",
+                expected: ">= 1",
+                actual: 0.0,
+            });
+        }
+        let groups = splits.min(max_batch.max(1)).min(FORWARD_SPLITS_MAX);
+        let per = max_batch.div_ceil(groups);
+        let mut parts = Vec::new();
+        parts
+            .try_reserve_exact(groups)
+            .map_err(|_| Error::AllocationFailed { bytes: groups })?;
+        for _ in 0..groups {
+            parts.push(self.workspace(per, max_seq, Mode::Inference)?);
+        }
+        let n = max_batch
+            .checked_mul(max_seq)
+            .and_then(|x| x.checked_mul(self.config.vocab_size))
+            .ok_or(Error::Overflow {
+                what: "split forward logits",
+            })?;
+        Ok(SplitWorkspace {
+            parts,
+            logits: alloc_zeroed(n)?,
+            max_batch,
+        })
+    }
+
+    /// [`MoETransformer::forward`] with the batch split into the fixed
+    /// sequence groups of `ws` (`min(splits, batch)` of them, by
+    /// [`split_range`]), each group's forward run as one task of `pool`.
+    /// Each group's logits depend only on its sequences, so the result
+    /// `[batch, seq, vocab]` is bit-identical for every thread count.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::forward`] (the first failing group's error).
+    pub fn forward_split<'w>(
+        &self,
+        pool: &crate::parallel::Pool,
+        ws: &'w mut SplitWorkspace,
+        tokens: &[TokenId],
+        batch: usize,
+        seq: usize,
+    ) -> Result<&'w [f32]> {
+        if batch > ws.max_batch {
+            return Err(Error::WorkspaceTooSmall {
+                dim: "batch",
+                requested: batch,
+                planned: ws.max_batch,
+            });
+        }
+        let Some(first) = ws.parts.first() else {
+            return Err(Error::EmptyInput { arg: "splits" });
+        };
+        if batch == 0 {
+            return Err(Error::EmptyInput { arg: "batch" });
+        }
+        first.check(&self.config, 1, seq)?;
+        let v = self.config.vocab_size;
+        check_tokens("tokens", tokens, batch * seq, v)?;
+        let groups = ws.parts.len().min(batch);
+        let mut out = &mut ws.logits[..batch * seq * v];
+        let mut parts: [Option<FwdPart>; FORWARD_SPLITS_MAX] = core::array::from_fn(|_| None);
+        for (i, w) in ws.parts.iter_mut().take(groups).enumerate() {
+            let (lo, hi) = split_range(batch, groups, i);
+            let (mine, rest) = core::mem::take(&mut out).split_at_mut((hi - lo) * seq * v);
+            out = rest;
+            parts[i] = Some(FwdPart {
+                ws: w,
+                tokens: &tokens[lo * seq..hi * seq],
+                batch: hi - lo,
+                out: mine,
+                err: None,
+            });
+        }
+        pool.for_each_mut(&mut parts[..groups], |_, p| {
+            if let Some(p) = p {
+                match self.forward(p.ws, p.tokens, p.batch, seq) {
+                    Ok(l) => p.out.copy_from_slice(l),
+                    Err(e) => p.err = Some(e),
+                }
+            }
+        });
+        if let Some(e) = parts.iter_mut().flatten().find_map(|p| p.err.take()) {
+            return Err(e);
+        }
+        Ok(&ws.logits[..batch * seq * v])
+    }
+
+    /// A data-parallel micro-batch's forward and CE head: carves `ws`, runs
+    /// `forward_acts`, copies the logits to `logits_out` if given, writes
+    /// E15's `dlogits` over the logits for its own `n_m` rows and
+    /// rescales them by `scale = n_m/n`, so that they are the gradient of the
+    /// whole batch's mean CE (exactly, when `n/n_m` is a power of two).
+    /// Inputs are validated by the caller.
+    #[allow(clippy::too_many_arguments)] // reason: crate-internal; one micro-batch's inputs, its CE share and its optional logits copy
+    pub(crate) fn micro_forward<'a>(
+        &self,
+        ws: &'a mut Workspace,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        scale: f32,
+        logits_out: Option<&mut [f32]>,
+    ) -> Result<(Acts<'a>, &'a RopeTable)> {
+        ws.check(&self.config, batch, seq)?;
+        let (acts, rope) = ws.carve(batch, seq)?;
+        let mut acts = self.forward_acts(acts, rope, tokens, None)?;
+        let Some(g) = acts.grads.as_mut() else {
+            return Err(Error::WorkspaceMismatch {
+                what: "a training micro-batch needs a Mode::Training workspace",
+            });
+        };
+        if let Some(out) = logits_out {
+            out.copy_from_slice(acts.logits);
+        }
+        loss::cross_entropy_inplace(acts.logits, g.ce_row, targets, acts.dims.v)?;
+        if scale != 1.0 {
+            acts.logits.iter_mut().for_each(|d| *d *= scale);
+        }
+        Ok((acts, rope))
+    }
+}
+
+/// The most sequence groups a [`SplitWorkspace`] forward uses at once.
+const FORWARD_SPLITS_MAX: usize = 16;

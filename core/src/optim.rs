@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernels::adamw::{adamw_pass, AdamWStep};
 use crate::kernels::first_non_finite;
 use crate::layout::alloc_zeroed;
+use crate::parallel::Pool;
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -233,7 +234,81 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        for (arg, len) in [("params", params.len()), ("grads", grads.len())] {
+        self.precheck(params.len(), grads.len(), lr, grad_scale)?;
+        check_grads(grads, grad_scale)?;
+        let s = self.advance(lr, grad_scale);
+        adamw_pass(params, grads, &mut self.m, &mut self.v, s);
+        if let Some(index) = first_non_finite(params) {
+            return Err(Error::NonFinite {
+                what: "parameters after the AdamW update",
+                index,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`AdamW::update_scaled`] with its passes split over fixed parameter
+    /// ranges run on `pool`: the gradient check, then the update. The update
+    /// is elementwise, so the result is bit-identical to [`AdamW::update_scaled`]
+    /// for every thread count; so are the errors (the first bad index).
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled`].
+    pub fn update_scaled_with(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.precheck(params.len(), grads.len(), lr, grad_scale)?;
+        let len = grads.len();
+        let chunk = range_len(len);
+        // Check: per range (any non-finite, max |g|), then in range order.
+        let mut checks = [(false, 0.0f32); PARAM_RANGES];
+        {
+            let g = grads;
+            pool.for_each_mut(&mut checks, |r, out| {
+                let lo = (r * chunk).min(len);
+                let hi = ((r + 1) * chunk).min(len);
+                *out = grad_stats(&g[lo..hi]);
+            });
+        }
+        if checks
+            .iter()
+            .any(|c| c.0 || c.1 * grad_scale >= MAX_SAFE_GRAD)
+        {
+            return check_grads(grads, grad_scale);
+        }
+        let s = self.advance(lr, grad_scale);
+        let (mut pc, mut gc) = (params.chunks_mut(chunk), grads.chunks(chunk));
+        let (mut mc, mut vc) = (self.m.chunks_mut(chunk), self.v.chunks_mut(chunk));
+        let mut parts: [Option<AdamChunk>; PARAM_RANGES] = core::array::from_fn(|_| {
+            Some(AdamChunk {
+                w: pc.next()?,
+                g: gc.next()?,
+                m: mc.next()?,
+                v: vc.next()?,
+            })
+        });
+        pool.for_each_mut(&mut parts, |_, c| {
+            if let Some(c) = c {
+                adamw_pass(c.w, c.g, c.m, c.v, s);
+            }
+        });
+        if let Some(index) = first_non_finite(params) {
+            return Err(Error::NonFinite {
+                what: "parameters after the AdamW update",
+                index,
+            });
+        }
+        Ok(())
+    }
+
+    /// The checks of an update that need no pass over the gradients.
+    fn precheck(&self, params: usize, grads: usize, lr: f32, grad_scale: f32) -> Result<()> {
+        for (arg, len) in [("params", params), ("grads", grads)] {
             if len != self.m.len() {
                 return Err(Error::ShapeMismatch {
                     arg,
@@ -249,7 +324,11 @@ impl AdamW {
                 what: "AdamW step count (at most 2^53)",
             });
         }
-        check_grads(grads, grad_scale)?;
+        Ok(())
+    }
+
+    /// Increments the step and returns its scalars.
+    fn advance(&mut self, lr: f32, grad_scale: f32) -> AdamWStep {
         self.step += 1;
         let AdamWConfig {
             beta1,
@@ -266,30 +345,63 @@ impl AdamW {
         let bc2_sqrt = libm::sqrt(bc2) as f32;
         let decay = 1.0 - lr * weight_decay;
         let (w1, w2) = (1.0 - beta1, 1.0 - beta2);
-        adamw_pass(
-            params,
-            grads,
-            &mut self.m,
-            &mut self.v,
-            AdamWStep {
-                decay,
-                grad_scale,
-                w1,
-                beta2,
-                w2,
-                bc2_sqrt,
-                eps,
-                step_size,
-            },
-        );
-        if let Some(index) = first_non_finite(params) {
-            return Err(Error::NonFinite {
-                what: "parameters after the AdamW update",
-                index,
-            });
+        AdamWStep {
+            decay,
+            grad_scale,
+            w1,
+            beta2,
+            w2,
+            bc2_sqrt,
+            eps,
+            step_size,
         }
-        Ok(())
     }
+}
+
+/// Fixed number of parameter ranges of the pooled passes (AdamW, the
+/// gradient reduction and norm of data-parallel training).
+pub const PARAM_RANGES: usize = 32;
+
+/// Elements per range for `len` parameters: `⌈len/PARAM_RANGES⌉` rounded up
+/// to 64 (whole vectors; at most `PARAM_RANGES` ranges).
+pub fn range_len(len: usize) -> usize {
+    len.div_ceil(PARAM_RANGES).next_multiple_of(64).max(64)
+}
+
+/// One range of an AdamW update.
+struct AdamChunk<'a> {
+    w: &'a mut [f32],
+    g: &'a [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+/// (any NaN/Inf, max |g|) of `grads`, one vectorisable pass.
+pub(crate) fn grad_stats(grads: &[f32]) -> (bool, f32) {
+    let (mut bad, mut max) = (false, 0.0f32);
+    for &g in grads {
+        bad |= !g.is_finite();
+        let a = g.abs();
+        max = if a > max { a } else { max };
+    }
+    (bad, max)
+}
+
+/// E17 — `Σ g²` of `grads` in f64 (four interleaved partial sums, as
+/// [`global_norm`], without the square root).
+pub(crate) fn sum_sq(grads: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = grads.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..4 {
+            acc[l] += (c[l] as f64) * (c[l] as f64);
+        }
+    }
+    for (l, &g) in rest.iter().enumerate() {
+        acc[l] += (g as f64) * (g as f64);
+    }
+    (acc[0] + acc[2]) + (acc[1] + acc[3])
 }
 
 /// `sqrt(f32::MAX)`: a gradient at least this large (after scaling) would
@@ -300,12 +412,7 @@ const MAX_SAFE_GRAD: f32 = 1.844_674_3e19;
 /// One branch-free pass (the max of `|g|` vectorises; NaN is caught by the
 /// finiteness fold), located only on a hit.
 fn check_grads(grads: &[f32], grad_scale: f32) -> Result<()> {
-    let (mut bad, mut max) = (false, 0.0f32);
-    for &g in grads {
-        bad |= !g.is_finite();
-        let a = g.abs();
-        max = if a > max { a } else { max };
-    }
+    let (bad, max) = grad_stats(grads);
     if bad {
         let index = first_non_finite(grads).unwrap_or(0);
         return Err(Error::NonFinite {
@@ -385,18 +492,7 @@ impl LrSchedule {
 /// E17 — global L2 norm of `grads` (accumulated in f64).
 pub fn global_norm(grads: &[f32]) -> f32 {
     // Four interleaved f64 partial sums (vectorises; a fixed order, so deterministic).
-    let mut acc = [0.0f64; 4];
-    let chunks = grads.chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..4 {
-            acc[l] += (c[l] as f64) * (c[l] as f64);
-        }
-    }
-    for (l, &g) in rest.iter().enumerate() {
-        acc[l] += (g as f64) * (g as f64);
-    }
-    libm::sqrt((acc[0] + acc[2]) + (acc[1] + acc[3])) as f32
+    libm::sqrt(sum_sq(grads)) as f32
 }
 
 /// E17 — the clipping coefficient of `clip_grad_norm_` for a gradient of

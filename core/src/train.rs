@@ -1,14 +1,45 @@
-//! The training step (FR-05): forward → loss → backward → (clip, hook) → AdamW.
+//! The training step (FR-05): forward → loss → backward → (clip, hook) → AdamW,
+//! data-parallel over fixed micro-batches.
+//!
+//! A step's batch of `b` sequences is split into `M = min(micro_batches, b)`
+//! contiguous micro-batches ([`crate::model::split_range`]); `M` is a
+//! setting of the trainer ([`DEFAULT_MICRO_BATCHES`]), never the thread
+//! count. Each micro-batch has its own planned workspace and gradient buffer.
+//! One step is five phases, each a region of the trainer's [`Pool`]:
+//! ```text
+//! A  per micro-batch m: zero g_m, forward, CE head (dlogits · n_m/n)   parallel over m
+//! B  pool CE (Σ ce_row / n) and the aux statistics over all L·n rows    caller, fixed order
+//! C  per micro-batch m: backward into g_m                              parallel over m
+//! D  per parameter range: g_0 += g_1, g_2 += g_3, g_0 += g_2 (a fixed   parallel over ranges
+//!    tree over m), Σ g² in f64
+//! E  AdamW per parameter range (elementwise)                          parallel over ranges
+//! ```
+//! Every phase's results depend only on `M` and the fixed parameter ranges,
+//! so parameters are bit-identical for every thread count. The CE value and
+//! the aux loss are those of a single pass over the whole batch up to the
+//! order of the aux sums (each micro-batch's forward pools its layers; the
+//! micro-batch sums are added in order); the gradients differ from a single
+//! pass only by the order of the sums over rows (each micro-batch's GEMMs,
+//! then the tree), within the golden tolerance.
 
 use alloc::vec::Vec;
 
-use crate::arena::Mode;
+use crate::arena::{Acts, Mode};
 use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
 use crate::layout::{alloc_zeroed, Layout};
-use crate::model::{Losses, MoETransformer};
-use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::model::{check_tokens, split_range, Losses, MoETransformer};
+use crate::optim::{clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES};
+use crate::parallel::Pool;
+use crate::rope::RopeTable;
 use crate::workspace::Workspace;
+
+/// Micro-batches a step is split into by default (at most the batch):
+/// four, so that 1, 2 and 4 threads divide the work evenly.
+pub const DEFAULT_MICRO_BATCHES: usize = 4;
+
+/// The most micro-batches a trainer accepts.
+pub const MAX_MICRO_BATCHES: usize = 16;
 
 /// `sqrt(f32::MAX)`, the largest gradient magnitude whose square is finite.
 const MAX_SAFE_GRAD: f64 = 1.844_674_3e19;
@@ -74,30 +105,210 @@ pub struct StepStats {
 #[derive(Debug)]
 pub struct Trainer {
     model: MoETransformer,
+    /// Micro-batch 0's gradients, and the reduced sum after a step.
     grads: Vec<f32>,
     opt: AdamW,
+    /// Micro-batch 0's workspace.
     ws: Workspace,
     config: TrainConfig,
+    /// Micro-batches 1.. (workspace and gradient buffer each).
+    micro: Vec<Micro>,
+    pool: Pool,
+    max_batch: usize,
+}
+
+/// A micro-batch's own memory.
+#[derive(Debug)]
+struct Micro {
+    ws: Workspace,
+    grads: Vec<f32>,
+}
+
+/// One micro-batch while a step runs.
+struct Slot<'a> {
+    ws: Option<&'a mut Workspace>,
+    grads: &'a mut [f32],
+    acts: Option<(Acts<'a>, &'a RopeTable)>,
+    tokens: &'a [TokenId],
+    targets: &'a [TokenId],
+    batch: usize,
+    /// `n_m / n`, the CE gradient's share.
+    scale: f32,
+    logits: Option<&'a mut [f32]>,
+    err: Option<Error>,
+}
+
+impl Slot<'_> {
+    /// Phase A: zero the gradients, forward, CE head.
+    fn forward(&mut self, model: &MoETransformer, seq: usize) {
+        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        let Some(ws) = self.ws.take() else { return };
+        let out = self.logits.take();
+        match model.micro_forward(
+            ws,
+            self.tokens,
+            self.targets,
+            self.batch,
+            seq,
+            self.scale,
+            out,
+        ) {
+            Ok((acts, rope)) => self.acts = Some((acts, rope)),
+            Err(e) => self.err = Some(e),
+        }
+    }
+
+    /// Phase C: backward into this micro-batch's gradients.
+    fn backward(&mut self, model: &MoETransformer) {
+        if let Some((acts, rope)) = self.acts.take() {
+            if let Err(e) = model.backward_pass(acts, rope, self.grads, self.tokens) {
+                self.err = Some(e);
+            }
+        }
+    }
+}
+
+/// One parameter range of phase D.
+#[derive(Default)]
+struct RangeSum<'a> {
+    bufs: [Option<&'a mut [f32]>; MAX_MICRO_BATCHES],
+    sum_sq: f64,
+}
+
+impl RangeSum<'_> {
+    /// `g_i += g_{i+s}` for `s = 1, 2, 4, …` (a fixed tree over the `parts`
+    /// micro-batches), then `Σ g_0²` of the range.
+    fn reduce(&mut self, parts: usize) {
+        let mut s = 1;
+        while s < parts {
+            let mut i = 0;
+            while i + s < parts {
+                let (lo, hi) = self.bufs.split_at_mut(i + s);
+                if let (Some(a), Some(b)) = (&mut lo[i], &hi[0]) {
+                    a.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x += y);
+                }
+                i += 2 * s;
+            }
+            s *= 2;
+        }
+        self.sum_sq = self.bufs[0].as_deref().map_or(0.0, sum_sq);
+    }
 }
 
 impl Trainer {
     /// A trainer for steps of up to `max_batch × max_seq` tokens.
+    ///
+    /// Single-threaded, with [`DEFAULT_MICRO_BATCHES`]: the same parameters,
+    /// bit for bit, as [`Trainer::with_threads`] for any thread count.
     pub fn new(
         model: MoETransformer,
         config: TrainConfig,
         max_batch: usize,
         max_seq: usize,
     ) -> Result<Self> {
+        Self::with_pool(
+            model,
+            config,
+            max_batch,
+            max_seq,
+            Pool::single(),
+            DEFAULT_MICRO_BATCHES,
+        )
+    }
+
+    /// [`Trainer::new`] running each step on `threads` threads (a new
+    /// [`Pool`]; `threads` is the total, the caller included).
+    ///
+    /// # Errors
+    /// As [`Trainer::new`]; [`Error::InvalidParameter`] (`"threads"`) for 0.
+    pub fn with_threads(
+        model: MoETransformer,
+        config: TrainConfig,
+        max_batch: usize,
+        max_seq: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        let pool = Pool::new(threads)?;
+        Self::with_pool(
+            model,
+            config,
+            max_batch,
+            max_seq,
+            pool,
+            DEFAULT_MICRO_BATCHES,
+        )
+    }
+
+    /// A trainer splitting each step into `min(micro_batches, batch)`
+    /// micro-batches, run on `pool`. Memory: `min(micro_batches, max_batch)`
+    /// training workspaces planned for `⌈max_batch/M⌉ × max_seq` tokens and as
+    /// many gradient buffers `[P]`. `micro_batches = 1` is the single pass
+    /// over the whole batch.
+    ///
+    /// # Errors
+    /// As [`Trainer::new`]; [`Error::InvalidParameter`] (`"micro_batches"`)
+    /// outside `1..=MAX_MICRO_BATCHES`.
+    pub fn with_pool(
+        model: MoETransformer,
+        config: TrainConfig,
+        max_batch: usize,
+        max_seq: usize,
+        pool: Pool,
+        micro_batches: usize,
+    ) -> Result<Self> {
         config.validate()?;
-        let ws = model.workspace(max_batch, max_seq, Mode::Training)?;
+        if !(1..=MAX_MICRO_BATCHES).contains(&micro_batches) {
+            return Err(Error::InvalidParameter {
+                param: "micro_batches",
+                expected: "in 1..=16",
+                actual: micro_batches as f64,
+            });
+        }
+        let parts = micro_batches.min(max_batch.max(1));
+        let per = max_batch.div_ceil(parts);
+        let ws = model.workspace(per, max_seq, Mode::Training)?;
         let len = model.layout().total;
+        let mut micro = Vec::new();
+        micro
+            .try_reserve_exact(parts - 1)
+            .map_err(|_| Error::AllocationFailed { bytes: parts })?;
+        for _ in 1..parts {
+            micro.push(Micro {
+                ws: model.workspace(per, max_seq, Mode::Training)?,
+                grads: alloc_zeroed(len)?,
+            });
+        }
         Ok(Trainer {
             grads: alloc_zeroed(len)?,
             opt: AdamW::new(config.adamw, len)?,
             model,
             ws,
             config,
+            micro,
+            pool,
+            max_batch,
         })
+    }
+
+    /// Micro-batches of a full batch (`min(micro_batches, max_batch)`).
+    pub fn micro_batches(&self) -> usize {
+        1 + self.micro.len()
+    }
+
+    /// Threads a step runs on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// The pool a step runs on.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs the following steps on `pool`. The micro-batches stay as they
+    /// are, so the results do not change (e.g. after loading a checkpoint).
+    pub fn set_pool(&mut self, pool: Pool) {
+        self.pool = pool;
     }
 
     /// The model.
@@ -143,15 +354,27 @@ impl Trainer {
     #[cfg(feature = "heap-per-step")]
     pub fn set_alloc_policy(&mut self, policy: crate::AllocPolicy) {
         self.ws.set_alloc_policy(policy);
+        self.micro
+            .iter_mut()
+            .for_each(|m| m.ws.set_alloc_policy(policy));
     }
 
-    /// Bytes of the workspace plan.
+    /// Bytes of the workspace plans (all micro-batches).
     pub fn workspace_bytes(&self) -> usize {
-        self.ws.bytes()
+        self.ws.bytes() + self.micro.iter().map(|m| m.ws.bytes()).sum::<usize>()
     }
 
-    /// Forward + loss + backward only: fills [`Trainer::grads`] (zeroed first)
-    /// and optionally copies out the logits; no optimiser step.
+    /// Bytes of the gradient buffers (one `[P]` per micro-batch).
+    pub fn grad_bytes(&self) -> usize {
+        4 * self.grads.len() * self.micro_batches()
+    }
+
+    /// Forward + loss + backward only: fills [`Trainer::grads`] (the sum over
+    /// the micro-batches) and optionally copies out the logits; no optimiser step.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::loss_and_grad`] (`batch` is checked against the
+    /// trainer's `max_batch`).
     pub fn compute_gradients(
         &mut self,
         tokens: &[TokenId],
@@ -160,18 +383,130 @@ impl Trainer {
         seq: usize,
         logits_out: Option<&mut [f32]>,
     ) -> Result<Losses> {
-        // The one place gradients are zeroed.
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
-        self.model.loss_and_grad(
-            &mut self.ws,
-            &mut self.grads,
-            tokens,
-            targets,
-            batch,
-            seq,
-            self.config.aux_alpha,
-            logits_out,
-        )
+        self.gradients(tokens, targets, batch, seq, logits_out)
+            .map(|(losses, _)| losses)
+    }
+
+    /// Phases A–D of the module docs: the losses and `Σ g²` of the reduced gradients.
+    fn gradients(
+        &mut self,
+        tokens: &[TokenId],
+        targets: &[TokenId],
+        batch: usize,
+        seq: usize,
+        logits_out: Option<&mut [f32]>,
+    ) -> Result<(Losses, f64)> {
+        let cfg = *self.model.config();
+        let alpha = self.config.aux_alpha;
+        if batch == 0 {
+            return Err(Error::EmptyInput { arg: "batch" });
+        }
+        if seq == 0 {
+            return Err(Error::EmptyInput { arg: "seq" });
+        }
+        if seq > cfg.max_position_embeddings {
+            return Err(Error::SeqTooLong {
+                seq,
+                max: cfg.max_position_embeddings,
+            });
+        }
+        if batch > self.max_batch {
+            return Err(Error::WorkspaceTooSmall {
+                dim: "batch",
+                requested: batch,
+                planned: self.max_batch,
+            });
+        }
+        self.ws.check(&cfg, 1, seq)?;
+        let (n, v) = (batch * seq, cfg.vocab_size);
+        check_tokens("tokens", tokens, n, v)?;
+        check_tokens("targets", targets, n, v)?;
+        check_param("aux_alpha", alpha, Domain::NonNegative)?;
+        if let Some(out) = &logits_out {
+            if out.len() != n * v {
+                return Err(Error::ShapeMismatch {
+                    arg: "logits_out",
+                    expected: n * v,
+                    actual: out.len(),
+                });
+            }
+        }
+        let parts = self.micro_batches().min(batch);
+        let Trainer {
+            model,
+            grads,
+            ws,
+            micro,
+            pool,
+            ..
+        } = self;
+        let model = &*model;
+        let losses = {
+            let mut slots: [Option<Slot>; MAX_MICRO_BATCHES] = core::array::from_fn(|_| None);
+            let mut out = logits_out;
+            let bufs = core::iter::once((ws, &mut grads[..]))
+                .chain(micro.iter_mut().map(|m| (&mut m.ws, &mut m.grads[..])));
+            for (i, (w, g)) in bufs.take(parts).enumerate() {
+                let (lo, hi) = split_range(batch, parts, i);
+                let (r0, r1) = (lo * seq, hi * seq);
+                let logits = out.take().map(|o| {
+                    let (mine, rest) = o.split_at_mut((r1 - r0) * v);
+                    out = Some(rest);
+                    mine
+                });
+                slots[i] = Some(Slot {
+                    ws: Some(w),
+                    grads: g,
+                    acts: None,
+                    tokens: &tokens[r0..r1],
+                    targets: &targets[r0..r1],
+                    batch: hi - lo,
+                    scale: (r1 - r0) as f32 / n as f32,
+                    logits,
+                    err: None,
+                });
+            }
+            let slots = &mut slots[..parts];
+            // A: forward + CE head per micro-batch.
+            pool.for_each_mut(slots, |_, s| {
+                if let Some(s) = s {
+                    s.forward(model, seq);
+                }
+            });
+            first_err(slots)?;
+            // B: the whole batch's CE and aux loss, in a single pass's order.
+            let losses = pool_losses(slots, cfg.num_hidden_layers, n, alpha)?;
+            // C: backward per micro-batch.
+            pool.for_each_mut(slots, |_, s| {
+                if let Some(s) = s {
+                    s.backward(model);
+                }
+            });
+            first_err(slots)?;
+            losses
+        };
+        // D: the fixed tree over micro-batches, per parameter range.
+        let len = grads.len();
+        let chunk = range_len(len);
+        let mut ranges: [RangeSum; PARAM_RANGES] = core::array::from_fn(|_| RangeSum::default());
+        let bufs =
+            core::iter::once(&mut grads[..]).chain(micro.iter_mut().map(|m| &mut m.grads[..]));
+        for (b, buf) in bufs.take(parts).enumerate() {
+            for (r, c) in buf.chunks_mut(chunk).enumerate() {
+                ranges[r].bufs[b] = Some(c);
+            }
+        }
+        pool.for_each_mut(&mut ranges, |_, r| r.reduce(parts));
+        let sq = ranges.iter().fold(0.0f64, |acc, r| acc + r.sum_sq);
+        if !sq.is_finite() {
+            if let Some(index) = crate::kernels::first_non_finite(grads) {
+                return Err(Error::NonFinite {
+                    what: "gradients",
+                    index,
+                });
+            }
+        }
+        Ok((losses, sq))
     }
 
     /// One step: forward, loss, backward, clipping, AdamW. Clipping is fused
@@ -219,8 +554,8 @@ impl Trainer {
         seq: usize,
         hook: Option<&mut GradHook<'_>>,
     ) -> Result<StepStats> {
-        let losses = self.compute_gradients(tokens, targets, batch, seq, None)?;
-        let grad_norm = global_norm(&self.grads);
+        let (losses, sq) = self.gradients(tokens, targets, batch, seq, None)?;
+        let grad_norm = libm::sqrt(sq) as f32;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 what: "gradient norm",
@@ -251,8 +586,9 @@ impl Trainer {
                 1.0
             }
         };
+        let params = self.model.params_mut();
         self.opt
-            .update_scaled(self.model.params_mut(), &self.grads, lr, scale)?;
+            .update_scaled_with(&self.pool, params, &self.grads, lr, scale)?;
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,
@@ -262,4 +598,79 @@ impl Trainer {
             step: self.opt.step(),
         })
     }
+}
+
+/// The first micro-batch error, in micro-batch order.
+fn first_err(slots: &mut [Option<Slot>]) -> Result<()> {
+    match slots.iter_mut().flatten().find_map(|s| s.err.take()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Phase B: `CE = Σ ce_row / n` over all micro-batches' rows in order (the
+/// f64 sum of a single pass); the aux statistics, which each micro-batch's
+/// forward pooled over its layers, summed in micro-batch order into
+/// micro-batch 0's `aux_f`/`aux_p` (a fixed order for every thread count); `aux`, the total, and the E31
+/// coefficients copied into every micro-batch's `aux_f`.
+fn pool_losses(slots: &mut [Option<Slot>], layers: usize, n: usize, alpha: f32) -> Result<Losses> {
+    let mismatch = Error::WorkspaceMismatch {
+        what: "a training micro-batch needs a Mode::Training workspace",
+    };
+    let mut ce_sum = 0.0f64;
+    for s in slots.iter().flatten() {
+        let Some((Acts { grads: Some(g), .. }, _)) = &s.acts else {
+            return Err(mismatch);
+        };
+        for &x in g.ce_row.iter() {
+            ce_sum += x as f64;
+        }
+    }
+    let ce = (ce_sum / n as f64) as f32;
+    let (first, rest) = slots.split_at_mut(1);
+    let Some(Slot {
+        acts: Some((a0, _)),
+        ..
+    }) = &mut first[0]
+    else {
+        return Err(mismatch);
+    };
+    let Acts {
+        grads: Some(g0), ..
+    } = a0
+    else {
+        return Err(mismatch);
+    };
+    // Each micro-batch's forward pooled its own layers (in layer order);
+    // the micro-batch sums add up in micro-batch order.
+    for s in rest.iter().flatten() {
+        if let Some((Acts { grads: Some(g), .. }, _)) = &s.acts {
+            for (d, &x) in g0.aux_f.iter_mut().zip(g.aux_f.iter()) {
+                *d += x;
+            }
+            for (d, &x) in g0.aux_p.iter_mut().zip(g.aux_p.iter()) {
+                *d += x;
+            }
+        }
+    }
+    let rows = layers * n;
+    let aux = crate::loss::aux_finish(g0.aux_f, g0.aux_p, rows);
+    let total = ce + alpha * aux;
+    if !total.is_finite() {
+        return Err(Error::NonFinite {
+            what: "loss",
+            index: 0,
+        });
+    }
+    crate::loss::aux_grad_coef(g0.aux_f, alpha, rows);
+    for s in rest.iter_mut().flatten() {
+        if let Some((Acts { grads: Some(g), .. }, _)) = &mut s.acts {
+            g.aux_f.copy_from_slice(g0.aux_f);
+        }
+    }
+    Ok(Losses {
+        loss: total,
+        ce,
+        aux,
+    })
 }

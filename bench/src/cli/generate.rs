@@ -70,6 +70,10 @@ pub struct GenerateArgs {
     /// Seed of the sampling RNG.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Threads of each decoding step (its GEMVs split over fixed column
+    /// blocks: the same text for every N); default: the available cores.
+    #[arg(long, value_name = "N", value_parser = crate::cli::threads_arg, default_value_t = moe_core::available_threads())]
+    pub threads: usize,
 }
 
 impl GenerateArgs {
@@ -102,9 +106,10 @@ pub fn run(args: GenerateArgs) -> Result<(), crate::Error> {
     }
     let dir = checkpoint_dir(&args.checkpoint);
     let model = checkpoint::load(&dir).map_err(|e| format!("--checkpoint: {e}"))?;
+    let pool = crate::cli::pool(args.threads)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let t0 = Instant::now();
-    let ids = moe_core::generate(&model, &prompt, args.max_len, strategy, &mut rng)
+    let ids = moe_core::generate_with(&model, &prompt, args.max_len, strategy, &mut rng, &pool)
         .map_err(|e| with_flag(e, None))?;
     let secs = t0.elapsed().as_secs_f64();
     let text = decode(&ids);
@@ -115,10 +120,11 @@ pub fn run(args: GenerateArgs) -> Result<(), crate::Error> {
     let outside = ids.iter().filter(|&&id| id > 255).count();
     eprintln!(
         "[moe generate] {} tokens ({} prompt + {generated} generated) with {strategy:?}, seed {}, \
-         in {:.3} s ({:.0} tokens/s){}",
+         {} threads, in {:.3} s ({:.0} tokens/s){}",
         ids.len(),
         prompt.len(),
         args.seed,
+        args.threads,
         secs,
         generated as f64 / secs.max(1e-9),
         if outside > 0 {

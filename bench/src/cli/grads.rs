@@ -39,6 +39,11 @@ pub struct GradsArgs {
     /// Output safetensors file (logits, losses and `<name>.grad` for every parameter).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Threads (the batch split into `moe_core::DEFAULT_MICRO_BATCHES`
+    /// micro-batches, as `moe train` does: the same gradients for every N);
+    /// default: the available cores.
+    #[arg(long, value_name = "N", value_parser = crate::cli::threads_arg, default_value_t = moe_core::available_threads())]
+    pub threads: usize,
 }
 
 /// A problem with the content of `tokens.json`.
@@ -437,6 +442,44 @@ pub fn compute(
     })
 }
 
+/// [`compute`] as `moe train` computes a step's gradients: the batch split
+/// into `DEFAULT_MICRO_BATCHES` micro-batches run on `threads` threads (the
+/// same bits for every thread count; within the golden tolerance of [`compute`]).
+///
+/// # Errors
+/// As [`compute`]; `InvalidParameter` (`"threads"`) for 0.
+pub fn compute_with_threads(
+    model: &MoETransformer,
+    tokens: &TokenBatch,
+    threads: usize,
+) -> Result<GradsOutput, moe_core::Error> {
+    let (b, t) = (tokens.batch, tokens.seq);
+    let n_logits = b
+        .checked_mul(t)
+        .and_then(|n| n.checked_mul(model.config().vocab_size))
+        .ok_or(moe_core::Error::Overflow { what: "logits" })?;
+    let mut logits = try_zeros(n_logits)?;
+    let config = moe_core::TrainConfig {
+        aux_alpha: tokens.aux_alpha,
+        ..moe_core::TrainConfig::default()
+    };
+    let mut tr = moe_core::Trainer::with_threads(model.clone(), config, b, t, threads)?;
+    let losses =
+        tr.compute_gradients(&tokens.input_ids, &tokens.targets, b, t, Some(&mut logits))?;
+    let mut grads = try_zeros(0)?;
+    grads.try_reserve_exact(model.layout().total).map_err(|_| {
+        moe_core::Error::AllocationFailed {
+            bytes: model.layout().total * 4,
+        }
+    })?;
+    grads.extend_from_slice(tr.grads());
+    Ok(GradsOutput {
+        logits,
+        losses,
+        grads,
+    })
+}
+
 /// Writes the result file of `moe grads` atomically.
 ///
 /// # Errors
@@ -512,7 +555,7 @@ pub fn run(args: GradsArgs) -> Result<(), GradsError> {
             bytes: usize::try_from(need).unwrap_or(usize::MAX),
         }));
     }
-    let out = compute(&model, &tokens).map_err(|e| match e {
+    let out = compute_with_threads(&model, &tokens, args.threads).map_err(|e| match e {
         moe_core::Error::AllocationFailed { .. } | moe_core::Error::Overflow { .. } => too_large(e),
         e => GradsError::Model(e),
     })?;

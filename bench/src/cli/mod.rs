@@ -76,6 +76,23 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--threads N` (clap `value_parser`): at least 1; the default of every
+/// subcommand that takes it is [`moe_core::available_threads`].
+///
+/// # Errors
+/// A message clap prints with the flag's name (`0`, not a number).
+pub fn threads_arg(s: &str) -> Result<usize, String> {
+    at_least_one(s)
+}
+
+/// The [`moe_core::Pool`] of `--threads N`.
+///
+/// # Errors
+/// `--threads: …` if the OS refuses the threads.
+pub fn pool(threads: usize) -> Result<moe_core::Pool, Error> {
+    moe_core::Pool::new(threads).map_err(|e| arg_error("--threads", e))
+}
+
 /// Physical memory of the host in bytes (`MemTotal` of `/proc/meminfo`), if known.
 pub fn physical_memory() -> Option<u64> {
     // A kernel file, not user input (and its reported length is 0, so the

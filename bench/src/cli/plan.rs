@@ -75,6 +75,10 @@ pub struct PlanArgs {
     /// Print markdown tables (for docs/runtime.md) instead of plain text.
     #[arg(long)]
     pub markdown: bool,
+    /// Also print the memory of a step on N threads: the per-micro-batch
+    /// training workspaces and gradient buffers, the split-forward workspaces.
+    #[arg(long, value_name = "N", value_parser = super::threads_arg)]
+    pub threads: Option<usize>,
 }
 
 /// The benchmark shapes of each mode (spec §6: b2 s32 inference, b2 s8 training).
@@ -470,6 +474,100 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
     if modes.contains(&Mode::Inference) {
         print_kv(&cfg, args.markdown)?;
     }
+    if let Some(threads) = args.threads {
+        let (b0, t0) = default_shape(Mode::Training);
+        let train = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
+        let (b1, t1) = default_shape(Mode::Inference);
+        let infer = (args.batch.unwrap_or(b1), args.seq.unwrap_or(t1));
+        print_threads(&cfg, threads, train, infer, args.markdown)?;
+    }
+    Ok(())
+}
+
+/// The memory of one model on `threads` threads: it belongs to the fixed
+/// micro-batches (training) and sequence groups (forward), never to a
+/// thread, so it is the same for every `threads`.
+fn print_threads(
+    cfg: &Config,
+    threads: usize,
+    (tb, tt): (usize, usize),
+    (ib, it): (usize, usize),
+    markdown: bool,
+) -> Result<(), Error> {
+    let groups = |splits: usize, b: usize| {
+        let g = splits.min(b);
+        (g, b.div_ceil(g))
+    };
+    let (m, per) = groups(moe_core::DEFAULT_MICRO_BATCHES, tb);
+    let ws = Workspace::new(cfg, per, tt, Mode::Training)
+        .map_err(|e| super::arg_error("--batch/--seq", e))?;
+    let grad = 4 * cfg.param_counts_checked()?.total;
+    heading(
+        markdown,
+        &format!(
+            "Training on {threads} threads, b{tb} s{tt}: {m} micro-batches (Trainer::with_threads; \
+             {} worker threads + the caller, any of which runs any micro-batch)",
+            threads - 1
+        ),
+    );
+    let mut rows: Vec<Vec<String>> = (0..m)
+        .map(|i| {
+            let (lo, hi) = (i * tb / m, (i + 1) * tb / m);
+            vec![
+                i.to_string(),
+                format!("{lo}..{hi}"),
+                human(ws.bytes() as u64),
+                if i == 0 {
+                    format!("{} (`Trainer::grads`, the reduced sum)", human(grad))
+                } else {
+                    human(grad)
+                },
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "**total**".to_owned(),
+        String::new(),
+        human(m as u64 * ws.bytes() as u64),
+        human(m as u64 * grad),
+    ]);
+    Table {
+        header: vec![
+            "micro-batch",
+            "sequences",
+            "training workspace",
+            "gradient buffer",
+        ],
+        right: vec![true, false, true, true],
+        rows,
+    }
+    .print(markdown);
+    let (g, per) = groups(moe_core::FORWARD_SPLITS, ib);
+    let wsi = Workspace::new(cfg, per, it, Mode::Inference)
+        .map_err(|e| super::arg_error("--batch/--seq", e))?;
+    let logits = 4 * (ib * it * cfg.vocab_size) as u64;
+    heading(
+        markdown,
+        &format!(
+            "Split forward on {threads} threads, b{ib} s{it}: {g} sequence groups (SplitWorkspace)"
+        ),
+    );
+    Table {
+        header: vec!["part", "bytes"],
+        right: vec![false, true],
+        rows: vec![
+            vec![
+                format!("{g} × inference workspace (≤ {per} sequences each)"),
+                human(g as u64 * wsi.bytes() as u64),
+            ],
+            vec!["gathered logits `[b, t, v]`".to_owned(), human(logits)],
+            vec![
+                "**total (`SplitWorkspace::bytes`)**".to_owned(),
+                human(g as u64 * wsi.bytes() as u64 + logits),
+            ],
+        ],
+    }
+    .print(markdown);
     Ok(())
 }
 

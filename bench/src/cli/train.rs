@@ -134,6 +134,10 @@ pub struct TrainArgs {
     /// Resume from a training checkpoint (an earlier --out directory or its checkpoint/).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Threads of each training step (data-parallel over fixed micro-batches:
+    /// the same model for every N); default: the available cores.
+    #[arg(long, value_name = "N", value_parser = crate::cli::threads_arg, default_value_t = moe_core::available_threads())]
+    pub threads: usize,
 }
 
 /// One row of `loss.csv`.
@@ -570,11 +574,12 @@ impl Session {
             Some(dir) => resume(&args, dir, train_config, &data, &schedule)?,
         };
         let Resumed {
-            trainer,
+            mut trainer,
             rows,
             profile_name,
             run_id,
         } = resumed;
+        trainer.set_pool(crate::cli::pool(args.threads)?);
         let run_id = run_id.unwrap_or_else(new_run_id);
         let extra = run_extra(&args, &profile_name, &data, &schedule);
         let start = trainer.optimizer().step();

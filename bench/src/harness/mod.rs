@@ -50,8 +50,11 @@ pub struct BenchArgs {
     /// and the process id]. The committed reference is `--out benchmarks/rust.json`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Intra-op threads per model. moe-core has none: recorded as 1 whatever is given.
-    #[arg(long, default_value_t = 1)]
+    /// Threads per model of the spec's single-model scenarios: they stay on
+    /// one thread (comparable with the other tracks), so anything else is
+    /// refused; one model on many threads is measured by the `threads_*`
+    /// scenarios (T = 1, 2, 4 each), whatever this is.
+    #[arg(long, value_name = "N", value_parser = crate::cli::threads_arg, default_value_t = 1)]
     pub threads: usize,
     /// Run every scenario in this process instead of one child process each.
     #[arg(long)]
@@ -197,10 +200,14 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         crate::io::atomic::check_writable(path)?;
     }
     if args.threads != 1 {
-        eprintln!(
-            "note: moe-core has no intra-op threads; --threads {} is recorded as 1",
-            args.threads
-        );
+        return Err(crate::cli::arg_error(
+            "--threads",
+            format!(
+                "{}: the spec's single-model scenarios run on 1 thread; \
+                 one model on 1, 2 and 4 threads is `--only threads_train_T1,…` (see --list)",
+                args.threads
+            ),
+        ));
     }
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; run `cargo run --release -p moe-bench -- bench` for real numbers");

@@ -721,6 +721,12 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
         Kind::Bandwidth { n } => Ok(Kind::Bandwidth {
             n: u("n").unwrap_or(n),
         }),
+        Kind::Threads { work, threads } => {
+            hidden_ok(Config::scale_256().hidden_size).map(|()| Kind::Threads {
+                work,
+                threads: u("thread_count").unwrap_or(threads),
+            })
+        }
     })
 }
 
@@ -754,6 +760,9 @@ fn shape_of(k: &Kind) -> String {
         }
         Kind::Bandwidth { n } => {
             let _ = write!(s, "n {n}");
+        }
+        Kind::Threads { work, threads } => {
+            let _ = write!(s, "{}, thread_count {threads}", work.name());
         }
     }
     s

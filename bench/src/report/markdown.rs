@@ -57,6 +57,7 @@ pub(super) fn render(
     report.throughput(&mut o);
     report.dispatch(&mut o);
     report.threads(&mut o);
+    report.one_model_threads(&mut o);
     report.memory(&mut o);
     report.numerical(&mut o);
     notes(&mut o, runs);
@@ -364,6 +365,68 @@ impl Report<'_> {
                 ("thread_throughput.svg", "throughput vs threads"),
                 ("thread_speedup.svg", "speedup vs threads"),
             ],
+        );
+    }
+
+    /// One model on T threads (the `threads_*` scenarios): tokens/s, speedup
+    /// over T = 1, CPU/wall and heap traffic per trial.
+    fn one_model_threads(&self, o: &mut String) {
+        let runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| r.ids.iter().any(|i| i.starts_with("threads_")))
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "## One model, many threads
+"
+        );
+        let _ = writeln!(
+            o,
+            "One scale_256 model on a persistent pool of T threads (moe-core `Pool`): a training step split into \
+             4 fixed micro-batches, a forward into 4 fixed sequence groups, each decoding GEMV into 8 fixed column \
+             blocks — bit-identical results for every T. speedup = tokens/s(T) / tokens/s(T1); CPU/wall ≈ busy cores; \
+             alloc = heap bytes per trial (all threads).\n"
+        );
+        let mut header = vec![h("workload"), h("T")];
+        for r in &runs {
+            for col in ["tokens/s", "speedup", "CPU/wall", "alloc"] {
+                header.push(format!("{} {col}", r.name));
+            }
+        }
+        let mut rows = Vec::new();
+        for (workload, key, ts) in [
+            ("train step b8 s64", "train", &[1u32, 2, 4][..]),
+            ("forward b8 s64", "forward", &[1, 2, 4][..]),
+            ("decode 8 + 64 tokens", "decode", &[1, 2][..]),
+        ] {
+            for &t in ts {
+                let id = format!("threads_{key}_T{t}");
+                let base = format!("threads_{key}_T1");
+                let mut row = vec![workload.to_owned(), t.to_string()];
+                for r in &runs {
+                    let speed = r
+                        .tokens_per_sec(&id)
+                        .zip(r.tokens_per_sec(&base))
+                        .map(|(a, b)| a / b);
+                    row.push(opt(r.tokens_per_sec(&id), |x| format!("{x:.0}")));
+                    row.push(opt(speed, |x| format!("{x:.2}")));
+                    row.push(cell(&r.fig(&id).cpu_wall, |x| format!("{x:.2}")));
+                    row.push(opt(r.alloc_bytes(&id), |x| format!("{x:.0} B")));
+                }
+                rows.push(row);
+            }
+        }
+        table(o, &header, &rows);
+        self.figures(
+            o,
+            &[(
+                "one_model_speedup.svg",
+                "one model, many threads: speedup vs threads",
+            )],
         );
     }
 

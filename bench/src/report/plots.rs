@@ -112,6 +112,7 @@ struct LinePlot<'a> {
 pub(super) fn write_all(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, Error> {
     let mut written = scaling_plots(runs, dir)?;
     written.extend(thread_plots(runs, dir)?);
+    written.extend(one_model_plot(runs, dir)?);
     written.extend(kernel_plot(runs, dir)?);
     Ok(written)
 }
@@ -233,6 +234,40 @@ fn thread_plots(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, Error> {
         written.push("thread_speedup.svg");
     }
     Ok(written)
+}
+
+/// The `threads_*` scenarios (issue 14): speedup of one model on T threads
+/// over the same model on one (`threads_{train,forward,decode}_T1`), beside
+/// the independent-instances speedup of [`thread_plots`].
+fn one_model_plot(runs: &[Run], dir: &Path) -> Result<Option<&'static str>, Error> {
+    let mut spd = Vec::new();
+    for r in runs {
+        for label in ["train", "forward", "decode"] {
+            let id = |t: u32| format!("threads_{label}_T{t}");
+            let Some(base) = r.tokens_per_sec(&id(1)) else {
+                continue;
+            };
+            let pts: Vec<(f64, f64)> = [1, 2, 4]
+                .iter()
+                .filter_map(|&t| Some((f64::from(t), r.tokens_per_sec(&id(t))? / base)))
+                .collect();
+            spd.push((format!("{} {label}", r.name), pts));
+        }
+    }
+    if spd.is_empty() {
+        return Ok(None);
+    }
+    let file = "one_model_speedup.svg";
+    let ideal = vec![(1.0, 1.0), (2.0, 2.0), (4.0, 4.0)];
+    line_plot(
+        &dir.join(file),
+        "One model, many threads: speedup vs threads",
+        "threads T",
+        "tokens/s(T) / tokens/s(1)",
+        &spd,
+        Some(ideal),
+    )?;
+    Ok(Some(file))
 }
 
 /// Kernel GFLOP/s (compiler axis).

@@ -54,6 +54,14 @@ const IDS: &[&str] = &[
     "recompute_train_tiny_s512_off",
     "recompute_train_scale_s256",
     "recompute_train_scale_s256_off",
+    "threads_train_T1",
+    "threads_train_T2",
+    "threads_train_T4",
+    "threads_forward_T1",
+    "threads_forward_T2",
+    "threads_forward_T4",
+    "threads_decode_T1",
+    "threads_decode_T2",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
@@ -62,7 +70,7 @@ fn expected_axis(id: &str) -> &'static str {
         _ if id == "dispatch_warm_heap" => "memory",
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
-        _ if id.starts_with("parallel_") => "parallel",
+        _ if id.starts_with("parallel_") || id.starts_with("threads_") => "parallel",
         _ if id.starts_with("scale_") => "scale",
         _ => panic!("unexpected id {id}"),
     }

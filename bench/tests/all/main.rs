@@ -16,3 +16,4 @@ mod plan_memory;
 mod reliability;
 mod report;
 mod stress;
+mod threads;

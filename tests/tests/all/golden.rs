@@ -97,12 +97,14 @@ fn forward_logits_match_hf() {
 
 #[test]
 fn losses_and_every_gradient_match_hf_autograd() {
-    for name in FIXTURES {
+    // One thread and two (data-parallel micro-batches): both within HF tolerance.
+    for (name, threads) in FIXTURES.iter().flat_map(|&n| [(n, 1), (n, 2)]) {
         let fx = Fixture::load(name);
         let cfg = profile(&fx);
         let alpha = fx.meta_f32("alpha");
         let (b, t) = (2, 8);
-        let mut tr = Trainer::new(model(&cfg), train_config(alpha), b, t).unwrap();
+        let mut tr =
+            Trainer::with_threads(model(&cfg), train_config(alpha), b, t, threads).unwrap();
         let mut logits = vec![0.0; b * t * cfg.vocab_size];
         let l = tr
             .compute_gradients(
@@ -174,11 +176,13 @@ fn losses_and_every_gradient_match_hf_autograd() {
 
 #[test]
 fn ten_adamw_steps_match_hf() {
-    for name in FIXTURES {
+    // One thread and two (data-parallel micro-batches): both within HF tolerance.
+    for (name, threads) in FIXTURES.iter().flat_map(|&n| [(n, 1), (n, 2)]) {
         let fx = Fixture::load(name);
         let cfg = profile(&fx);
         let alpha = fx.meta_f32("alpha");
-        let mut tr = Trainer::new(model(&cfg), train_config(alpha), 2, 8).unwrap();
+        let mut tr =
+            Trainer::with_threads(model(&cfg), train_config(alpha), 2, 8, threads).unwrap();
         let (x, y) = (fx.tokens("input_ids"), fx.tokens("targets"));
         let (want_loss, want_norm, want_lr) = (
             fx.f32("train_loss"),

@@ -21,4 +21,5 @@ mod proptest_units;
 mod readme;
 mod recompute;
 mod reliability;
+mod threads;
 mod training;
