@@ -252,7 +252,7 @@ fn check_scenario(s: &Value) {
             "{id}: construction allocates the parameters"
         );
         assert_eq!(gflops, None, "{id}");
-    } else if id == "generate_kv_64" {
+    } else if id == "generate_kv_64" || id.starts_with("threads_decode_") {
         // Decoding: no analytic FLOP count is claimed, but still no allocation.
         assert_eq!(alloc, 0, "{id}: steady-state allocation");
         assert_eq!(gflops, None, "{id}");
