@@ -506,8 +506,9 @@ fn print_threads(
         markdown,
         &format!(
             "Training on {threads} threads, b{tb} s{tt}: {m} micro-batches (Trainer::with_threads; \
-             {} worker threads + the caller, any of which runs any micro-batch)",
-            threads - 1
+             {} worker thread{} + the caller, any of which runs any micro-batch)",
+            threads - 1,
+            if threads == 2 { "" } else { "s" }
         ),
     );
     let mut rows: Vec<Vec<String>> = (0..m)
