@@ -11,7 +11,6 @@
 //! gradient, so `∂aux/∂p_{row,e} = e · f_e / R` for every row.
 
 use crate::error::{Error, Result};
-use crate::kernels::exp;
 
 /// E14 — `CE = (1/n) Σ_r [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
 /// `ce_row: [n]`), and E15 — its gradient `dlogits = (softmax(logits) − onehot) / n`.
@@ -56,9 +55,10 @@ pub fn cross_entropy(
             vocab: v,
         });
     }
-    Ok(crate::kernels::vectorized(|| {
-        ce_rows(dlogits, ce_row, logits, targets, v)
-    }))
+    Ok(crate::kernels::vectorized(
+        #[inline(always)]
+        || ce_rows(dlogits, ce_row, logits, targets, v),
+    ))
 }
 
 /// [`cross_entropy`]'s loop over checked rows (instantiated for the baseline
@@ -80,25 +80,10 @@ fn ce_rows(
         .zip(targets)
         .enumerate()
     {
-        let mut max = f32::NEG_INFINITY;
-        for &x in z {
-            max = if x > max { x } else { max };
-        }
-        let mut sum = 0.0f32;
-        for (d, &x) in dz.iter_mut().zip(z) {
-            let e = exp(x - max);
-            *d = e;
-            sum += e;
-        }
-        let lse = max + libm::logf(sum);
-        let ce = lse - z[tgt as usize];
+        // max; fused exp + 8-lane sum into dz; scale (kernels::rows::ce_row).
+        let ce = crate::kernels::rows::ce_row(dz, z, tgt as usize, scale);
         ce_row[r] = ce;
         total += ce as f64;
-        let inv = scale / sum;
-        for d in dz.iter_mut() {
-            *d *= inv;
-        }
-        dz[tgt as usize] -= scale;
     }
     (total / n as f64) as f32
 }

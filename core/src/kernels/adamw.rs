@@ -35,7 +35,10 @@ pub(crate) fn adamw_pass(
     v: &mut [f32],
     s: AdamWStep,
 ) {
-    vectorized(|| adamw_body(params, grads, m, v, s))
+    vectorized(
+        #[inline(always)]
+        || adamw_body(params, grads, m, v, s),
+    )
 }
 
 /// [`adamw_pass`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
