@@ -713,6 +713,13 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
         Kind::Bandwidth { n } => Ok(Kind::Bandwidth {
             n: u("n").unwrap_or(n),
         }),
+        Kind::AdamW { n, zeroing } => Ok(Kind::AdamW {
+            n: u("n").unwrap_or(n),
+            zeroing: params
+                .get("zero_grads")
+                .and_then(Value::as_bool)
+                .unwrap_or(zeroing),
+        }),
     })
 }
 
@@ -743,7 +750,7 @@ fn shape_of(k: &Kind) -> String {
         Kind::FmaPeak { iters } => {
             let _ = write!(s, "iters {iters}");
         }
-        Kind::Bandwidth { n } => {
+        Kind::Bandwidth { n } | Kind::AdamW { n, .. } => {
             let _ = write!(s, "n {n}");
         }
     }

@@ -3,7 +3,7 @@
 //! micro-kernel, BLAS FFI and the `matrixmultiply` call), each block with a
 //! `// SAFETY:` comment.
 
-pub(crate) mod adamw;
+pub mod adamw;
 pub mod cpu;
 pub mod gemm;
 pub mod rows;
