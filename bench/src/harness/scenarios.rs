@@ -1241,7 +1241,7 @@ mod tests {
     #[test]
     fn optimizer_scenarios_cover_the_scale_256_model() {
         assert_eq!(
-            SCALE_256_PARAMS,
+            SCALE_256_PARAMS as u64,
             Config::scale_256().param_counts().total,
             "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
         );
