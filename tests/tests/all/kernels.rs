@@ -1043,6 +1043,20 @@ mod dispatch_paths {
                 softmax::backward_inplace(&mut g2, &x);
                 [x, dx, g2].concat()
             });
+            // Edge rows (all −∞ = masked, one NaN, one +∞): same bits on both paths.
+            for edge in [f32::NEG_INFINITY, f32::NAN, f32::INFINITY] {
+                same_bits("softmax edge row", || {
+                    let mut x = if edge == f32::NEG_INFINITY {
+                        vec![edge; n]
+                    } else {
+                        a.clone()
+                    };
+                    x[n / 2] = edge;
+                    let ok = softmax::forward_inplace(&mut x);
+                    assert!(!ok, "n = {n}, edge {edge}: not a distribution");
+                    x
+                });
+            }
             let mut bad = a.clone();
             bad[n / 2] = f32::NAN;
             assert_eq!(
