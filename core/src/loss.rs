@@ -11,7 +11,6 @@
 //! gradient, so `∂aux/∂p_{row,e} = e · f_e / R` for every row.
 
 use crate::error::{Error, Result};
-use crate::kernels::exp;
 
 /// E14 — `CE = (1/n) Σ_r [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
 /// `ce_row: [n]`), and E15 — its gradient `dlogits = (softmax(logits) − onehot) / n`.
@@ -56,9 +55,10 @@ pub fn cross_entropy(
             vocab: v,
         });
     }
-    Ok(crate::kernels::vectorized(|| {
-        ce_rows(dlogits, ce_row, logits, targets, v)
-    }))
+    Ok(crate::kernels::vectorized(
+        #[inline(always)]
+        || ce_rows(dlogits, ce_row, logits, targets, v),
+    ))
 }
 
 /// [`cross_entropy`]'s loop over checked rows (instantiated for the baseline
@@ -80,25 +80,10 @@ fn ce_rows(
         .zip(targets)
         .enumerate()
     {
-        let mut max = f32::NEG_INFINITY;
-        for &x in z {
-            max = if x > max { x } else { max };
-        }
-        let mut sum = 0.0f32;
-        for (d, &x) in dz.iter_mut().zip(z) {
-            let e = exp(x - max);
-            *d = e;
-            sum += e;
-        }
-        let lse = max + libm::logf(sum);
-        let ce = lse - z[tgt as usize];
+        // max; fused exp + 8-lane sum into dz; scale (kernels::rows::ce_row).
+        let ce = crate::kernels::rows::ce_row(dz, z, tgt as usize, scale);
         ce_row[r] = ce;
         total += ce as f64;
-        let inv = scale / sum;
-        for d in dz.iter_mut() {
-            *d *= inv;
-        }
-        dz[tgt as usize] -= scale;
     }
     (total / n as f64) as f32
 }
@@ -142,33 +127,20 @@ pub fn cross_entropy_inplace(
             vocab: v,
         });
     }
-    Ok(crate::kernels::vectorized(|| {
-        let scale = 1.0 / n as f32;
-        let mut total = 0.0f64;
-        for (r, (z, &tgt)) in logits.chunks_exact_mut(v).zip(targets).enumerate() {
-            let mut max = f32::NEG_INFINITY;
-            for &x in z.iter() {
-                max = if x > max { x } else { max };
+    Ok(crate::kernels::vectorized(
+        #[inline(always)]
+        || {
+            let scale = 1.0 / n as f32;
+            let mut total = 0.0f64;
+            for (r, (z, &tgt)) in logits.chunks_exact_mut(v).zip(targets).enumerate() {
+                // max; fused exp + 8-lane sum in place; scale (kernels::rows).
+                let ce = crate::kernels::rows::ce_row_inplace(z, tgt as usize, scale);
+                ce_row[r] = ce;
+                total += ce as f64;
             }
-            let zt = z[tgt as usize];
-            let mut sum = 0.0f32;
-            for x in z.iter_mut() {
-                let e = exp(*x - max);
-                *x = e;
-                sum += e;
-            }
-            let lse = max + libm::logf(sum);
-            let ce = lse - zt;
-            ce_row[r] = ce;
-            total += ce as f64;
-            let inv = scale / sum;
-            for d in z.iter_mut() {
-                *d *= inv;
-            }
-            z[tgt as usize] -= scale;
-        }
-        (total / n as f64) as f32
-    }))
+            (total / n as f64) as f32
+        },
+    ))
 }
 
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are

@@ -203,14 +203,17 @@ pub fn forward(qkv: &mut [f32], rope: &RopeTable, pos0: usize, dm: &Dims) -> Res
     rope.check_rows(qkv, pos0, dm)?;
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    crate::kernels::vectorized(|| {
-        for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
-            let pos = pos0 + r % t;
-            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-                rope.rotate_unchecked(head, pos);
+    crate::kernels::vectorized(
+        #[inline(always)]
+        || {
+            for (r, row) in qkv.chunks_exact_mut(q).enumerate() {
+                let pos = pos0 + r % t;
+                for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                    rope.rotate_unchecked(head, pos);
+                }
             }
-        }
-    });
+        },
+    );
     Ok(())
 }
 
@@ -224,13 +227,16 @@ pub fn backward(dqkv: &mut [f32], rope: &RopeTable, dm: &Dims) -> Result<()> {
     rope.check_rows(dqkv, 0, dm)?;
     let (t, h, kv, d) = (dm.t, dm.h, dm.kv, dm.d);
     let q = (h + 2 * kv) * d;
-    crate::kernels::vectorized(|| {
-        for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
-            let pos = r % t;
-            for head in row[..(h + kv) * d].chunks_exact_mut(d) {
-                rope.rotate_back_unchecked(head, pos);
+    crate::kernels::vectorized(
+        #[inline(always)]
+        || {
+            for (r, row) in dqkv.chunks_exact_mut(q).enumerate() {
+                let pos = r % t;
+                for head in row[..(h + kv) * d].chunks_exact_mut(d) {
+                    rope.rotate_back_unchecked(head, pos);
+                }
             }
-        }
-    });
+        },
+    );
     Ok(())
 }

@@ -188,15 +188,19 @@ impl SamplingStrategy {
             (_, Some(probs)) => {
                 // exp once per token, into the planned scratch (vectorised fill;
                 // the same scalar arithmetic, so the same values).
-                crate::kernels::vectorized(|| {
-                    for (q, &x) in probs.iter_mut().zip(logits) {
-                        *q = w(x);
-                    }
-                });
+                crate::kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        for (q, &x) in probs.iter_mut().zip(logits) {
+                            *q = w(x);
+                        }
+                    },
+                );
                 let probs: &[f32] = probs;
-                Ok(crate::kernels::vectorized(|| {
-                    choose(logits, Some(probs), rng, keep, |i| probs[i])
-                }))
+                Ok(crate::kernels::vectorized(
+                    #[inline(always)]
+                    || choose(logits, Some(probs), rng, keep, |i| probs[i]),
+                ))
             }
         }
     }

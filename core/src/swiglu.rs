@@ -39,14 +39,17 @@ impl SwiGLU<'_> {
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
         let (c, f) = (self.c, self.f);
         linear::forward(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
-        kernels::vectorized(|| {
-            for (a, hr) in act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f)) {
-                let (h1, h3) = hr.split_at(f);
-                for i in 0..f {
-                    a[i] = silu(h1[i]) * h3[i];
+        kernels::vectorized(
+            #[inline(always)]
+            || {
+                for (a, hr) in act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f)) {
+                    let (h1, h3) = hr.split_at(f);
+                    for i in 0..f {
+                        a[i] = silu(h1[i]) * h3[i];
+                    }
                 }
-            }
-        });
+            },
+        );
         linear::forward(y, act, self.w2, m, f, c, Accum::Set);
     }
 
@@ -76,20 +79,23 @@ impl SwiGLU<'_> {
         linear::backward_input(dact, dy, self.w2, m, f, c, Accum::Set);
         linear::backward_weight(dw2, dy, act, m, f, c);
         // forward: act = silu(h1) ⊙ h3
-        kernels::vectorized(|| {
-            for ((dh, hr), da) in dh13
-                .chunks_exact_mut(2 * f)
-                .zip(h13.chunks_exact(2 * f))
-                .zip(dact.chunks_exact(f))
-            {
-                let (h1, h3) = hr.split_at(f);
-                let (dh1, dh3) = dh.split_at_mut(f);
-                for i in 0..f {
-                    dh1[i] = da[i] * h3[i] * silu_grad(h1[i]);
-                    dh3[i] = da[i] * silu(h1[i]);
+        kernels::vectorized(
+            #[inline(always)]
+            || {
+                for ((dh, hr), da) in dh13
+                    .chunks_exact_mut(2 * f)
+                    .zip(h13.chunks_exact(2 * f))
+                    .zip(dact.chunks_exact(f))
+                {
+                    let (h1, h3) = hr.split_at(f);
+                    let (dh1, dh3) = dh.split_at_mut(f);
+                    for i in 0..f {
+                        dh1[i] = da[i] * h3[i] * silu_grad(h1[i]);
+                        dh3[i] = da[i] * silu(h1[i]);
+                    }
                 }
-            }
-        });
+            },
+        );
         // forward: h13 = xg·w13ᵀ
         linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, Accum::Set);
         linear::backward_weight(dw13, dh13, xg, m, c, 2 * f);
@@ -119,16 +125,19 @@ impl SwiGLU<'_> {
         linear::backward_weight(dw2, dy, act, m, f, c);
         linear::backward_input(act, dy, self.w2, m, f, c, Accum::Set);
         // forward: act = silu(h1) ⊙ h3
-        kernels::vectorized(|| {
-            for (hr, da) in h13.chunks_exact_mut(2 * f).zip(act.chunks_exact(f)) {
-                let (h1, h3) = hr.split_at_mut(f);
-                for i in 0..f {
-                    let (a, b) = (h1[i], h3[i]);
-                    h1[i] = da[i] * b * silu_grad(a);
-                    h3[i] = da[i] * silu(a);
+        kernels::vectorized(
+            #[inline(always)]
+            || {
+                for (hr, da) in h13.chunks_exact_mut(2 * f).zip(act.chunks_exact(f)) {
+                    let (h1, h3) = hr.split_at_mut(f);
+                    for i in 0..f {
+                        let (a, b) = (h1[i], h3[i]);
+                        h1[i] = da[i] * b * silu_grad(a);
+                        h3[i] = da[i] * silu(a);
+                    }
                 }
-            }
-        });
+            },
+        );
         // forward: h13 = xg·w13ᵀ
         linear::backward_weight(dw13, h13, xg, m, c, 2 * f);
         linear::backward_input(xg, h13, self.w13, m, c, 2 * f, Accum::Set);

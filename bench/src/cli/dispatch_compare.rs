@@ -14,7 +14,12 @@
 //! dispatch. Every input is passed through [`black_box`], so neither the
 //! enum's variant nor the trait object's type is known to the optimiser.
 //!
+//! Every path calls [`SamplingStrategy::pick_token_with`] (one `exp` per
+//! logit into planned scratch, as `generate` does), the scratch allocated once
+//! outside the timed calls.
+//!
 //! Workloads: each strategy on 1,000 logits (the tiny model's vocabulary),
+//! top-k and top-p also on 32,000 (Mixtral's; the run ends with their ratio),
 //! greedy on 16 logits (so little work that dispatch is the largest share it can be), and a
 //! mixed stream that changes strategy on every call (enum and dyn only: a
 //! generic parameter fixes one type at compile time).
@@ -30,8 +35,14 @@ use crate::Error;
 
 /// One sampling strategy as a trait (object-safe: the RNG type is concrete).
 pub trait Sampler {
-    /// Picks the next token from `logits: [vocab]`.
-    fn pick_token(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> CoreResult<TokenId>;
+    /// Picks the next token from `logits: [vocab]`, with `probs: [vocab]` the
+    /// planned scratch of [`SamplingStrategy::pick_token_with`].
+    fn pick_token(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut ChaCha8Rng,
+    ) -> CoreResult<TokenId>;
 }
 
 /// Argmax.
@@ -49,34 +60,54 @@ pub struct TopP(pub f32, pub f32);
 
 impl Sampler for Greedy {
     #[inline]
-    fn pick_token(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> CoreResult<TokenId> {
-        SamplingStrategy::Greedy.pick_token(logits, rng)
+    fn pick_token(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut ChaCha8Rng,
+    ) -> CoreResult<TokenId> {
+        SamplingStrategy::Greedy.pick_token_with(logits, probs, rng)
     }
 }
 impl Sampler for Temperature {
     #[inline]
-    fn pick_token(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> CoreResult<TokenId> {
-        SamplingStrategy::Temperature(self.0).pick_token(logits, rng)
+    fn pick_token(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut ChaCha8Rng,
+    ) -> CoreResult<TokenId> {
+        SamplingStrategy::Temperature(self.0).pick_token_with(logits, probs, rng)
     }
 }
 impl Sampler for TopK {
     #[inline]
-    fn pick_token(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> CoreResult<TokenId> {
+    fn pick_token(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut ChaCha8Rng,
+    ) -> CoreResult<TokenId> {
         SamplingStrategy::TopK {
             k: self.0,
             temperature: self.1,
         }
-        .pick_token(logits, rng)
+        .pick_token_with(logits, probs, rng)
     }
 }
 impl Sampler for TopP {
     #[inline]
-    fn pick_token(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> CoreResult<TokenId> {
+    fn pick_token(
+        &self,
+        logits: &[f32],
+        probs: &mut [f32],
+        rng: &mut ChaCha8Rng,
+    ) -> CoreResult<TokenId> {
         SamplingStrategy::TopP {
             p: self.0,
             temperature: self.1,
         }
-        .pick_token(logits, rng)
+        .pick_token_with(logits, probs, rng)
     }
 }
 
@@ -98,11 +129,13 @@ pub struct DispatchCompareArgs {
 }
 
 const MECHS: [&str; 3] = ["enum", "dyn", "generic"];
-const WORKLOADS: [&str; 6] = [
+const WORKLOADS: [&str; 8] = [
     "greedy",
     "temperature",
     "top_k",
     "top_p",
+    "top_k_v32k",
+    "top_p_v32k",
     "greedy_v16",
     "mixed",
 ];
@@ -112,6 +145,13 @@ const K: usize = 40;
 const P: f32 = 0.9;
 const VOCAB: usize = 1000;
 const SMALL_VOCAB: usize = 16;
+/// A production-size vocabulary (Mixtral's 32,000) for the `_v32k` workloads.
+const LARGE_VOCAB: usize = 32_000;
+
+/// The strategy of a workload name without its vocabulary suffix.
+fn base(workload: &str) -> &str {
+    workload.strip_suffix("_v32k").unwrap_or(workload)
+}
 const SEED: u64 = 42;
 
 /// Fixed logits: SplitMix64 from `SEED`, `4·(2u − 1)` (as the softmax kernel fixture).
@@ -131,7 +171,7 @@ fn logits(n: usize) -> Vec<f32> {
 }
 
 fn enum_of(workload: &str) -> SamplingStrategy {
-    match workload {
+    match base(workload) {
         "temperature" => SamplingStrategy::Temperature(T),
         "top_k" => SamplingStrategy::TopK {
             k: K,
@@ -163,21 +203,28 @@ const MIXED_ENUM: [SamplingStrategy; 4] = [
 fn calls_generic<S: Sampler>(
     s: &S,
     logits: &[f32],
+    probs: &mut [f32],
     rng: &mut ChaCha8Rng,
     n: usize,
 ) -> CoreResult<u64> {
     let mut acc = 0u64;
     for _ in 0..n {
-        acc += s.pick_token(black_box(logits), rng)? as u64;
+        acc += s.pick_token(black_box(logits), probs, rng)? as u64;
     }
     Ok(acc)
 }
 
 #[inline(never)]
-fn calls_dyn(s: &dyn Sampler, logits: &[f32], rng: &mut ChaCha8Rng, n: usize) -> CoreResult<u64> {
+fn calls_dyn(
+    s: &dyn Sampler,
+    logits: &[f32],
+    probs: &mut [f32],
+    rng: &mut ChaCha8Rng,
+    n: usize,
+) -> CoreResult<u64> {
     let mut acc = 0u64;
     for _ in 0..n {
-        acc += s.pick_token(black_box(logits), rng)? as u64;
+        acc += s.pick_token(black_box(logits), probs, rng)? as u64;
     }
     Ok(acc)
 }
@@ -186,33 +233,44 @@ fn calls_dyn(s: &dyn Sampler, logits: &[f32], rng: &mut ChaCha8Rng, n: usize) ->
 fn calls_enum(
     s: SamplingStrategy,
     logits: &[f32],
+    probs: &mut [f32],
     rng: &mut ChaCha8Rng,
     n: usize,
 ) -> CoreResult<u64> {
     let mut acc = 0u64;
     for _ in 0..n {
-        acc += s.pick_token(black_box(logits), rng)? as u64;
+        acc += s.pick_token_with(black_box(logits), probs, rng)? as u64;
     }
     Ok(acc)
 }
 
 #[inline(never)]
-fn calls_mixed_enum(logits: &[f32], rng: &mut ChaCha8Rng, n: usize) -> CoreResult<u64> {
+fn calls_mixed_enum(
+    logits: &[f32],
+    probs: &mut [f32],
+    rng: &mut ChaCha8Rng,
+    n: usize,
+) -> CoreResult<u64> {
     let all = black_box(&MIXED_ENUM);
     let mut acc = 0u64;
     for i in 0..n {
-        acc += all[i % 4].pick_token(black_box(logits), rng)? as u64;
+        acc += all[i % 4].pick_token_with(black_box(logits), probs, rng)? as u64;
     }
     Ok(acc)
 }
 
 #[inline(never)]
-fn calls_mixed_dyn(logits: &[f32], rng: &mut ChaCha8Rng, n: usize) -> CoreResult<u64> {
+fn calls_mixed_dyn(
+    logits: &[f32],
+    probs: &mut [f32],
+    rng: &mut ChaCha8Rng,
+    n: usize,
+) -> CoreResult<u64> {
     let (g, t, k, p) = (Greedy, Temperature(T), TopK(K, T), TopP(P, T));
     let all: [&dyn Sampler; 4] = black_box([&g, &t, &k, &p]);
     let mut acc = 0u64;
     for i in 0..n {
-        acc += all[i % 4].pick_token(black_box(logits), rng)? as u64;
+        acc += all[i % 4].pick_token(black_box(logits), probs, rng)? as u64;
     }
     Ok(acc)
 }
@@ -223,33 +281,34 @@ fn run_calls(
     mech: &str,
     workload: &str,
     logits: &[f32],
+    probs: &mut [f32],
     rng: &mut ChaCha8Rng,
     n: usize,
 ) -> Option<CoreResult<u64>> {
     if workload == "mixed" {
         return match mech {
-            "enum" => Some(calls_mixed_enum(logits, rng, n)),
-            "dyn" => Some(calls_mixed_dyn(logits, rng, n)),
+            "enum" => Some(calls_mixed_enum(logits, probs, rng, n)),
+            "dyn" => Some(calls_mixed_dyn(logits, probs, rng, n)),
             _ => None,
         };
     }
     Some(match mech {
-        "enum" => calls_enum(black_box(enum_of(workload)), logits, rng, n),
+        "enum" => calls_enum(black_box(enum_of(workload)), logits, probs, rng, n),
         "dyn" => {
             let (g, t, k, p) = (Greedy, Temperature(T), TopK(K, T), TopP(P, T));
-            let s: &dyn Sampler = match workload {
+            let s: &dyn Sampler = match base(workload) {
                 "temperature" => &t,
                 "top_k" => &k,
                 "top_p" => &p,
                 _ => &g,
             };
-            calls_dyn(black_box(s), logits, rng, n)
+            calls_dyn(black_box(s), logits, probs, rng, n)
         }
-        _ => match workload {
-            "temperature" => calls_generic(black_box(&Temperature(T)), logits, rng, n),
-            "top_k" => calls_generic(black_box(&TopK(K, T)), logits, rng, n),
-            "top_p" => calls_generic(black_box(&TopP(P, T)), logits, rng, n),
-            _ => calls_generic(black_box(&Greedy), logits, rng, n),
+        _ => match base(workload) {
+            "temperature" => calls_generic(black_box(&Temperature(T)), logits, probs, rng, n),
+            "top_k" => calls_generic(black_box(&TopK(K, T)), logits, probs, rng, n),
+            "top_p" => calls_generic(black_box(&TopP(P, T)), logits, probs, rng, n),
+            _ => calls_generic(black_box(&Greedy), logits, probs, rng, n),
         },
     })
 }
@@ -266,6 +325,8 @@ fn calls_per_unit(workload: &str) -> usize {
 fn vocab_of(workload: &str) -> usize {
     if workload == "greedy_v16" {
         SMALL_VOCAB
+    } else if workload.ends_with("_v32k") {
+        LARGE_VOCAB
     } else {
         VOCAB
     }
@@ -277,9 +338,17 @@ fn cold_child(spec: &str) -> Result<(), Error> {
         .split_once(':')
         .ok_or("--cold-child expects MECH:WORKLOAD")?;
     let lg = logits(vocab_of(workload));
+    let mut probs = vec![0.0f32; lg.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     let t0 = Instant::now();
-    let r = run_calls(mech, workload, &lg, &mut rng, calls_per_unit(workload));
+    let r = run_calls(
+        mech,
+        workload,
+        &lg,
+        &mut probs,
+        &mut rng,
+        calls_per_unit(workload),
+    );
     let ns = t0.elapsed().as_nanos();
     match r {
         Some(r) => {
@@ -329,11 +398,12 @@ fn cold(mech: &str, workload: &str, runs: usize) -> Result<f64, Error> {
 /// rounds of enough calls to last ~50 µs (at least one unit).
 fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, Error> {
     let lg = logits(vocab_of(workload));
+    let mut probs = vec![0.0f32; lg.len()];
     let mut rng = ChaCha8Rng::seed_from_u64(SEED);
     // Warm up and size a round.
     let t0 = Instant::now();
     let probe = 64;
-    run_calls(mech, workload, &lg, &mut rng, probe).ok_or("no such pair")??;
+    run_calls(mech, workload, &lg, &mut probs, &mut rng, probe).ok_or("no such pair")??;
     let per = t0.elapsed().as_nanos() as f64 / probe as f64;
     let unit = calls_per_unit(workload);
     // Short rounds: on a shared machine a long round is likely to be preempted.
@@ -341,7 +411,9 @@ fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, Error> {
     let mut per_call: Vec<f64> = super::try_vec(rounds, "--warm-rounds")?;
     for _ in 0..rounds {
         let t = Instant::now();
-        black_box(run_calls(mech, workload, &lg, &mut rng, calls).ok_or("no such pair")??);
+        black_box(
+            run_calls(mech, workload, &lg, &mut probs, &mut rng, calls).ok_or("no such pair")??,
+        );
         per_call.push(t.elapsed().as_nanos() as f64 / (calls / unit) as f64);
     }
     Ok(median(per_call))
@@ -350,10 +422,11 @@ fn warm(mech: &str, workload: &str, rounds: usize) -> Result<f64, Error> {
 /// The three paths pick the same tokens from the same RNG stream.
 fn same_tokens(workload: &str) -> Result<bool, Error> {
     let lg = logits(vocab_of(workload));
+    let mut probs = vec![0.0f32; lg.len()];
     let mut sums = Vec::new();
     for mech in MECHS {
         let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-        if let Some(r) = run_calls(mech, workload, &lg, &mut rng, 256) {
+        if let Some(r) = run_calls(mech, workload, &lg, &mut probs, &mut rng, 256) {
             sums.push(r?);
         }
     }
@@ -366,6 +439,8 @@ fn label(workload: &str) -> String {
         "temperature" => format!("temperature T={T}, v={VOCAB}"),
         "top_k" => format!("top-k k={K} T={T}, v={VOCAB}"),
         "top_p" => format!("top-p p={P} T={T}, v={VOCAB}"),
+        "top_k_v32k" => format!("top-k k={K} T={T}, v={LARGE_VOCAB}"),
+        "top_p_v32k" => format!("top-p p={P} T={T}, v={LARGE_VOCAB}"),
         "greedy_v16" => format!("greedy, v={SMALL_VOCAB}"),
         _ => format!("mixed: one call of each strategy, per cycle, v={VOCAB}"),
     }
@@ -390,6 +465,7 @@ pub fn run(args: DispatchCompareArgs) -> Result<(), Error> {
         args.cold_runs, args.warm_rounds
     );
     println!();
+    let mut enum_warm_of: Vec<(&str, f64)> = Vec::new();
     println!("| workload | mechanism | cold ns | warm ns/call | cold/warm | warm vs enum |");
     println!("|---|---|---:|---:|---:|---:|");
     for workload in WORKLOADS {
@@ -409,12 +485,26 @@ pub fn run(args: DispatchCompareArgs) -> Result<(), Error> {
             let w = warm(mech, workload, args.warm_rounds)?;
             if mech == "enum" {
                 enum_warm = w;
+                enum_warm_of.push((workload, w));
             }
             println!(
                 "| {} | {mech} | {c:.0} | {w:.1} | {:.1} | {:.3} |",
                 label(workload),
                 c / w,
                 w / enum_warm
+            );
+        }
+    }
+    let warm_of = |w: &str| enum_warm_of.iter().find(|(x, _)| *x == w).map(|&(_, t)| t);
+    for (k, p, v) in [
+        ("top_k", "top_p", VOCAB),
+        ("top_k_v32k", "top_p_v32k", LARGE_VOCAB),
+    ] {
+        if let (Some(tk), Some(tp)) = (warm_of(k), warm_of(p)) {
+            println!();
+            println!(
+                "top-p / top-k per token (enum, warm), v = {v}: {:.2} ({tp:.0} / {tk:.0} ns)",
+                tp / tk
             );
         }
     }

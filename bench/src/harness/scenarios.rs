@@ -112,6 +112,11 @@ pub enum Kind {
     /// (issue 14, "one model, many threads"): bit-identical results for every
     /// `threads`, so the `_T1` row is the baseline of the speedup.
     Threads { work: ThreadsWork, threads: usize },
+    /// One AdamW pass (`moe_core::kernels::adamw`) over `n` parameters with
+    /// their gradients and both moments (the `scale_256` optimizer state);
+    /// `zeroing`: the variant that also writes the gradients to zero.
+    /// Bytes per iteration: 7·4n (read w, g, m, v; write w, m, v), 8·4n when zeroing.
+    AdamW { n: usize, zeroing: bool },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -326,6 +331,24 @@ pub const SCENARIOS: &[Scenario] = &[
         "compiler",
         Kind::Bandwidth { n: BANDWIDTH_N },
     ),
+    // The optimizer pass of `scale_train_256` alone, in GB/s beside
+    // `machine_bandwidth` (bytes per iteration in `params.bytes_per_iter`).
+    s(
+        "optimizer_adamw_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            zeroing: false,
+        },
+    ),
+    s(
+        "optimizer_adamw_zeroing_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            zeroing: true,
+        },
+    ),
     // OpenBLAS (`--features openblas`) beside our GEMM, same shapes, same run.
     #[cfg(feature = "openblas")]
     s(
@@ -423,6 +446,15 @@ const FMA_PEAK_ITERS: u64 = 500_000;
 /// Floats per array of `machine_bandwidth`: 3 × 64 MiB, 6× a 32 MiB L3.
 const BANDWIDTH_N: usize = 16 << 20;
 
+/// Parameters of `Config::scale_256()` (checked by a test against the model).
+pub const SCALE_256_PARAMS: usize = 7_134_464;
+
+/// Bytes one AdamW pass over `n` parameters reads and writes (f32): w, g, m, v
+/// read, w, m, v written, and g written when zeroing.
+pub const fn adamw_bytes(n: usize, zeroing: bool) -> u64 {
+    (if zeroing { 8 } else { 7 }) * 4 * n as u64
+}
+
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
 pub const SPEC_SCENARIOS: usize = 22;
 
@@ -468,6 +500,9 @@ impl Kind {
                 "lanes": moe_core::kernels::cpu::PEAK_LANES,
             }),
             Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
+            Kind::AdamW { n, zeroing } => json!({
+                "n": n, "zero_grads": zeroing, "bytes_per_iter": adamw_bytes(n, zeroing),
+            }),
             Kind::Decode { prompt, new_tokens } => json!({
                 "profile": "tiny", "prompt": prompt, "new_tokens": new_tokens,
                 "strategy": "greedy", "kv_cache": true,
@@ -546,9 +581,10 @@ impl Kind {
             ),
             Kind::Bandwidth { n } => Some(2 * n as u64),
             Kind::RmsNorm { b, t, c } => Some(flops::rmsnorm(b * t, c)),
-            Kind::DispatchCold { .. } | Kind::DispatchColdProcess { .. } | Kind::Decode { .. } => {
-                None
-            }
+            Kind::DispatchCold { .. }
+            | Kind::DispatchColdProcess { .. }
+            | Kind::Decode { .. }
+            | Kind::AdamW { .. } => None,
             Kind::Parallel {
                 threads,
                 workload,
@@ -584,7 +620,8 @@ impl Kind {
             | Kind::Softmax { .. }
             | Kind::RmsNorm { .. }
             | Kind::FmaPeak { .. }
-            | Kind::Bandwidth { .. } => None,
+            | Kind::Bandwidth { .. }
+            | Kind::AdamW { .. } => None,
         }
     }
 }
@@ -639,6 +676,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
         Kind::Bandwidth { n } => run_bandwidth(n, o)?,
+        Kind::AdamW { n, zeroing } => run_adamw(n, zeroing, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
         Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
         Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
@@ -925,6 +963,54 @@ fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
     Ok(Outcome {
         m: meas,
         numerical: Numerical::of(&a[..1024]),
+        arena_bytes: 0,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
+    use moe_core::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
+    let mut w: Vec<f32> = fixture_uniform(o.seed, n)
+        .iter()
+        .map(|u| 2.0 * u - 1.0)
+        .collect();
+    let g0: Vec<f32> = fixture_uniform(o.seed + 1, n)
+        .iter()
+        .map(|u| 0.02 * (u - 0.5))
+        .collect();
+    let mut g = g0.clone();
+    let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    // Step-1 scalars of the default config at lr = 1e-3 (the values only need
+    // to be those of a real step; the memory traffic does not depend on them).
+    let (lr, b1, b2) = (1e-3f32, 0.9f32, 0.999f32);
+    let step = AdamWStep {
+        decay: 1.0 - lr * 0.01,
+        grad_scale: 1.0,
+        w1: 1.0 - b1,
+        beta2: b2,
+        w2: 1.0 - b2,
+        bc2_sqrt: (1.0 - b2).sqrt(),
+        eps: 1e-8,
+        step_size: lr / (1.0 - b1),
+    };
+    let meas = measure::run(o.warmup, o.trials, |p| {
+        if zeroing {
+            // The zeroing pass leaves zeros: restore real gradients (untimed).
+            g.copy_from_slice(&g0);
+        }
+        let s = p.start();
+        if zeroing {
+            adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step);
+        } else {
+            adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step);
+        }
+        p.stop(s);
+        black_box((&w, &g));
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m: meas,
+        numerical: Numerical::of(&w[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
     })
@@ -1437,5 +1523,16 @@ mod tests {
         let u = fixture_uniform(42, 1000);
         assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
         assert_eq!(u, fixture_uniform(42, 1000));
+    }
+
+    #[test]
+    fn optimizer_scenarios_cover_the_scale_256_model() {
+        assert_eq!(
+            SCALE_256_PARAMS as u64,
+            Config::scale_256().param_counts().total,
+            "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
+        );
+        assert_eq!(adamw_bytes(10, false), 280);
+        assert_eq!(adamw_bytes(10, true), 320);
     }
 }

@@ -727,6 +727,13 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 threads: u("thread_count").unwrap_or(threads),
             })
         }
+        Kind::AdamW { n, zeroing } => Ok(Kind::AdamW {
+            n: u("n").unwrap_or(n),
+            zeroing: params
+                .get("zero_grads")
+                .and_then(Value::as_bool)
+                .unwrap_or(zeroing),
+        }),
     })
 }
 
@@ -758,7 +765,7 @@ fn shape_of(k: &Kind) -> String {
         Kind::FmaPeak { iters } => {
             let _ = write!(s, "iters {iters}");
         }
-        Kind::Bandwidth { n } => {
+        Kind::Bandwidth { n } | Kind::AdamW { n, .. } => {
             let _ = write!(s, "n {n}");
         }
         Kind::Threads { work, threads } => {

@@ -55,6 +55,13 @@ pub(super) fn render(
     report.summary(&mut o);
     report.wall_time(&mut o);
     report.throughput(&mut o);
+    super::roofline::section(
+        &mut o,
+        runs,
+        plots
+            .contains(&super::plots::ROOFLINE_SVG)
+            .then(|| link(super::plots::ROOFLINE_SVG)),
+    );
     report.dispatch(&mut o);
     report.threads(&mut o);
     report.one_model_threads(&mut o);

@@ -19,6 +19,7 @@ pub mod check;
 mod error;
 mod markdown;
 pub mod plots;
+pub mod roofline;
 
 use clap::Args;
 use serde_json::Value;

@@ -114,6 +114,7 @@ pub(super) fn write_all(runs: &[Run], dir: &Path) -> Result<Vec<&'static str>, E
     written.extend(thread_plots(runs, dir)?);
     written.extend(one_model_plot(runs, dir)?);
     written.extend(kernel_plot(runs, dir)?);
+    written.extend(roofline_plot(runs, dir)?);
     Ok(written)
 }
 
@@ -437,6 +438,68 @@ fn bar_plot(path: &Path, title: &str, ids: &[&str], runs: &[Run]) -> Result<(), 
         legend(&mut chart, SeriesLabelPosition::UpperRight)
     })?;
     save(path, &text)
+}
+
+/// The roofline plot file (see [`super::roofline`]).
+pub(super) const ROOFLINE_SVG: &str = "roofline.svg";
+
+/// Achieved GFLOP/s of the model scenarios against arithmetic intensity
+/// (FLOP/byte, log–log), under each run's roof `min(peak, bandwidth · I)`
+/// measured in that run; `None` if no run has both machine limits.
+fn roofline_plot(runs: &[Run], dir: &Path) -> Result<Option<&'static str>, Error> {
+    use super::roofline::{limits, rows};
+    let data: Vec<(&Run, (f64, f64), Vec<super::roofline::Roof>)> = runs
+        .iter()
+        .filter_map(|r| limits(r).map(|l| (r, l, rows(r))))
+        .filter(|(_, _, rows)| !rows.is_empty())
+        .collect();
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let (x_lo, x_hi) = (0.1f64, 1e4f64);
+    let y_hi = data.iter().map(|(_, (p, _), _)| *p).fold(1.0, f64::max) * 2.0;
+    let y_lo = data
+        .iter()
+        .flat_map(|(_, _, rows)| rows.iter().map(|x| x.gflops()))
+        .fold(y_hi, f64::min)
+        .min(1.0)
+        * 0.5;
+    let text = svg(SIZE, |root| {
+        let mut chart = frame(root, "Roofline: model scenarios (same-run limits)", 72)
+            .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("arithmetic intensity, FLOP/byte")
+            .y_desc("GFLOP/s")
+            .draw()?;
+        for (ri, (r, (peak, bw), rows)) in data.iter().enumerate() {
+            let c = color(ri);
+            let (peak, bw) = (*peak, *bw);
+            let roof: Vec<(f64, f64)> = (0..=60)
+                .map(|i| {
+                    let x = x_lo * (x_hi / x_lo).powf(i as f64 / 60.0);
+                    (x, peak.min(bw * x))
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(roof, c.stroke_width(2)))?
+                .label(format!("{} roof ({peak:.0} GFLOP/s, {bw:.0} GB/s)", r.name))
+                .legend(line_key(c.stroke_width(2)));
+            let points: Vec<(f64, f64)> =
+                rows.iter().map(|x| (x.intensity(), x.gflops())).collect();
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
+            chart.draw_series(rows.iter().map(|x| {
+                Text::new(
+                    format!("{} {:.0}%", x.id, 100.0 * x.fraction()),
+                    (x.intensity() * 1.1, x.gflops() * 0.8),
+                    ("sans-serif", 11),
+                )
+            }))?;
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
+    })?;
+    save(&dir.join(ROOFLINE_SVG), &text)?;
+    Ok(Some(ROOFLINE_SVG))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ const IDS: &[&str] = &[
     "generate_kv_64",
     "machine_fma_peak",
     "machine_bandwidth",
+    "optimizer_adamw_scale_256",
+    "optimizer_adamw_zeroing_scale_256",
     #[cfg(feature = "openblas")]
     "kernel_matmul_openblas",
     #[cfg(feature = "openblas")]
@@ -71,7 +73,7 @@ fn expected_axis(id: &str) -> &'static str {
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") || id.starts_with("threads_") => "parallel",
-        _ if id.starts_with("scale_") => "scale",
+        _ if id.starts_with("scale_") || id.starts_with("optimizer_") => "scale",
         _ => panic!("unexpected id {id}"),
     }
 }
@@ -238,6 +240,14 @@ fn check_scenario(s: &Value) {
     assert_eq!(float(d, "gc_throughput"), 1.0);
     let gflops = nullable_number(d, "gflops");
 
+    if id.starts_with("optimizer_") {
+        // Memory-bound passes: bytes per iteration instead of FLOPs.
+        assert_eq!(tps, None, "{id}");
+        assert_eq!(gflops, None, "{id}");
+        assert!(uint(&s["params"], "bytes_per_iter") > 1 << 20, "{id}");
+        assert_eq!(uint(mem, "alloc_bytes"), 0, "{id}: steady-state allocation");
+        return;
+    }
     if id.starts_with("kernel_") || id.starts_with("machine_") {
         assert_eq!(tps, None, "{id}: kernels have no tokens");
         assert!(gflops.unwrap() > 0.0, "{id}");

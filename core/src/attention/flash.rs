@@ -24,7 +24,7 @@ use core::ops::Range;
 
 use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::{axpy, dot, exp, softmax, vectorized};
+use crate::kernels::{axpy, dot, exp, rows, softmax, vectorized};
 
 /// The keys query `i` (position `i` of its sequence) attends to: `0 ..= i` (causal).
 #[inline]
@@ -37,32 +37,25 @@ pub fn keys(i: usize) -> Range<usize> {
 /// The flag is `false` for a row that is not a distribution (NaN, `+∞`, all `−∞`).
 #[inline]
 fn softmax_stats(x: &mut [f32]) -> (bool, f32, f32) {
-    vectorized(|| {
-        let mut max = f32::NEG_INFINITY;
-        let mut nan = false;
-        for &v in x.iter() {
-            nan |= v.is_nan();
-            max = if v > max { v } else { max };
-        }
-        if nan {
-            x.iter_mut().for_each(|v| *v = f32::NAN);
-            return (false, f32::NAN, f32::NAN);
-        }
-        if max == f32::NEG_INFINITY {
-            x.iter_mut().for_each(|v| *v = 0.0);
-            return (false, max, 0.0);
-        }
-        let mut sum = 0.0f32;
-        for v in x.iter_mut() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        for v in x.iter_mut() {
-            *v *= inv;
-        }
-        (max.is_finite(), max, inv)
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            // The sweeps of `softmax::forward_inplace`, with its 8-lane kernels.
+            let (max, nan) = rows::max_nan(x);
+            if nan {
+                x.iter_mut().for_each(|v| *v = f32::NAN);
+                return (false, f32::NAN, f32::NAN);
+            }
+            if max == f32::NEG_INFINITY {
+                x.iter_mut().for_each(|v| *v = 0.0);
+                return (false, max, 0.0);
+            }
+            let sum = rows::exp_shift_sum_inplace(x, max);
+            let inv = 1.0 / sum;
+            rows::scale(x, inv);
+            (max.is_finite(), max, inv)
+        },
+    )
 }
 
 /// `Err(ShapeMismatch)` unless `len >= need`.
@@ -186,14 +179,15 @@ pub fn backward(
                     *pj = dot(qi, kj) * scale;
                 }
                 let (m, u) = (row_max[at], row_inv[at]);
-                vectorized(|| {
-                    for pj in p.iter_mut() {
-                        *pj = exp(*pj - m);
-                    }
-                    for pj in p.iter_mut() {
-                        *pj *= u;
-                    }
-                });
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for pj in p.iter_mut() {
+                            *pj = exp(*pj - m);
+                        }
+                        rows::scale(p, u);
+                    },
+                );
                 let p: &[f32] = p;
                 let doi = &datt[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
                 let dp = &mut dprow[lo..hi];

@@ -3,11 +3,22 @@
 //! every path (IEEE `mul`, `add`, `div`, `sqrt`; no contraction), so results
 //! are bit-identical to the baseline build.
 
+//!
+//! [`adamw_pass_zeroing`] is the same pass that also writes `g ← 0` behind
+//! each read, so the gradient buffer is ready for the next step's
+//! accumulation without a separate `memset` sweep (one write stream of
+//! `4·n` bytes instead of a read-free `4·n`-byte zeroing pass that re-walks
+//! the whole buffer). To wire it: where `Trainer::train_step` calls
+//! `AdamW::update_scaled` and later zeroes the gradients, an `AdamW` method
+//! taking `grads: &mut [f32]` calls `adamw_pass_zeroing` instead of
+//! `adamw_pass`, and the zeroing call is dropped — the contract's single
+//! zeroing point becomes this pass (parameters bit-identical: tested).
+
 use super::{sqrt, vectorized};
 
 /// The per-step scalars of one AdamW update (computed by `AdamW::update_scaled`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AdamWStep {
+pub struct AdamWStep {
     /// `1 − lr·wd`.
     pub decay: f32,
     /// Gradient multiplier (clipping coefficient); `1` skips the multiplication.
@@ -26,16 +37,47 @@ pub(crate) struct AdamWStep {
     pub step_size: f32,
 }
 
-/// One AdamW pass over `params`, `grads`, `m`, `v` (equal lengths, checked by the caller).
+/// One AdamW pass over `params`, `grads`, `m`, `v` (equal lengths, checked by
+/// the caller; with unequal lengths only the common prefix is updated).
 #[inline(always)]
-pub(crate) fn adamw_pass(
+pub fn adamw_pass(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+    vectorized(
+        #[inline(always)]
+        || adamw_body(params, grads, m, v, s),
+    )
+}
+
+/// [`adamw_pass`] that also zeroes each gradient after reading it:
+/// `params`, `m`, `v` get exactly [`adamw_pass`]'s bits and `grads` is all
+/// zeros afterwards (the next step's accumulation starts from it).
+#[inline(always)]
+pub fn adamw_pass_zeroing(
     params: &mut [f32],
-    grads: &[f32],
+    grads: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
     s: AdamWStep,
 ) {
-    vectorized(|| adamw_body(params, grads, m, v, s))
+    vectorized(
+        #[inline(always)]
+        || {
+            let n = params.len().min(grads.len()).min(m.len()).min(v.len());
+            // One sweep: read g, update (w, m, v), then write g ← 0 in blocks of
+            // 64 (the block stays in L1 between its read and its zero write).
+            const B: usize = 64;
+            let (params, grads, m, v) =
+                (&mut params[..n], &mut grads[..n], &mut m[..n], &mut v[..n]);
+            for (((pw, pg), pm), pv) in params
+                .chunks_mut(B)
+                .zip(grads.chunks_mut(B))
+                .zip(m.chunks_mut(B))
+                .zip(v.chunks_mut(B))
+            {
+                adamw_body(pw, pg, pm, pv, s);
+                pg.fill(0.0);
+            }
+        },
+    )
 }
 
 /// [`adamw_pass`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).

@@ -3,9 +3,10 @@
 //! micro-kernel, BLAS FFI and the `matrixmultiply` call), each block with a
 //! `// SAFETY:` comment.
 
-pub(crate) mod adamw;
+pub mod adamw;
 pub mod cpu;
 pub mod gemm;
+pub mod rows;
 
 pub use cpu::vectorized;
 pub mod softmax;
@@ -25,8 +26,20 @@ pub fn exp(x: f32) -> f32 {
     const HI: f32 = 88.722_83; // ln(f32::MAX)
     const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting rounds to an integer
-    let xc = x.clamp(LO, HI); // NaN stays NaN
-    let n = (xc * LOG2E + ROUND) - ROUND;
+                                     // NaN stays NaN (both comparisons false); a select, not `f32::clamp`.
+    #[allow(clippy::manual_clamp)] // reason: two selects, the form measured to vectorise
+    let xc = if x < LO {
+        LO
+    } else if x > HI {
+        HI
+    } else {
+        x
+    };
+    // t = ROUND + n exactly (|n| ≤ 128 and t's ulp is 1), so n's integer is
+    // t's bit pattern minus ROUND's: no float→int conversion (which, being
+    // saturating in Rust, kept this loop scalar).
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
@@ -38,7 +51,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.0;
     // 2^n by building the exponent field; n ∈ [−126, 128] after the clamp, so
     // split it to keep both factors normal.
-    let ni = n as i32;
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let half = ni >> 1;
     let s1 = f32::from_bits(((half + 127) as u32) << 23);
     let s2 = f32::from_bits(((ni - half + 127) as u32) << 23);
@@ -94,7 +107,10 @@ const LANES: usize = 8;
 /// result is deterministic for a given length).
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    vectorized(|| dot_body(a, b))
+    vectorized(
+        #[inline(always)]
+        || dot_body(a, b),
+    )
 }
 
 /// [`dot`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
@@ -126,16 +142,22 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 /// `y += a·x`.
 #[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    vectorized(|| {
-        for (yi, &xi) in y.iter_mut().zip(x) {
-            *yi += a * xi;
-        }
-    })
+    vectorized(
+        #[inline(always)]
+        || {
+            for (yi, &xi) in y.iter_mut().zip(x) {
+                *yi += a * xi;
+            }
+        },
+    )
 }
 
 /// Index of the first NaN/Inf in `x`, if any.
 pub fn first_non_finite(x: &[f32]) -> Option<usize> {
-    vectorized(|| first_non_finite_body(x))
+    vectorized(
+        #[inline(always)]
+        || first_non_finite_body(x),
+    )
 }
 
 /// [`first_non_finite`]'s scan (instantiated for the baseline ISA and AVX2).

@@ -3,7 +3,7 @@
 //!
 //! Gradient: with `g = dL/dp`, `dL/dx_i = p_i · (g_i − Σ_j p_j g_j)`.
 
-use super::{dot, exp};
+use super::{dot, rows};
 
 /// E1 — in-place softmax of one row `x: [len]`:
 /// `p_i = exp(x_i − max x) / Σ_j exp(x_j − max x)`.
@@ -21,18 +21,17 @@ use super::{dot, exp};
 /// max pass (branch-free, vectorises) and no extra pass.
 #[inline]
 pub fn forward_inplace(x: &mut [f32]) -> bool {
-    super::vectorized(|| forward_row(x))
+    super::vectorized(
+        #[inline(always)]
+        || forward_row(x),
+    )
 }
 
 /// [`forward_inplace`]'s body (instantiated for the baseline ISA and AVX2+FMA).
 #[inline(always)]
 fn forward_row(x: &mut [f32]) -> bool {
-    let mut max = f32::NEG_INFINITY;
-    let mut nan = false;
-    for &v in x.iter() {
-        nan |= v.is_nan();
-        max = if v > max { v } else { max };
-    }
+    // Sweep 1: max and the NaN flag, 8 lanes.
+    let (max, nan) = rows::max_nan(x);
     if nan {
         // NaN is not a mask: poison the whole row so that no caller can
         // mistake it for a distribution.
@@ -43,15 +42,9 @@ fn forward_row(x: &mut [f32]) -> bool {
         x.iter_mut().for_each(|v| *v = 0.0);
         return false;
     }
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = exp(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    // Sweep 2: x ← exp(x − max) with an 8-lane sum; sweep 3: scale by 1/Σ.
+    let sum = rows::exp_shift_sum_inplace(x, max);
+    rows::scale(x, 1.0 / sum);
     max.is_finite()
 }
 
@@ -61,22 +54,28 @@ fn forward_row(x: &mut [f32]) -> bool {
 #[inline]
 pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
     debug_assert!(dx.len() == p.len() && p.len() == g.len());
-    super::vectorized(|| {
-        let pg = dot(p, g);
-        for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
-            *d = pi * (gi - pg);
-        }
-    })
+    super::vectorized(
+        #[inline(always)]
+        || {
+            let pg = dot(p, g);
+            for ((d, &pi), &gi) in dx.iter_mut().zip(p).zip(g) {
+                *d = pi * (gi - pg);
+            }
+        },
+    )
 }
 
 /// E22 — like [`backward`] (`g ← p ⊙ (g − ⟨p, g⟩)`) with `g: [len]` overwritten by `dx`.
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
     debug_assert!(g.len() == p.len());
-    super::vectorized(|| {
-        let pg = dot(p, g);
-        for (gi, &pi) in g.iter_mut().zip(p) {
-            *gi = pi * (*gi - pg);
-        }
-    })
+    super::vectorized(
+        #[inline(always)]
+        || {
+            let pg = dot(p, g);
+            for (gi, &pi) in g.iter_mut().zip(p) {
+                *gi = pi * (*gi - pg);
+            }
+        },
+    )
 }

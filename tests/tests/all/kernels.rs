@@ -1043,6 +1043,20 @@ mod dispatch_paths {
                 softmax::backward_inplace(&mut g2, &x);
                 [x, dx, g2].concat()
             });
+            // Edge rows (all −∞ = masked, one NaN, one +∞): same bits on both paths.
+            for edge in [f32::NEG_INFINITY, f32::NAN, f32::INFINITY] {
+                same_bits("softmax edge row", || {
+                    let mut x = if edge == f32::NEG_INFINITY {
+                        vec![edge; n]
+                    } else {
+                        a.clone()
+                    };
+                    x[n / 2] = edge;
+                    let ok = softmax::forward_inplace(&mut x);
+                    assert!(!ok, "n = {n}, edge {edge}: not a distribution");
+                    x
+                });
+            }
             let mut bad = a.clone();
             bad[n / 2] = f32::NAN;
             assert_eq!(
@@ -1103,6 +1117,50 @@ mod dispatch_paths {
             rope::backward(&mut dq, &table, &dm).unwrap();
             [q, dq].concat()
         });
+    }
+
+    #[test]
+    fn adamw_zeroing_pass_equals_adamw_pass_then_zeroing() {
+        use moe_core::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
+        let mut g = rng(79);
+        for &n in &[1usize, 7, 63, 64, 65, 1000, 1027] {
+            let w0 = rand_vec(&mut g, n, 1.0);
+            let gr = rand_vec(&mut g, n, 2.0);
+            let m0 = rand_vec(&mut g, n, 0.1);
+            let v0: Vec<f32> = rand_vec(&mut g, n, 0.1).iter().map(|x| x * x).collect();
+            for grad_scale in [1.0f32, 0.37] {
+                let step = AdamWStep {
+                    decay: 1.0 - 1e-2 * 0.01,
+                    grad_scale,
+                    w1: 0.1,
+                    beta2: 0.999,
+                    w2: 1e-3,
+                    bc2_sqrt: (1.0f32 - 0.999 * 0.999).sqrt(),
+                    eps: 1e-8,
+                    step_size: 1e-2 / (1.0 - 0.81),
+                };
+                let plain = || {
+                    let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
+                    adamw_pass(&mut w, &gr, &mut m, &mut v, step);
+                    [w, m, v].concat()
+                };
+                let zeroing = || {
+                    let (mut w, mut m, mut v, mut gz) =
+                        (w0.clone(), m0.clone(), v0.clone(), gr.clone());
+                    adamw_pass_zeroing(&mut w, &mut gz, &mut m, &mut v, step);
+                    assert!(
+                        gz.iter().all(|&x| x.to_bits() == 0),
+                        "n = {n}: grads not zeroed"
+                    );
+                    [w, m, v].concat()
+                };
+                let want = plain();
+                assert_eq!(bits(&zeroing()), bits(&want), "n = {n}, scale {grad_scale}");
+                // and the changed state really moved (the test can fail)
+                assert_ne!(bits(&want[..n]), bits(&w0), "n = {n}");
+                same_bits("adamw_zeroing", zeroing);
+            }
+        }
     }
 
     #[test]
