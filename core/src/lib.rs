@@ -73,6 +73,7 @@ pub use generate::{
 };
 pub use kv_cache::KvCache;
 pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
+pub use loss::IGNORE_INDEX;
 pub use model::{Losses, MoETransformer};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use rand_chacha::ChaCha8Rng;

@@ -1,8 +1,11 @@
 //! E14 / E15 — cross-entropy, and E13 — the MoE load-balancing aux loss.
 //!
-//! Cross-entropy (mean over the `n = b·t` positions, stable log-sum-exp):
-//! `CE = (1/n) Σ_r [ log Σ_j exp(z_rj) − z_r,target ]`,
-//! gradient `dz_r = (softmax(z_r) − onehot(target_r)) / n`.
+//! Cross-entropy (mean over the `m` positions whose target is not
+//! [`IGNORE_INDEX`], stable log-sum-exp), as PyTorch's
+//! `F.cross_entropy(z, y, ignore_index=-100)`:
+//! `CE = (1/m) Σ_{r: y_r ≠ ignore} [ log Σ_j exp(z_rj) − z_r,y_r ]`,
+//! gradient `dz_r = (softmax(z_r) − onehot(y_r)) / m`, and `dz_r = 0`,
+//! `ce_row_r = 0` for an ignored row.
 //!
 //! Aux loss, exactly HF's `load_balancing_loss_func` without a mask: pool the
 //! router probabilities of all `L` layers (`R = L·n` rows),
@@ -10,17 +13,28 @@
 //! `aux = e · Σ_e f_e · P_e` (`= k` under uniform routing). `f` carries no
 //! gradient, so `∂aux/∂p_{row,e} = e · f_e / R` for every row.
 
+use crate::config::TokenId;
 use crate::error::{Error, Result};
 use crate::kernels::exp;
 
-/// E14 — `CE = (1/n) Σ_r [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
-/// `ce_row: [n]`), and E15 — its gradient `dlogits = (softmax(logits) − onehot) / n`.
+/// A target that contributes nothing to the CE (Hugging Face's
+/// `ignore_index = -100`; `u32::MAX` here, as targets are [`TokenId`]s, and never
+/// a token id since `vocab_size <= u32::MAX`). Only targets may hold it,
+/// never input tokens. `moe grads` maps `-100` in `tokens.json` to it.
+pub const IGNORE_INDEX: TokenId = TokenId::MAX;
+
+/// E14 — `CE = (1/m) Σ_{r not ignored} [log Σ_j exp(z_rj) − z_r,target]` (returned, per row in
+/// `ce_row: [n]`, 0 for ignored rows), and E15 — its gradient
+/// `dlogits = (softmax(logits) − onehot) / m` (0 rows where ignored);
+/// `m` = targets that are not [`IGNORE_INDEX`].
 /// `logits`, `dlogits: [n, v]`, `targets: [n]`.
 ///
 /// # Errors
-/// [`Error::EmptyInput`] for `n = 0` or `v = 0`, [`Error::ShapeMismatch`] for
-/// a slice of the wrong length, [`Error::TokenOutOfRange`] for a target
-/// `>= v` (all checked before anything is written).
+/// [`Error::EmptyInput`] for `n = 0` or `v = 0`, and (`arg`
+/// `"non-ignored targets"`) when every target is [`IGNORE_INDEX`];
+/// [`Error::ShapeMismatch`] for a slice of the wrong length,
+/// [`Error::TokenOutOfRange`] for a target `>= v` other than
+/// [`IGNORE_INDEX`] (all checked before anything is written).
 pub fn cross_entropy(
     dlogits: &mut [f32],
     ce_row: &mut [f32],
@@ -48,12 +62,20 @@ pub fn cross_entropy(
             });
         }
     }
-    if let Some(index) = targets.iter().position(|&t| t as usize >= v) {
+    if let Some(index) = targets
+        .iter()
+        .position(|&t| t != IGNORE_INDEX && t as usize >= v)
+    {
         return Err(Error::TokenOutOfRange {
             arg: "targets",
             index,
             token: targets[index],
             vocab: v,
+        });
+    }
+    if targets.iter().all(|&t| t == IGNORE_INDEX) {
+        return Err(Error::EmptyInput {
+            arg: "non-ignored targets",
         });
     }
     Ok(crate::kernels::vectorized(|| {
@@ -71,8 +93,9 @@ fn ce_rows(
     targets: &[u32],
     v: usize,
 ) -> f32 {
-    let n = targets.len();
-    let scale = 1.0 / n as f32;
+    // m = rows that count (the caller checked m > 0).
+    let m = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    let scale = 1.0 / m as f32;
     let mut total = 0.0f64;
     for (r, ((dz, z), &tgt)) in dlogits
         .chunks_exact_mut(v)
@@ -80,6 +103,12 @@ fn ce_rows(
         .zip(targets)
         .enumerate()
     {
+        // Row selection: an ignored row has no loss and no gradient.
+        if tgt == IGNORE_INDEX {
+            ce_row[r] = 0.0;
+            dz.iter_mut().for_each(|d| *d = 0.0);
+            continue;
+        }
         let mut max = f32::NEG_INFINITY;
         for &x in z {
             max = if x > max { x } else { max };
@@ -100,7 +129,7 @@ fn ce_rows(
         }
         dz[tgt as usize] -= scale;
     }
-    (total / n as f64) as f32
+    (total / m as f64) as f32
 }
 
 /// E13 — pooled routing statistics for the aux loss: `f[e]` and `p[e]` are

@@ -68,6 +68,36 @@ pub(crate) fn check_tokens(
     Ok(())
 }
 
+/// Checks `targets` has `n` ids, each `< vocab` or [`crate::IGNORE_INDEX`]
+/// (targets only: input tokens go through [`check_tokens`]). That not every
+/// target is ignored is checked by the CE ([`crate::loss::cross_entropy`]).
+pub(crate) fn check_targets(targets: &[TokenId], n: usize, vocab: usize) -> Result<()> {
+    if targets.len() != n {
+        return Err(Error::ShapeMismatch {
+            arg: "targets",
+            expected: n,
+            actual: targets.len(),
+        });
+    }
+    if let Some(index) = targets
+        .iter()
+        .position(|&t| t != crate::IGNORE_INDEX && t as usize >= vocab)
+    {
+        return Err(Error::TokenOutOfRange {
+            arg: "targets",
+            index,
+            token: targets[index],
+            vocab,
+        });
+    }
+    if targets.iter().all(|&t| t == crate::IGNORE_INDEX) {
+        return Err(Error::EmptyInput {
+            arg: "non-ignored targets",
+        });
+    }
+    Ok(())
+}
+
 impl MoETransformer {
     /// Builds a model with parameters drawn from `seed` (see [`MoETransformer::init`]).
     ///
@@ -336,7 +366,7 @@ impl MoETransformer {
         ws.check(&self.config, batch, seq)?;
         let n = batch * seq;
         check_tokens("tokens", tokens, n, self.config.vocab_size)?;
-        check_tokens("targets", targets, n, self.config.vocab_size)?;
+        check_targets(targets, n, self.config.vocab_size)?;
         if grads.len() != self.layout.total {
             return Err(Error::ShapeMismatch {
                 arg: "grads",
