@@ -161,6 +161,21 @@ def make_tokenizer() -> None:
     print(f"tokenizer: vocab {tok.get_vocab_size()}, {len(ids)} ids for {len(TEXT.encode())} bytes")
 
 
+def make_init() -> None:
+    """A transformers-written float32 checkpoint with the fixture tokenizer's
+    300-token vocabulary, for `moe train --init DIR --tokenizer` (fine-tuning)."""
+    d = os.path.join(OUT, "init300")
+    shutil.rmtree(d, ignore_errors=True)
+    torch.manual_seed(16)
+    cfg = hf_config("float32")
+    cfg.vocab_size = 300
+    cfg.sliding_window = None
+    m = MixtralForCausalLM(cfg).eval()
+    m.save_pretrained(d)
+    os.remove(os.path.join(d, "generation_config.json"))
+    print(f"init300: {sorted(os.listdir(d))}")
+
+
 def main() -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
@@ -168,6 +183,7 @@ def main() -> int:
     make("bfloat16", torch.bfloat16)
     make("float16", torch.float16)
     make_tokenizer()
+    make_init()
     return 0
 
 

@@ -681,6 +681,20 @@ impl Session {
             profile_name,
             run_id,
         } = resumed;
+        // Every id of the corpus must be a token of the model (e.g. bytes
+        // into an `--init` model whose vocab_size < 256).
+        let vocab = trainer.model().config().vocab_size;
+        if let Some(&top) = corpus.train.iter().chain(&corpus.heldout).max() {
+            if top as usize >= vocab {
+                return Err(arg_error(
+                    "--data",
+                    format!(
+                        "token id {top} of the encoded corpus is >= the model's vocab_size = {vocab} \
+                         (give a --tokenizer whose vocabulary fits, or a model with a larger vocabulary)"
+                    ),
+                ));
+            }
+        }
         let run_id = run_id.unwrap_or_else(new_run_id);
         let unit = if tok.is_some() { "token" } else { "byte" };
         let tokens_per_byte = corpus.heldout.len() as f64 / heldout_bytes.max(1) as f64;

@@ -430,3 +430,183 @@ fn python_tokenizer_json_encodes_like_python_and_round_trips() {
     let e = Tokenizer::load(&d.join("ids.json")).unwrap_err();
     assert!(e.to_string().contains("ids.json"), "{e}");
 }
+
+#[test]
+fn train_init_from_transformers_checkpoint_with_python_tokenizer_learns() {
+    // init300: written by transformers' save_pretrained (vocab 300 = the
+    // fixture tokenizer's); fine-tune it on a small corpus with that tokenizer.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::common::corpus(tmp.path());
+    let out = tmp.path().join("run");
+    let tok = fixture("tokenizer").join("tokenizer.json");
+    let o = crate::common::train_cmd(&data, &out, 30, &["--lr", "1e-2"])
+        .arg("--init")
+        .arg(fixture("init300"))
+        .arg("--tokenizer")
+        .arg(&tok)
+        .output()
+        .unwrap();
+    let so = text(&o.stdout);
+    assert!(o.status.success(), "{so}{}", text(&o.stderr));
+    assert!(so.contains("fresh AdamW"), "{so}");
+    let summary: Value =
+        serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let csv = fs::read_to_string(out.join("loss.csv")).unwrap();
+    let first: f64 = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let last = summary["final_heldout_ce"].as_f64().unwrap();
+    assert!(last < first - 0.3, "held-out CE {first} -> {last}");
+    assert_eq!(summary["ce_unit"], "nats/token");
+    assert!(summary["final_heldout_ce_per_byte"].as_f64().unwrap() < last);
+
+    // Bytes into a 64-token model: typed error naming --data, before training.
+    let o = crate::common::train_cmd(&data, &tmp.path().join("r2"), 1, &[])
+        .arg("--init")
+        .arg(fixture("bf16"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--data") && text(&o.stderr).contains("vocab_size = 64"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A tokenizer larger than the model's vocabulary.
+    let o = crate::common::train_cmd(&data, &tmp.path().join("r3"), 1, &[])
+        .arg("--init")
+        .arg(fixture("bf16"))
+        .arg("--tokenizer")
+        .arg(&tok)
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains("--init") && text(&o.stderr).contains("300 tokens"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // generate: --prompt-ids / --print-ids, the trained length as default and warning.
+    let ck = out.to_str().unwrap();
+    let o = moe(&[
+        "generate",
+        "--checkpoint",
+        ck,
+        "--prompt-ids",
+        "5,6,7",
+        "--print-ids",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ids: Vec<u32> = text(&o.stdout)
+        .trim()
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 16, "default --max-len = the trained --seq 16");
+    assert_eq!(&ids[..3], &[5, 6, 7]);
+    assert!(ids.iter().all(|&i| i < 300));
+    let o = moe(&[
+        "generate",
+        "--checkpoint",
+        ck,
+        "--prompt",
+        "the model",
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--max-len",
+        "20",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("the model"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("exceeds the --seq 16"),
+        "{}",
+        text(&o.stderr)
+    );
+    // grads accepts the --out directory too.
+    let tj = tmp.path().join("t.json");
+    fs::write(
+        &tj,
+        r#"{"input_ids": [[1, 2, 3]], "targets": [[2, -100, 4]]}"#,
+    )
+    .unwrap();
+    let r = tmp.path().join("g.safetensors");
+    let o = moe(&[
+        "grads",
+        "--checkpoint",
+        ck,
+        "--tokens",
+        tj.to_str().unwrap(),
+        "--out",
+        r.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn moe_tokenizer_train_writes_a_loadable_byte_level_bpe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::common::corpus(tmp.path());
+    let out = tmp.path().join("tok.json");
+    let o = moe(&[
+        "tokenizer",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let tok = Tokenizer::load(&out).unwrap();
+    assert!(
+        tok.vocab_size() > 256 && tok.vocab_size() <= 300,
+        "{}",
+        tok.vocab_size()
+    );
+    let s = "the router routes each token: ünïcode too\n";
+    let ids = tok.encode(s).unwrap();
+    assert!(ids.len() < s.len());
+    assert_eq!(tok.decode(&ids).unwrap(), s);
+    let o = moe(&[
+        "tokenizer",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--vocab-size",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o.stderr).contains("--vocab-size"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = moe(&[
+        "tokenizer",
+        "train",
+        "--data",
+        "/dev/zero",
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o.stderr).contains("not a regular file"),
+        "{}",
+        text(&o.stderr)
+    );
+}
