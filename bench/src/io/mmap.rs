@@ -24,6 +24,41 @@ impl Mapped {
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
     }
+
+    /// Tells the kernel the pages wholly inside `sub` (a sub-slice of
+    /// [`Mapped::bytes`]; anything else is ignored) are not needed any more,
+    /// so that they leave this process's resident set once copied: loading
+    /// then peaks at the parameters plus about one tensor of mapped pages,
+    /// not the parameters plus the whole file. A later read of those bytes
+    /// re-reads the file (the map is read-only, so no data is lost).
+    pub fn release(&self, sub: &[u8]) {
+        let all = self.bytes();
+        let (base, end) = (all.as_ptr() as usize, all.as_ptr() as usize + all.len());
+        let (s, e) = (sub.as_ptr() as usize, sub.as_ptr() as usize + sub.len());
+        if sub.is_empty() || s < base || e > end {
+            return;
+        }
+        const PAGE: usize = 4096;
+        // The mapping starts page-aligned; keep to whole pages inside `sub`.
+        let first = s.next_multiple_of(PAGE);
+        let last = e - (e - base) % PAGE;
+        if last <= first {
+            return;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: [first, last) is page-aligned and lies inside this live,
+        // read-only, file-backed mapping (checked above against `bytes()`).
+        // MADV_DONTNEED on such a mapping only drops the page-cache view;
+        // the next access reads the same file bytes again, so every `&[u8]`
+        // borrowed from the map stays valid. The result is ignored (advice).
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
 }
 
 /// Maps the regular file `path` (at most `max` bytes) read-only.

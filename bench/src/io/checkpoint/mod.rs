@@ -315,7 +315,7 @@ fn read_params(mf: &ModelFiles, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
         .map(StFile::parse)
         .collect::<Result<Vec<_>>>()?;
     let set = match &mf.index {
-        None => TensorSet::single(&mf.files[0].path, &parsed[0]),
+        None => TensorSet::single(&mf.files[0], &parsed[0]),
         Some((index_path, _)) => TensorSet::shards(index_path, &mf.files, &parsed)?,
     };
     mf.check_index(&set)?;
@@ -723,7 +723,7 @@ fn load_training_impl(
         ));
     }
     let layout = model.layout().clone();
-    let set = TensorSet::single(&file.path, &st);
+    let set = TensorSet::single(&file, &st);
     check_tensors(&set, &layout, &["m.", "v."])?;
 
     let mut trainer = Trainer::new(model, config, max_batch, max_seq).map_err(model_err(dir))?;

@@ -337,6 +337,11 @@ impl StFile {
         self.bytes.bytes()
     }
 
+    /// Drops the resident pages of `sub` (bytes of this file) after use.
+    pub(super) fn release(&self, sub: &[u8]) {
+        self.bytes.release(sub);
+    }
+
     pub(super) fn parse(&self) -> Result<SafeTensors<'_>> {
         let bytes = self.bytes();
         SafeTensors::deserialize(bytes).map_err(|source| {
@@ -382,18 +387,21 @@ pub(super) struct TensorSet<'a> {
     by_name: HashMap<String, (usize, TensorView<'a>)>,
     /// Path of file `i`.
     paths: Vec<&'a Path>,
+    /// File `i` (to release its pages once a tensor is copied).
+    files: Vec<&'a StFile>,
     /// Where a missing tensor is reported: the file, or the shard index.
     missing_path: &'a Path,
 }
 
 impl<'a> TensorSet<'a> {
     /// The tensors of one file.
-    pub(super) fn single(path: &'a Path, st: &SafeTensors<'a>) -> Self {
+    pub(super) fn single(file: &'a StFile, st: &SafeTensors<'a>) -> Self {
         let by_name = st.iter().map(|(n, v)| (n.to_owned(), (0, v))).collect();
         TensorSet {
             by_name,
-            paths: vec![path],
-            missing_path: path,
+            paths: vec![file.path.as_path()],
+            files: vec![file],
+            missing_path: &file.path,
         }
     }
 
@@ -426,6 +434,7 @@ impl<'a> TensorSet<'a> {
         Ok(TensorSet {
             by_name,
             paths: files.iter().map(|f| f.path.as_path()).collect(),
+            files: files.iter().collect(),
             missing_path: index_path,
         })
     }
@@ -572,6 +581,9 @@ pub(super) fn copy_tensors(
                 return Err(CheckpointError::new(path, kind));
             }
             *o = value;
+        }
+        if let Some(&(f, _)) = set.by_name.get(&name) {
+            set.files[f].release(data);
         }
     }
     Ok(())
