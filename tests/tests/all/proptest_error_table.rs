@@ -443,7 +443,14 @@ fn build() -> Table {
         "`model.loss_and_grad(…, targets /* all IGNORE_INDEX */, …)`",
         LEN,
         m.loss_and_grad(&mut tws, &mut grads, &x, &all_ignored, 2, 8, 0.01, None),
-        |e| matches!(e, Error::EmptyInput { arg: "non-ignored targets" }),
+        |e| {
+            matches!(
+                e,
+                Error::EmptyInput {
+                    arg: "non-ignored targets"
+                }
+            )
+        },
     );
     let mut short = vec![0.0f32; 10];
     t.core(
