@@ -11,7 +11,8 @@
 //! * [`harness`] — `moe bench` and its child processes (`bench-one`,
 //!   `cold-start`): scenarios, measurement, statistics, the JSON schema, and in
 //!   [`harness::sys`] the tool's only `unsafe` (getrusage, getloadavg, uname,
-//!   the counting allocator); the rest of the crate denies `unsafe_code`.
+//!   the counting allocator) besides [`io::mmap`] (`Mmap::map`, `madvise`); the rest
+//!   of the crate denies `unsafe_code`.
 //! * [`report`] — `moe report`: the checked Markdown report and the SVG plots
 //!   (whose chart code also draws `moe train`'s loss plot).
 //! * [`cli`] — the other subcommands (`train`, `generate`, `grads`, `stress`,

@@ -51,6 +51,10 @@ enum Command {
     DispatchCompare(cli::dispatch_compare::DispatchCompareArgs),
     /// Run extreme-but-valid inputs and write docs/stability.md (NaN/Inf, divergence, typed errors).
     Stress(cli::stress::StressArgs),
+    /// Write a checkpoint as Hugging Face does: bf16/f16 tensors, sharded with an index.
+    Export(cli::export::ExportArgs),
+    /// Tokenizers: `moe tokenizer train` (byte-level BPE tokenizer.json).
+    Tokenizer(cli::tokenizer::TokenizerArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
         Command::Plan(args) => cli::plan::run(args),
         Command::DispatchCompare(args) => cli::dispatch_compare::run(args),
         Command::Stress(args) => cli::stress::run(args),
+        Command::Export(args) => cli::export::run(args),
+        Command::Tokenizer(args) => cli::tokenizer::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! q and k already rotated by RoPE). Query head `j` reads KV head `j / (h/kv)`.
 //! For each batch row and head, with `s = 1/√d`:
 //! ```text
-//! S_ij = s · q_i·k_j   (j ≤ i; masked to −∞ for j > i)
+//! S_ij = s · q_i·k_j   (j0(i) ≤ j ≤ i; masked to −∞ elsewhere)
+//! j0(i) = max(0, i + 1 − W) with `sliding_window = W`, else 0  (i − W < j ≤ i)
 //! P    = softmax_row(S)                         (E1)
 //! o_i  = Σ_j P_ij v_j                            → att: [n, h·d]
 //! ```
@@ -167,27 +168,29 @@ pub fn attend(
         let g = hh / group;
         let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
         for i in 0..t {
-            let keys = pos0 + i + 1; // causal: positions 0 ..= pos0 + i
+            let keys = pos0 + i + 1; // causal: positions j0 ..= pos0 + i
+            let j0 = dm.first_key(pos0 + i); // sliding window: j > pos − W
             let qi = &qkv_rows[i * q + hh * d..i * q + hh * d + d];
             let prow = if save {
                 &mut probs[(hh * t + i) * t..(hh * t + i + 1) * t]
             } else {
                 &mut probs[..keys]
             };
-            for j in 0..keys {
+            for j in j0..keys {
                 let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
                 prow[j] = dot(qi, kj) * scale;
             }
-            // No entry of a causal row is masked, so a row that is not a
-            // distribution (NaN, +∞, or all −∞ from overflow) is an error,
-            // never a "fully masked" row of zeros.
-            if !softmax::forward_inplace(&mut prow[..keys]) && bad.is_none() {
+            // A row keeps at least its own key (j0 ≤ pos), so a row that is
+            // not a distribution (NaN, +∞, or all −∞ from overflow) is an
+            // error, never a "fully masked" row of zeros.
+            if !softmax::forward_inplace(&mut prow[j0..keys]) && bad.is_none() {
                 bad = Some(hh * t + i);
             }
+            prow[..j0].iter_mut().for_each(|x| *x = 0.0);
             prow[keys..].iter_mut().for_each(|x| *x = 0.0);
             let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
             oi.iter_mut().for_each(|x| *x = 0.0);
-            for j in 0..keys {
+            for j in j0..keys {
                 let vj = &kvs.v[j * kvs.stride + vo..j * kvs.stride + vo + d];
                 axpy(oi, prow[j], vj);
             }
@@ -232,28 +235,29 @@ pub fn backward(
             let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
             let p_all = &probs[(bi * h + hh) * t * t..(bi * h + hh + 1) * t * t];
             for i in 0..t {
+                let j0 = dm.first_key(i); // P_ij = 0 outside j0 ..= i
                 let doi = &datt[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
-                let prow = &p_all[i * t..i * t + i + 1];
-                let dprow = &mut dp[i * t..i * t + i + 1];
-                // forward: o_i = Σ_j P_ij v_j
-                for j in 0..=i {
+                let prow = &p_all[i * t + j0..i * t + i + 1];
+                let dprow = &mut dp[i * t + j0..i * t + i + 1];
+                // forward: o_i = Σ_j P_ij v_j  (local index jj = j − j0)
+                for (jj, j) in (j0..=i).enumerate() {
                     let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    dprow[j] = dot(doi, vj);
+                    dprow[jj] = dot(doi, vj);
                     let dvj = &mut dqkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    axpy(dvj, prow[j], doi);
+                    axpy(dvj, prow[jj], doi);
                 }
-                // forward: P_i = softmax(S_i)
+                // forward: P_i = softmax(S_i) over the visible keys
                 softmax::backward_inplace(dprow, prow);
                 // forward: S_ij = s · q_i·k_j
                 let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 let dqi = &mut dqkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
-                for j in 0..=i {
+                for (jj, j) in (j0..=i).enumerate() {
                     let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dqi, dprow[j] * scale, kj);
+                    axpy(dqi, dprow[jj] * scale, kj);
                 }
-                for j in 0..=i {
+                for (jj, j) in (j0..=i).enumerate() {
                     let dkj = &mut dqkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dkj, dprow[j] * scale, qi);
+                    axpy(dkj, dprow[jj] * scale, qi);
                 }
             }
         }

@@ -120,6 +120,10 @@ pub struct Config {
     pub rope_alpha: f32,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f32,
+    /// Sliding-window attention width `W` (HF `sliding_window`): query
+    /// position `i` sees key positions `j` with `i − W < j ≤ i` (E10).
+    /// `None`: full causal attention. `Some(0)` is invalid.
+    pub sliding_window: Option<usize>,
 }
 
 /// Parameter counts of a configuration, in `u64` so that the full profile
@@ -149,6 +153,7 @@ impl Config {
             rope_base: 10_000.0,
             rope_alpha: 1.0,
             rms_norm_eps: 1e-5,
+            sliding_window: None,
         }
     }
 
@@ -180,6 +185,7 @@ impl Config {
             rope_base: 10_000.0,
             rope_alpha: 8.0,
             rms_norm_eps: 1e-5,
+            sliding_window: None,
         }
     }
 
@@ -206,6 +212,13 @@ impl Config {
         positive("num_local_experts", self.num_local_experts)?;
         positive("num_experts_per_tok", self.num_experts_per_tok)?;
         positive("max_position_embeddings", self.max_position_embeddings)?;
+        if self.sliding_window == Some(0) {
+            return Err(Error::InvalidConfig {
+                field: "sliding_window",
+                expected: "None or >= 1 (a window of 0 keys masks every row)",
+                actual: 0.0,
+            });
+        }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(Error::InvalidConfig {
                 field: "num_key_value_heads",
@@ -368,6 +381,8 @@ pub struct Dims {
     pub v: usize,
     /// Layers `L`.
     pub layers: usize,
+    /// Sliding-window width `W` (`None`: full causal attention).
+    pub window: Option<usize>,
 }
 
 impl Dims {
@@ -387,8 +402,20 @@ impl Dims {
             k: cfg.num_experts_per_tok,
             v: cfg.vocab_size,
             layers: cfg.num_hidden_layers,
+            window: cfg.sliding_window,
         }
     }
+    /// E10 — first key position visible from query position `pos`:
+    /// `j0(pos) = max(0, pos + 1 − W)` with a window `W`, else 0; the query
+    /// sees keys `j0(pos) ..= pos` (`i − W < j ≤ i`, HF's sliding mask).
+    #[inline]
+    pub fn first_key(&self, pos: usize) -> usize {
+        match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+
     /// Routed slots, `n·k`.
     pub fn s(&self) -> usize {
         self.n.saturating_mul(self.k)

@@ -76,6 +76,7 @@ pub use generate::{
 };
 pub use kv_cache::KvCache;
 pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
+pub use loss::IGNORE_INDEX;
 pub use model::{Losses, MoETransformer, SplitWorkspace, FORWARD_SPLITS};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use parallel::{available_threads, Pool};

@@ -69,6 +69,36 @@ pub(crate) fn check_tokens(
     Ok(())
 }
 
+/// Checks `targets` has `n` ids, each `< vocab` or [`crate::IGNORE_INDEX`]
+/// (targets only: input tokens go through [`check_tokens`]). That not every
+/// target is ignored is checked by the CE ([`crate::loss::cross_entropy`]).
+pub(crate) fn check_targets(targets: &[TokenId], n: usize, vocab: usize) -> Result<()> {
+    if targets.len() != n {
+        return Err(Error::ShapeMismatch {
+            arg: "targets",
+            expected: n,
+            actual: targets.len(),
+        });
+    }
+    if let Some(index) = targets
+        .iter()
+        .position(|&t| t != crate::IGNORE_INDEX && t as usize >= vocab)
+    {
+        return Err(Error::TokenOutOfRange {
+            arg: "targets",
+            index,
+            token: targets[index],
+            vocab,
+        });
+    }
+    if targets.iter().all(|&t| t == crate::IGNORE_INDEX) {
+        return Err(Error::EmptyInput {
+            arg: "non-ignored targets",
+        });
+    }
+    Ok(())
+}
+
 impl MoETransformer {
     /// Builds a model with parameters drawn from `seed` (see [`MoETransformer::init`]).
     ///
@@ -395,7 +425,7 @@ impl MoETransformer {
         ws.check(&self.config, batch, seq)?;
         let n = batch * seq;
         check_tokens("tokens", tokens, n, self.config.vocab_size)?;
-        check_tokens("targets", targets, n, self.config.vocab_size)?;
+        check_targets(targets, n, self.config.vocab_size)?;
         if grads.len() != self.layout.total {
             return Err(Error::ShapeMismatch {
                 arg: "grads",
@@ -724,9 +754,9 @@ impl MoETransformer {
 
     /// A data-parallel micro-batch's forward and CE head: carves `ws`, runs
     /// `forward_acts`, copies the logits to `logits_out` if given, writes
-    /// E15's `dlogits` over the logits for its own `n_m` rows and
-    /// rescales them by `scale = n_m/n`, so that they are the gradient of the
-    /// whole batch's mean CE (exactly, when `n/n_m` is a power of two).
+    /// E15's `dlogits` over the logits for its own rows with the whole
+    /// batch's scale `1/counted` (the gradient of the batch's mean CE, each
+    /// row bit-identical to a single pass).
     /// Inputs are validated by the caller.
     #[allow(clippy::too_many_arguments)] // reason: crate-internal; one micro-batch's inputs, its CE share and its optional logits copy
     pub(crate) fn micro_forward<'a>(
@@ -736,7 +766,7 @@ impl MoETransformer {
         targets: &[TokenId],
         batch: usize,
         seq: usize,
-        scale: f32,
+        counted: usize,
         logits_out: Option<&mut [f32]>,
     ) -> Result<(Acts<'a>, &'a RopeTable)> {
         ws.check(&self.config, batch, seq)?;
@@ -750,10 +780,7 @@ impl MoETransformer {
         if let Some(out) = logits_out {
             out.copy_from_slice(acts.logits);
         }
-        loss::cross_entropy_inplace(acts.logits, g.ce_row, targets, acts.dims.v)?;
-        if scale != 1.0 {
-            acts.logits.iter_mut().for_each(|d| *d *= scale);
-        }
+        loss::cross_entropy_inplace_part(acts.logits, g.ce_row, targets, acts.dims.v, counted)?;
         Ok((acts, rope))
     }
 }

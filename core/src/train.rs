@@ -7,8 +7,8 @@
 //! count. Each micro-batch has its own planned workspace and gradient buffer.
 //! One step is five phases, each a region of the trainer's [`Pool`]:
 //! ```text
-//! A  per micro-batch m: zero g_m, forward, CE head (dlogits · n_m/n)   parallel over m
-//! B  pool CE (Σ ce_row / n) and the aux statistics over all L·n rows    caller, fixed order
+//! A  per micro-batch m: zero g_m, forward, CE head (dlogits / m_total)  parallel over m
+//! B  pool CE (Σ ce_row / m_total) and the aux statistics, L·n rows      caller, fixed order
 //! C  per micro-batch m: backward into g_m                              parallel over m
 //! D  per parameter range: g_0 += g_1, g_2 += g_3, g_0 += g_2 (a fixed   parallel over ranges
 //!    tree over m), Σ g² in f64
@@ -28,7 +28,7 @@ use crate::arena::{Acts, Mode};
 use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
 use crate::layout::{alloc_zeroed, Layout};
-use crate::model::{check_tokens, split_range, Losses, MoETransformer};
+use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer};
 use crate::optim::{clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES};
 use crate::parallel::Pool;
 use crate::rope::RopeTable;
@@ -132,8 +132,8 @@ struct Slot<'a> {
     tokens: &'a [TokenId],
     targets: &'a [TokenId],
     batch: usize,
-    /// `n_m / n`, the CE gradient's share.
-    scale: f32,
+    /// The whole batch's counted targets `m` (the CE is a mean over them).
+    counted: usize,
     logits: Option<&'a mut [f32]>,
     err: Option<Error>,
 }
@@ -150,7 +150,7 @@ impl Slot<'_> {
             self.targets,
             self.batch,
             seq,
-            self.scale,
+            self.counted,
             out,
         ) {
             Ok((acts, rope)) => self.acts = Some((acts, rope)),
@@ -420,7 +420,14 @@ impl Trainer {
         self.ws.check(&cfg, 1, seq)?;
         let (n, v) = (batch * seq, cfg.vocab_size);
         check_tokens("tokens", tokens, n, v)?;
-        check_tokens("targets", targets, n, v)?;
+        check_targets(targets, n, v)?;
+        // The CE averages over the counted (not ignored) targets of the whole batch.
+        let counted = crate::loss::counted_targets(targets);
+        if counted == 0 {
+            return Err(Error::EmptyInput {
+                arg: "non-ignored targets",
+            });
+        }
         check_param("aux_alpha", alpha, Domain::NonNegative)?;
         if let Some(out) = &logits_out {
             if out.len() != n * v {
@@ -461,7 +468,7 @@ impl Trainer {
                     tokens: &tokens[r0..r1],
                     targets: &targets[r0..r1],
                     batch: hi - lo,
-                    scale: (r1 - r0) as f32 / n as f32,
+                    counted,
                     logits,
                     err: None,
                 });
@@ -475,7 +482,7 @@ impl Trainer {
             });
             first_err(slots)?;
             // B: the whole batch's CE and aux loss, in a single pass's order.
-            let losses = pool_losses(slots, cfg.num_hidden_layers, n, alpha)?;
+            let losses = pool_losses(slots, cfg.num_hidden_layers, n, counted, alpha)?;
             // C: backward per micro-batch.
             pool.for_each_mut(slots, |_, s| {
                 if let Some(s) = s {
@@ -608,12 +615,18 @@ fn first_err(slots: &mut [Option<Slot>]) -> Result<()> {
     }
 }
 
-/// Phase B: `CE = Σ ce_row / n` over all micro-batches' rows in order (the
+/// Phase B: `CE = Σ ce_row / m` (`m` counted targets) over all micro-batches' rows in order (the
 /// f64 sum of a single pass); the aux statistics, which each micro-batch's
 /// forward pooled over its layers, summed in micro-batch order into
 /// micro-batch 0's `aux_f`/`aux_p` (a fixed order for every thread count); `aux`, the total, and the E31
 /// coefficients copied into every micro-batch's `aux_f`.
-fn pool_losses(slots: &mut [Option<Slot>], layers: usize, n: usize, alpha: f32) -> Result<Losses> {
+fn pool_losses(
+    slots: &mut [Option<Slot>],
+    layers: usize,
+    n: usize,
+    counted: usize,
+    alpha: f32,
+) -> Result<Losses> {
     let mismatch = Error::WorkspaceMismatch {
         what: "a training micro-batch needs a Mode::Training workspace",
     };
@@ -626,7 +639,7 @@ fn pool_losses(slots: &mut [Option<Slot>], layers: usize, n: usize, alpha: f32) 
             ce_sum += x as f64;
         }
     }
-    let ce = (ce_sum / n as f64) as f32;
+    let ce = (ce_sum / counted as f64) as f32;
     let (first, rest) = slots.split_at_mut(1);
     let Some(Slot {
         acts: Some((a0, _)),

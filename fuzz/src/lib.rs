@@ -26,6 +26,7 @@ pub const MODEL_CONFIG: Config = Config {
     rope_base: 10_000.0,
     rope_alpha: 1.0,
     rms_norm_eps: 1e-5,
+    sliding_window: None,
 };
 
 /// Workspace plan of `forward_tokens`: requests beyond it must be
@@ -50,6 +51,7 @@ pub const CKPT_CONFIG: Config = Config {
     rope_base: 10_000.0,
     rope_alpha: 1.0,
     rms_norm_eps: 1e-5,
+    sliding_window: None,
 };
 
 /// Reads fixed-size little-endian values from the front of the input; past

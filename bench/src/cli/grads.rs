@@ -7,7 +7,10 @@
 //!
 //! `tokens.json` is `{"input_ids": [[…], …], "targets": [[…], …], "aux_alpha": 0.01}`:
 //! `b` rows of `t` ids each (the same shape for both), every id `< vocab_size`;
-//! targets are used per position as given (no shifting); `aux_alpha` defaults to
+//! a target may also be `-100` (Hugging Face's `ignore_index`, mapped to
+//! [`moe_core::IGNORE_INDEX`]: the CE is the mean over the other positions,
+//! as `F.cross_entropy(…, ignore_index=-100)`; not every target may be
+//! ignored); targets are used per position as given (no shifting); `aux_alpha` defaults to
 //! 0.01 when absent. The result file (written atomically) holds `logits`
 //! `[b, t, v]`, the 0-d `loss`, `ce_loss` and `aux_loss`, and `<name>.grad` for every
 //! parameter of CONTRACT §2, in layout order (zeros for an expert that received no
@@ -100,6 +103,8 @@ pub enum TokensError {
         /// The model's vocabulary size.
         vocab: usize,
     },
+    /// Every target is `-100`: the CE would be a mean over no position.
+    AllIgnored,
     /// `aux_alpha` is not a finite number `>= 0`.
     BadAlpha {
         /// The value as written.
@@ -140,9 +145,23 @@ impl fmt::Display for TokensError {
                 col,
                 value,
                 vocab,
+            } if *field == "targets" => write!(
+                f,
+                "`{field}[{row}][{col}]` = {value} is not a token id: must be an integer in [0, {vocab}) or -100 (ignore_index)"
+            ),
+            TokensError::BadId {
+                field,
+                row,
+                col,
+                value,
+                vocab,
             } => write!(
                 f,
                 "`{field}[{row}][{col}]` = {value} is not a token id: must be an integer in [0, {vocab})"
+            ),
+            TokensError::AllIgnored => write!(
+                f,
+                "every entry of `targets` is -100 (ignore_index): the cross-entropy needs at least one target"
             ),
             TokensError::BadAlpha { value } => {
                 write!(f, "`aux_alpha` must be a finite number >= 0, got {value}")
@@ -304,6 +323,11 @@ fn id_matrix(
             Some(_) => {}
         }
         for (c, x) in row.iter().enumerate() {
+            // Targets only: HF's ignore_index.
+            if field == "targets" && x.as_i64() == Some(-100) {
+                ids.push(moe_core::IGNORE_INDEX);
+                continue;
+            }
             let id =
                 x.as_u64()
                     .filter(|&id| id < vocab as u64)
@@ -337,6 +361,9 @@ pub fn parse_tokens(text: &str, vocab: usize, max_seq: usize) -> Result<TokenBat
     let (_, _, targets) = id_matrix(&root, "targets", Some((batch, seq)), vocab)?;
     if seq > max_seq {
         return Err(TokensError::SeqTooLong { seq, max: max_seq });
+    }
+    if targets.iter().all(|&t| t == moe_core::IGNORE_INDEX) {
+        return Err(TokensError::AllIgnored);
     }
     let aux_alpha = match root.get("aux_alpha").filter(|v| !v.is_null()) {
         None => DEFAULT_AUX_ALPHA,

@@ -10,10 +10,12 @@ use crate::Error;
 
 pub mod demo;
 pub mod dispatch_compare;
+pub mod export;
 pub mod generate;
 pub mod grads;
 pub mod plan;
 pub mod stress;
+pub mod tokenizer;
 pub mod train;
 
 /// Name of the checkpoint subdirectory of a `moe train --out` directory.

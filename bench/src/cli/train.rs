@@ -59,6 +59,7 @@ use crate::io::checkpoint::{self, CheckpointError};
 use crate::io::corpus::{cross_entropy_sum, Corpus};
 use crate::io::outdir::OutDir;
 use crate::io::read::{read_bounded, read_to_string_bounded, MAX_TEXT_BYTES};
+use crate::io::tokenizer::Tokenizer;
 use crate::report::plots;
 use crate::Error;
 
@@ -132,12 +133,23 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     pub train_fraction: f64,
     /// Resume from a training checkpoint (an earlier --out directory or its checkpoint/).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "init")]
     pub resume: Option<PathBuf>,
     /// Threads of each training step (data-parallel over fixed micro-batches:
     /// the same model for every N); default: the available cores.
     #[arg(long, value_name = "N", value_parser = crate::cli::threads_arg, default_value_t = moe_core::available_threads())]
     pub threads: usize,
+    /// Fine-tune: start from the weights (and config) of any loadable
+    /// checkpoint DIR — ours, a `moe train --out` directory, or one written
+    /// by `transformers` — with a fresh AdamW state (`--resume` continues our
+    /// own training checkpoints instead).
+    #[arg(long, value_name = "DIR")]
+    pub init: Option<PathBuf>,
+    /// Encode `--data` with this Hugging Face tokenizer.json (e.g. from `moe
+    /// tokenizer train`) instead of bytes. A fresh model's vocab_size is the
+    /// tokenizer's; an `--init`/`--resume` model's must be at least it.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// One row of `loss.csv`.
@@ -275,7 +287,11 @@ fn run_extra(
     m.insert("train_fraction".into(), args.train_fraction.to_string());
     m.insert("data_bytes".into(), data.len().to_string());
     m.insert("data_fnv1a64".into(), format!("{:016x}", fnv1a(data)));
-    m.insert("tokenizer".into(), "bytes".into());
+    let tokenizer = match &args.tokenizer {
+        Some(p) => format!("tokenizer.json {}", p.display()),
+        None => "bytes".to_owned(),
+    };
+    m.insert("tokenizer".into(), tokenizer);
     m
 }
 
@@ -392,20 +408,80 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
     Ok((schedule, train_config))
 }
 
-/// Reads `--data` and splits it into the training and held-out parts.
-fn read_data(args: &TrainArgs) -> Result<(Vec<u8>, Corpus), Error> {
+/// Reads `--data` and splits it into the training and held-out parts
+/// (bytes, or `--tokenizer` ids); also returns the held-out part's bytes.
+fn read_data(args: &TrainArgs, tok: Option<&Tokenizer>) -> Result<(Vec<u8>, Corpus, usize), Error> {
     let data = read_bounded(&args.data, MAX_TEXT_BYTES).map_err(|e| arg_error("--data", e))?;
+    let flag = |e: crate::io::corpus::CorpusError| match e {
+        crate::io::corpus::CorpusError::BadFraction(_) => arg_error("--train-fraction", e),
+        _ => arg_error("--data", e),
+    };
+    if let Some(t) = tok {
+        let (corpus, heldout_bytes) =
+            Corpus::split_with(&data, args.train_fraction, args.seq, |s| {
+                t.encode(s).map_err(|e| e.to_string())
+            })
+            .map_err(flag)?;
+        return Ok((data, corpus, heldout_bytes));
+    }
     if std::str::from_utf8(&data).is_err() {
         eprintln!(
             "warning: {} is not valid UTF-8 (trained on its bytes anyway)",
             args.data.display()
         );
     }
-    let corpus = Corpus::split(&data, args.train_fraction, args.seq).map_err(|e| match e {
-        crate::io::corpus::CorpusError::BadFraction(_) => arg_error("--train-fraction", e),
-        _ => arg_error("--data", e),
-    })?;
-    Ok((data, corpus))
+    let corpus = Corpus::split(&data, args.train_fraction, args.seq).map_err(flag)?;
+    let heldout_bytes = corpus.heldout.len();
+    Ok((data, corpus, heldout_bytes))
+}
+
+/// `--tokenizer`, loaded.
+fn load_tokenizer(args: &TrainArgs) -> Result<Option<Tokenizer>, Error> {
+    args.tokenizer
+        .as_deref()
+        .map(|p| Tokenizer::load(p).map_err(|e| arg_error("--tokenizer", e)))
+        .transpose()
+}
+
+/// The model's vocabulary must hold every tokenizer id.
+fn check_vocab(flag: &str, vocab: usize, tok: Option<&Tokenizer>) -> Result<(), Error> {
+    match tok {
+        Some(t) if t.vocab_size() > vocab => Err(arg_error(
+            flag,
+            format!(
+                "the model's vocab_size = {vocab} is smaller than {}'s {} tokens",
+                t.path().display(),
+                t.vocab_size()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `--init DIR`: the weights and config of any loadable checkpoint, fresh AdamW.
+fn init_from(
+    args: &TrainArgs,
+    dir: &Path,
+    train_config: TrainConfig,
+    tok: Option<&Tokenizer>,
+) -> Result<(Trainer, String), Error> {
+    let ckpt = crate::cli::checkpoint_dir(dir);
+    let model = checkpoint::load(&ckpt).map_err(|e| arg_error("--init", e))?;
+    let cfg = *model.config();
+    check_vocab("--init", cfg.vocab_size, tok)?;
+    check_seq(args, cfg.max_position_embeddings)?;
+    check_workspace_fits(&cfg, args.batch, args.seq, Mode::Training, "--batch")?;
+    let trainer = Trainer::new(model, train_config, args.batch, args.seq)
+        .map_err(|e| arg_error("--batch", e))?;
+    let name = TrainProfile::value_variants()
+        .iter()
+        .find(|p| p.0.config() == cfg)
+        .map_or("custom", |p| p.0.name());
+    println!(
+        "fine-tuning {} ({name}) with a fresh AdamW state",
+        ckpt.display()
+    );
+    Ok((trainer, format!("{name} (from --init)")))
 }
 
 /// `--seq` must fit the model's context.
@@ -423,8 +499,16 @@ fn check_seq(args: &TrainArgs, max_position_embeddings: usize) -> Result<(), Err
 }
 
 /// A model and trainer from `--profile` and `--seed`; returns the profile name.
-fn fresh(args: &TrainArgs, train_config: TrainConfig) -> Result<(Trainer, String), Error> {
-    let cfg = args.profile.0.config();
+fn fresh(
+    args: &TrainArgs,
+    train_config: TrainConfig,
+    tok: Option<&Tokenizer>,
+) -> Result<(Trainer, String), Error> {
+    let mut cfg = args.profile.0.config();
+    if let Some(t) = tok {
+        // The vocabulary comes from the tokenizer.
+        cfg.vocab_size = t.vocab_size();
+    }
     check_seq(args, cfg.max_position_embeddings)?;
     check_workspace_fits(&cfg, args.batch, args.seq, Mode::Training, "--batch")?;
     let model = MoETransformer::new(&cfg, args.seed)?;
@@ -550,6 +634,10 @@ struct Session {
     train_secs: f64,
     trained_tokens: u64,
     last_heldout: Option<f64>,
+    /// `"byte"`, or `"token"` with `--tokenizer`: the unit of the CEs printed.
+    unit: &'static str,
+    /// Held-out tokens per held-out byte (1 for bytes): CE per token × this = CE per byte.
+    tokens_per_byte: f64,
 }
 
 impl Session {
@@ -560,10 +648,11 @@ impl Session {
         // Before any work: `--out` is created, writable and ours for the run
         // (and what a killed run left there is removed).
         let out_dir = OutDir::open(&args.out).map_err(|e| arg_error("--out", e))?;
-        let (data, corpus) = read_data(&args)?;
-        let resumed = match &args.resume {
-            None => {
-                let (trainer, name) = fresh(&args, train_config)?;
+        let tok = load_tokenizer(&args)?;
+        let (data, corpus, heldout_bytes) = read_data(&args, tok.as_ref())?;
+        let resumed = match (&args.resume, &args.init) {
+            (None, Some(dir)) => {
+                let (trainer, name) = init_from(&args, dir, train_config, tok.as_ref())?;
                 Resumed {
                     trainer,
                     rows: Vec::new(),
@@ -571,7 +660,24 @@ impl Session {
                     run_id: None,
                 }
             }
-            Some(dir) => resume(&args, dir, train_config, &data, &schedule)?,
+            (None, None) => {
+                let (trainer, name) = fresh(&args, train_config, tok.as_ref())?;
+                Resumed {
+                    trainer,
+                    rows: Vec::new(),
+                    profile_name: name,
+                    run_id: None,
+                }
+            }
+            (Some(dir), _) => {
+                let r = resume(&args, dir, train_config, &data, &schedule)?;
+                check_vocab(
+                    "--resume",
+                    r.trainer.model().config().vocab_size,
+                    tok.as_ref(),
+                )?;
+                r
+            }
         };
         let Resumed {
             mut trainer,
@@ -580,7 +686,23 @@ impl Session {
             run_id,
         } = resumed;
         trainer.set_pool(crate::cli::pool(args.threads)?);
+        // Every id of the corpus must be a token of the model (e.g. bytes
+        // into an `--init` model whose vocab_size < 256).
+        let vocab = trainer.model().config().vocab_size;
+        if let Some(&top) = corpus.train.iter().chain(&corpus.heldout).max() {
+            if top as usize >= vocab {
+                return Err(arg_error(
+                    "--data",
+                    format!(
+                        "token id {top} of the encoded corpus is >= the model's vocab_size = {vocab} \
+                         (give a --tokenizer whose vocabulary fits, or a model with a larger vocabulary)"
+                    ),
+                ));
+            }
+        }
         let run_id = run_id.unwrap_or_else(new_run_id);
+        let unit = if tok.is_some() { "token" } else { "byte" };
+        let tokens_per_byte = corpus.heldout.len() as f64 / heldout_bytes.max(1) as f64;
         let extra = run_extra(&args, &profile_name, &data, &schedule);
         let start = trainer.optimizer().step();
         let ckpt_dir = out_dir.checkpoint_path();
@@ -625,6 +747,8 @@ impl Session {
             train_secs: 0.0,
             trained_tokens: 0,
             last_heldout,
+            unit,
+            tokens_per_byte,
         };
         session.header()?;
         Ok(session)
@@ -648,12 +772,15 @@ impl Session {
             args.steps,
         );
         println!(
-            "unigram baseline (train byte frequencies on the held-out bytes): {:.4} nats/byte",
-            self.unigram
+            "unigram baseline (train {0} frequencies on the held-out {0}s): {1:.4} nats/{0}",
+            self.unit, self.unigram
         );
         if self.start == 0 {
             let ce = self.evaluate()?;
-            println!("held-out CE of the initial weights: {ce:.4} nats/byte");
+            println!(
+                "held-out CE of the initial weights: {ce:.4} nats/{}",
+                self.unit
+            );
             self.last_heldout = Some(ce);
             self.rows.push(Row {
                 step: 0,
@@ -814,7 +941,12 @@ impl Session {
             "data_bytes": self.data.len(),
             "train_bytes": self.corpus.train.len(),
             "heldout_bytes": self.corpus.heldout.len(),
-            "tokenizer": "bytes (token id = byte value)",
+            "tokenizer": match &args.tokenizer {
+                Some(p) => format!("{} ({} held-out tokens per byte)", p.display(), self.tokens_per_byte),
+                None => "bytes (token id = byte value)".to_owned(),
+            },
+            "ce_unit": format!("nats/{}", self.unit),
+            "final_heldout_ce_per_byte": self.last_heldout.map(|c| c * self.tokens_per_byte),
             "profile": self.profile_name,
             "parameters": self.trainer.model().config().param_counts().total,
             "seed": args.seed,
@@ -837,18 +969,26 @@ impl Session {
         let text = serde_json::to_string_pretty(&summary)? + "\n";
         checkpoint::write_atomic(&out.join(SUMMARY_JSON), |w| w.write_all(text.as_bytes()))?;
 
-        println!("unigram baseline CE:   {:.4} nats/byte", self.unigram);
+        let unit = self.unit;
+        println!("unigram baseline CE:   {:.4} nats/{unit}", self.unigram);
         if let Some(ce) = tail_ce {
             println!(
-                "final train CE:        {ce:.4} nats/byte (mean of the last {} steps)",
+                "final train CE:        {ce:.4} nats/{unit} (mean of the last {} steps)",
                 tail.len()
             );
         }
         if let Some(ce) = self.last_heldout {
             println!(
-                "final held-out CE:     {ce:.4} nats/byte ({} windows of {t})",
+                "final held-out CE:     {ce:.4} nats/{unit} ({} windows of {t})",
                 self.windows.len()
             );
+            if self.unit != "byte" {
+                println!(
+                    "final held-out CE:     {:.4} nats/byte ({:.4} held-out tokens per byte)",
+                    ce * self.tokens_per_byte,
+                    self.tokens_per_byte
+                );
+            }
         }
         println!(
             "throughput:            {mean_tps:.0} tokens/s ({trained_tokens} tokens in {train_secs:.1} s of training steps)"

@@ -167,3 +167,89 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
         _ => io::Error::other(e.to_string()),
     })
 }
+
+/// A directory being filled under a temporary name next to its destination
+/// (`PARENT/.NAME.tmp.PID.N/`); [`commit_dir`] renames it into place.
+/// Dropping it uncommitted removes it with everything in it.
+#[derive(Debug)]
+pub(crate) struct StagedDir {
+    /// The temporary directory: write the files here (with [`stage`] + [`commit`]).
+    pub(crate) tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Creates the temporary directory for a multi-file save to `dest`.
+pub(crate) fn stage_dir(dest: &Path) -> Result<StagedDir> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a directory name");
+            CheckpointError::new(dest, CheckpointErrorKind::Io { source })
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    ensure_dir(&parent)?;
+    if dest.exists() && !dest.is_dir() {
+        let source = io::Error::new(io::ErrorKind::AlreadyExists, "not a directory");
+        return Err(CheckpointError::new(
+            dest,
+            CheckpointErrorKind::Io { source },
+        ));
+    }
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.tmp.{}.{n}", std::process::id()));
+    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    Ok(StagedDir {
+        tmp,
+        dest: dest.to_path_buf(),
+        committed: false,
+    })
+}
+
+/// Puts a fully written (every file `fsync`ed) staged directory in place:
+/// `fsync`s it, moves an existing `dest` aside (`.NAME.old.PID.N`), renames
+/// the new one to `dest` (one `rename(2)`), `fsync`s the parent and removes
+/// the old one. At every instant `dest` is either the old complete directory,
+/// absent (between the two renames), or the new complete one — never a mix
+/// of files of two saves.
+pub(crate) fn commit_dir(mut s: StagedDir) -> Result<()> {
+    #[cfg(unix)]
+    File::open(&s.tmp)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&s.tmp))?;
+    let parent = match s.dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut old = None;
+    if s.dest.exists() {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = s.dest.file_name().unwrap_or_default().to_string_lossy();
+        let aside = parent.join(format!(".{name}.old.{}.{n}", std::process::id()));
+        fs::rename(&s.dest, &aside).map_err(io_err(&s.dest))?;
+        old = Some(aside);
+    }
+    fs::rename(&s.tmp, &s.dest).map_err(io_err(&s.dest))?;
+    s.committed = true;
+    #[cfg(unix)]
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&parent))?;
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    Ok(())
+}

@@ -69,6 +69,10 @@ pub enum CorpusError {
     },
     /// `train_fraction` is not in `(0, 1)`.
     BadFraction(String),
+    /// A subword tokenizer needs UTF-8 text.
+    NotUtf8,
+    /// The tokenizer failed on the text.
+    Tokenizer(String),
     /// One part of the split is shorter than one window of `seq + 1` bytes.
     TooShort {
         /// `"training"` or `"held-out"`.
@@ -89,6 +93,10 @@ impl fmt::Display for CorpusError {
                 f,
                 "allocation of {bytes} bytes for the corpus' token ids failed (4 bytes per byte of text)"
             ),
+            CorpusError::NotUtf8 => {
+                write!(f, "not valid UTF-8 (a --tokenizer encodes text)")
+            }
+            CorpusError::Tokenizer(m) => write!(f, "the tokenizer failed: {m}"),
             CorpusError::BadFraction(x) => {
                 write!(f, "train fraction must be in (0, 1), got {x}")
             }
@@ -179,11 +187,58 @@ impl Corpus {
         }
     }
 
-    /// Cross-entropy (nats per byte) of predicting every held-out byte with the
-    /// training part's byte unigram distribution, add-one (Laplace) smoothed over
-    /// the 256 byte values so that a byte unseen in training has a finite cost.
+    /// Splits a UTF-8 text as [`Corpus::split`] does (the cut moved back to
+    /// a character boundary) and encodes each part with `encode` (a subword
+    /// tokenizer); the parts must hold a window of `seq + 1` *tokens*.
+    /// Returns the corpus and the number of held-out bytes (for nats per byte).
+    ///
+    /// # Errors
+    /// [`CorpusError::BadFraction`], [`CorpusError::NotUtf8`],
+    /// [`CorpusError::Tokenizer`] (the message of `encode`), [`CorpusError::TooShort`].
+    pub fn split_with(
+        bytes: &[u8],
+        train_fraction: f64,
+        seq: usize,
+        encode: impl Fn(&str) -> Result<Vec<TokenId>, String>,
+    ) -> Result<(Self, usize), CorpusError> {
+        if !(train_fraction > 0.0 && train_fraction < 1.0) {
+            return Err(CorpusError::BadFraction(train_fraction.to_string()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| CorpusError::NotUtf8)?;
+        let mut cut = (bytes.len() as f64 * train_fraction).floor() as usize;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let train = encode(&text[..cut]).map_err(CorpusError::Tokenizer)?;
+        let heldout = encode(&text[cut..]).map_err(CorpusError::Tokenizer)?;
+        let window = seq.saturating_add(1);
+        for (part, len) in [("training", train.len()), ("held-out", heldout.len())] {
+            if len < window {
+                return Err(CorpusError::TooShort {
+                    part,
+                    len,
+                    window,
+                    total: bytes.len(),
+                });
+            }
+        }
+        Ok((Corpus { train, heldout }, bytes.len() - cut))
+    }
+
+    /// Cross-entropy (nats per token; per byte with the byte tokenizer) of
+    /// predicting every held-out token with the training part's unigram
+    /// distribution, add-one (Laplace) smoothed over the ids `0 ..= max(255,
+    /// largest id seen)` so that a token unseen in training has a finite cost.
     pub fn unigram_baseline(&self) -> f64 {
-        let mut counts = [1u64; 256];
+        let top = self
+            .train
+            .iter()
+            .chain(&self.heldout)
+            .map(|&t| t as usize)
+            .max()
+            .unwrap_or(0)
+            .max(255);
+        let mut counts = vec![1u64; top + 1];
         for &t in &self.train {
             counts[t as usize] += 1;
         }

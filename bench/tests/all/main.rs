@@ -10,6 +10,7 @@ mod common;
 mod faults;
 mod grads;
 mod heap;
+mod interop;
 mod json_schema;
 mod outputs;
 mod plan_memory;

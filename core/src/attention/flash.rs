@@ -3,7 +3,7 @@
 //! row's probabilities (FlashAttention's idea, one row at a time).
 //!
 //! For each batch row, head and query `i`, over the visible keys `j ∈ keys(i)`
-//! (causal: `0 ..= i`):
+//! (causal, within the sliding window if any: `j0(i) ..= i`):
 //! ```text
 //! forward:   s_ij = s · q_i·k_j     m_i = max_j s_ij     u_i = 1 / Σ_j exp(s_ij − m_i)
 //!            P_ij = exp(s_ij − m_i) · u_i               o_i = Σ_j P_ij v_j
@@ -26,10 +26,12 @@ use crate::config::Dims;
 use crate::error::{Error, Result};
 use crate::kernels::{axpy, dot, exp, rows, softmax, vectorized};
 
-/// The keys query `i` (position `i` of its sequence) attends to: `0 ..= i` (causal).
+/// The keys query `i` (position `i` of its sequence) attends to:
+/// `j0(i) ..= i`, causal, with `j0(i) = max(0, i + 1 − W)` under a
+/// `sliding_window = W` ([`Dims::first_key`]), else `0`.
 #[inline]
-pub fn keys(i: usize) -> Range<usize> {
-    0..i + 1
+pub fn keys(dm: &Dims, i: usize) -> Range<usize> {
+    dm.first_key(i)..i + 1
 }
 
 /// E1 over one row `x`, exactly as [`softmax::forward_inplace`] (same
@@ -105,7 +107,7 @@ pub fn forward(
             let g = hh / group;
             let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
             for i in 0..t {
-                let ks = keys(i);
+                let ks = keys(dm, i);
                 let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 let prow = &mut row[ks.clone()];
                 for (p, j) in prow.iter_mut().zip(ks.clone()) {
@@ -168,7 +170,7 @@ pub fn backward(
             let g = hh / group;
             let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
             for i in 0..t {
-                let ks = keys(i);
+                let ks = keys(dm, i);
                 let (lo, hi) = (ks.start, ks.end);
                 let at = (bi * h + hh) * t + i;
                 let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];

@@ -256,16 +256,34 @@ fn out_of_range_token_ids_are_rejected_with_their_position() {
     );
     let mut tr = Trainer::new(tiny(), TrainConfig::default(), 1, 4).unwrap();
     let err = tr
-        .train_step(&[1, 2, 3, 4], &[1, u32::MAX, 3, 4], 1, 4)
+        .train_step(&[1, 2, 3, 4], &[1, 1000, 3, 4], 1, 4)
         .unwrap_err();
     assert_eq!(
         err,
         Error::TokenOutOfRange {
             arg: "targets",
             index: 1,
-            token: u32::MAX,
+            token: 1000,
             vocab: 1000
         }
+    );
+    // u32::MAX is IGNORE_INDEX: allowed in targets, never as an input token.
+    assert!(tr
+        .train_step(&[1, 2, 3, 4], &[1, u32::MAX, 3, 4], 1, 4)
+        .is_ok());
+    let err = tr
+        .train_step(&[1, u32::MAX, 3, 4], &[1, 2, 3, 4], 1, 4)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TokenOutOfRange {
+                arg: "tokens",
+                index: 1,
+                ..
+            }
+        ),
+        "{err}"
     );
 }
 

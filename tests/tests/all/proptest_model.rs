@@ -76,6 +76,7 @@ fn config_strategy(dense: bool) -> impl Strategy<Value = Config> {
                     // NTK scaling needs d > 2.
                     rope_alpha: if ntk && d > 2 { 4.0 } else { 1.0 },
                     rms_norm_eps: 10f32.powi(eps_exp),
+                    sliding_window: None,
                 }
             },
         )

@@ -69,6 +69,8 @@ struct HfConfigOut {
     tie_word_embeddings: bool,
     router_aux_loss_coef: f32,
     torch_dtype: &'static str,
+    /// transformers 5.x's name for `torch_dtype` (it writes both as one).
+    dtype: &'static str,
     // Explicit Hugging Face defaults we rely on.
     hidden_act: &'static str,
     sliding_window: Option<usize>,
@@ -80,6 +82,12 @@ struct HfConfigOut {
 /// The `config.json` text for `cfg` (pretty-printed, newline-terminated).
 /// f32 values are written in their shortest round-trip form (`1e-5`, `10000.0`).
 pub fn config_json(cfg: &Config, opts: &SaveOptions) -> String {
+    config_json_dtype(cfg, opts, "float32")
+}
+
+/// [`config_json`] declaring the tensors' dtype as `dtype` (`"float32"`,
+/// `"bfloat16"`, `"float16"`) in `torch_dtype` and `dtype`.
+pub(super) fn config_json_dtype(cfg: &Config, opts: &SaveOptions, dtype: &'static str) -> String {
     let out = HfConfigOut {
         architectures: ["MixtralForCausalLM"],
         model_type: "mixtral",
@@ -97,9 +105,10 @@ pub fn config_json(cfg: &Config, opts: &SaveOptions) -> String {
         max_position_embeddings: cfg.max_position_embeddings,
         tie_word_embeddings: false,
         router_aux_loss_coef: opts.router_aux_loss_coef,
-        torch_dtype: "float32",
+        torch_dtype: dtype,
+        dtype,
         hidden_act: "silu",
-        sliding_window: None,
+        sliding_window: cfg.sliding_window,
         attention_dropout: 0.0,
         router_jitter_noise: 0.0,
         moe_rs: MoeRsOut {
@@ -292,8 +301,11 @@ impl HfConfig {
                 return Err(r.invalid("architectures", exp, a));
             }
         }
-        r.str_in("torch_dtype", &self.torch_dtype, &["float32"])?;
-        r.str_in("dtype", &self.dtype, &["float32"])?;
+        // The declared dtype is informative: each tensor's own safetensors
+        // dtype (F32, BF16 or F16) decides how it is converted to f32.
+        const DTYPES: [&str; 3] = ["float32", "bfloat16", "float16"];
+        r.str_in("torch_dtype", &self.torch_dtype, &DTYPES)?;
+        r.str_in("dtype", &self.dtype, &DTYPES)?;
         r.str_in("hidden_act", &self.hidden_act, &["silu"])?;
         if let Some(v) = &self.tie_word_embeddings {
             if v.as_bool() != Some(false) {
@@ -323,6 +335,7 @@ impl HfConfig {
             rms_norm_eps: 0.0,
             rope_base: 0.0,
             rope_alpha: 1.0,
+            sliding_window: None,
         };
         c.head_dim = match &self.head_dim {
             Some(v) => r.as_usize("head_dim", v)?,
@@ -335,10 +348,12 @@ impl HfConfig {
         c.rms_norm_eps = r.f32("rms_norm_eps", &self.rms_norm_eps)?;
         if let Some(v) = &self.sliding_window {
             let w = r.as_usize("sliding_window", v)?;
-            if w < c.max_position_embeddings {
-                let exp = "null (sliding-window attention is not supported) or >= max_position_embeddings";
+            if w == 0 {
+                let exp = "null or a positive integer (the window's width in positions)";
                 return Err(r.invalid("sliding_window", exp, v));
             }
+            // A window at least as long as any sequence masks nothing.
+            c.sliding_window = (w < c.max_position_embeddings).then_some(w);
         }
         Ok(c)
     }
@@ -490,8 +505,10 @@ impl HfConfig {
 /// or `rope_parameters.rope_theta`. Optional, checked when present:
 /// `architectures` (must list `MixtralForCausalLM`), `head_dim` (default
 /// `hidden_size / num_attention_heads` as in `transformers`), `torch_dtype` /
-/// `dtype` (`"float32"`), `tie_word_embeddings` (`false`), `hidden_act`
-/// (`"silu"`), `sliding_window` (`null` or `>= max_position_embeddings`),
+/// `dtype` (`"float32"`, `"bfloat16"` or `"float16"`; informative, each
+/// tensor's safetensors dtype decides), `tie_word_embeddings` (`false`), `hidden_act`
+/// (`"silu"`), `sliding_window` (`null` or a positive width `W`: E10's
+/// `i − W < j ≤ i`; `W >= max_position_embeddings` is the same as `null`),
 /// `rope_parameters.rope_type` / `rope_scaling` (default RoPE only),
 /// `router_aux_loss_coef`, and our `moe_rs` object (`format_version`,
 /// `rope_base`, `rope_alpha`; without them the base is `rope_theta` and alpha 1).

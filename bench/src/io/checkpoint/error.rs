@@ -79,7 +79,7 @@ pub enum CheckpointErrorKind {
         /// The tensor's name.
         name: String,
     },
-    /// A tensor is not stored as F32.
+    /// A tensor is not stored as F32, BF16 or F16 (F32 only for optimizer state).
     WrongDtype {
         /// The tensor's name.
         name: String,
@@ -150,6 +150,22 @@ pub enum CheckpointErrorKind {
         model_run: Option<String>,
         /// `run_id` of `optimizer.safetensors` (`None`: absent).
         optimizer_run: Option<String>,
+    },
+    /// Sharded checkpoint: the same tensor is stored in two shards (`path`
+    /// is the second shard).
+    DuplicateTensor {
+        /// The tensor's name.
+        name: String,
+        /// The shard that holds it first.
+        first: PathBuf,
+    },
+    /// Sharded checkpoint: `model.safetensors.index.json`'s `weight_map`
+    /// and the shards disagree (`path` is the index or the shard).
+    IndexMismatch {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong, e.g. "the index places it in model-00002-of-00002.safetensors, which does not hold it".
+        detail: String,
     },
     /// Another `moe train` holds the output directory's lock (`path` is the directory).
     Locked {
@@ -243,7 +259,7 @@ impl fmt::Display for CheckpointError {
             }
             K::MissingTensor { name } => write!(f, "{path}: missing tensor `{name}`"),
             K::WrongDtype { name, found } => {
-                write!(f, "{path}: tensor `{name}` must be F32, found {found}")
+                write!(f, "{path}: tensor `{name}` must be F32, BF16 or F16, found {found}")
             }
             K::WrongShape {
                 name,
@@ -307,6 +323,14 @@ impl fmt::Display for CheckpointError {
                     show(model_run),
                     show(optimizer_run)
                 )
+            }
+            K::DuplicateTensor { name, first } => write!(
+                f,
+                "{path}: tensor `{name}` is also stored in {} (a tensor must be in exactly one shard)",
+                first.display()
+            ),
+            K::IndexMismatch { name, detail } => {
+                write!(f, "{path}: tensor `{name}`: {detail}")
             }
             K::Locked { pid } => {
                 write!(f, "{path}: the output directory is in use by another `moe train`")?;

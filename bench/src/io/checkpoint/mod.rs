@@ -55,16 +55,18 @@ use moe_core::{Config, Layout, MoETransformer, TrainConfig, Trainer};
 use self::error::model_err;
 use self::safetensors::{
     check_finite_flat, check_tensors, copy_tensors, layout_tensors, safetensors_bound,
-    stage_safetensors, try_zeroed, StFile,
+    stage_safetensors, stage_safetensors_as, try_zeroed, StFile, TensorSet,
 };
-use crate::io::atomic::{commit, ensure_dir, stage, Staged};
+use crate::io::atomic::{commit, commit_dir, ensure_dir, stage, stage_dir, Staged};
 
 pub use self::config_json::{
     check_router_aux_loss_coef, config_json, parse_config, read_config, CheckpointConfig, HfConfig,
     SaveOptions,
 };
 pub use self::error::{CheckpointError, CheckpointErrorKind};
-pub use self::safetensors::{write_f32_safetensors, F32Tensor, MAX_SAFETENSORS_HEADER_BYTES};
+pub use self::safetensors::{
+    write_f32_safetensors, F32Tensor, StoreDtype, MAX_SAFETENSORS_HEADER_BYTES,
+};
 pub use crate::io::atomic::write_atomic;
 
 type Result<T, E = CheckpointError> = std::result::Result<T, E>;
@@ -73,6 +75,8 @@ type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights inside a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of a sharded checkpoint's index (`save_pretrained(max_shard_size=…)`).
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// File name of the AdamW state inside a training checkpoint directory.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// Version of our checkpoint format, written as `moe_rs.format_version`.
@@ -150,20 +154,182 @@ pub fn save_with(dir: impl AsRef<Path>, model: &MoETransformer, opts: &SaveOptio
     commit(stage_model(dir.as_ref(), model, opts, None, None)?)
 }
 
-/// Reads the parameters of `cfg` from a parsed `model.safetensors`.
-fn read_params(file: &StFile, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
+/// The model file(s) of a checkpoint: `model.safetensors`, or the shards
+/// named by `model.safetensors.index.json` (with the index's path).
+struct ModelFiles {
+    files: Vec<StFile>,
+    index: Option<(std::path::PathBuf, BTreeMap<String, String>)>,
+}
+
+/// A shard file name from the index: a plain file name in the checkpoint
+/// directory (no separator, not `.`/`..`), or an error naming the tensor.
+fn check_shard_name(index: &Path, tensor: &str, v: &serde_json::Value) -> Result<String> {
+    let bad = || {
+        CheckpointError::new(
+            index,
+            CheckpointErrorKind::InvalidField {
+                field: format!("weight_map.{tensor}"),
+                expected: "a shard file name in the checkpoint directory (e.g. \"model-00001-of-00002.safetensors\")".to_owned(),
+                found: v.to_string(),
+            },
+        )
+    };
+    let s = v.as_str().ok_or_else(bad)?;
+    if s.is_empty()
+        || s == "."
+        || s == ".."
+        || s.contains('/')
+        || s.contains('\\')
+        || s.contains('\0')
+    {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+/// Reads `model.safetensors.index.json`: its `weight_map` (tensor → shard).
+fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = crate::io::read::read_to_string_bounded(path, crate::io::read::MAX_JSON_BYTES)?;
+    let root: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|source| CheckpointError::new(path, CheckpointErrorKind::ConfigJson { source }))?;
+    let invalid = |field: &str, expected: &str, found: &serde_json::Value| {
+        let mut f = found.to_string();
+        if f.len() > 80 {
+            f = format!("{}…", f.chars().take(80).collect::<String>());
+        }
+        CheckpointError::new(
+            path,
+            CheckpointErrorKind::InvalidField {
+                field: field.to_owned(),
+                expected: expected.to_owned(),
+                found: f,
+            },
+        )
+    };
+    let Some(wm) = root.get("weight_map") else {
+        return Err(CheckpointError::new(
+            path,
+            CheckpointErrorKind::MissingField {
+                field: "weight_map",
+            },
+        ));
+    };
+    let obj = wm
+        .as_object()
+        .ok_or_else(|| invalid("weight_map", "an object {tensor: shard file}", wm))?;
+    let mut out = BTreeMap::new();
+    for (name, v) in obj {
+        out.insert(name.clone(), check_shard_name(path, name, v)?);
+    }
+    Ok(out)
+}
+
+impl ModelFiles {
+    /// `dir/model.safetensors` if it exists (what `transformers` prefers too),
+    /// else the shards of `dir/model.safetensors.index.json`; each file at
+    /// most `max` bytes and memory-mapped.
+    fn open(dir: &Path, max: u64) -> Result<Self> {
+        let single = dir.join(MODEL_FILE);
+        let index_path = dir.join(INDEX_FILE);
+        // `symlink_metadata`: a dangling `model.safetensors` is still "there"
+        // and reported as such by the read below.
+        if std::fs::symlink_metadata(&single).is_ok()
+            || std::fs::symlink_metadata(&index_path).is_err()
+        {
+            return Ok(ModelFiles {
+                files: vec![StFile::read(single, max)?],
+                index: None,
+            });
+        }
+        let map = read_index(&index_path)?;
+        let mut shards: Vec<&String> = map.values().collect();
+        shards.sort();
+        shards.dedup();
+        let files = shards
+            .into_iter()
+            .map(|s| StFile::read(dir.join(s), max))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelFiles {
+            files,
+            index: Some((index_path, map)),
+        })
+    }
+
+    /// Checks that the index and the shards agree: every tensor the index
+    /// names is in its shard, every tensor of a shard is named by the index
+    /// (for that shard).
+    fn check_index(&self, set: &TensorSet<'_>) -> Result<()> {
+        let Some((index_path, map)) = &self.index else {
+            return Ok(());
+        };
+        let shard_name = |i: usize| {
+            self.files[i]
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        for (name, shard) in map {
+            let detail = match set.file_of(name) {
+                Some(i) if shard_name(i) == *shard => continue,
+                Some(i) => format!(
+                    "the index places it in {shard}, but it is stored in {}",
+                    shard_name(i)
+                ),
+                None => format!("the index places it in {shard}, which does not hold it"),
+            };
+            let kind = CheckpointErrorKind::IndexMismatch {
+                name: name.clone(),
+                detail,
+            };
+            return Err(CheckpointError::new(index_path, kind));
+        }
+        if let Some((i, name)) = set
+            .names_in_order()
+            .into_iter()
+            .find(|(_, n)| !map.contains_key(*n))
+        {
+            let kind = CheckpointErrorKind::IndexMismatch {
+                name: name.to_owned(),
+                detail: format!("stored in this shard but not named by {INDEX_FILE}'s weight_map"),
+            };
+            return Err(CheckpointError::new(&self.files[i].path, kind));
+        }
+        Ok(())
+    }
+
+    /// The path errors about "the model file" name.
+    fn main_path(&self) -> &Path {
+        match &self.index {
+            Some((p, _)) => p,
+            None => &self.files[0].path,
+        }
+    }
+}
+
+/// Reads the parameters of `cfg` from a checkpoint's model file(s).
+fn read_params(mf: &ModelFiles, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
+    let parsed = mf
+        .files
+        .iter()
+        .map(StFile::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let set = match &mf.index {
+        None => TensorSet::single(&mf.files[0], &parsed[0]),
+        Some((index_path, _)) => TensorSet::shards(index_path, &mf.files, &parsed)?,
+    };
+    mf.check_index(&set)?;
     // Bound the work by the file before building the layout: a tiny config
     // can name millions of tensors (fuzzing found `load` spending seconds and
     // GBs on that). The precise per-tensor diagnosis below names a missing or
     // malformed tensor; this coarse check only rejects a config that asks for
     // far more tensors than the file's header holds.
-    let st = file.parse()?;
     let per_layer = 7u64.saturating_add(3u64.saturating_mul(cfg.num_local_experts as u64));
     let required = 3u64.saturating_add((cfg.num_hidden_layers as u64).saturating_mul(per_layer));
-    let present = st.len() as u64;
+    let present = set.len() as u64;
     if required > 4 * present + 16 {
         return Err(CheckpointError::new(
-            &file.path,
+            mf.main_path(),
             CheckpointErrorKind::InvalidField {
                 field: "num_hidden_layers / num_local_experts".to_owned(),
                 expected: format!("a model file with the {required} tensors they imply"),
@@ -171,34 +337,169 @@ fn read_params(file: &StFile, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
             },
         ));
     }
-    let layout = Layout::new(cfg).map_err(model_err(&file.path))?;
+    let layout = Layout::new(cfg).map_err(model_err(mf.main_path()))?;
     // Names, dtypes and shapes first: a valid file then bounds the allocation.
-    check_tensors(&file.path, &st, &layout, &[""])?;
-    let mut params = try_zeroed(&file.path, layout.total)?;
-    copy_tensors(&file.path, &st, &layout, "", &mut params, false)?;
+    check_tensors(&set, &layout, &[""])?;
+    let mut params = try_zeroed(mf.main_path(), layout.total)?;
+    copy_tensors(&set, &layout, "", &mut params, false)?;
     Ok((layout, params))
 }
 
 fn load_with_file(dir: &Path) -> Result<(MoETransformer, StFile)> {
     let cc = read_config(dir)?;
-    let file = StFile::read(dir.join(MODEL_FILE), safetensors_bound(&cc.config, 1))?;
-    let (_, params) = read_params(&file, &cc.config)?;
+    let mf = ModelFiles::open(dir, safetensors_bound(&cc.config, 1))?;
+    let (_, params) = read_params(&mf, &cc.config)?;
     let model = MoETransformer::from_params(&cc.config, params).map_err(model_err(dir))?;
+    // The first (or only) model file: its metadata holds a training save's step.
+    let file = mf.files.into_iter().next().ok_or_else(|| {
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no shard");
+        CheckpointError::new(dir.join(INDEX_FILE), CheckpointErrorKind::Io { source })
+    })?;
     Ok((model, file))
 }
 
-/// Loads a checkpoint directory written by [`save`], by the golden-fixture
-/// generator, or by `transformers`' `save_pretrained` (float32, one
-/// `model.safetensors` file).
+/// Loads a checkpoint directory written by [`save`], [`export`], the
+/// golden-fixture generator, or `transformers`' `save_pretrained`: one
+/// `model.safetensors` or the shards of `model.safetensors.index.json`;
+/// tensors F32, BF16 or F16 (converted to f32 exactly). The files are
+/// memory-mapped, not read into memory.
 ///
 /// # Errors
 /// [`CheckpointErrorKind::Io`] (missing files), the config errors of
 /// [`parse_config`], and for `model.safetensors`: [`CheckpointErrorKind::Safetensors`],
 /// [`CheckpointErrorKind::Truncated`], [`CheckpointErrorKind::MissingTensor`],
 /// [`CheckpointErrorKind::WrongDtype`], [`CheckpointErrorKind::WrongShape`],
-/// [`CheckpointErrorKind::UnexpectedTensor`], [`CheckpointErrorKind::NonFinite`].
+/// [`CheckpointErrorKind::UnexpectedTensor`], [`CheckpointErrorKind::NonFinite`];
+/// for a sharded checkpoint also the index's [`CheckpointErrorKind::ConfigJson`],
+/// [`CheckpointErrorKind::MissingField`] (`weight_map`), [`CheckpointErrorKind::InvalidField`]
+/// (a shard name that is not a plain file name), a missing shard
+/// ([`CheckpointErrorKind::Io`]), [`CheckpointErrorKind::DuplicateTensor`] and
+/// [`CheckpointErrorKind::IndexMismatch`] (the index names a tensor its shard
+/// lacks, or a shard holds a tensor the index does not name).
 pub fn load(dir: impl AsRef<Path>) -> Result<MoETransformer> {
     Ok(load_with_file(dir.as_ref())?.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Export in the Hugging Face forms (dtype, shards)
+// ---------------------------------------------------------------------------------------
+
+/// Options of [`export`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ExportOptions {
+    /// Written as `router_aux_loss_coef` and the rest of [`SaveOptions`].
+    pub save: SaveOptions,
+    /// Tensor dtype (F32, or BF16 / F16 rounded to nearest even).
+    pub dtype: StoreDtype,
+    /// Largest shard in bytes of tensor data (`None`: one `model.safetensors`).
+    /// As `save_pretrained(max_shard_size=…)`: tensors are taken in order and a
+    /// new shard starts when the next tensor would pass the limit; a tensor
+    /// larger than the limit gets a shard of its own.
+    pub max_shard_bytes: Option<u64>,
+}
+
+/// `NAME` of shard `i` (0-based) of `n`: `model-0000{i+1}-of-0000{n}.safetensors`.
+pub fn shard_name(i: usize, n: usize) -> String {
+    format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+}
+
+/// Writes `model` to `dir` as `transformers` does: `config.json` declaring
+/// `opts.dtype`, and either `model.safetensors` or shards
+/// `model-0000k-of-0000n.safetensors` plus `model.safetensors.index.json`
+/// (`{"metadata": {"total_size": BYTES}, "weight_map": {tensor: shard}}`).
+///
+/// Atomic as a whole: every file is written and `fsync`ed into a temporary
+/// directory next to `dir`, which then replaces `dir` by `rename(2)` (an old
+/// `dir` is moved aside first and removed after; see
+/// [`crate::io::atomic`]), so a crash never leaves a mix of two exports or a
+/// partial shard set under `dir`.
+///
+/// # Errors
+/// [`CheckpointErrorKind::Io`]; [`CheckpointErrorKind::NonFinite`] for a
+/// non-finite parameter or, with F16, a value outside ±65504 (it would become
+/// ±∞); [`CheckpointErrorKind::Model`] for an invalid `router_aux_loss_coef`.
+pub fn export(dir: impl AsRef<Path>, model: &MoETransformer, opts: &ExportOptions) -> Result<()> {
+    let dir = dir.as_ref();
+    let layout = model.layout();
+    let params = model.params();
+    check_finite_flat(&dir.join(MODEL_FILE), layout, params, "")?;
+    if opts.dtype == StoreDtype::F16 {
+        let max = f32::from(half::f16::MAX);
+        if let Some(i) = params.iter().position(|x| x.abs() > max) {
+            let t = layout.tensors().iter().find(|t| t.range().contains(&i));
+            let (name, index) =
+                t.map_or(("<flat>".to_owned(), i), |t| (t.name.clone(), i - t.offset));
+            let kind = CheckpointErrorKind::NonFinite {
+                name,
+                index,
+                value: f32::from(half::f16::from_f32(params[i])),
+            };
+            return Err(CheckpointError::new(dir.join(MODEL_FILE), kind));
+        }
+    }
+    check_router_aux_loss_coef(opts.save.router_aux_loss_coef).map_err(model_err(dir))?;
+    let tmp = stage_dir(dir)?;
+    let text =
+        self::config_json::config_json_dtype(model.config(), &opts.save, opts.dtype.torch_name());
+    let mut staged = vec![stage(&tmp.tmp.join(CONFIG_FILE), |w| {
+        w.write_all(text.as_bytes())
+    })?];
+    let tensors = layout_tensors(layout, params, "");
+    let meta = model_metadata(None, None);
+    // Group tensors (in layout order) into shards of at most the limit.
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut bytes = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        let b = opts.dtype.size() * t.data.len() as u64;
+        if let Some(max) = opts.max_shard_bytes {
+            let last = groups.last().map_or(0, Vec::len);
+            if last > 0 && bytes + b > max {
+                groups.push(Vec::new());
+                bytes = 0;
+            }
+        }
+        bytes += b;
+        if let Some(g) = groups.last_mut() {
+            g.push(i);
+        }
+    }
+    if groups.len() == 1 {
+        staged.push(stage_safetensors_as(
+            &tmp.tmp.join(MODEL_FILE),
+            &tensors,
+            &meta,
+            opts.dtype,
+        )?);
+    } else {
+        let n = groups.len();
+        let mut weight_map = BTreeMap::new();
+        let mut total = 0u64;
+        for (k, g) in groups.iter().enumerate() {
+            let name = shard_name(k, n);
+            let part: Vec<F32Tensor<'_>> = g.iter().map(|&i| tensors[i].clone()).collect();
+            for t in &part {
+                weight_map.insert(t.name.clone(), name.clone());
+                total += opts.dtype.size() * t.data.len() as u64;
+            }
+            staged.push(stage_safetensors_as(
+                &tmp.tmp.join(&name),
+                &part,
+                &meta,
+                opts.dtype,
+            )?);
+        }
+        let index = serde_json::json!({
+            "metadata": {"total_size": total},
+            "weight_map": weight_map,
+        });
+        let mut text = serde_json::to_string_pretty(&index).unwrap_or_default();
+        text.push('\n');
+        staged.push(stage(&tmp.tmp.join(INDEX_FILE), |w| {
+            w.write_all(text.as_bytes())
+        })?);
+    }
+    commit(staged)?;
+    commit_dir(tmp)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,6 +602,16 @@ fn parse_step(
             Ok(Some(step))
         }
     }
+}
+
+/// The `--seq` a `moe train` checkpoint in `dir` was trained with
+/// (`extra.seq` in `optimizer.safetensors`' metadata), or `None` (no
+/// optimizer file, unreadable, or not recorded). Reads only the header.
+pub fn trained_seq(dir: impl AsRef<Path>) -> Option<usize> {
+    let path = dir.as_ref().join(OPTIMIZER_FILE);
+    let file = StFile::read(path, u64::MAX).ok()?;
+    let meta = file.metadata().ok()??;
+    meta.get(&format!("{EXTRA_PREFIX}seq"))?.parse().ok()
 }
 
 /// What [`load_training_run`] returns.
@@ -412,14 +723,15 @@ fn load_training_impl(
         ));
     }
     let layout = model.layout().clone();
-    check_tensors(&file.path, &st, &layout, &["m.", "v."])?;
+    let set = TensorSet::single(&file, &st);
+    check_tensors(&set, &layout, &["m.", "v."])?;
 
     let mut trainer = Trainer::new(model, config, max_batch, max_seq).map_err(model_err(dir))?;
     // The moments are read into staging buffers, then handed to AdamW's
     // validating setters (moe-core keeps its fields private).
     let (mut m, mut v) = (vec![0.0f32; layout.total], vec![0.0f32; layout.total]);
-    copy_tensors(&file.path, &st, &layout, "m.", &mut m, false)?;
-    copy_tensors(&file.path, &st, &layout, "v.", &mut v, true)?;
+    copy_tensors(&set, &layout, "m.", &mut m, false)?;
+    copy_tensors(&set, &layout, "v.", &mut v, true)?;
     let opt = trainer.optimizer_mut();
     opt.set_moments(&m, &v).map_err(model_err(&file.path))?;
     opt.set_step(step).map_err(model_err(&file.path))?;

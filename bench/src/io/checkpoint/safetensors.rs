@@ -33,11 +33,54 @@ fn invalid_input(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// The safetensors header for `tensors` (stored in the given order) and
-/// `metadata` (keys sorted), padded with spaces to a multiple of 8 bytes.
-fn safetensors_header(
+/// The dtype tensors are stored in: F32 (the default, exact), or BF16 / F16
+/// (each f32 rounded to nearest, ties to even, by `half`), as `moe export
+/// --dtype` writes them for the Hugging Face ecosystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreDtype {
+    /// 4 bytes per element, exact.
+    #[default]
+    F32,
+    /// bfloat16: the top 16 bits of an f32, rounded.
+    BF16,
+    /// IEEE half precision (finite range ±65504).
+    F16,
+}
+
+impl StoreDtype {
+    /// The safetensors dtype name (`"F32"`, `"BF16"`, `"F16"`).
+    pub fn st_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "F32",
+            StoreDtype::BF16 => "BF16",
+            StoreDtype::F16 => "F16",
+        }
+    }
+
+    /// The `config.json` `dtype` / `torch_dtype` value.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "float32",
+            StoreDtype::BF16 => "bfloat16",
+            StoreDtype::F16 => "float16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            StoreDtype::F32 => 4,
+            StoreDtype::BF16 | StoreDtype::F16 => 2,
+        }
+    }
+}
+
+/// The safetensors header for `tensors` (stored in the given order, as
+/// `dtype`) and `metadata` (keys sorted), padded with spaces to a multiple of 8 bytes.
+fn safetensors_header_as(
     tensors: &[F32Tensor<'_>],
     metadata: &BTreeMap<String, String>,
+    dtype: StoreDtype,
 ) -> io::Result<Vec<u8>> {
     let mut parts: Vec<String> = Vec::with_capacity(tensors.len() + 1);
     if !metadata.is_empty() {
@@ -68,10 +111,11 @@ fn safetensors_header(
                 t.data.len()
             )));
         }
-        let end = off + 4 * numel as u64;
+        let end = off + dtype.size() * numel as u64;
         parts.push(format!(
-            "{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[{off},{end}]}}",
+            "{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{off},{end}]}}",
             serde_json::to_string(&t.name).map_err(io::Error::other)?,
+            dtype.st_name(),
             serde_json::to_string(&t.shape).map_err(io::Error::other)?,
         ));
         off = end;
@@ -92,18 +136,56 @@ fn write_f32_le(w: &mut dyn Write, data: &[f32]) -> io::Result<()> {
     Ok(())
 }
 
+/// `data` as little-endian 16-bit floats (`bf16` or `f16`, rounded to nearest even).
+fn write_half_le(w: &mut dyn Write, data: &[f32], dtype: StoreDtype) -> io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    for chunk in data.chunks(buf.len() / 2) {
+        for (dst, &x) in buf.chunks_exact_mut(2).zip(chunk) {
+            let bits = match dtype {
+                StoreDtype::BF16 => half::bf16::from_f32(x).to_bits(),
+                _ => half::f16::from_f32(x).to_bits(),
+            };
+            dst.copy_from_slice(&bits.to_le_bytes());
+        }
+        w.write_all(&buf[..2 * chunk.len()])?;
+    }
+    Ok(())
+}
+
 fn write_safetensors_to(
     w: &mut dyn Write,
     tensors: &[F32Tensor<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> io::Result<()> {
-    let header = safetensors_header(tensors, metadata)?;
+    write_safetensors_as(w, tensors, metadata, StoreDtype::F32)
+}
+
+fn write_safetensors_as(
+    w: &mut dyn Write,
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+    dtype: StoreDtype,
+) -> io::Result<()> {
+    let header = safetensors_header_as(tensors, metadata, dtype)?;
     w.write_all(&(header.len() as u64).to_le_bytes())?;
     w.write_all(&header)?;
     for t in tensors {
-        write_f32_le(w, t.data)?;
+        match dtype {
+            StoreDtype::F32 => write_f32_le(w, t.data)?,
+            _ => write_half_le(w, t.data, dtype)?,
+        }
     }
     Ok(())
+}
+
+/// Stages a safetensors file of `tensors` stored as `dtype`.
+pub(super) fn stage_safetensors_as(
+    path: &Path,
+    tensors: &[F32Tensor<'_>],
+    metadata: &BTreeMap<String, String>,
+    dtype: StoreDtype,
+) -> Result<Staged> {
+    stage(path, |w| write_safetensors_as(w, tensors, metadata, dtype))
 }
 
 pub(super) fn stage_safetensors(
@@ -236,29 +318,40 @@ pub(super) fn safetensors_bound(config: &moe_core::Config, copies: u64) -> u64 {
     (8 + MAX_SAFETENSORS_HEADER_BYTES).saturating_add(data)
 }
 
-/// A whole safetensors file in memory.
+/// A safetensors file, memory-mapped ([`crate::io::mmap`]): its bytes are
+/// never copied into a heap buffer, so loading holds the parameters once.
 pub(super) struct StFile {
     pub(super) path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: crate::io::mmap::Mapped,
 }
 
 impl StFile {
-    /// Reads `path` whole, through [`crate::io::read::read_bounded`]: a
-    /// regular file of at most `max` bytes.
+    /// Maps `path`, a regular file of at most `max` bytes (a FIFO, device or
+    /// directory is refused at once, as by [`crate::io::read::read_bounded`]).
     pub(super) fn read(path: PathBuf, max: u64) -> Result<Self> {
-        let bytes = crate::io::read::read_bounded(&path, max)?;
+        let bytes = crate::io::mmap::map_regular(&path, max)?;
         Ok(StFile { path, bytes })
     }
 
+    fn bytes(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
+
+    /// Drops the resident pages of `sub` (bytes of this file) after use.
+    pub(super) fn release(&self, sub: &[u8]) {
+        self.bytes.release(sub);
+    }
+
     pub(super) fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.bytes).map_err(|source| {
-            if let Some((tensor, expected_bytes)) = diagnose_truncation(&self.bytes) {
+        let bytes = self.bytes();
+        SafeTensors::deserialize(bytes).map_err(|source| {
+            if let Some((tensor, expected_bytes)) = diagnose_truncation(bytes) {
                 CheckpointError::new(
                     &self.path,
                     CheckpointErrorKind::Truncated {
                         tensor,
                         expected_bytes,
-                        actual_bytes: self.bytes.len() as u64,
+                        actual_bytes: bytes.len() as u64,
                     },
                 )
             } else {
@@ -268,7 +361,7 @@ impl StFile {
     }
 
     pub(super) fn metadata(&self) -> Result<Option<HashMap<String, String>>> {
-        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|source| {
+        let (_, meta) = SafeTensors::read_metadata(self.bytes()).map_err(|source| {
             CheckpointError::new(&self.path, CheckpointErrorKind::Safetensors { source })
         })?;
         Ok(meta.metadata().clone())
@@ -279,21 +372,112 @@ fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
 }
 
-/// The one tensor lookup of loading: `prefix + t.name` in `st`, which must be
-/// F32 with `t`'s shape. Used by [`check_tensors`] (every name first, so that
-/// a valid file bounds the allocation) and by [`copy_tensors`].
+/// Bytes per element of the dtypes loading converts to f32 (F32, BF16, F16).
+fn elem_bytes(d: Dtype) -> Option<usize> {
+    match d {
+        Dtype::F32 => Some(4),
+        Dtype::BF16 | Dtype::F16 => Some(2),
+        _ => None,
+    }
+}
+
+/// The tensors of one file or of every shard of a sharded checkpoint, by
+/// name, each with the file that holds it.
+pub(super) struct TensorSet<'a> {
+    by_name: HashMap<String, (usize, TensorView<'a>)>,
+    /// Path of file `i`.
+    paths: Vec<&'a Path>,
+    /// File `i` (to release its pages once a tensor is copied).
+    files: Vec<&'a StFile>,
+    /// Where a missing tensor is reported: the file, or the shard index.
+    missing_path: &'a Path,
+}
+
+impl<'a> TensorSet<'a> {
+    /// The tensors of one file.
+    pub(super) fn single(file: &'a StFile, st: &SafeTensors<'a>) -> Self {
+        let by_name = st.iter().map(|(n, v)| (n.to_owned(), (0, v))).collect();
+        TensorSet {
+            by_name,
+            paths: vec![file.path.as_path()],
+            files: vec![file],
+            missing_path: &file.path,
+        }
+    }
+
+    /// The tensors of several shards (`files[i]` parsed as `parsed[i]`);
+    /// a name stored in two shards is [`CheckpointErrorKind::DuplicateTensor`].
+    pub(super) fn shards(
+        index_path: &'a Path,
+        files: &'a [StFile],
+        parsed: &[SafeTensors<'a>],
+    ) -> Result<Self> {
+        let mut by_name: HashMap<String, (usize, TensorView<'a>)> = HashMap::new();
+        for (i, st) in parsed.iter().enumerate() {
+            // File order within a shard, for a stable first duplicate.
+            let mut names: Vec<(usize, &str, TensorView<'a>)> = st
+                .iter()
+                .map(|(n, v)| (v.data().as_ptr() as usize, n, v))
+                .collect();
+            names.sort_by_key(|x| x.0);
+            for (_, n, v) in names {
+                if let Some((j, _)) = by_name.get(n) {
+                    let kind = CheckpointErrorKind::DuplicateTensor {
+                        name: n.to_owned(),
+                        first: files[*j].path.clone(),
+                    };
+                    return Err(CheckpointError::new(&files[i].path, kind));
+                }
+                by_name.insert(n.to_owned(), (i, v));
+            }
+        }
+        Ok(TensorSet {
+            by_name,
+            paths: files.iter().map(|f| f.path.as_path()).collect(),
+            files: files.iter().collect(),
+            missing_path: index_path,
+        })
+    }
+
+    /// Number of tensors.
+    pub(super) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The shard index of `name`, if stored.
+    pub(super) fn file_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).map(|x| x.0)
+    }
+
+    /// Every name with its file index, in (file, data offset) order.
+    pub(super) fn names_in_order(&self) -> Vec<(usize, &str)> {
+        let mut v: Vec<(usize, usize, &str)> = self
+            .by_name
+            .iter()
+            .map(|(n, (f, view))| (*f, view.data().as_ptr() as usize, n.as_str()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(f, _, n)| (f, n)).collect()
+    }
+}
+
+/// The one tensor lookup of loading: `prefix + t.name` in `set`, which must be
+/// F32, BF16 or F16 with `t`'s shape. Used by [`check_tensors`] (every name
+/// first, so that a valid file bounds the allocation) and by [`copy_tensors`].
+/// Returns the name, the path of the file holding it, and the view.
 fn lookup<'a>(
-    path: &Path,
-    st: &SafeTensors<'a>,
+    set: &TensorSet<'a>,
     prefix: &str,
     t: &TensorInfo,
-) -> Result<(String, TensorView<'a>)> {
+) -> Result<(String, &'a Path, TensorView<'a>)> {
     let name = format!("{prefix}{}", t.name);
-    let err = |kind| Err(CheckpointError::new(path, kind));
-    let Ok(view) = st.tensor(&name) else {
-        return err(CheckpointErrorKind::MissingTensor { name });
+    let Some((file, view)) = set.by_name.get(&name) else {
+        let kind = CheckpointErrorKind::MissingTensor { name };
+        return Err(CheckpointError::new(set.missing_path, kind));
     };
-    if view.dtype() != Dtype::F32 {
+    let path = set.paths[*file];
+    let err = |kind| Err(CheckpointError::new(path, kind));
+    if elem_bytes(view.dtype()).is_none() {
         let found = dtype_name(view.dtype());
         return err(CheckpointErrorKind::WrongDtype { name, found });
     }
@@ -305,20 +489,15 @@ fn lookup<'a>(
             found,
         });
     }
-    Ok((name, view))
+    Ok((name, path, view.clone()))
 }
 
-/// Checks that `st` holds exactly the tensors of `layout` (each name with
-/// `prefix` in each of `prefixes`), F32, with the layout's shapes.
-pub(super) fn check_tensors(
-    path: &Path,
-    st: &SafeTensors<'_>,
-    layout: &Layout,
-    prefixes: &[&str],
-) -> Result<()> {
+/// Checks that `set` holds exactly the tensors of `layout` (each name with
+/// `prefix` in each of `prefixes`), F32/BF16/F16, with the layout's shapes.
+pub(super) fn check_tensors(set: &TensorSet<'_>, layout: &Layout, prefixes: &[&str]) -> Result<()> {
     for prefix in prefixes {
         for t in layout.tensors() {
-            lookup(path, st, prefix, t)?;
+            lookup(set, prefix, t)?;
         }
     }
     let expected: HashSet<String> = prefixes
@@ -331,39 +510,51 @@ pub(super) fn check_tensors(
         })
         .collect();
     // Report unexpected names in file order, for a stable message.
-    let mut names: Vec<(usize, &str)> = st
-        .iter()
-        .map(|(n, v)| (v.data().as_ptr() as usize, n))
-        .collect();
-    names.sort();
-    if let Some((_, name)) = names.iter().find(|(_, n)| !expected.contains(*n)) {
-        let name = (*name).to_owned();
+    if let Some((f, name)) = set
+        .names_in_order()
+        .into_iter()
+        .find(|(_, n)| !expected.contains(*n))
+    {
+        let name = name.to_owned();
         return Err(CheckpointError::new(
-            path,
+            set.paths[f],
             CheckpointErrorKind::UnexpectedTensor { name },
         ));
     }
     Ok(())
 }
 
+/// Element `i` of a little-endian tensor of dtype `d` (F32, BF16 or F16) as
+/// f32, exactly: BF16 is the top half of an f32 (a 16-bit shift), F16 is
+/// widened by `half` (every f16 is an f32).
+#[inline]
+fn to_f32(d: Dtype, b: &[u8]) -> f32 {
+    match d {
+        Dtype::BF16 => f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+        Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
 /// Copies `prefix + name` of every layout tensor into `flat` (already checked
-/// by [`check_tensors`]), rejecting non-finite values and, with `non_negative`,
-/// negative ones.
+/// by [`check_tensors`]), converted to f32, rejecting non-finite values and,
+/// with `non_negative`, negative ones.
 pub(super) fn copy_tensors(
-    path: &Path,
-    st: &SafeTensors<'_>,
+    set: &TensorSet<'_>,
     layout: &Layout,
     prefix: &str,
     flat: &mut [f32],
     non_negative: bool,
 ) -> Result<()> {
     for t in layout.tensors() {
-        let (name, view) = lookup(path, st, prefix, t)?;
+        let (name, path, view) = lookup(set, prefix, t)?;
+        let dtype = view.dtype();
+        let size = elem_bytes(dtype).unwrap_or(4);
         let data = view.data();
         let out = flat.get_mut(t.range()).unwrap_or_default();
-        if data.len() != 4 * out.len() {
+        if data.len() != size * out.len() {
             // Unreachable after `lookup` and safetensors' own validation.
-            let (expected, found) = (t.shape.clone(), vec![data.len() / 4]);
+            let (expected, found) = (t.shape.clone(), vec![data.len() / size]);
             return Err(CheckpointError::new(
                 path,
                 CheckpointErrorKind::WrongShape {
@@ -373,8 +564,8 @@ pub(super) fn copy_tensors(
                 },
             ));
         }
-        for (index, (o, b)) in out.iter_mut().zip(data.chunks_exact(4)).enumerate() {
-            let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for (index, (o, b)) in out.iter_mut().zip(data.chunks_exact(size)).enumerate() {
+            let value = to_f32(dtype, b);
             if !value.is_finite() {
                 let kind = CheckpointErrorKind::NonFinite { name, index, value };
                 return Err(CheckpointError::new(path, kind));
@@ -390,6 +581,9 @@ pub(super) fn copy_tensors(
                 return Err(CheckpointError::new(path, kind));
             }
             *o = value;
+        }
+        if let Some(&(f, _)) = set.by_name.get(&name) {
+            set.files[f].release(data);
         }
     }
     Ok(())
