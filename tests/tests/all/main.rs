@@ -10,6 +10,7 @@ mod full_profile;
 mod generate;
 mod golden;
 mod gradcheck;
+mod interplay;
 mod kernels;
 mod model_reference;
 mod nonfinite_weights;
