@@ -79,7 +79,7 @@ pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
 pub use loss::IGNORE_INDEX;
 pub use model::{Losses, MoETransformer, SplitWorkspace, FORWARD_SPLITS};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
-pub use parallel::{available_threads, Pool};
+pub use parallel::{available_threads, Pool, MAX_THREADS};
 pub use rand_chacha::ChaCha8Rng;
 pub use rand_core::{RngCore, SeedableRng};
 pub use sampling::SamplingStrategy;

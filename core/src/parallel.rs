@@ -61,6 +61,11 @@ impl Default for Pool {
     }
 }
 
+/// The most threads a [`Pool`] takes: far above any core count this code
+/// targets, and low enough that a mistyped `--threads 1000000` is a typed
+/// error instead of an attempt to spawn a million threads.
+pub const MAX_THREADS: usize = 256;
+
 impl Pool {
     /// A pool without worker threads: every region runs on the caller.
     pub const fn single() -> Self {
@@ -76,14 +81,14 @@ impl Pool {
     /// is dropped). Without `std` any `threads ≥ 1` gives [`Pool::single`].
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] (`"threads"`) for `threads == 0`, or if the
-    /// OS refuses to spawn a thread.
+    /// [`Error::InvalidParameter`] (`"threads"`) for `threads == 0` or
+    /// `threads > MAX_THREADS`, or if the OS refuses to spawn a thread.
     pub fn new(threads: usize) -> Result<Self> {
-        if threads == 0 {
+        if threads == 0 || threads > MAX_THREADS {
             return Err(Error::InvalidParameter {
                 param: "threads",
-                expected: ">= 1",
-                actual: 0.0,
+                expected: "in 1..=256 (MAX_THREADS)",
+                actual: threads as f64,
             });
         }
         #[cfg(feature = "std")]

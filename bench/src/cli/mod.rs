@@ -78,13 +78,20 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `--threads N` (clap `value_parser`): at least 1; the default of every
+/// `--threads N` (clap `value_parser`): in `1..=MAX_THREADS`; the default of every
 /// subcommand that takes it is [`moe_core::available_threads`].
 ///
 /// # Errors
 /// A message clap prints with the flag's name (`0`, not a number).
 pub fn threads_arg(s: &str) -> Result<usize, String> {
-    at_least_one(s)
+    let n = at_least_one(s)?;
+    if n > moe_core::MAX_THREADS {
+        return Err(format!(
+            "must be <= {} (moe_core::MAX_THREADS), got {n}",
+            moe_core::MAX_THREADS
+        ));
+    }
+    Ok(n)
 }
 
 /// The [`moe_core::Pool`] of `--threads N`.

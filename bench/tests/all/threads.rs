@@ -80,7 +80,7 @@ fn threads_zero_or_garbage_is_a_flag_error() {
         &["plan"][..],
         &["bench", "--list"][..],
     ] {
-        for bad in ["0", "two", "1.5"] {
+        for bad in ["0", "two", "1.5", "1000000"] {
             let mut args = sub.to_vec();
             args.extend(["--threads", bad]);
             let o = moe(&args);

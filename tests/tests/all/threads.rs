@@ -208,13 +208,15 @@ fn zero_threads_and_bad_micro_batches_are_typed_errors() {
     let cfg = Config::tiny();
     let model = MoETransformer::new(&cfg, 1).unwrap();
     let tc = TrainConfig::default();
-    assert!(matches!(
-        Trainer::with_threads(model.clone(), tc, 2, 8, 0),
-        Err(Error::InvalidParameter {
-            param: "threads",
-            ..
-        })
-    ));
+    for t in [0, moe_core::MAX_THREADS + 1, usize::MAX] {
+        assert!(matches!(
+            Trainer::with_threads(model.clone(), tc, 2, 8, t),
+            Err(Error::InvalidParameter {
+                param: "threads",
+                ..
+            })
+        ));
+    }
     for m in [0, 17] {
         assert!(matches!(
             Trainer::with_pool(model.clone(), tc, 2, 8, Pool::single(), m),
