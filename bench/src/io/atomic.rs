@@ -6,7 +6,9 @@
 //! of a save have been staged are they renamed over their final names, then
 //! their directories are `fsync`ed. A failing write removes its temporary
 //! files and leaves the previous files untouched; no file is ever half-written
-//! under its final name.
+//! under its final name. A destination that exists and is a device, FIFO or
+//! socket is refused before anything is written (a rename would replace the
+//! special file itself).
 //!
 //! Errors are [`CheckpointError`]s of kind `Io` (naming the temporary file,
 //! the destination or its directory), as they were when this lived in the
@@ -59,6 +61,22 @@ where
         })?
         .to_string_lossy()
         .into_owned();
+    // A rename over a device, FIFO or socket would replace the special file
+    // itself (as root: `/dev/full` becomes a regular file) and report
+    // success for a write that went nowhere the user asked: refuse it.
+    if let Ok(m) = fs::metadata(dest) {
+        if !m.is_file() && !m.is_dir() {
+            let what = crate::io::read::file_kind(&m.file_type());
+            let source = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("is {what}, not a regular file"),
+            );
+            return Err(CheckpointError::new(
+                dest,
+                CheckpointErrorKind::Io { source },
+            ));
+        }
+    }
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
     let file = OpenOptions::new()

@@ -134,7 +134,7 @@ impl ReadError {
 }
 
 /// What a non-regular file is, for the error message.
-fn file_kind(ft: &std::fs::FileType) -> &'static str {
+pub(crate) fn file_kind(ft: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;

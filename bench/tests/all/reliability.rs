@@ -445,3 +445,32 @@ fn out_is_checked_before_any_work() {
         "{err}"
     );
 }
+
+/// A special file as an output (`tokenizer train --out FIFO`): refused with
+/// an error naming it, and the FIFO is still a FIFO. Before, the atomic
+/// rename replaced it (as root, `--out /dev/full` turned the device into a
+/// regular file) and the command reported success.
+#[test]
+fn special_file_as_output_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("d.txt");
+    fs::write(&data, "hello world, hello moe. ".repeat(40)).unwrap();
+    let fifo = tmp.path().join("out.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(["tokenizer", "train", "--vocab-size", "300", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "wrote over a FIFO: {err}");
+    assert!(err.contains("out.json") && err.contains("FIFO"), "{err}");
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
