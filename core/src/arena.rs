@@ -695,33 +695,7 @@ impl Arena {
                 what: "the workspace was planned for a different Config",
             });
         }
-        if batch == 0 {
-            return Err(Error::EmptyInput { arg: "batch" });
-        }
-        if seq == 0 {
-            return Err(Error::EmptyInput { arg: "seq" });
-        }
-        if seq > cfg.max_position_embeddings {
-            return Err(Error::SeqTooLong {
-                seq,
-                max: cfg.max_position_embeddings,
-            });
-        }
-        if batch > self.max_batch {
-            return Err(Error::WorkspaceTooSmall {
-                dim: "batch",
-                requested: batch,
-                planned: self.max_batch,
-            });
-        }
-        if seq > self.max_seq {
-            return Err(Error::WorkspaceTooSmall {
-                dim: "seq",
-                requested: seq,
-                planned: self.max_seq,
-            });
-        }
-        Ok(())
+        check_shape(cfg, batch, seq, self.max_batch, self.max_seq)
     }
 
     /// Resets the arena and carves every buffer for a step of `(batch, seq)`
@@ -767,4 +741,42 @@ impl Arena {
             AllocPolicy::Arena
         }
     }
+}
+
+/// A step of `(batch, seq)` against a plan of `max_batch × max_seq`: both
+/// non-zero, `seq` within the model's positions, neither beyond the plan.
+pub(crate) fn check_shape(
+    cfg: &Config,
+    batch: usize,
+    seq: usize,
+    max_batch: usize,
+    max_seq: usize,
+) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::EmptyInput { arg: "batch" });
+    }
+    if seq == 0 {
+        return Err(Error::EmptyInput { arg: "seq" });
+    }
+    if seq > cfg.max_position_embeddings {
+        return Err(Error::SeqTooLong {
+            seq,
+            max: cfg.max_position_embeddings,
+        });
+    }
+    if batch > max_batch {
+        return Err(Error::WorkspaceTooSmall {
+            dim: "batch",
+            requested: batch,
+            planned: max_batch,
+        });
+    }
+    if seq > max_seq {
+        return Err(Error::WorkspaceTooSmall {
+            dim: "seq",
+            requested: seq,
+            planned: max_seq,
+        });
+    }
+    Ok(())
 }

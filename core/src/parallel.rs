@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn every_task_runs_once_for_any_thread_count() {
         for t in [1, 2, 3, 4] {
-            let pool = Pool::new(t).unwrap();
+            let pool = Pool::new(t).unwrap(); // ok: unit test, fixed small thread count
             assert_eq!(pool.threads(), t);
             for tasks in [0, 1, 2, 7, 64] {
                 let hits: Vec<AtomicU64> = (0..tasks).map(|_| AtomicU64::new(0)).collect();
@@ -483,7 +483,7 @@ mod tests {
 
     #[test]
     fn for_each_mut_writes_every_item() {
-        let pool = Pool::new(3).unwrap();
+        let pool = Pool::new(3).unwrap(); // ok: unit test, fixed small thread count
         let mut v = [0usize; 33];
         pool.for_each_mut(&mut v, |i, x| *x = i * i);
         assert!(v.iter().enumerate().all(|(i, &x)| x == i * i));
@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_panics_the_caller_after_the_region() {
-        let pool = Pool::new(2).unwrap();
+        let pool = Pool::new(2).unwrap(); // ok: unit test, fixed small thread count
         let ran = AtomicU64::new(0);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.run(8, &|i| {
@@ -523,7 +523,7 @@ mod tests {
     #[test]
     fn install_sets_and_restores_the_current_pool() {
         assert!(!current_installed());
-        let pool = Pool::new(2).unwrap();
+        let pool = Pool::new(2).unwrap(); // ok: unit test, fixed small thread count
         pool.install(|| assert!(current_installed()));
         assert!(!current_installed());
     }

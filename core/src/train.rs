@@ -398,25 +398,9 @@ impl Trainer {
     ) -> Result<(Losses, f64)> {
         let cfg = *self.model.config();
         let alpha = self.config.aux_alpha;
-        if batch == 0 {
-            return Err(Error::EmptyInput { arg: "batch" });
-        }
-        if seq == 0 {
-            return Err(Error::EmptyInput { arg: "seq" });
-        }
-        if seq > cfg.max_position_embeddings {
-            return Err(Error::SeqTooLong {
-                seq,
-                max: cfg.max_position_embeddings,
-            });
-        }
-        if batch > self.max_batch {
-            return Err(Error::WorkspaceTooSmall {
-                dim: "batch",
-                requested: batch,
-                planned: self.max_batch,
-            });
-        }
+        // The whole batch against the trainer's plan; each micro-batch's
+        // workspace holds ⌈b/M⌉ sequences (checked for `seq` here).
+        crate::arena::check_shape(&cfg, batch, seq, self.max_batch, usize::MAX)?;
         self.ws.check(&cfg, 1, seq)?;
         let (n, v) = (batch * seq, cfg.vocab_size);
         check_tokens("tokens", tokens, n, v)?;
