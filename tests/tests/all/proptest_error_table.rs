@@ -1188,6 +1188,71 @@ fn build() -> Table {
     );
     drop(held);
 
+    // Sharded checkpoints (`save_pretrained(max_shard_size=…)`, `moe export --max-shard-size`).
+    let sharded = |c: &mut Ckpt| -> (std::path::PathBuf, Vec<String>) {
+        let dir = c.fresh().join("sharded");
+        let opts = checkpoint::ExportOptions {
+            max_shard_bytes: Some(200_000),
+            ..checkpoint::ExportOptions::default()
+        };
+        checkpoint::export(&dir, &tiny(), &opts).unwrap();
+        let v: Value =
+            serde_json::from_str(&fs::read_to_string(dir.join(checkpoint::INDEX_FILE)).unwrap())
+                .unwrap();
+        let mut shards: Vec<String> = v["weight_map"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        shards.sort();
+        shards.dedup();
+        assert!(shards.len() >= 3, "{shards:?}");
+        (dir, shards)
+    };
+    let edit_index = |dir: &Path, f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let p = dir.join(checkpoint::INDEX_FILE);
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        f(v["weight_map"].as_object_mut().unwrap());
+        fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let (dir, shards) = sharded(&mut c);
+    fs::copy(dir.join(&shards[0]), dir.join(shards.last().unwrap())).unwrap();
+    c.load(
+        "sharded: a tensor stored in two shards",
+        "`interop.rs::sharded_index_errors_are_typed_and_name_the_file`",
+        &dir,
+        "DuplicateTensor",
+    );
+    let (dir, shards) = sharded(&mut c);
+    edit_index(&dir, &|m| {
+        m.insert("model.norm.weight".into(), shards[0].clone().into());
+    });
+    c.load(
+        "sharded: the index places a tensor in a shard that does not hold it",
+        "`interop.rs::sharded_index_errors_are_typed_and_name_the_file`",
+        &dir,
+        "IndexMismatch",
+    );
+    let (dir, _) = sharded(&mut c);
+    edit_index(&dir, &|m| {
+        m.remove("model.norm.weight");
+    });
+    c.load(
+        "sharded: a shard holds a tensor the index does not name",
+        "`interop.rs::sharded_index_errors_are_typed_and_name_the_file`",
+        &dir,
+        "IndexMismatch",
+    );
+    let (dir, shards) = sharded(&mut c);
+    fs::remove_file(dir.join(&shards[1])).unwrap();
+    c.load(
+        "sharded: a shard the index names is missing",
+        "`interop.rs::sharded_index_errors_are_typed_and_name_the_file`",
+        &dir,
+        "Io",
+    );
+
     // Saving.
     let dir = c.fresh();
     let mut bad = tiny();
