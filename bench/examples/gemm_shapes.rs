@@ -8,7 +8,9 @@
 //! Per shape: `route` = what `gemm` (the model's dispatcher) picks,
 //! `blis` = the BLIS driver with B packed per call, `prepacked` = the BLIS
 //! driver on a B packed once by `portable::pack_b` (issue 13 item 2), in
-//! GFLOP/s. `fwd` = `y = x·Wᵀ`, `bwd_in` = `dx = dy·W`, `bwd_w` = `dW += dyᵀ·x`.
+//! GFLOP/s; `route cold` = `route` with W cycling through copies spanning
+//! 64 MiB (each call's weight comes from memory, as in a model forward).
+//! `fwd` = `y = x·Wᵀ`, `bwd_in` = `dx = dy·W`, `bwd_w` = `dW += dyᵀ·x`.
 use moe_core::kernels::gemm::{gemm_with, portable, Backend, Mat};
 use std::hint::black_box;
 use std::time::Instant;
@@ -32,23 +34,30 @@ fn cpu_now() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// Best-of-80 thread-CPU seconds per call of `f`, each repeat ≥ ~0.4 ms (short repeats: some fall between preemptions).
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let t0 = Instant::now();
-    let mut calls = 0u64;
-    while t0.elapsed().as_secs_f64() < 4e-4 {
+/// Best-of-80 thread-CPU seconds per call of each of `fs`, the repeats of the
+/// paths interleaved (so that every path sees the same background load),
+/// each repeat ≥ ~0.4 ms (short repeats: some fall between preemptions).
+fn time<const N: usize>(fs: &mut [&mut dyn FnMut(); N]) -> [f64; N] {
+    let mut calls = [1u64; N];
+    for (f, n) in fs.iter_mut().zip(&mut calls) {
         f();
-        calls += 1;
-    }
-    let calls = calls.max(1);
-    let mut best = f64::INFINITY;
-    for _ in 0..80 {
-        let t = cpu_now();
-        for _ in 0..calls {
+        let t0 = Instant::now();
+        let mut c = 0u64;
+        while t0.elapsed().as_secs_f64() < 4e-4 {
             f();
+            c += 1;
         }
-        best = best.min((cpu_now() - t) / calls as f64);
+        *n = c.max(1);
+    }
+    let mut best = [f64::INFINITY; N];
+    for _ in 0..80 {
+        for ((f, &n), b) in fs.iter_mut().zip(&calls).zip(&mut best) {
+            let t = cpu_now();
+            for _ in 0..n {
+                f();
+            }
+            *b = b.min((cpu_now() - t) / n as f64);
+        }
     }
     best
 }
@@ -96,8 +105,8 @@ fn main() {
         ("64^3", Kind::Fwd, 64, 64, 64),
     ];
     println!(
-        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9}",
-        "shape (GFLOP/s)", "m", "n", "k", "route", "blis", "prepacked"
+        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11}",
+        "shape (GFLOP/s)", "m", "n", "k", "route", "blis", "prepacked", "route cold"
     );
     for &(name, kind, t, din, dout) in shapes {
         if !name.contains(&filter) {
@@ -119,30 +128,55 @@ fn main() {
             Kind::BwdW => (Mat::t(&x, dout), Mat::n(&x, din), 1.0),
         };
         let flops = 2.0 * (m * n * k) as f64;
-        let route = time(|| {
-            gemm_with(Backend::Portable, m, n, k, 1.0, a, b, beta, &mut c, n);
-            black_box(&c);
-        });
-        let blis = time(|| {
-            portable::gemm(
-                m, n, k, 1.0, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, &mut c, n, 1,
-            );
-            black_box(&c);
-        });
         let mut packed = vec![0.0f32; portable::packed_len(k, n)];
         portable::pack_b(k, n, b.data, b.rs, b.cs, &mut packed);
-        let pre = time(|| {
-            portable::gemm_packed_b(
-                m, n, k, 1.0, a.data, a.rs, a.cs, &packed, beta, &mut c, n, 1,
-            );
-            black_box(&c);
-        });
+        let (mut c1, mut c2, mut c3) = (c.clone(), c.clone(), c.clone());
+        let [route, blis, pre] = time(&mut [
+            &mut || {
+                gemm_with(Backend::Portable, m, n, k, 1.0, a, b, beta, &mut c1, n);
+                black_box(&c1);
+            },
+            &mut || {
+                portable::gemm(
+                    m, n, k, 1.0, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, &mut c2, n, 1,
+                );
+                black_box(&c2);
+            },
+            &mut || {
+                portable::gemm_packed_b(
+                    m, n, k, 1.0, a.data, a.rs, a.cs, &packed, beta, &mut c3, n, 1,
+                );
+                black_box(&c3);
+            },
+        ]);
+        // The same product with W cycling through copies spanning 64 MiB (more
+        // than the 32 MiB L3), as in a model forward that touches each weight
+        // once: the weight then streams from memory.
+        let copies = (16 << 20) / w.len().max(1);
+        let cold = if copies >= 2 && !matches!(kind, Kind::BwdW) {
+            let ws: Vec<Vec<f32>> = (0..copies).map(|_| w.clone()).collect();
+            let mut i = 0;
+            let [t] = time(&mut [&mut || {
+                i = (i + 1) % copies;
+                let bw = match kind {
+                    Kind::Fwd => Mat::t(&ws[i], din),
+                    _ => Mat::n(&ws[i], din),
+                };
+                gemm_with(Backend::Portable, m, n, k, 1.0, a, bw, beta, &mut c1, n);
+                black_box(&c1);
+            }]);
+            t
+        } else {
+            f64::NAN
+        };
+        c.clear();
         let g = |s: f64| flops / s * 1e-9;
         println!(
-            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1}",
+            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1} {:>11.1}",
             g(route),
             g(blis),
-            g(pre)
+            g(pre),
+            g(cold)
         );
     }
 }
