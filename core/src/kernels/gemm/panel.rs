@@ -1,11 +1,13 @@
 //! The previous portable GEMM (one packed operand, the other read in place),
 //! kept for the medium model shapes where it still beats the BLIS-style
 //! driver in [`super::portable`]: `8 < min(m, n) ≤ 64`, `max(m, n) ≥ 128`,
-//! `k ≥ 64` — the forward `x·Wᵀ` products of 16–64 token rows and the
-//! backward `dx = dy·W` (measured in docs/performance.md: the BLIS driver
-//! packs the weight on every call, 1.2–1.5× slower there until weights are
-//! pre-packed, issue item 2). Packed panels on the stack and a register-tiled
-//! micro-kernel, with no heap allocation.
+//! `k ≥ 64`, with at most 1/8 of its 16-column panels padding unless
+//! `k > 256` (`super::panel_wins`) — the forward `x·Wᵀ` products of 16–64
+//! token rows and the backward `dx = dy·W` (measured in
+//! docs/performance.md: the weight is read in place here, where the BLIS
+//! driver packs it on every call). Packed panels on the stack and a
+//! register-tiled micro-kernel that prefetches the next tile's rows of the
+//! in-place operand, with no heap allocation.
 //!
 //! The product is computed as `D = U·V` where `U` (rows × k) is read in place
 //! by broadcasting single elements (any strides) and `V` (k × cols) is packed

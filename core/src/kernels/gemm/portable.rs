@@ -15,6 +15,11 @@
 //!           micro-kernel: MR×NR tile of C in registers for the whole KC loop
 //! ```
 //!
+//! Packing `B = Wᵀ` (the weight of `x·Wᵀ`, rows of W contiguous in depth) is
+//! a transpose: on AVX2 whole 16-column panels go through 8 × 8 register
+//! transposes (`avx2::pack_bt_panel`; the scalar copy took ~1.5 cycles per
+//! element, a quarter of a 64³ product).
+//!
 //! Packed layouts: an A panel holds `MR` rows as `[kc][MR]` (element `(r, p)`
 //! at `p·MR + r`); a B panel holds `NR` columns as `[kc][NR]` (element `(p, j)`
 //! at `p·NR + j`). Edge panels are zero-padded to full width in the *buffer*,
