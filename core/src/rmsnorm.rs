@@ -30,9 +30,7 @@ fn forward_rows(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32,
     // then rstd = 1/√(Σx²/c + eps) for 8 rows at a time, then y = w ⊙ (x·rstd).
     let n = (x.len() / c).min(y.len() / c).min(rstd.len());
     let rstd = &mut rstd[..n];
-    for (xr, rs) in x.chunks_exact(c).zip(rstd.iter_mut()) {
-        *rs = rows::sum_sq(xr);
-    }
+    rows::sum_sq_rows(rstd, x, c);
     let cf = c as f32;
     for rs in rstd.iter_mut() {
         *rs = 1.0 / crate::kernels::sqrt(*rs / cf + eps);

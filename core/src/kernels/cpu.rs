@@ -42,7 +42,7 @@ std::thread_local! {
 
 /// Whether the elementwise kernels of this thread run their AVX2+FMA clone.
 #[inline(always)]
-fn elementwise_avx2() -> bool {
+pub(crate) fn elementwise_avx2() -> bool {
     #[cfg(feature = "std")]
     if FORCE_PORTABLE.with(|f| f.get()) {
         return false;

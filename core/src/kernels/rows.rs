@@ -72,6 +72,79 @@ pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     fold(acc)
 }
 
+/// `out[r] = Σ_i x[r·c + i]²` ([`sum_sq`]) for the rows `r < out.len()` that
+/// `x` holds in full. On the AVX2 path the 8 lanes are explicit registers —
+/// the same operations in the same order, so the same bits: from the scalar
+/// form LLVM's SLP vectoriser built 4 × 2-lane chains (`vmovsd` loads), half
+/// of `kernel_rmsnorm`'s time.
+#[inline(always)]
+pub(crate) fn sum_sq_rows(out: &mut [f32], x: &[f32], c: usize) {
+    if c == 0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu::elementwise_avx2() {
+        for (xr, o) in x.chunks_exact(c).zip(out.iter_mut()) {
+            // SAFETY: `elementwise_avx2()` is true only when AVX2 and FMA were
+            // detected on this CPU, `avx2::sum_sq`'s only requirement.
+            *o = unsafe { avx2::sum_sq(xr) };
+        }
+        return;
+    }
+    for (xr, o) in x.chunks_exact(c).zip(out.iter_mut()) {
+        *o = sum_sq(xr);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use core::arch::x86_64::*;
+
+    /// [`super::sum_sq`] in one `ymm`: lane `l` sums `x[8j + l]²`, the tail
+    /// `x[8J + l]` joins lane `l` (a masked load: the other lanes add `+0·+0`,
+    /// leaving their sums, which are ≥ +0, unchanged), folded as
+    /// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))` — bit-identical to the scalar form.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn sum_sq(x: &[f32]) -> f32 {
+        let n = x.len();
+        let p = x.as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: floats i..i + 8 ≤ n of `x` are readable.
+            let v = unsafe { _mm256_loadu_ps(p.add(i)) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
+            i += 8;
+        }
+        if i < n {
+            let mk = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((n - i) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            // SAFETY: the masked load touches only lanes l < n − i, i.e.
+            // x[i + l] inside `x`; masked-off lanes read as +0 without access.
+            let v = unsafe { _mm256_maskload_ps(p.add(i), mk) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
+        }
+        fold(acc)
+    }
+
+    /// [`super::fold`] of one register: `[a0+a4, a1+a5, a2+a6, a3+a7]`, then
+    /// `[s0+s2, s1+s3]`, then their sum.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fold(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+}
+
 /// `dst_i = exp(src_i − max)` and returns `Σ_i dst_i` (8 lanes, [`fold`]
 /// order). `dst`, `src`: `[len]` (the shorter length is used).
 ///

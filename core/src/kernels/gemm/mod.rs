@@ -143,14 +143,24 @@ impl<'a> Mat<'a> {
 
 /// Shapes where the single-packed-operand kernel ([`panel`]) beats the
 /// BLIS-style driver ([`portable`]) on this machine: 16–64 token rows against
-/// a weight of ≥ 128 rows, depth ≥ 64 (forward `x·Wᵀ`, backward `dx = dy·W`).
+/// a weight of ≥ 128 rows, depth ≥ 64 (forward `x·Wᵀ`, backward `dx = dy·W`)
+/// — the weight is read in place there, where the BLIS driver packs it on
+/// every call. But `panel` computes the token side in 16-column panels
+/// (`16·⌈small/16⌉` columns), so when more than 1/8 of them would be padding
+/// and the depth fits one `KC = 256` block, the BLIS driver (6-row tiles,
+/// weight packed with the AVX2 transpose) is faster: 24 / 36 / 37 tokens ×
+/// `W[2048, 256]` 88 / 94 / 83 vs 78 / 78 / 70 GFLOP/s (`gemm_shapes`
+/// example, interleaved; docs/performance.md). Deeper products (`k = 1024`,
+/// whose transposed packing reads 4 KiB-strided rows) stay on `panel`.
 /// Decoding (`m ≤ 8`), depth-16 weight gradients, the `[t, t]` attention
 /// products and large problems take the BLIS driver. A pure function of the
 /// shape, so the summation order (and the bits) stay fixed per shape.
 #[inline]
 const fn panel_wins(m: usize, n: usize, k: usize) -> bool {
     let (small, large) = if m < n { (m, n) } else { (n, m) };
-    small > 8 && small <= 64 && large >= 128 && k >= 64
+    let cols = small.div_ceil(16) * 16;
+    let little_padding = 8 * (cols - small) <= cols;
+    small > 8 && small <= 64 && large >= 128 && k >= 64 && (little_padding || k > 256)
 }
 
 /// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.

@@ -1,11 +1,13 @@
 //! The previous portable GEMM (one packed operand, the other read in place),
 //! kept for the medium model shapes where it still beats the BLIS-style
 //! driver in [`super::portable`]: `8 < min(m, n) ≤ 64`, `max(m, n) ≥ 128`,
-//! `k ≥ 64` — the forward `x·Wᵀ` products of 16–64 token rows and the
-//! backward `dx = dy·W` (measured in docs/performance.md: the BLIS driver
-//! packs the weight on every call, 1.2–1.5× slower there until weights are
-//! pre-packed, issue item 2). Packed panels on the stack and a register-tiled
-//! micro-kernel, with no heap allocation.
+//! `k ≥ 64`, with at most 1/8 of its 16-column panels padding unless
+//! `k > 256` (`super::panel_wins`) — the forward `x·Wᵀ` products of 16–64
+//! token rows and the backward `dx = dy·W` (measured in
+//! docs/performance.md: the weight is read in place here, where the BLIS
+//! driver packs it on every call). Packed panels on the stack and a
+//! register-tiled micro-kernel that prefetches the next tile's rows of the
+//! in-place operand, with no heap allocation.
 //!
 //! The product is computed as `D = U·V` where `U` (rows × k) is read in place
 //! by broadcasting single elements (any strides) and `V` (k × cols) is packed
@@ -31,11 +33,15 @@ const MR_MAX: usize = 6;
 /// Micro-kernel signature: `acc[r][j] = Σ_p U[rows[r] + p·cs] · b[p][j]` over
 /// `kc` steps; `u` is read in place (row offsets `rows`, column stride `cs`),
 /// `b: [kc][NR]` is a packed panel.
+/// `pf`: offset from each row of this tile to the same row of the next tile
+/// (the AVX2 kernel prefetches those rows' lines while it computes), or
+/// `usize::MAX` for no prefetching.
 type Micro = fn(
     kc: usize,
     u: &[f32],
     rows: &[usize; MR_MAX],
     cs: usize,
+    pf: usize,
     b: &[f32],
     acc: &mut [[f32; NR]; MR_MAX],
 );
@@ -46,6 +52,7 @@ fn micro_portable(
     u: &[f32],
     rows: &[usize; MR_MAX],
     cs: usize,
+    _pf: usize,
     b: &[f32],
     acc: &mut [[f32; NR]; MR_MAX],
 ) {
@@ -79,6 +86,7 @@ mod avx2 {
         u: &[f32],
         rows: &[usize; MR_MAX],
         cs: usize,
+        pf: usize,
         b: &[f32],
         acc: &mut [[f32; NR]; MR_MAX],
     ) {
@@ -98,6 +106,16 @@ mod avx2 {
         let pb = b.as_ptr();
         let pu = u.as_ptr();
         for p in 0..kc {
+            if p % 16 == 0 && pf != usize::MAX {
+                // The next tile's rows, one line per row every 16 steps (with
+                // `cs = 1` the whole next tile by the end of this one): a
+                // weight read once per forward streams from memory, and the
+                // hardware prefetcher does not run a tile ahead.
+                for r in 0..MR {
+                    let at = pu.wrapping_add(rows[r] + pf + p * cs);
+                    _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+                }
+            }
             // SAFETY: p < kc, so p·NR + 16 <= kc·NR <= b.len() and
             // rows[r] + p·cs <= last < u.len() (asserted above).
             unsafe {
@@ -124,12 +142,14 @@ mod avx2 {
         u: &[f32],
         rows: &[usize; MR_MAX],
         cs: usize,
+        pf: usize,
         b: &[f32],
         acc: &mut [[f32; NR]; MR_MAX],
     ) {
         // SAFETY: this function is only selected after runtime (or compile-time)
-        // detection of AVX2 and FMA; `micro` checks its bounds itself.
-        unsafe { micro(kc, u, rows, cs, b, acc) }
+        // detection of AVX2 and FMA; `micro` checks its bounds itself (the
+        // prefetches may point past `u`: they never fault).
+        unsafe { micro(kc, u, rows, cs, pf, b, acc) }
     }
 }
 
@@ -239,7 +259,11 @@ fn gemm_uv(
                 for (r, o) in offs.iter_mut().enumerate() {
                     *o = (i0 + r.min(m_here - 1)) * u.rs + p0 * u.cs;
                 }
-                micro(kc, u.data, &offs, u.cs, &bpack[..kc * NR], &mut acc);
+                // Prefetch the next tile's rows for one-block depths (the
+                // expert `x·W13ᵀ`, k = 256: 62 → 80 GFLOP/s with the weight
+                // coming from memory; for k = 1024 it measured no better).
+                let pf = if k <= KC { mr * u.rs } else { usize::MAX };
+                micro(kc, u.data, &offs, u.cs, pf, &bpack[..kc * NR], &mut acc);
                 if csd == 1 || rsd != 1 {
                     for r in 0..m_here {
                         let at = (i0 + r) * rsd + j0 * csd;

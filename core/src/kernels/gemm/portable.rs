@@ -15,6 +15,11 @@
 //!           micro-kernel: MR×NR tile of C in registers for the whole KC loop
 //! ```
 //!
+//! Packing `B = Wᵀ` (the weight of `x·Wᵀ`, rows of W contiguous in depth) is
+//! a transpose: on AVX2 whole 16-column panels go through 8 × 8 register
+//! transposes (`avx2::pack_bt_panel`; the scalar copy took ~1.5 cycles per
+//! element, a quarter of a 64³ product).
+//!
 //! Packed layouts: an A panel holds `MR` rows as `[kc][MR]` (element `(r, p)`
 //! at `p·MR + r`); a B panel holds `NR` columns as `[kc][NR]` (element `(p, j)`
 //! at `p·NR + j`). Edge panels are zero-padded to full width in the *buffer*,
@@ -533,8 +538,27 @@ fn pack_b_block(
                 }
             }
         } else if b.rs == 1 {
-            // B = Wᵀ: column j of B is row j of W, contiguous in p. Transpose
-            // 8 depth steps × 16 columns at a time through a small block.
+            // B = Wᵀ: column j of B is row j of W, contiguous in p.
+            #[cfg(target_arch = "x86_64")]
+            if nr == NR && crate::kernels::cpu::avx2_fma() {
+                let s = c0 * b.cs + p0;
+                // Last element read: column c0 + 15, depth p0 + kc − 1.
+                let _ = &b.d[s + 15 * b.cs + kc - 1];
+                // SAFETY: AVX2 detected just above; the kernel reads
+                // `b.d[s + j·cs + p]` for j < 16, p < kc, the largest of which
+                // was bounds-checked on the line above, and writes the
+                // `kc·NR` floats of `panel`.
+                unsafe {
+                    avx2::pack_bt_panel(
+                        panel.as_mut_ptr() as *mut f32,
+                        b.d.as_ptr().add(s),
+                        b.cs,
+                        kc,
+                    )
+                };
+                continue;
+            }
+            // Transpose 8 depth steps × 16 columns at a time through a small block.
             if nr < NR {
                 for x in panel.iter_mut() {
                     x.write(0.0);
@@ -1590,6 +1614,65 @@ mod avx2 {
         csc: usize,
     ) {
         super::small_m::<Avx2>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    /// Packs one full 16-column panel of `B = Wᵀ`: `dst[p·16 + j] =
+    /// src[j·cs + p]` for `p < kc`, `j < 16` (column `j` of B is the
+    /// contiguous row `j` of W), 8 × 8 blocks transposed in registers.
+    ///
+    /// # Safety
+    /// AVX2 present; `src[j·cs + p]` readable for `j < 16, p < kc`; `dst`
+    /// writable for `kc·16` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_bt_panel(dst: *mut f32, src: *const f32, cs: usize, kc: usize) {
+        let mut p = 0;
+        while p + 8 <= kc {
+            for h in 0..2 {
+                // SAFETY: rows j = 8h + r < 16, depth p..p+8 ≤ kc (caller).
+                let r: [__m256; 8] = core::array::from_fn(|i| unsafe {
+                    _mm256_loadu_ps(src.add((8 * h + i) * cs + p))
+                });
+                // 8 × 8 transpose: unpack pairs, shuffle quads, swap halves.
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let o = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (u, v) in o.iter().enumerate() {
+                    // SAFETY: depth p + u < kc, lanes 8h..8h+8 of a 16-float row.
+                    unsafe { _mm256_storeu_ps(dst.add((p + u) * NR + 8 * h), *v) };
+                }
+            }
+            p += 8;
+        }
+        while p < kc {
+            for j in 0..NR {
+                // SAFETY: j < 16, p < kc (caller).
+                unsafe { *dst.add(p * NR + j) = *src.add(j * cs + p) };
+            }
+            p += 1;
+        }
     }
 
     /// Lane mask with the first `lanes` (0..=8) lanes set.
