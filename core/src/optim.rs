@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::adamw::{adamw_pass, AdamWStep};
+use crate::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
 use crate::kernels::first_non_finite;
 use crate::layout::alloc_zeroed;
 use crate::parallel::Pool;
@@ -262,13 +262,48 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.precheck(params.len(), grads.len(), lr, grad_scale)?;
-        let len = grads.len();
+        self.ranged(pool, params, Grads::Read(grads), lr, grad_scale)
+    }
+
+    /// [`AdamW::update_scaled_with`] that also zeroes the gradients in the
+    /// same pass ([`adamw_pass_zeroing`]: each block of `g` is written to 0
+    /// right after it is read), so that the buffer is ready for the next
+    /// step's accumulation without a separate sweep. `params` and the moments
+    /// get exactly [`AdamW::update_scaled_with`]'s bits.
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled`]. An error found before the update (shape,
+    /// `lr`, a non-finite gradient, …) leaves everything untouched, `grads`
+    /// included; after the update (`"parameters after the AdamW update"`),
+    /// `grads` is zero like the rest of the taken step.
+    pub fn update_scaled_zeroing_with(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &mut [f32],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.ranged(pool, params, Grads::Zero(grads), lr, grad_scale)
+    }
+
+    /// The pooled update of [`AdamW::update_scaled_with`] and
+    /// [`AdamW::update_scaled_zeroing_with`].
+    fn ranged(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: Grads<'_>,
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        let len = grads.read().len();
+        self.precheck(params.len(), len, lr, grad_scale)?;
         let chunk = range_len(len);
         // Check: per range (any non-finite, max |g|), then in range order.
         let mut checks = [(false, 0.0f32); PARAM_RANGES];
         {
-            let g = grads;
+            let g = grads.read();
             pool.for_each_mut(&mut checks, |r, out| {
                 let lo = (r * chunk).min(len);
                 let hi = ((r + 1) * chunk).min(len);
@@ -279,11 +314,15 @@ impl AdamW {
             .iter()
             .any(|c| c.0 || c.1 * grad_scale >= MAX_SAFE_GRAD)
         {
-            return check_grads(grads, grad_scale);
+            return check_grads(grads.read(), grad_scale);
         }
         let s = self.advance(lr, grad_scale);
-        let (mut pc, mut gc) = (params.chunks_mut(chunk), grads.chunks(chunk));
-        let (mut mc, mut vc) = (self.m.chunks_mut(chunk), self.v.chunks_mut(chunk));
+        let mut gc = grads.chunks(chunk);
+        let (mut pc, mut mc, mut vc) = (
+            params.chunks_mut(chunk),
+            self.m.chunks_mut(chunk),
+            self.v.chunks_mut(chunk),
+        );
         let mut parts: [Option<AdamChunk>; PARAM_RANGES] = core::array::from_fn(|_| {
             Some(AdamChunk {
                 w: pc.next()?,
@@ -294,7 +333,10 @@ impl AdamW {
         });
         pool.for_each_mut(&mut parts, |_, c| {
             if let Some(c) = c {
-                adamw_pass(c.w, c.g, c.m, c.v, s);
+                match &mut c.g {
+                    Grads::Read(g) => adamw_pass(c.w, g, c.m, c.v, s),
+                    Grads::Zero(g) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
+                }
             }
         });
         if let Some(index) = first_non_finite(params) {
@@ -371,9 +413,37 @@ pub fn range_len(len: usize) -> usize {
 /// One range of an AdamW update.
 struct AdamChunk<'a> {
     w: &'a mut [f32],
-    g: &'a [f32],
+    g: Grads<'a>,
     m: &'a mut [f32],
     v: &'a mut [f32],
+}
+
+/// The gradients of an update: only read, or read and zeroed.
+enum Grads<'a> {
+    Read(&'a [f32]),
+    Zero(&'a mut [f32]),
+}
+
+impl<'a> Grads<'a> {
+    fn read(&self) -> &[f32] {
+        match self {
+            Grads::Read(g) => g,
+            Grads::Zero(g) => g,
+        }
+    }
+
+    /// Consecutive ranges of `chunk` elements, of the same kind.
+    fn chunks(self, chunk: usize) -> impl Iterator<Item = Grads<'a>> {
+        let (mut r, mut z) = match self {
+            Grads::Read(g) => (Some(g.chunks(chunk)), None),
+            Grads::Zero(g) => (None, Some(g.chunks_mut(chunk))),
+        };
+        core::iter::from_fn(move || match (&mut r, &mut z) {
+            (Some(r), _) => r.next().map(Grads::Read),
+            (_, Some(z)) => z.next().map(Grads::Zero),
+            _ => None,
+        })
+    }
 }
 
 /// (any NaN/Inf, max |g|) of `grads`, one vectorisable pass.

@@ -7,13 +7,22 @@
 //! count. Each micro-batch has its own planned workspace and gradient buffer.
 //! One step is five phases, each a region of the trainer's [`Pool`]:
 //! ```text
-//! A  per micro-batch m: zero g_m, forward, CE head (dlogits / m_total)  parallel over m
+//! A  per micro-batch m: forward, CE head (dlogits / m_total)           parallel over m
 //! B  pool CE (Σ ce_row / m_total) and the aux statistics, L·n rows      caller, fixed order
 //! C  per micro-batch m: backward into g_m                              parallel over m
 //! D  per parameter range: g_0 += g_1, g_2 += g_3, g_0 += g_2 (a fixed   parallel over ranges
-//!    tree over m), Σ g² in f64
-//! E  AdamW per parameter range (elementwise)                          parallel over ranges
+//!    tree over m; each g_m, m ≥ 1, is zeroed as it is read), Σ g² in f64
+//! E  AdamW + clipping scale + g_0 ← 0, one pass per parameter range     parallel over ranges
 //! ```
+//!
+//! Gradient zeroing (the contract's "zeroed once per step"): every gradient
+//! buffer is zero when a step starts. The fused passes keep it so — phase D
+//! writes `g_m ← 0` behind its read of `g_m` (m ≥ 1) and phase E writes
+//! `g_0 ← 0` behind its read of `g_0` ([`AdamW::update_scaled_zeroing_with`]),
+//! so no separate sweep re-walks the buffers. A step that did not end in that
+//! pass (an error, or [`Trainer::compute_gradients`], which leaves `g_0`
+//! readable) marks the buffers dirty, and the next step's phase A zeroes
+//! them first, as before.
 //! Every phase's results depend only on `M` and the fixed parameter ranges,
 //! so parameters are bit-identical for every thread count. The CE value and
 //! the aux loss are those of a single pass over the whole batch up to the
@@ -115,6 +124,9 @@ pub struct Trainer {
     micro: Vec<Micro>,
     pool: Pool,
     max_batch: usize,
+    /// Every gradient buffer is known to be zero (the last step ended in the
+    /// zeroing AdamW pass, or none has run yet).
+    grads_zero: bool,
 }
 
 /// A micro-batch's own memory.
@@ -135,13 +147,17 @@ struct Slot<'a> {
     /// The whole batch's counted targets `m` (the CE is a mean over them).
     counted: usize,
     logits: Option<&'a mut [f32]>,
+    /// The gradients must be zeroed before the forward (they are not known to be zero).
+    zero: bool,
     err: Option<Error>,
 }
 
 impl Slot<'_> {
-    /// Phase A: zero the gradients, forward, CE head.
+    /// Phase A: zero the gradients if they are not known to be zero, forward, CE head.
     fn forward(&mut self, model: &MoETransformer, seq: usize) {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        if self.zero {
+            self.grads.fill(0.0);
+        }
         let Some(ws) = self.ws.take() else { return };
         let out = self.logits.take();
         match model.micro_forward(
@@ -176,16 +192,21 @@ struct RangeSum<'a> {
 }
 
 impl RangeSum<'_> {
-    /// `g_i += g_{i+s}` for `s = 1, 2, 4, …` (a fixed tree over the `parts`
-    /// micro-batches), then `Σ g_0²` of the range.
+    /// `g_i += g_{i+s}`, then `g_{i+s} ← 0`, for `s = 1, 2, 4, …` (a fixed
+    /// tree over the `parts` micro-batches: each `g_m`, m ≥ 1, is read once
+    /// and zeroed behind the read, ready for the next step), then `Σ g_0²` of
+    /// the range.
     fn reduce(&mut self, parts: usize) {
         let mut s = 1;
         while s < parts {
             let mut i = 0;
             while i + s < parts {
                 let (lo, hi) = self.bufs.split_at_mut(i + s);
-                if let (Some(a), Some(b)) = (&mut lo[i], &hi[0]) {
-                    a.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x += y);
+                if let (Some(a), Some(b)) = (&mut lo[i], &mut hi[0]) {
+                    a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
+                        *x += *y;
+                        *y = 0.0;
+                    });
                 }
                 i += 2 * s;
             }
@@ -287,6 +308,7 @@ impl Trainer {
             micro,
             pool,
             max_batch,
+            grads_zero: true,
         })
     }
 
@@ -321,9 +343,13 @@ impl Trainer {
         self.model
     }
 
-    /// Gradients of the last step: unclipped after [`Trainer::train_step`]
-    /// (clipping is fused into the update), clipped and as the hook left them
-    /// after [`Trainer::train_step_with_hook`].
+    /// The reduced gradients of the last [`Trainer::compute_gradients`].
+    ///
+    /// After a successful [`Trainer::train_step`] /
+    /// [`Trainer::train_step_with_hook`] they are all zero: the AdamW pass
+    /// zeroes each gradient behind its read, for the next step (see the module
+    /// docs). To see a step's gradients, read them in the hook of
+    /// [`Trainer::train_step_with_hook`] (clipped, before the update).
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
@@ -423,6 +449,9 @@ impl Trainer {
             }
         }
         let parts = self.micro_batches().min(batch);
+        // Zero in phase A unless the last step's fused passes left zeros;
+        // until this step ends in the zeroing AdamW pass, the buffers are dirty.
+        let zero = !core::mem::replace(&mut self.grads_zero, false);
         let Trainer {
             model,
             grads,
@@ -432,6 +461,15 @@ impl Trainer {
             ..
         } = self;
         let model = &*model;
+        if zero {
+            // The micro-batches this batch leaves unused are zeroed too (an
+            // earlier failed step may have left them dirty, and the next full
+            // batch will not zero them).
+            micro
+                .iter_mut()
+                .skip(parts - 1)
+                .for_each(|m| m.grads.fill(0.0));
+        }
         let losses = {
             let mut slots: [Option<Slot>; MAX_MICRO_BATCHES] = core::array::from_fn(|_| None);
             let mut out = logits_out;
@@ -454,6 +492,7 @@ impl Trainer {
                     batch: hi - lo,
                     counted,
                     logits,
+                    zero,
                     err: None,
                 });
             }
@@ -577,9 +616,11 @@ impl Trainer {
                 1.0
             }
         };
+        // E: AdamW, the clipping scale and g_0 ← 0 in one pass.
         let params = self.model.params_mut();
         self.opt
-            .update_scaled_with(&self.pool, params, &self.grads, lr, scale)?;
+            .update_scaled_zeroing_with(&self.pool, params, &mut self.grads, lr, scale)?;
+        self.grads_zero = true;
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,
