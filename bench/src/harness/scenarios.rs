@@ -114,9 +114,9 @@ pub enum Kind {
     Threads { work: ThreadsWork, threads: usize },
     /// One AdamW pass (`moe_core::kernels::adamw`) over `n` parameters with
     /// their gradients and both moments (the `scale_256` optimizer state);
-    /// `zeroing`: the variant that also writes the gradients to zero.
-    /// Bytes per iteration: 7·4n (read w, g, m, v; write w, m, v), 8·4n when zeroing.
-    AdamW { n: usize, zeroing: bool },
+    /// `pass`: what the sweep does besides the update ([`AdamPass`]).
+    /// Bytes per iteration: [`adamw_bytes`].
+    AdamW { n: usize, pass: AdamPass },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -338,7 +338,7 @@ pub const SCENARIOS: &[Scenario] = &[
         "scale",
         Kind::AdamW {
             n: SCALE_256_PARAMS,
-            zeroing: false,
+            pass: AdamPass::Plain,
         },
     ),
     s(
@@ -346,7 +346,17 @@ pub const SCENARIOS: &[Scenario] = &[
         "scale",
         Kind::AdamW {
             n: SCALE_256_PARAMS,
-            zeroing: true,
+            pass: AdamPass::Zeroing,
+        },
+    ),
+    // The trainer's pass before the fusion (the update, then a separate
+    // `g ← 0` sweep), beside the fused one above: the before/after of one run.
+    s(
+        "optimizer_adamw_then_zero_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            pass: AdamPass::ThenZero,
         },
     ),
     // OpenBLAS (`--features openblas`) beside our GEMM, same shapes, same run.
@@ -449,10 +459,49 @@ const BANDWIDTH_N: usize = 16 << 20;
 /// Parameters of `Config::scale_256()` (checked by a test against the model).
 pub const SCALE_256_PARAMS: usize = 7_134_464;
 
-/// Bytes one AdamW pass over `n` parameters reads and writes (f32): w, g, m, v
-/// read, w, m, v written, and g written when zeroing.
-pub const fn adamw_bytes(n: usize, zeroing: bool) -> u64 {
-    (if zeroing { 8 } else { 7 }) * 4 * n as u64
+/// What an AdamW scenario's sweep does besides the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdamPass {
+    /// `adamw_pass` only (gradients read, not zeroed).
+    Plain,
+    /// `adamw_pass`, then `g.fill(0)`: two sweeps (the trainer before the fusion).
+    ThenZero,
+    /// `adamw_pass_zeroing`: `g ← 0` behind each read, one sweep (the trainer now).
+    Zeroing,
+}
+
+impl AdamPass {
+    /// The `params.pass` name in the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AdamPass::Plain => "adamw",
+            AdamPass::ThenZero => "adamw_then_zero",
+            AdamPass::Zeroing => "adamw_zeroing",
+        }
+    }
+
+    /// The pass of a `params.pass` name.
+    pub fn from_name(name: &str) -> Option<AdamPass> {
+        [AdamPass::Plain, AdamPass::ThenZero, AdamPass::Zeroing]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// Whether the gradients are zero afterwards.
+    pub const fn zeroes(self) -> bool {
+        !matches!(self, AdamPass::Plain)
+    }
+}
+
+/// Bytes one AdamW pass over `n` parameters must move (f32): w, g, m, v
+/// read, w, m, v written, and g written when zeroing (the same count for the
+/// two-sweep [`AdamPass::ThenZero`]: its second sweep only writes).
+pub const fn adamw_bytes(n: usize, pass: AdamPass) -> u64 {
+    let per = match pass {
+        AdamPass::Plain => 7 * 4,
+        AdamPass::ThenZero | AdamPass::Zeroing => 8 * 4,
+    };
+    per * n as u64
 }
 
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
@@ -500,8 +549,9 @@ impl Kind {
                 "lanes": moe_core::kernels::cpu::PEAK_LANES,
             }),
             Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
-            Kind::AdamW { n, zeroing } => json!({
-                "n": n, "zero_grads": zeroing, "bytes_per_iter": adamw_bytes(n, zeroing),
+            Kind::AdamW { n, pass } => json!({
+                "n": n, "pass": pass.name(), "zero_grads": pass.zeroes(),
+                "bytes_per_iter": adamw_bytes(n, pass),
             }),
             Kind::Decode { prompt, new_tokens } => json!({
                 "profile": "tiny", "prompt": prompt, "new_tokens": new_tokens,
@@ -676,7 +726,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
         Kind::Bandwidth { n } => run_bandwidth(n, o)?,
-        Kind::AdamW { n, zeroing } => run_adamw(n, zeroing, o)?,
+        Kind::AdamW { n, pass } => run_adamw(n, pass, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
         Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
         Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
@@ -968,7 +1018,7 @@ fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
     })
 }
 
-fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
+fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
     use moe_core::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
     let mut w: Vec<f32> = fixture_uniform(o.seed, n)
         .iter()
@@ -994,15 +1044,20 @@ fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
         step_size: lr / (1.0 - b1),
     };
     let meas = measure::run(o.warmup, o.trials, |p| {
-        if zeroing {
-            // The zeroing pass leaves zeros: restore real gradients (untimed).
+        if pass.zeroes() {
+            // The zeroing passes leave zeros: restore real gradients (untimed).
             g.copy_from_slice(&g0);
         }
         let s = p.start();
-        if zeroing {
-            adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step);
-        } else {
-            adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step);
+        match pass {
+            AdamPass::Plain => adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step),
+            AdamPass::ThenZero => {
+                adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step);
+                black_box(&mut g[..]).fill(0.0);
+            }
+            AdamPass::Zeroing => {
+                adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step)
+            }
         }
         p.stop(s);
         black_box((&w, &g));
@@ -1532,7 +1587,12 @@ mod tests {
             Config::scale_256().param_counts().total,
             "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
         );
-        assert_eq!(adamw_bytes(10, false), 280);
-        assert_eq!(adamw_bytes(10, true), 320);
+        assert_eq!(adamw_bytes(10, AdamPass::Plain), 280);
+        assert_eq!(adamw_bytes(10, AdamPass::Zeroing), 320);
+        assert_eq!(adamw_bytes(10, AdamPass::ThenZero), 320);
+        for p in [AdamPass::Plain, AdamPass::ThenZero, AdamPass::Zeroing] {
+            assert_eq!(AdamPass::from_name(p.name()), Some(p));
+        }
+        assert_eq!(AdamPass::from_name("bogus"), None);
     }
 }

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::ReportError;
-use crate::harness::scenarios::{self, Kind};
+use crate::harness::scenarios::{self, AdamPass, Kind};
 use crate::io::read::{read_to_string_bounded, MAX_JSON_BYTES};
 use moe_core::Config;
 
@@ -727,12 +727,19 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 threads: u("thread_count").unwrap_or(threads),
             })
         }
-        Kind::AdamW { n, zeroing } => Ok(Kind::AdamW {
+        Kind::AdamW { n, pass } => Ok(Kind::AdamW {
             n: u("n").unwrap_or(n),
-            zeroing: params
-                .get("zero_grads")
-                .and_then(Value::as_bool)
-                .unwrap_or(zeroing),
+            // `pass` names the sweep; files written before it have only
+            // `zero_grads` (then the fused zeroing pass or the plain one).
+            pass: match (
+                params.get("pass").and_then(Value::as_str),
+                params.get("zero_grads").and_then(Value::as_bool),
+            ) {
+                (Some(name), _) => AdamPass::from_name(name).unwrap_or(pass),
+                (None, Some(true)) => AdamPass::Zeroing,
+                (None, Some(false)) => AdamPass::Plain,
+                (None, None) => pass,
+            },
         }),
     })
 }
