@@ -4,6 +4,7 @@
 //! of fifteen times. Run a group with `cargo test --release -p moe-tests --test all -- MODULE::`.
 
 mod alloc;
+mod bf16;
 mod determinism;
 mod errors;
 mod full_profile;
