@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
+use crate::kernels::adamw::{adamw_pass, adamw_pass_zeroing, adamw_pass_zeroing_bf16, AdamWStep};
 use crate::kernels::first_non_finite;
 use crate::layout::alloc_zeroed;
 use crate::parallel::Pool;
@@ -262,7 +262,7 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.ranged(pool, params, Grads::Read(grads), lr, grad_scale)
+        self.ranged(pool, params, Grads::Read(grads), None, lr, grad_scale)
     }
 
     /// [`AdamW::update_scaled_with`] that also zeroes the gradients in the
@@ -284,7 +284,42 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.ranged(pool, params, Grads::Zero(grads), lr, grad_scale)
+        self.ranged(pool, params, Grads::Zero(grads), None, lr, grad_scale)
+    }
+
+    /// [`AdamW::update_scaled_zeroing_with`] that also refreshes `copy`, the
+    /// bf16 copy of the parameters that a mixed-precision model's GEMMs read,
+    /// in the same pass ([`adamw_pass_zeroing_bf16`]: `copy[i] ←
+    /// round_bf16(w[i])` behind each block's update). One sweep reads `w, g,
+    /// m, v` and writes `w, m, v, g = 0` and the copy: `4·(4 + 4) + 2` bytes
+    /// per parameter.
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled_zeroing_with`]; [`Error::ShapeMismatch`]
+    /// (`"bf16 copy"`) unless `copy` has [`AdamW::len`] elements. After the
+    /// update, [`Error::NonFinite`] (`"parameters after the AdamW update"`) as
+    /// there (a finite `w` always rounds to a finite bf16 below `bf16::MAX`'s
+    /// rounding edge, `3.3961e38`; beyond it the copy holds ±∞ and the f32
+    /// check cannot see it, so the copy is checked too:
+    /// `"bf16 copy after the AdamW update"`).
+    #[allow(clippy::too_many_arguments)] // reason: pool, the four buffers of the sweep, the copy, lr, the clipping scale
+    pub fn update_scaled_zeroing_bf16_with(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &mut [f32],
+        copy: &mut [u16],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        if copy.len() != self.m.len() {
+            return Err(Error::ShapeMismatch {
+                arg: "bf16 copy",
+                expected: self.m.len(),
+                actual: copy.len(),
+            });
+        }
+        self.ranged(pool, params, Grads::Zero(grads), Some(copy), lr, grad_scale)
     }
 
     /// The pooled update of [`AdamW::update_scaled_with`] and
@@ -294,6 +329,7 @@ impl AdamW {
         pool: &Pool,
         params: &mut [f32],
         grads: Grads<'_>,
+        copy: Option<&mut [u16]>,
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
@@ -323,25 +359,50 @@ impl AdamW {
             self.m.chunks_mut(chunk),
             self.v.chunks_mut(chunk),
         );
+        let has_copy = copy.is_some();
+        let mut cc = copy.map(|c| c.chunks_mut(chunk));
         let mut parts: [Option<AdamChunk>; PARAM_RANGES] = core::array::from_fn(|_| {
             Some(AdamChunk {
                 w: pc.next()?,
                 g: gc.next()?,
                 m: mc.next()?,
                 v: vc.next()?,
+                copy: cc.as_mut().and_then(Iterator::next),
             })
         });
         pool.for_each_mut(&mut parts, |_, c| {
             if let Some(c) = c {
-                match &mut c.g {
-                    Grads::Read(g) => adamw_pass(c.w, g, c.m, c.v, s),
-                    Grads::Zero(g) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
+                match (&mut c.g, &mut c.copy) {
+                    (Grads::Read(g), _) => adamw_pass(c.w, g, c.m, c.v, s),
+                    (Grads::Zero(g), None) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
+                    (Grads::Zero(g), Some(b)) => {
+                        adamw_pass_zeroing_bf16(c.w, g, c.m, c.v, b, s);
+                    }
                 }
             }
         });
+        // A finite w beyond bf16's rounding edge (≈ 3.3961e38) rounds to ±∞:
+        // the f32 check cannot see it, so the copy is checked too.
+        let copy_err = has_copy
+            .then(|| {
+                parts.iter().enumerate().find_map(|(r, p)| match p {
+                    Some(AdamChunk { copy: Some(b), .. }) => {
+                        crate::kernels::bf16::first_non_finite(b).map(|i| r * chunk + i)
+                    }
+                    _ => None,
+                })
+            })
+            .flatten();
+        drop(parts);
         if let Some(index) = first_non_finite(params) {
             return Err(Error::NonFinite {
                 what: "parameters after the AdamW update",
+                index,
+            });
+        }
+        if let Some(index) = copy_err {
+            return Err(Error::NonFinite {
+                what: "bf16 copy after the AdamW update",
                 index,
             });
         }
@@ -416,6 +477,8 @@ struct AdamChunk<'a> {
     g: Grads<'a>,
     m: &'a mut [f32],
     v: &'a mut [f32],
+    /// The range of the bf16 copy to refresh (mixed precision).
+    copy: Option<&'a mut [u16]>,
 }
 
 /// The gradients of an update: only read, or read and zeroed.

@@ -359,6 +359,15 @@ pub const SCENARIOS: &[Scenario] = &[
             pass: AdamPass::ThenZero,
         },
     ),
+    // Mixed precision's pass: the same sweep also writes the bf16 copy.
+    s(
+        "optimizer_adamw_bf16_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            pass: AdamPass::ZeroingBf16,
+        },
+    ),
     // OpenBLAS (`--features openblas`) beside our GEMM, same shapes, same run.
     #[cfg(feature = "openblas")]
     s(
@@ -468,6 +477,8 @@ pub enum AdamPass {
     ThenZero,
     /// `adamw_pass_zeroing`: `g ← 0` behind each read, one sweep (the trainer now).
     Zeroing,
+    /// `adamw_pass_zeroing_bf16`: also the bf16 copy of the weights (mixed precision).
+    ZeroingBf16,
 }
 
 impl AdamPass {
@@ -477,14 +488,20 @@ impl AdamPass {
             AdamPass::Plain => "adamw",
             AdamPass::ThenZero => "adamw_then_zero",
             AdamPass::Zeroing => "adamw_zeroing",
+            AdamPass::ZeroingBf16 => "adamw_zeroing_bf16",
         }
     }
 
     /// The pass of a `params.pass` name.
     pub fn from_name(name: &str) -> Option<AdamPass> {
-        [AdamPass::Plain, AdamPass::ThenZero, AdamPass::Zeroing]
-            .into_iter()
-            .find(|p| p.name() == name)
+        [
+            AdamPass::Plain,
+            AdamPass::ThenZero,
+            AdamPass::Zeroing,
+            AdamPass::ZeroingBf16,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
     }
 
     /// Whether the gradients are zero afterwards.
@@ -495,11 +512,13 @@ impl AdamPass {
 
 /// Bytes one AdamW pass over `n` parameters must move (f32): w, g, m, v
 /// read, w, m, v written, and g written when zeroing (the same count for the
-/// two-sweep [`AdamPass::ThenZero`]: its second sweep only writes).
+/// two-sweep [`AdamPass::ThenZero`]: its second sweep only writes), and the
+/// 2-byte bf16 copy written by [`AdamPass::ZeroingBf16`].
 pub const fn adamw_bytes(n: usize, pass: AdamPass) -> u64 {
     let per = match pass {
         AdamPass::Plain => 7 * 4,
         AdamPass::ThenZero | AdamPass::Zeroing => 8 * 4,
+        AdamPass::ZeroingBf16 => 8 * 4 + 2,
     };
     per * n as u64
 }
@@ -1019,7 +1038,9 @@ fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
 }
 
 fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
-    use moe_core::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
+    use moe_core::kernels::adamw::{
+        adamw_pass, adamw_pass_zeroing, adamw_pass_zeroing_bf16, AdamWStep,
+    };
     let mut w: Vec<f32> = fixture_uniform(o.seed, n)
         .iter()
         .map(|u| 2.0 * u - 1.0)
@@ -1030,6 +1051,8 @@ fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
         .collect();
     let mut g = g0.clone();
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    // The bf16 copy (mixed precision); empty for the other passes.
+    let mut copy = vec![0u16; if pass == AdamPass::ZeroingBf16 { n } else { 0 }];
     // Step-1 scalars of the default config at lr = 1e-3 (the values only need
     // to be those of a real step; the memory traffic does not depend on them).
     let (lr, b1, b2) = (1e-3f32, 0.9f32, 0.999f32);
@@ -1057,6 +1080,9 @@ fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
             }
             AdamPass::Zeroing => {
                 adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step)
+            }
+            AdamPass::ZeroingBf16 => {
+                adamw_pass_zeroing_bf16(black_box(&mut w), &mut g, &mut m, &mut v, &mut copy, step)
             }
         }
         p.stop(s);
@@ -1590,7 +1616,13 @@ mod tests {
         assert_eq!(adamw_bytes(10, AdamPass::Plain), 280);
         assert_eq!(adamw_bytes(10, AdamPass::Zeroing), 320);
         assert_eq!(adamw_bytes(10, AdamPass::ThenZero), 320);
-        for p in [AdamPass::Plain, AdamPass::ThenZero, AdamPass::Zeroing] {
+        assert_eq!(adamw_bytes(10, AdamPass::ZeroingBf16), 340);
+        for p in [
+            AdamPass::Plain,
+            AdamPass::ThenZero,
+            AdamPass::Zeroing,
+            AdamPass::ZeroingBf16,
+        ] {
             assert_eq!(AdamPass::from_name(p.name()), Some(p));
         }
         assert_eq!(AdamPass::from_name("bogus"), None);

@@ -13,6 +13,7 @@ mod golden;
 mod gradcheck;
 mod interplay;
 mod kernels;
+mod mixed;
 mod model_reference;
 mod nonfinite_weights;
 mod proptest_error_table;
