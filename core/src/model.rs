@@ -374,6 +374,10 @@ impl MoETransformer {
                 let kvs = kc.append(l, la.qkv, dm);
                 attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, dm)?;
             }
+            (None, Some(AttnMemory::SavedBf16)) => {
+                rope::forward(la.qkv, rope, 0, dm)?;
+                attention::forward_bf16(la.att, la.probs, la.probs16, la.qkv, dm)?;
+            }
             (None, Some(AttnMemory::Lse)) => {
                 rope::forward(la.qkv, rope, 0, dm)?;
                 flash::forward(la.att, la.probs, la.row_max, la.row_inv, la.qkv, dm)?;
@@ -577,6 +581,9 @@ impl MoETransformer {
                 }
                 AttnMemory::Lse => flash::backward(
                     g.dqkv, la.probs, g.dprobs, g.datt, la.row_max, la.row_inv, la.qkv, &dm,
+                ),
+                AttnMemory::SavedBf16 => attention::backward_bf16(
+                    g.dqkv, g.dprobs, g.datt, la.probs16, la.probs, la.qkv, &dm,
                 ),
             }
             rope::backward(g.dqkv, rope_table, &dm)?;

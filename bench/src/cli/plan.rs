@@ -48,6 +48,8 @@ pub enum PlanAttention {
     Saved,
     /// Row statistics saved, probabilities recomputed (`AttnMemory::Lse`).
     Lse,
+    /// Probabilities saved as bf16 (`AttnMemory::SavedBf16`, mixed precision).
+    SavedBf16,
 }
 
 /// Options of `moe plan`.
@@ -258,6 +260,7 @@ fn print_workspace(
         let dtype = match e.dtype {
             moe_core::arena::Dtype::F32 => "f32",
             moe_core::arena::Dtype::U32 => "u32",
+            moe_core::arena::Dtype::Bf16 => "bf16",
         };
         rows.push(vec![
             format!("`{}`", e.name),
@@ -318,6 +321,7 @@ fn memory_name(mem: Memory) -> String {
     let a = match mem.attention {
         AttnMemory::Saved => "saved probabilities",
         AttnMemory::Lse => "LSE attention",
+        AttnMemory::SavedBf16 => "bf16 saved probabilities",
     };
     format!("{r}, {a}")
 }
@@ -464,6 +468,7 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
         attention: match args.attention {
             PlanAttention::Saved => AttnMemory::Saved,
             PlanAttention::Lse => AttnMemory::Lse,
+            PlanAttention::SavedBf16 => AttnMemory::SavedBf16,
         },
     };
     if mem != Memory::default() && modes.contains(&Mode::Training) {

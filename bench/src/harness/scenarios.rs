@@ -559,6 +559,7 @@ impl Kind {
                 "recompute": match mem.recompute { Recompute::None => "none", Recompute::Layers => "layers" },
                 "attention": match mem.attention {
                     moe_core::AttnMemory::Saved => "saved", moe_core::AttnMemory::Lse => "lse",
+                    moe_core::AttnMemory::SavedBf16 => "saved_bf16",
                 },
             }),
             Kind::Softmax { n } => json!({ "n": n }),
