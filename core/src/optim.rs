@@ -393,7 +393,6 @@ impl AdamW {
                 })
             })
             .flatten();
-        drop(parts);
         if let Some(index) = first_non_finite(params) {
             return Err(Error::NonFinite {
                 what: "parameters after the AdamW update",

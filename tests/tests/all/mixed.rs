@@ -93,8 +93,8 @@ pub(crate) fn worst_cosine(layout: &moe_core::Layout, got: &[f32], want: &[f32])
         } else {
             dot / (na * nw)
         };
-        // NaN (one side zero) compares as the worst.
-        if !(cos >= worst.0) {
+        // NaN (one side zero) counts as the worst.
+        if cos.is_nan() || cos < worst.0 {
             worst = (cos, info.name.clone());
         }
     }
