@@ -277,6 +277,7 @@ impl Trainer {
         pool: Pool,
         micro_batches: usize,
     ) -> Result<Self> {
+        model.require_f32("training (Trainer)")?;
         config.validate()?;
         if !(1..=MAX_MICRO_BATCHES).contains(&micro_batches) {
             return Err(Error::InvalidParameter {
@@ -367,7 +368,9 @@ impl Trainer {
 
     /// Model parameters, mutably (to restore a checkpoint).
     pub fn params_mut(&mut self) -> &mut [f32] {
-        self.model.params_mut()
+        // A trainer holds an f32 model (the constructors refuse bf16), so
+        // the `Err` arm is unreachable; an empty slice, never a panic.
+        self.model.params_mut().unwrap_or(&mut [])
     }
 
     /// The training config.
@@ -617,7 +620,7 @@ impl Trainer {
             }
         };
         // E: AdamW, the clipping scale and g_0 ← 0 in one pass.
-        let params = self.model.params_mut();
+        let params = self.model.params_mut()?;
         self.opt
             .update_scaled_zeroing_with(&self.pool, params, &mut self.grads, lr, scale)?;
         self.grads_zero = true;

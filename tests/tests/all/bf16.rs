@@ -257,3 +257,189 @@ fn linear_weight_view_f32_is_the_f32_path_and_bf16_split_is_thread_count_indepen
     let want = ref_gemm(n, din, dout, &dy, &wb, WOp::N, 0.0, &vec![0.0; n * din]);
     check_close(&dx, &want, dout, "bf16 backward_input");
 }
+
+// ---------------------------------------------------------------- the model in bf16
+
+use moe_core::{Config, Decoder, Error, MoETransformer, Mode, Precision, TrainConfig, Trainer};
+
+/// The f32 model from `seed` with every parameter rounded to bf16 and widened
+/// back (what `w.to(torch.bfloat16).to(torch.float32)` gives).
+fn rounded_f32(cfg: &Config, seed: u64) -> MoETransformer {
+    let mut m = MoETransformer::new(cfg, seed).unwrap();
+    m.params_mut()
+        .unwrap()
+        .iter_mut()
+        .for_each(|x| *x = bf16::rounded(*x));
+    m
+}
+
+#[test]
+fn bf16_init_is_the_rounded_f32_init_for_any_thread_count() {
+    for cfg in [Config::tiny(), Config::scale_256()] {
+        let f = MoETransformer::new(&cfg, 7).unwrap();
+        let want: Vec<u16> = f.params().unwrap().iter().map(|&x| round(x)).collect();
+        let b = MoETransformer::new_with(&cfg, 7, Precision::Bf16).unwrap();
+        assert_eq!(b.precision(), Precision::Bf16);
+        assert!(
+            b.params_bf16().unwrap() == &want[..],
+            "sequential bf16 init"
+        );
+        for t in 1..=3 {
+            let pool = Pool::new(t).unwrap();
+            let p = MoETransformer::new_bf16_on(&cfg, 7, &pool).unwrap();
+            assert!(p.params_bf16().unwrap() == &want[..], "threads {t}");
+        }
+        let conv = f.to_precision(Precision::Bf16).unwrap();
+        assert!(conv.params_bf16().unwrap() == &want[..]);
+        assert_eq!(
+            b.param_bytes(),
+            2 * want.len() + 4 * (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
+        );
+    }
+}
+
+#[test]
+fn bf16_model_refuses_f32_access_and_training_with_typed_errors() {
+    let cfg = Config::tiny();
+    let mut b = MoETransformer::new_with(&cfg, 1, Precision::Bf16).unwrap();
+    let mismatch = |e: Error| {
+        matches!(
+            e,
+            Error::PrecisionMismatch {
+                expected: "f32",
+                actual: "bf16",
+                ..
+            }
+        )
+    };
+    assert!(mismatch(b.params().unwrap_err()));
+    assert!(mismatch(b.params_mut().unwrap_err()));
+    assert!(mismatch(
+        Trainer::new(b.clone(), TrainConfig::default(), 1, 4)
+            .map(|_| ())
+            .unwrap_err()
+    ));
+    let mut ws = b.workspace(1, 4, Mode::Training).unwrap();
+    let mut g = vec![0f32; b.layout().total];
+    let e = b.loss_and_grad(
+        &mut ws,
+        &mut g,
+        &[1, 2, 3, 4],
+        &[2, 3, 4, 5],
+        1,
+        4,
+        0.01,
+        None,
+    );
+    assert!(mismatch(e.unwrap_err()));
+    let f = MoETransformer::new(&cfg, 1).unwrap();
+    assert!(matches!(
+        f.params_bf16().unwrap_err(),
+        Error::PrecisionMismatch {
+            expected: "bf16",
+            ..
+        }
+    ));
+    // from_params_bf16: wrong length, non-finite.
+    let w = b.params_bf16().unwrap().to_vec();
+    assert!(matches!(
+        MoETransformer::from_params_bf16(&cfg, w[1..].to_vec()).unwrap_err(),
+        Error::ShapeMismatch { arg: "params", .. }
+    ));
+    let mut bad = w.clone();
+    bad[77] = 0x7FC0;
+    assert!(matches!(
+        MoETransformer::from_params_bf16(&cfg, bad).unwrap_err(),
+        Error::NonFinite {
+            what: "params",
+            index: 77
+        }
+    ));
+    // f32 → bf16 overflow is refused, not turned into ∞.
+    let mut big = f.clone();
+    big.params_mut().unwrap()[5] = f32::MAX;
+    assert!(matches!(
+        big.to_precision(Precision::Bf16).unwrap_err(),
+        Error::NonFinite { index: 5, .. }
+    ));
+    // The mutable bf16 view refreshes the norm table: a norm set to 2.0
+    // through it changes the logits exactly as in the f32 model.
+    let norm = b.layout().final_norm.clone();
+    {
+        let mut p = b.params_bf16_mut().unwrap();
+        p[norm.clone()].iter_mut().for_each(|x| *x = round(2.0));
+    }
+    let mut r = b.to_precision(Precision::F32).unwrap();
+    assert!(r.params().unwrap()[norm.clone()].iter().all(|&x| x == 2.0));
+    let toks = [1u32, 2, 3];
+    let mut w1 = b.workspace(1, 3, Mode::Inference).unwrap();
+    let mut w2 = r.workspace(1, 3, Mode::Inference).unwrap();
+    let lb = b.forward(&mut w1, &toks, 1, 3).unwrap().to_vec();
+    let lf = r.forward(&mut w2, &toks, 1, 3).unwrap().to_vec();
+    close(&lb, &lf, "after a norm edit");
+    r.params_mut().unwrap()[0] = 0.0; // the f32 copy is independent
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        assert!(x.is_finite() && y.is_finite());
+        assert!(
+            (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn bf16_forward_cached_split_and_decoding_match_the_rounded_f32_model() {
+    for cfg in [Config::tiny(), Config::scale_256()] {
+        let b = MoETransformer::new_with(&cfg, 3, Precision::Bf16).unwrap();
+        let r = rounded_f32(&cfg, 3);
+        let (bt, t) = (3, 9);
+        let toks: Vec<u32> = (0..bt * t)
+            .map(|i| (i * 37 % cfg.vocab_size) as u32)
+            .collect();
+        let mut wb = b.workspace(bt, t, Mode::Inference).unwrap();
+        let mut wr = r.workspace(bt, t, Mode::Inference).unwrap();
+        let lb = b.forward(&mut wb, &toks, bt, t).unwrap().to_vec();
+        let lr = r.forward(&mut wr, &toks, bt, t).unwrap().to_vec();
+        close(&lb, &lr, "forward");
+        // Split forward: bit-identical for every thread count, and close to
+        // the plain forward (its groups have other GEMM shapes).
+        let mut split = Vec::new();
+        for th in [1, 2] {
+            let pool = Pool::new(th).unwrap();
+            let mut sw = b.split_workspace(bt, t, 4).unwrap();
+            split.push(
+                b.forward_split(&pool, &mut sw, &toks, bt, t)
+                    .unwrap()
+                    .to_vec(),
+            );
+        }
+        assert!(split[0] == split[1], "split forward: 1 vs 2 threads");
+        close(&split[0], &lr, "split forward");
+        // Decoding: prefill + steps equal the full recompute's last rows,
+        // bit-identical for 1 and 2 threads.
+        let seq = &toks[..t];
+        let mut outs = Vec::new();
+        for th in [1, 2] {
+            let pool = Pool::new(th).unwrap();
+            let mut d = Decoder::with_pool(&b, t, &pool).unwrap();
+            let mut rows = d.prefill(&seq[..4]).unwrap().to_vec();
+            for &tok in &seq[4..] {
+                rows.extend_from_slice(d.step(tok).unwrap());
+            }
+            outs.push(rows);
+        }
+        assert!(outs[0] == outs[1], "decoding is thread-count independent");
+        let mut w1 = r.workspace(1, t, Mode::Inference).unwrap();
+        let full = r.forward(&mut w1, seq, 1, t).unwrap().to_vec();
+        let v = cfg.vocab_size;
+        close(
+            &outs[0][3 * v..],
+            &full[3 * v..],
+            "decoder vs rounded f32 recompute",
+        );
+    }
+}

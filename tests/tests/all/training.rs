@@ -59,7 +59,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
     .unwrap();
     let x: Vec<u32> = (0..8).map(|i| i * 3 + 1).collect();
     let y: Vec<u32> = (0..8).map(|i| i * 5 + 2).collect();
-    let before = tr.model().params().to_vec();
+    let before = tr.model().params().unwrap().to_vec();
     let mut seen = 0.0f32;
     // Freeze lm_head by zeroing its gradient; AdamW then moves it by weight decay only.
     let st = tr
@@ -74,7 +74,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
     let decay = 1.0 - st.lr * TrainConfig::default().adamw.weight_decay;
     for i in t.range() {
         assert_eq!(
-            tr.model().params()[i],
+            tr.model().params().unwrap()[i],
             before[i] * decay,
             "lm_head[{i}] moved beyond weight decay"
         );
@@ -87,7 +87,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
         .range();
     assert!(
         e.clone()
-            .any(|i| tr.model().params()[i] != before[i] * decay),
+            .any(|i| tr.model().params().unwrap()[i] != before[i] * decay),
         "other tensors must still train"
     );
 }
@@ -123,7 +123,7 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
 }
 
 fn param_bits(t: &Trainer) -> Vec<u32> {
-    t.model().params().iter().map(|v| v.to_bits()).collect()
+    t.model().params().unwrap().iter().map(|v| v.to_bits()).collect()
 }
 
 /// The fused zeroing (phase D zeroes g_m, m ≥ 1; the AdamW pass zeroes g_0)
@@ -145,7 +145,7 @@ fn fused_gradient_zeroing_equals_zeroing_before_each_step() {
         (x, y)
     };
     // The reference: explicit zeroing, unfused.
-    let mut params = model.params().to_vec();
+    let mut params = model.params().unwrap().to_vec();
     let mut reference = model.clone();
     let mut ws = model.workspace(b, t, Mode::Training).unwrap();
     let mut g = vec![0.0f32; model.layout().total];
@@ -154,7 +154,7 @@ fn fused_gradient_zeroing_equals_zeroing_before_each_step() {
     for s in 0..3 {
         let (x, y) = batch(s);
         g.fill(0.0);
-        reference.params_mut().copy_from_slice(&params);
+        reference.params_mut().unwrap().copy_from_slice(&params);
         reference
             .loss_and_grad(&mut ws, &mut g, &x, &y, b, t, tc.aux_alpha, None)
             .unwrap();
@@ -163,7 +163,13 @@ fn fused_gradient_zeroing_equals_zeroing_before_each_step() {
         opt.update_scaled(&mut params, &g, tc.schedule.at(s as u64), coef)
             .unwrap();
         tr.train_step(&x, &y, b, t).unwrap();
-        let got: Vec<u32> = tr.model().params().iter().map(|v| v.to_bits()).collect();
+        let got: Vec<u32> = tr
+            .model()
+            .params()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
         let want: Vec<u32> = params.iter().map(|v| v.to_bits()).collect();
         assert!(
             got == want,
@@ -241,6 +247,7 @@ fn fused_clipping_equals_clipping_in_place() {
     let bits = |t: &Trainer| {
         t.model()
             .params()
+            .unwrap()
             .iter()
             .map(|v| v.to_bits())
             .collect::<Vec<_>>()
