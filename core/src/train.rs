@@ -33,11 +33,11 @@
 
 use alloc::vec::Vec;
 
-use crate::arena::{Acts, Mode};
+use crate::arena::{Acts, AttnMemory, Memory, Mode, Recompute};
 use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
 use crate::layout::{alloc_zeroed, Layout};
-use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer};
+use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer, Precision};
 use crate::optim::{clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES};
 use crate::parallel::Pool;
 use crate::rope::RopeTable;
@@ -67,6 +67,12 @@ pub struct TrainConfig {
     pub clip_grad_norm: Option<f32>,
     /// Weight of the aux load-balancing loss (`alpha`, default 0.01; 0 gives exactly CE).
     pub aux_alpha: f32,
+    /// [`Precision::F32`] (default): every buffer f32. [`Precision::Bf16`]:
+    /// **mixed precision** — f32 master weights, gradients and AdamW state;
+    /// the forward and backward read a bf16 copy of the weights (refreshed
+    /// by the AdamW pass itself), and the attention probabilities are saved
+    /// as bf16 ([`AttnMemory::SavedBf16`]). Weight gradients stay f32.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -76,7 +82,20 @@ impl Default for TrainConfig {
             adamw: AdamWConfig::default(),
             clip_grad_norm: Some(1.0),
             aux_alpha: 0.01,
+            precision: Precision::F32,
         }
+    }
+}
+
+/// The training workspace's memory options for `precision`: the default,
+/// or (mixed precision) the probabilities saved as bf16.
+pub fn training_memory(precision: Precision) -> Memory {
+    match precision {
+        Precision::F32 => Memory::DEFAULT,
+        Precision::Bf16 => Memory {
+            recompute: Recompute::None,
+            attention: AttnMemory::SavedBf16,
+        },
     }
 }
 
@@ -111,9 +130,22 @@ pub struct StepStats {
 
 /// Owns everything a training loop touches: model, gradients, optimiser
 /// state and the training workspace. After construction a step allocates nothing.
+///
+/// Mixed precision ([`TrainConfig::precision`] = [`Precision::Bf16`]): the
+/// trainer also holds `shadow`, the same model in bf16 (all parameters
+/// rounded to nearest even; [`MoETransformer::to_precision`]), on which every
+/// forward and backward runs; [`Trainer::model`] stays the f32 master. The
+/// AdamW pass writes the rounded updated weights into the shadow in the same
+/// sweep ([`AdamW::update_scaled_zeroing_bf16_with`]).
 #[derive(Debug)]
 pub struct Trainer {
+    /// The f32 (master) model.
     model: MoETransformer,
+    /// Mixed precision: the bf16 copy the steps compute with.
+    shadow: Option<MoETransformer>,
+    /// The master was changed outside a step ([`Trainer::params_mut`]): the
+    /// next step re-rounds the shadow first.
+    shadow_stale: bool,
     /// Micro-batch 0's gradients, and the reduced sum after a step.
     grads: Vec<f32>,
     opt: AdamW,
@@ -288,7 +320,12 @@ impl Trainer {
         }
         let parts = micro_batches.min(max_batch.max(1));
         let per = max_batch.div_ceil(parts);
-        let ws = model.workspace(per, max_seq, Mode::Training)?;
+        let mem = training_memory(config.precision);
+        let ws = model.workspace_with(per, max_seq, Mode::Training, mem)?;
+        let shadow = match config.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(model.to_precision(Precision::Bf16)?),
+        };
         let len = model.layout().total;
         let mut micro = Vec::new();
         micro
@@ -296,7 +333,7 @@ impl Trainer {
             .map_err(|_| Error::AllocationFailed { bytes: parts })?;
         for _ in 1..parts {
             micro.push(Micro {
-                ws: model.workspace(per, max_seq, Mode::Training)?,
+                ws: model.workspace_with(per, max_seq, Mode::Training, mem)?,
                 grads: alloc_zeroed(len)?,
             });
         }
@@ -304,6 +341,8 @@ impl Trainer {
             grads: alloc_zeroed(len)?,
             opt: AdamW::new(config.adamw, len)?,
             model,
+            shadow,
+            shadow_stale: false,
             ws,
             config,
             micro,
@@ -334,9 +373,26 @@ impl Trainer {
         self.pool = pool;
     }
 
-    /// The model.
+    /// The model (the f32 master weights, also in mixed precision).
     pub fn model(&self) -> &MoETransformer {
         &self.model
+    }
+
+    /// The model the steps compute with: [`Trainer::model`], or in mixed
+    /// precision its bf16 copy (as of the last step; after
+    /// [`Trainer::params_mut`], refreshed by the next step).
+    pub fn compute_model(&self) -> &MoETransformer {
+        self.shadow.as_ref().unwrap_or(&self.model)
+    }
+
+    /// The training precision ([`TrainConfig::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.config.precision
+    }
+
+    /// Bytes of the mixed-precision bf16 copy (0 in f32).
+    pub fn shadow_bytes(&self) -> usize {
+        self.shadow.as_ref().map_or(0, MoETransformer::param_bytes)
     }
 
     /// Consumes the trainer, returning the model.
@@ -366,11 +422,35 @@ impl Trainer {
         &mut self.opt
     }
 
-    /// Model parameters, mutably (to restore a checkpoint).
+    /// Model parameters, mutably (to restore a checkpoint). In mixed
+    /// precision these are the master weights; the next step rounds them
+    /// into the bf16 copy before it computes.
     pub fn params_mut(&mut self) -> &mut [f32] {
+        self.shadow_stale = self.shadow.is_some();
         // A trainer holds an f32 model (the constructors refuse bf16), so
         // the `Err` arm is unreachable; an empty slice, never a panic.
         self.model.params_mut().unwrap_or(&mut [])
+    }
+
+    /// Re-rounds the bf16 copy from the master weights if
+    /// [`Trainer::params_mut`] may have changed them.
+    fn refresh_shadow(&mut self) -> Result<()> {
+        if !self.shadow_stale {
+            return Ok(());
+        }
+        if let Some(shadow) = &mut self.shadow {
+            let master = self.model.params()?;
+            let mut copy = shadow.params_bf16_mut()?;
+            crate::kernels::bf16::round_slice(&mut copy, master);
+            if let Some(index) = crate::kernels::bf16::first_non_finite(&copy) {
+                return Err(Error::NonFinite {
+                    what: "params rounded to bf16 (beyond bf16's range)",
+                    index,
+                });
+            }
+        }
+        self.shadow_stale = false;
+        Ok(())
     }
 
     /// The training config.
@@ -451,19 +531,22 @@ impl Trainer {
                 });
             }
         }
+        self.refresh_shadow()?;
         let parts = self.micro_batches().min(batch);
         // Zero in phase A unless the last step's fused passes left zeros;
         // until this step ends in the zeroing AdamW pass, the buffers are dirty.
         let zero = !core::mem::replace(&mut self.grads_zero, false);
         let Trainer {
             model,
+            shadow,
             grads,
             ws,
             micro,
             pool,
             ..
         } = self;
-        let model = &*model;
+        // Mixed precision computes on the bf16 copy.
+        let model = shadow.as_ref().unwrap_or(&*model);
         if zero {
             // The micro-batches this batch leaves unused are zeroed too (an
             // earlier failed step may have left them dirty, and the next full
@@ -619,10 +702,29 @@ impl Trainer {
                 1.0
             }
         };
-        // E: AdamW, the clipping scale and g_0 ← 0 in one pass.
+        // E: AdamW, the clipping scale and g_0 ← 0 in one pass (mixed
+        // precision: and the refreshed bf16 copy).
         let params = self.model.params_mut()?;
-        self.opt
-            .update_scaled_zeroing_with(&self.pool, params, &mut self.grads, lr, scale)?;
+        match &mut self.shadow {
+            None => self.opt.update_scaled_zeroing_with(
+                &self.pool,
+                params,
+                &mut self.grads,
+                lr,
+                scale,
+            )?,
+            Some(shadow) => {
+                let mut copy = shadow.params_bf16_mut()?;
+                self.opt.update_scaled_zeroing_bf16_with(
+                    &self.pool,
+                    params,
+                    &mut self.grads,
+                    &mut copy,
+                    lr,
+                    scale,
+                )?;
+            }
+        }
         self.grads_zero = true;
         Ok(StepStats {
             loss: losses.loss,

@@ -108,6 +108,18 @@ pub enum Kind {
         t: usize,
         mem: MemOpts,
     },
+    /// One full `Trainer::train_step` (forward, backward, AdamW; one thread,
+    /// one micro-batch) per iteration in `precision`: f32, or mixed
+    /// (`Precision::Bf16`: bf16 weight copy in the GEMMs, bf16 saved
+    /// probabilities, f32 master/gradients/moments); `arena_bytes` is the
+    /// training workspace, `params.shadow_bytes` the bf16 copy. At most 1
+    /// warmup and 5 trials (long steps).
+    TrainPrecision {
+        profile: Profile,
+        b: usize,
+        t: usize,
+        precision: moe_core::Precision,
+    },
     /// One scale_256 model on a `moe_core::Pool` of `threads` threads
     /// (issue 14, "one model, many threads"): bit-identical results for every
     /// `threads`, so the `_T1` row is the baseline of the speedup.
@@ -427,6 +439,28 @@ pub const SCENARIOS: &[Scenario] = &[
         "memory",
         train_mem(Profile::Scale256, 256, MemOpts::DEFAULT),
     ),
+    // Mixed-precision training (issue 17 item 4) against f32, same shapes as
+    // the recompute pair: one full train_step each.
+    s(
+        "mixed_train_tiny_s512",
+        "memory",
+        train_prec(Profile::Tiny, 512, moe_core::Precision::Bf16),
+    ),
+    s(
+        "mixed_train_tiny_s512_f32",
+        "memory",
+        train_prec(Profile::Tiny, 512, moe_core::Precision::F32),
+    ),
+    s(
+        "mixed_train_scale_s256",
+        "memory",
+        train_prec(Profile::Scale256, 256, moe_core::Precision::Bf16),
+    ),
+    s(
+        "mixed_train_scale_s256_f32",
+        "memory",
+        train_prec(Profile::Scale256, 256, moe_core::Precision::F32),
+    ),
     // One model, many threads (issue 14): scale_256 on a pool of T threads.
     s("threads_train_T1", "parallel", thr(ThreadsWork::Train, 1)),
     s("threads_train_T2", "parallel", thr(ThreadsWork::Train, 2)),
@@ -457,6 +491,16 @@ const fn train_mem(profile: Profile, t: usize, mem: MemOpts) -> Kind {
         b: 8,
         t,
         mem,
+    }
+}
+
+/// A b8 [`Kind::TrainPrecision`].
+const fn train_prec(profile: Profile, t: usize, precision: moe_core::Precision) -> Kind {
+    Kind::TrainPrecision {
+        profile,
+        b: 8,
+        t,
+        precision,
     }
 }
 
@@ -562,6 +606,23 @@ impl Kind {
                     moe_core::AttnMemory::SavedBf16 => "saved_bf16",
                 },
             }),
+            Kind::TrainPrecision {
+                profile,
+                b,
+                t,
+                precision,
+            } => {
+                let cfg = profile.config();
+                let p = cfg.param_counts().total;
+                json!({
+                    "batch": b, "seq_len": t, "hidden_dim": cfg.hidden_size,
+                    "workload": "train_step", "precision": precision.name(),
+                    "mixed": precision == moe_core::Precision::Bf16,
+                    // f32 master + gradients + both moments; the bf16 copy.
+                    "param_state_bytes": 16 * p,
+                    "shadow_bytes": if precision == moe_core::Precision::Bf16 { 2 * p } else { 0 },
+                })
+            }
             Kind::Softmax { n } => json!({ "n": n }),
             Kind::FmaPeak { iters } => json!({
                 "iters": iters,
@@ -639,7 +700,8 @@ impl Kind {
             } => Some(model(&profile.config(), workload, b, t)),
             // The model's FLOPs of a training step without the optimizer's
             // (recompute's extra forward work is not counted).
-            Kind::TrainMemory { profile, b, t, .. } => {
+            Kind::TrainMemory { profile, b, t, .. }
+            | Kind::TrainPrecision { profile, b, t, .. } => {
                 Some(model(&profile.config(), Workload::TrainStep, b, t))
             }
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
@@ -678,6 +740,7 @@ impl Kind {
         match *self {
             Kind::Model { b, t, .. }
             | Kind::TrainMemory { b, t, .. }
+            | Kind::TrainPrecision { b, t, .. }
             | Kind::DispatchCold { b, t }
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
@@ -742,6 +805,12 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         Kind::TrainMemory { profile, b, t, mem } => {
             run_train_memory(&profile.config(), b, t, mem, o)?
         }
+        Kind::TrainPrecision {
+            profile,
+            b,
+            t,
+            precision,
+        } => run_train_precision(&profile.config(), b, t, precision, o)?,
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
@@ -907,6 +976,37 @@ fn run_train(
     let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
     let mut numerical = Numerical::default();
     let m = measure::run(o.warmup, o.trials, |p| {
+        let s = p.start();
+        let out = trainer.train_step(&tokens, &targets, b, t);
+        p.stop(s);
+        numerical = Numerical::of(&[out?.loss]);
+        Ok(())
+    })?;
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes: trainer.workspace_bytes() as u64,
+        peak_rss_bytes: None,
+    })
+}
+
+fn run_train_precision(
+    cfg: &Config,
+    b: usize,
+    t: usize,
+    precision: moe_core::Precision,
+    o: &RunOpts,
+) -> Result<Outcome, Error> {
+    let model = MoETransformer::new(cfg, o.seed)?;
+    let tc = TrainConfig {
+        precision,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::with_pool(model, tc, b, t, moe_core::Pool::single(), 1)?;
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
+    let mut numerical = Numerical::default();
+    let m = measure::run(o.warmup.min(1), o.trials.min(5), |p| {
         let s = p.start();
         let out = trainer.train_step(&tokens, &targets, b, t);
         p.stop(s);

@@ -670,6 +670,17 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 mem,
             })
         }
+        Kind::TrainPrecision {
+            profile,
+            b,
+            t,
+            precision,
+        } => hidden_ok(profile.config().hidden_size).map(|()| Kind::TrainPrecision {
+            profile,
+            b: u("batch").unwrap_or(b),
+            t: u("seq_len").unwrap_or(t),
+            precision,
+        }),
         Kind::Parallel {
             threads,
             workload,
@@ -750,6 +761,7 @@ fn shape_of(k: &Kind) -> String {
     match *k {
         Kind::Model { b, t, .. }
         | Kind::TrainMemory { b, t, .. }
+        | Kind::TrainPrecision { b, t, .. }
         | Kind::DispatchCold { b, t }
         | Kind::DispatchColdProcess { b, t } => {
             let _ = write!(s, "batch {b}, seq_len {t}");

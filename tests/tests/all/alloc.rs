@@ -62,9 +62,19 @@ fn forward_allocates_nothing_at_several_shapes() {
 
 #[test]
 fn train_step_allocates_nothing() {
-    for cfg in [Config::tiny(), Config::scale_256()] {
+    // f32 and mixed precision (bf16 copy refreshed in the AdamW pass, bf16
+    // saved probabilities).
+    let precisions = [moe_core::Precision::F32, moe_core::Precision::Bf16];
+    for (cfg, precision) in [Config::tiny(), Config::scale_256()]
+        .into_iter()
+        .flat_map(|c| precisions.map(|p| (c, p)))
+    {
         let model = MoETransformer::new(&cfg, 42).unwrap();
-        let mut tr = Trainer::new(model, TrainConfig::default(), 4, 16).unwrap();
+        let tc = TrainConfig {
+            precision,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(model, tc, 4, 16).unwrap();
         let shapes = [(2, 8), (4, 16), (1, 3)];
         let data: Vec<(Vec<u32>, Vec<u32>)> = shapes
             .iter()
@@ -83,7 +93,7 @@ fn train_step_allocates_nothing() {
                 assert_eq!(
                     (n, bytes),
                     (0, 0),
-                    "train_step b{b} s{t} (c = {}) allocated",
+                    "train_step b{b} s{t} (c = {}, {precision:?}) allocated",
                     cfg.hidden_size
                 );
             }
