@@ -86,7 +86,7 @@ pub struct PlanArgs {
     /// plan saves the attention probabilities as bf16 (printed beside the
     /// default plan; with `--attention lse` there are none to save).
     #[arg(long, value_enum, default_value = "f32")]
-    pub precision: crate::cli::train::TrainPrecision,
+    pub precision: crate::cli::PrecisionArg,
 }
 
 /// The benchmark shapes of each mode (spec §6: b2 s32 inference, b2 s8 training).
@@ -474,7 +474,7 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
     } else {
         println!("profile {}", args.profile.0.name());
     }
-    let mixed = args.precision == crate::cli::train::TrainPrecision::Bf16;
+    let mixed = args.precision == crate::cli::PrecisionArg::Bf16;
     print_flat(&cfg, mixed, args.markdown)?;
     for &mode in modes {
         let (b0, t0) = default_shape(mode);

@@ -155,26 +155,7 @@ pub struct TrainArgs {
     /// read a bf16 copy of the weights refreshed by the AdamW pass; attention
     /// probabilities saved as bf16). The checkpoint holds the f32 master.
     #[arg(long, value_enum, default_value = "f32")]
-    pub precision: TrainPrecision,
-}
-
-/// `--precision` of `moe train`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TrainPrecision {
-    /// Every buffer f32.
-    F32,
-    /// Mixed precision (`moe_core::Precision::Bf16` in `TrainConfig`).
-    Bf16,
-}
-
-impl TrainPrecision {
-    /// The core's precision.
-    pub fn core(self) -> moe_core::Precision {
-        match self {
-            TrainPrecision::F32 => moe_core::Precision::F32,
-            TrainPrecision::Bf16 => moe_core::Precision::Bf16,
-        }
-    }
+    pub precision: crate::cli::PrecisionArg,
 }
 
 /// One row of `loss.csv`.
@@ -317,7 +298,10 @@ fn run_extra(
         None => "bytes".to_owned(),
     };
     m.insert("tokenizer".into(), tokenizer);
-    m.insert("precision".into(), args.precision.core().name().to_owned());
+    m.insert(
+        "precision".into(),
+        args.precision.precision().name().to_owned(),
+    );
     m
 }
 
@@ -427,7 +411,7 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
         },
         clip_grad_norm: (args.clip > 0.0).then_some(args.clip),
         aux_alpha: args.aux_alpha,
-        precision: args.precision.core(),
+        precision: args.precision.precision(),
     };
     train_config
         .validate()
@@ -807,8 +791,8 @@ impl Session {
             self.start,
             args.steps,
             match args.precision {
-                TrainPrecision::F32 => "f32",
-                TrainPrecision::Bf16 => "bf16 (mixed: f32 master weights)",
+                crate::cli::PrecisionArg::F32 => "f32",
+                crate::cli::PrecisionArg::Bf16 => "bf16 (mixed: f32 master weights)",
             },
         );
         println!(

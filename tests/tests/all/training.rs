@@ -123,7 +123,12 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
 }
 
 fn param_bits(t: &Trainer) -> Vec<u32> {
-    t.model().params().unwrap().iter().map(|v| v.to_bits()).collect()
+    t.model()
+        .params()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 /// The fused zeroing (phase D zeroes g_m, m ≥ 1; the AdamW pass zeroes g_0)
