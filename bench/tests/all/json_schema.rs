@@ -44,6 +44,8 @@ const IDS: &[&str] = &[
     "machine_bandwidth",
     "optimizer_adamw_scale_256",
     "optimizer_adamw_zeroing_scale_256",
+    "optimizer_adamw_then_zero_scale_256",
+    "optimizer_adamw_bf16_scale_256",
     #[cfg(feature = "openblas")]
     "kernel_matmul_openblas",
     #[cfg(feature = "openblas")]
@@ -56,6 +58,10 @@ const IDS: &[&str] = &[
     "recompute_train_tiny_s512_off",
     "recompute_train_scale_s256",
     "recompute_train_scale_s256_off",
+    "mixed_train_tiny_s512",
+    "mixed_train_tiny_s512_f32",
+    "mixed_train_scale_s256",
+    "mixed_train_scale_s256_f32",
     "threads_train_T1",
     "threads_train_T2",
     "threads_train_T4",
@@ -68,7 +74,9 @@ const IDS: &[&str] = &[
 
 fn expected_axis(id: &str) -> &'static str {
     match id {
-        _ if id.starts_with("mem_") || id.starts_with("recompute_") => "memory",
+        _ if id.starts_with("mem_") || id.starts_with("recompute_") || id.starts_with("mixed_") => {
+            "memory"
+        }
         _ if id == "dispatch_warm_heap" => "memory",
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
