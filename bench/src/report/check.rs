@@ -727,6 +727,9 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 threads: u("thread_count").unwrap_or(threads),
             })
         }
+        Kind::Prec { work, bf16 } => {
+            hidden_ok(work.profile().config().hidden_size).map(|()| Kind::Prec { work, bf16 })
+        }
         Kind::AdamW { n, zeroing } => Ok(Kind::AdamW {
             n: u("n").unwrap_or(n),
             zeroing: params
@@ -770,6 +773,14 @@ fn shape_of(k: &Kind) -> String {
         }
         Kind::Threads { work, threads } => {
             let _ = write!(s, "{}, thread_count {threads}", work.name());
+        }
+        Kind::Prec { work, bf16 } => {
+            let _ = write!(
+                s,
+                "{} {}",
+                work.profile().name(),
+                if bf16 { "bf16" } else { "f32" }
+            );
         }
     }
     s
