@@ -1613,68 +1613,6 @@ fn run_parallel(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_has_the_spec_ids_first_and_unique_ids() {
-        let spec = [
-            "mem_train_step",
-            "mem_scale_batch_1",
-            "mem_scale_batch_2",
-            "mem_scale_batch_4",
-            "mem_scale_batch_8",
-            "mem_scale_seq_8",
-            "mem_scale_seq_16",
-            "mem_scale_seq_32",
-            "mem_scale_seq_64",
-            "kernel_matmul",
-            "kernel_softmax",
-            "kernel_rmsnorm",
-            "dispatch_warm",
-            "dispatch_cold",
-            "parallel_T1",
-            "parallel_T2",
-            "parallel_T4",
-            "parallel_train_T1",
-            "parallel_train_T2",
-            "parallel_train_T4",
-            "scale_forward_256",
-            "scale_train_256",
-        ];
-        let ids: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
-        assert_eq!(&ids[..SPEC_SCENARIOS], &spec);
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), ids.len());
-        assert!(SCENARIOS
-            .iter()
-            .all(|s| crate::harness::schema::AXES.contains(&s.axis)));
-    }
-
-    #[test]
-    fn fixtures_are_the_shared_ones() {
-        assert_eq!(fixture_tokens(2, 3, 1000, 0), [0, 1, 2, 3, 4, 5]);
-        assert_eq!(fixture_tokens(1, 3, 3, 1), [1, 2, 0]);
-        let u = fixture_uniform(42, 1000);
-        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
-        assert_eq!(u, fixture_uniform(42, 1000));
-    }
-
-    #[test]
-    fn optimizer_scenarios_cover_the_scale_256_model() {
-        assert_eq!(
-            SCALE_256_PARAMS as u64,
-            Config::scale_256().param_counts().total,
-            "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
-        );
-        assert_eq!(adamw_bytes(10, false), 280);
-        assert_eq!(adamw_bytes(10, true), 320);
-    }
-}
-
 /// [`Kind::Prec`]: the model is built in its precision outside the timed
 /// region (the Full profile's bf16 init is timed separately into `extra`).
 fn run_prec(work: PrecWork, bf16: bool, o: &RunOpts) -> Result<Outcome, Error> {
@@ -1829,4 +1767,66 @@ fn read_bandwidth(pool: &moe_core::Pool) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     (threads * PER * 2) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_the_spec_ids_first_and_unique_ids() {
+        let spec = [
+            "mem_train_step",
+            "mem_scale_batch_1",
+            "mem_scale_batch_2",
+            "mem_scale_batch_4",
+            "mem_scale_batch_8",
+            "mem_scale_seq_8",
+            "mem_scale_seq_16",
+            "mem_scale_seq_32",
+            "mem_scale_seq_64",
+            "kernel_matmul",
+            "kernel_softmax",
+            "kernel_rmsnorm",
+            "dispatch_warm",
+            "dispatch_cold",
+            "parallel_T1",
+            "parallel_T2",
+            "parallel_T4",
+            "parallel_train_T1",
+            "parallel_train_T2",
+            "parallel_train_T4",
+            "scale_forward_256",
+            "scale_train_256",
+        ];
+        let ids: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
+        assert_eq!(&ids[..SPEC_SCENARIOS], &spec);
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+        assert!(SCENARIOS
+            .iter()
+            .all(|s| crate::harness::schema::AXES.contains(&s.axis)));
+    }
+
+    #[test]
+    fn fixtures_are_the_shared_ones() {
+        assert_eq!(fixture_tokens(2, 3, 1000, 0), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(fixture_tokens(1, 3, 3, 1), [1, 2, 0]);
+        let u = fixture_uniform(42, 1000);
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        assert_eq!(u, fixture_uniform(42, 1000));
+    }
+
+    #[test]
+    fn optimizer_scenarios_cover_the_scale_256_model() {
+        assert_eq!(
+            SCALE_256_PARAMS as u64,
+            Config::scale_256().param_counts().total,
+            "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
+        );
+        assert_eq!(adamw_bytes(10, false), 280);
+        assert_eq!(adamw_bytes(10, true), 320);
+    }
 }
