@@ -44,7 +44,8 @@ pub enum Precision {
     F32,
     /// One flat bf16 buffer (2 bytes per parameter), round-to-nearest-even
     /// from `f32` exactly as `torch.Tensor.to(torch.bfloat16)`. Inference
-    /// only (training needs f32 weights: [`Error::PrecisionMismatch`]).
+    /// and gradients ([`MoETransformer::loss_and_grad`]); a [`crate::Trainer`]
+    /// refuses it ([`Error::PrecisionMismatch`]: training needs f32 weights).
     Bf16,
 }
 
@@ -754,7 +755,10 @@ impl MoETransformer {
 
     /// Losses and gradients for one batch: forward, CE + `alpha`·aux, and the
     /// backward pass, accumulating into `grads` (same layout as the parameters;
-    /// the caller zeroes it). Optionally copies the logits out.
+    /// the caller zeroes it). Optionally copies the logits out. On a
+    /// [`Precision::Bf16`] model the gradients are those with respect to the
+    /// (widened) bf16 weights, in `f32` (updating them is training:
+    /// [`crate::Trainer`] refuses a bf16 model).
     ///
     /// # Errors
     /// As [`MoETransformer::forward`], plus [`Error::WorkspaceMismatch`] if `ws` is
@@ -776,7 +780,6 @@ impl MoETransformer {
         alpha: f32,
         logits_out: Option<&mut [f32]>,
     ) -> Result<Losses> {
-        self.require_f32("loss_and_grad (training)")?;
         if ws.mode() != Mode::Training {
             return Err(Error::WorkspaceMismatch {
                 what: "loss_and_grad needs a Mode::Training workspace",

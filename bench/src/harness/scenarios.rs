@@ -136,6 +136,40 @@ pub enum Kind {
         b: usize,
         t: usize,
     },
+    /// A workload in a storage precision (issue 17 item 3), beside its twin.
+    Prec { work: PrecWork, bf16: bool },
+}
+
+/// Workloads of [`Kind::Prec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecWork {
+    /// scale_256, prompt 8 + 64 greedy tokens with the KV cache, one thread
+    /// (`generate_kv_64`'s loop on the bandwidth-bound profile).
+    DecodeScale,
+    /// tiny forward b2 s32 (`dispatch_warm`'s shape).
+    ForwardTiny,
+    /// The whole Full profile in bf16: prefill 32 + decode 16 at b1 on all
+    /// threads (heavy: ≈ 13.8 GB; only with `--only` or `--heavy`).
+    FullDecode,
+}
+
+/// `full_decode_bf16`'s prompt and decoded tokens.
+pub const FULL_DECODE: (usize, usize) = (32, 16);
+/// `generate_kv_64_*`'s prompt and new tokens.
+pub const PREC_DECODE: (usize, usize) = (8, 64);
+
+/// Scenarios left out of a default run (selected by `--only` or `--heavy`).
+pub const HEAVY: &[&str] = &["full_decode_bf16"];
+
+impl PrecWork {
+    /// The profile it runs.
+    pub fn profile(self) -> Profile {
+        match self {
+            PrecWork::DecodeScale => Profile::Scale256,
+            PrecWork::ForwardTiny => Profile::Tiny,
+            PrecWork::FullDecode => Profile::Full,
+        }
+    }
 }
 
 /// What a [`Kind::Threads`] scenario runs.
@@ -482,7 +516,51 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     s("threads_decode_T1", "parallel", thr(ThreadsWork::Decode, 1)),
     s("threads_decode_T2", "parallel", thr(ThreadsWork::Decode, 2)),
+    // bf16 weights (issue 17): each beside its f32 twin (`extra.speedup_vs_twin`).
+    s(
+        "generate_kv_64_scale_256",
+        "scale",
+        prec(PrecWork::DecodeScale, false),
+    ),
+    s(
+        "generate_kv_64_bf16",
+        "scale",
+        prec(PrecWork::DecodeScale, true),
+    ),
+    s(
+        "dispatch_warm_bf16",
+        "type_system",
+        prec(PrecWork::ForwardTiny, true),
+    ),
+    // Heavy (not in a default run): the 6.88 B Full profile in bf16.
+    s(
+        "full_decode_bf16",
+        "scale",
+        prec(PrecWork::FullDecode, true),
+    ),
 ];
+
+const fn prec(work: PrecWork, bf16: bool) -> Kind {
+    Kind::Prec { work, bf16 }
+}
+
+/// The twin id of a [`Kind::Prec`] (bf16 → its f32 twin).
+fn twin_of_kind(work: PrecWork, bf16: bool) -> Option<&'static str> {
+    match (work, bf16) {
+        (PrecWork::DecodeScale, true) => twin_of("generate_kv_64_bf16"),
+        (PrecWork::ForwardTiny, true) => twin_of("dispatch_warm_bf16"),
+        _ => None,
+    }
+}
+
+/// The f32 twin of a bf16 scenario (its `params.twin`).
+pub fn twin_of(id: &str) -> Option<&'static str> {
+    match id {
+        "generate_kv_64_bf16" => Some("generate_kv_64_scale_256"),
+        "dispatch_warm_bf16" => Some("dispatch_warm"),
+        _ => None,
+    }
+}
 
 /// A b8 [`Kind::TrainMemory`].
 const fn train_mem(profile: Profile, t: usize, mem: MemOpts) -> Kind {
@@ -654,6 +732,37 @@ impl Kind {
                 "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "thread_count": threads,
                 "workload": workload.name(), "parallel_semantics": "independent",
             }),
+            Kind::Prec { work, bf16 } => {
+                let cfg = work.profile().config();
+                let mut p = json!({
+                    "profile": work.profile().name(), "hidden_dim": cfg.hidden_size,
+                    "precision": if bf16 { "bf16" } else { "f32" },
+                });
+                match work {
+                    PrecWork::DecodeScale => {
+                        p["prompt"] = json!(PREC_DECODE.0);
+                        p["new_tokens"] = json!(PREC_DECODE.1);
+                        p["strategy"] = json!("greedy");
+                        p["kv_cache"] = json!(true);
+                    }
+                    PrecWork::ForwardTiny => {
+                        p["batch"] = json!(2);
+                        p["seq_len"] = json!(32);
+                        p["workload"] = json!("forward");
+                    }
+                    PrecWork::FullDecode => {
+                        p["prompt"] = json!(FULL_DECODE.0);
+                        p["new_tokens"] = json!(FULL_DECODE.1);
+                        p["batch"] = json!(1);
+                        p["kv_cache"] = json!(true);
+                        p["thread_count"] = json!(moe_core::available_threads());
+                    }
+                }
+                if let Some(t) = twin_of_kind(work, bf16) {
+                    p["twin"] = json!(t);
+                }
+                p
+            }
             Kind::Threads { work, threads } => {
                 let mut p = json!({
                     "profile": "scale_256", "hidden_dim": Config::scale_256().hidden_size,
@@ -723,6 +832,10 @@ impl Kind {
                 b,
                 t,
             } => Some(threads as u64 * model(&Config::tiny(), workload, b, t)),
+            Kind::Prec { work, .. } => match work {
+                PrecWork::ForwardTiny => Some(model(&Config::tiny(), Forward, 2, 32)),
+                PrecWork::DecodeScale | PrecWork::FullDecode => None,
+            },
             Kind::Threads { work, .. } => match work {
                 ThreadsWork::Train => {
                     Some(model(&Config::scale_256(), TrainStep, THREADS_B, THREADS_T))
@@ -745,6 +858,11 @@ impl Kind {
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
             Kind::Decode { new_tokens, .. } => Some(new_tokens as u64),
+            Kind::Prec { work, .. } => Some(match work {
+                PrecWork::DecodeScale => PREC_DECODE.1 as u64,
+                PrecWork::ForwardTiny => 64,
+                PrecWork::FullDecode => (FULL_DECODE.0 + FULL_DECODE.1) as u64,
+            }),
             Kind::Threads { work, .. } => Some(match work {
                 ThreadsWork::Decode => THREADS_DECODE.1 as u64,
                 _ => (THREADS_B * THREADS_T) as u64,
@@ -780,6 +898,8 @@ struct Outcome {
     arena_bytes: u64,
     /// Replaces this process's peak RSS (cold process: the child's own).
     peak_rss_bytes: Option<u64>,
+    /// `ScenarioResult::extra`.
+    extra: Option<serde_json::Value>,
 }
 
 /// Runs one scenario in this process.
@@ -827,6 +947,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
             t,
         } => run_parallel(threads, workload, b, t, o)?,
         Kind::Threads { work, threads } => run_threads(work, threads, o)?,
+        Kind::Prec { work, bf16 } => run_prec(work, bf16, o)?,
     };
     finish(sc, out)
 }
@@ -889,6 +1010,7 @@ fn finish(sc: &Scenario, out: Outcome) -> Result<ScenarioResult, Error> {
             gc_throughput: 1.0,
             gflops: sc.kind.flops().map(|f| per_sec(f as f64) * 1e-9),
         },
+        extra: out.extra,
     })
 }
 
@@ -944,6 +1066,7 @@ fn run_forward(
         numerical,
         arena_bytes: ws.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -987,6 +1110,7 @@ fn run_train(
         numerical,
         arena_bytes: trainer.workspace_bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1013,11 +1137,17 @@ fn run_train_precision(
         numerical = Numerical::of(&[out?.loss]);
         Ok(())
     })?;
+    // Measured on the trainer: its bf16 copy and gradient buffers.
+    let extra = json!({
+        "shadow_bytes": trainer.shadow_bytes(),
+        "grad_bytes": trainer.grad_bytes(),
+    });
     Ok(Outcome {
         m,
         numerical,
         arena_bytes: trainer.workspace_bytes() as u64,
         peak_rss_bytes: None,
+        extra: Some(extra),
     })
 }
 
@@ -1050,6 +1180,7 @@ fn run_train_memory(
         numerical,
         arena_bytes: ws.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1092,6 +1223,7 @@ fn run_matmul(
         numerical: Numerical::of(&c),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1113,6 +1245,7 @@ fn run_fma_peak(iters: u64, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&[out]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1135,6 +1268,7 @@ fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&a[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1195,6 +1329,7 @@ fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&w[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1217,6 +1352,7 @@ fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&buf),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1247,6 +1383,7 @@ fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, 
         numerical: Numerical::of(&last),
         arena_bytes: dec.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1283,6 +1420,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical,
                 arena_bytes,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
         ThreadsWork::Forward => {
@@ -1301,6 +1439,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical,
                 arena_bytes: ws.bytes() as u64,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
         ThreadsWork::Decode => {
@@ -1328,6 +1467,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical: Numerical::of(&last),
                 arena_bytes: dec.bytes() as u64,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
     }
@@ -1363,6 +1503,7 @@ fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&y),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1395,6 +1536,7 @@ fn run_cold(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical,
         arena_bytes,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1486,6 +1628,7 @@ fn run_cold_process(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: r.numerical,
         arena_bytes: r.arena_bytes,
         peak_rss_bytes: Some(peak),
+        extra: None,
     })
 }
 
@@ -1653,8 +1796,165 @@ fn run_parallel(
             numerical,
             arena_bytes,
             peak_rss_bytes: None,
+            extra: None,
         })
     })
+}
+
+/// [`Kind::Prec`]: the model is built in its precision outside the timed
+/// region (the Full profile's bf16 init is timed separately into `extra`).
+fn run_prec(work: PrecWork, bf16: bool, o: &RunOpts) -> Result<Outcome, Error> {
+    use moe_core::Precision;
+    let precision = if bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    let cfg = work.profile().config();
+    match work {
+        PrecWork::ForwardTiny => {
+            let model = MoETransformer::new_with(&cfg, o.seed, precision)?;
+            let (b, t) = (2, 32);
+            let mut ws = model.workspace(b, t, Mode::Inference)?;
+            let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+            let mut numerical = Numerical::default();
+            let m = measure::run(o.warmup, o.trials, |p| {
+                let s = p.start();
+                let out = model.forward(&mut ws, &tokens, b, t);
+                p.stop(s);
+                numerical = Numerical::of(out?);
+                Ok(())
+            })?;
+            Ok(Outcome {
+                m,
+                numerical,
+                arena_bytes: ws.bytes() as u64,
+                peak_rss_bytes: None,
+                extra: Some(json!({ "weight_bytes": model.param_bytes() })),
+            })
+        }
+        PrecWork::DecodeScale => {
+            let model = MoETransformer::new_with(&cfg, o.seed, precision)?;
+            let (prompt, new_tokens) = PREC_DECODE;
+            let v = cfg.vocab_size;
+            let tokens = fixture_tokens(1, prompt, v, 0);
+            let mut dec = Decoder::new(&model, prompt + new_tokens)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+            let greedy = SamplingStrategy::Greedy;
+            let mut last = vec![0.0f32; v];
+            let m = measure::run(o.warmup, o.trials, |p| {
+                dec.reset();
+                let s = p.start();
+                let logits = dec.prefill(black_box(&tokens))?;
+                let mut next = greedy.pick_token(&logits[(prompt - 1) * v..], &mut rng)?;
+                for _ in 1..new_tokens {
+                    next = greedy.pick_token(dec.step(next)?, &mut rng)?;
+                }
+                let l = dec.step(next)?;
+                p.stop(s);
+                last.copy_from_slice(l);
+                Ok(())
+            })?;
+            Ok(Outcome {
+                m,
+                numerical: Numerical::of(&last),
+                arena_bytes: dec.bytes() as u64,
+                peak_rss_bytes: None,
+                extra: Some(json!({ "weight_bytes": model.param_bytes() })),
+            })
+        }
+        PrecWork::FullDecode => run_full_decode(&cfg, o),
+    }
+}
+
+/// `full_decode_bf16`: builds the Full model straight into bf16 on all
+/// threads (timed: `extra.init_s`), measures a STREAM-style read bandwidth on
+/// all threads, then times prefill 32 + decode 16 (`trials` runs, KV cache
+/// reset each time; the first is the warmup).
+fn run_full_decode(cfg: &Config, o: &RunOpts) -> Result<Outcome, Error> {
+    let threads = moe_core::available_threads();
+    let pool = moe_core::Pool::new(threads)?;
+    let t0 = std::time::Instant::now();
+    let model = MoETransformer::new_bf16_on(cfg, o.seed, &pool)?;
+    let init_s = t0.elapsed().as_secs_f64();
+    let read_gbs = read_bandwidth(&pool);
+    let (prompt, new_tokens) = FULL_DECODE;
+    let v = cfg.vocab_size;
+    let tokens = fixture_tokens(1, prompt, v, 0);
+    let mut dec = Decoder::with_pool(&model, prompt + new_tokens, &pool)?;
+    let greedy = SamplingStrategy::Greedy;
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut last = vec![0.0f32; v];
+    let (mut prefill_ns, mut decode_ns) = (Vec::new(), Vec::new());
+    let m = measure::run(o.warmup.min(1), o.trials.clamp(1, 3), |p| {
+        dec.reset();
+        let s = p.start();
+        let a = std::time::Instant::now();
+        let logits = dec.prefill(black_box(&tokens))?;
+        let mut next = greedy.pick_token(&logits[(prompt - 1) * v..], &mut rng)?;
+        let b = std::time::Instant::now();
+        for _ in 0..new_tokens {
+            next = greedy.pick_token(dec.step(next)?, &mut rng)?;
+        }
+        let c = std::time::Instant::now();
+        p.stop(s);
+        prefill_ns.push((b - a).as_nanos() as f64);
+        decode_ns.push((c - b).as_nanos() as f64);
+        last.copy_from_slice(dec.step(next).map(|l| &l[..v])?);
+        dec.reset();
+        Ok(())
+    })?;
+    let med = |x: &mut Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (pre, dec_ns) = (med(&mut prefill_ns), med(&mut decode_ns));
+    let counts = cfg.param_counts_checked()?;
+    // Active bf16 weight bytes of one decoded token: every active parameter
+    // once (embedding row and norms are negligible), 2 bytes each.
+    let active_bytes = 2 * counts.active;
+    let decode_tps = new_tokens as f64 / (dec_ns * 1e-9);
+    let limit_tps = read_gbs * 1e9 / active_bytes as f64;
+    Ok(Outcome {
+        m,
+        numerical: Numerical::of(&last),
+        arena_bytes: dec.bytes() as u64,
+        peak_rss_bytes: None,
+        extra: Some(json!({
+            "init_s": init_s,
+            "init_threads": threads,
+            "prefill_tokens_per_sec": prompt as f64 / (pre * 1e-9),
+            "decode_tokens_per_sec": decode_tps,
+            "weight_bytes": model.param_bytes(),
+            "decoder_bytes": dec.bytes(),
+            "active_bf16_bytes_per_token": active_bytes,
+            "read_bandwidth_gb_per_sec": read_gbs,
+            "decode_limit_tokens_per_sec": limit_tps,
+            "fraction_of_limit": decode_tps / limit_tps,
+        })),
+    })
+}
+
+/// STREAM-style read bandwidth on all of `pool`'s threads, GB/s: each thread
+/// sums its own 256 MiB block of `u16` (touched first), best of 5 passes.
+fn read_bandwidth(pool: &moe_core::Pool) -> f64 {
+    const PER: usize = 128 << 20; // u16 per thread: 256 MiB
+    let threads = pool.threads();
+    let mut blocks: Vec<Vec<u16>> = (0..threads).map(|i| vec![i as u16 + 1; PER]).collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        pool.for_each_mut(&mut blocks, |_, b| {
+            black_box(moe_core::kernels::bf16::dot(&[1.0; 8], &b[..8]));
+            // A wide integer sum the compiler vectorises: one pass over the block.
+            let s = b.chunks_exact(64).fold(0u32, |acc, c| {
+                acc.wrapping_add(c.iter().fold(0u32, |a, &x| a.wrapping_add(u32::from(x))))
+            });
+            black_box(s);
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (threads * PER * 2) as f64 / best / 1e9
 }
 
 #[cfg(test)]

@@ -738,6 +738,9 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 threads: u("thread_count").unwrap_or(threads),
             })
         }
+        Kind::Prec { work, bf16 } => {
+            hidden_ok(work.profile().config().hidden_size).map(|()| Kind::Prec { work, bf16 })
+        }
         Kind::AdamW { n, pass } => Ok(Kind::AdamW {
             n: u("n").unwrap_or(n),
             // `pass` names the sweep; files written before it have only
@@ -789,6 +792,14 @@ fn shape_of(k: &Kind) -> String {
         }
         Kind::Threads { work, threads } => {
             let _ = write!(s, "{}, thread_count {threads}", work.name());
+        }
+        Kind::Prec { work, bf16 } => {
+            let _ = write!(
+                s,
+                "{} {}",
+                work.profile().name(),
+                if bf16 { "bf16" } else { "f32" }
+            );
         }
     }
     s

@@ -319,19 +319,24 @@ fn bf16_model_refuses_f32_access_and_training_with_typed_errors() {
             .map(|_| ())
             .unwrap_err()
     ));
-    let mut ws = b.workspace(1, 4, Mode::Training).unwrap();
-    let mut g = vec![0f32; b.layout().total];
-    let e = b.loss_and_grad(
-        &mut ws,
-        &mut g,
-        &[1, 2, 3, 4],
-        &[2, 3, 4, 5],
-        1,
-        4,
-        0.01,
-        None,
+    // Gradients on a bf16 model are those of the rounded f32 model.
+    let r = b.to_precision(Precision::F32).unwrap();
+    let grads = |m: &MoETransformer| {
+        let mut ws = m.workspace(1, 4, Mode::Training).unwrap();
+        let mut g = vec![0f32; m.layout().total];
+        let toks = [1, 2, 3, 4];
+        let l = m
+            .loss_and_grad(&mut ws, &mut g, &toks, &[2, 3, 4, 5], 1, 4, 0.01, None)
+            .unwrap();
+        (l, g)
+    };
+    let ((lb, gb), (lr, gr)) = (grads(&b), grads(&r));
+    close(
+        &[lb.loss, lb.ce, lb.aux],
+        &[lr.loss, lr.ce, lr.aux],
+        "losses",
     );
-    assert!(mismatch(e.unwrap_err()));
+    close(&gb, &gr, "gradients");
     let f = MoETransformer::new(&cfg, 1).unwrap();
     assert!(matches!(
         f.params_bf16().unwrap_err(),
@@ -440,6 +445,49 @@ fn bf16_forward_cached_split_and_decoding_match_the_rounded_f32_model() {
             &outs[0][3 * v..],
             &full[3 * v..],
             "decoder vs rounded f32 recompute",
+        );
+    }
+}
+
+/// Timing probe (not a test): `cargo test --release -p moe-tests --test all -- --ignored bf16::gemv_timing --nocapture`.
+#[test]
+#[ignore]
+fn gemv_timing() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for &(dout, din) in &[
+        (2048usize, 256usize),
+        (1000, 256),
+        (256, 1024),
+        (12288, 768),
+        (768, 6144),
+    ] {
+        let x = rand_vec(&mut rng, din);
+        let wb = rand_bf16(&mut rng, dout * din);
+        let wf: Vec<f32> = wb.iter().map(|&b| widen(b)).collect();
+        let mut y = vec![0f32; dout];
+        let reps = (200_000_000 / (dout * din)).max(3);
+        let time = |f: &mut dyn FnMut()| {
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            best
+        };
+        let tf = time(&mut || linear::forward(&mut y, &x, &wf, 1, din, dout, Accum::Set));
+        let tb = time(&mut || {
+            linear::forward_w(&mut y, &x, Weight::Bf16(&wb), 1, din, dout, Accum::Set)
+        });
+        println!(
+            "gemv {dout}x{din}: f32 {:.1} us ({:.1} GB/s), bf16 {:.1} us ({:.1} GB/s), ratio {:.2}",
+            tf * 1e6,
+            4.0 * (dout * din) as f64 / tf / 1e9,
+            tb * 1e6,
+            2.0 * (dout * din) as f64 / tb / 1e9,
+            tf / tb
         );
     }
 }
