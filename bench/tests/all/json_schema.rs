@@ -70,6 +70,9 @@ const IDS: &[&str] = &[
     "threads_forward_T4",
     "threads_decode_T1",
     "threads_decode_T2",
+    "generate_kv_64_scale_256",
+    "generate_kv_64_bf16",
+    "dispatch_warm_bf16",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
@@ -81,7 +84,12 @@ fn expected_axis(id: &str) -> &'static str {
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") || id.starts_with("threads_") => "parallel",
-        _ if id.starts_with("scale_") || id.starts_with("optimizer_") => "scale",
+        _ if id.starts_with("scale_")
+            || id.starts_with("optimizer_")
+            || id.starts_with("generate_kv_64_") =>
+        {
+            "scale"
+        }
         _ => panic!("unexpected id {id}"),
     }
 }
@@ -270,7 +278,7 @@ fn check_scenario(s: &Value) {
             "{id}: construction allocates the parameters"
         );
         assert_eq!(gflops, None, "{id}");
-    } else if id == "generate_kv_64" || id.starts_with("threads_decode_") {
+    } else if id.starts_with("generate_kv_64") || id.starts_with("threads_decode_") {
         // Decoding: no analytic FLOP count is claimed, but still no allocation.
         assert_eq!(alloc, 0, "{id}: steady-state allocation");
         assert_eq!(gflops, None, "{id}");
