@@ -26,7 +26,8 @@
 //! | `xn1`, `xn2` | `[n, c]` | yes | normed inputs of attention / MoE |
 //! | `qkv` | `[n, q]` | yes | q, k after RoPE, v |
 //! | `ckpt` | `[L−1, n, c]` (train, `Recompute::Layers`; else empty) | | each layer's input but the last's |
-//! | `probs` | `[b, h, t, t]` (train, saved) / `[t]` (train, LSE) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
+//! | `probs` | `[b, h, t, t]` (train, saved) / `[t]` (train, LSE) / `[h, t, t]` (train, saved bf16: one sequence's f32 rows) / `[max_seq]` (infer: one score row) | yes | attention probabilities |
+//! | `probs16` | `[b, h, t, t]` bf16 (train, `AttnMemory::SavedBf16`; else empty) | yes | attention probabilities, 2 bytes each |
 //! | `row_max`, `row_inv` | `[b, h, t]` (train, `AttnMemory::Lse`; else empty) | yes | softmax row statistics |
 //! | `att` | `[n, h·d]` | yes | attention output before `o_proj` |
 //! | `rprobs` | `[n, e]` | yes | router probabilities |
@@ -84,6 +85,14 @@ pub enum AttnMemory {
     /// log-sum-exp in two parts); the backward recomputes `P` one row at a time
     /// (E33), bit-identically. Memory grows as `t`.
     Lse,
+    /// The probabilities saved as bf16 (`probs16: [b, h, t, t]`, 2 bytes each,
+    /// rounded to nearest even from the forward's f32 rows; mixed-precision
+    /// training). The forward computes one sequence's rows in f32 into
+    /// `probs: [h, t, t]` (its output `att` uses the f32 values) and rounds
+    /// them into `probs16`; the backward widens one row at a time. Gradients
+    /// change by the rounding (cosine ≥ 0.99999 to [`AttnMemory::Saved`],
+    /// docs/tradeoffs.md §8); memory still grows as `t²`, at half the bytes.
+    SavedBf16,
 }
 
 /// The memory options of a workspace, chosen when it is built
@@ -116,6 +125,18 @@ pub enum Dtype {
     F32,
     /// `u32` (routing indices and counts).
     U32,
+    /// bf16 bit patterns (`u16`; saved activations of mixed precision).
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            Dtype::F32 | Dtype::U32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
 }
 
 /// One named buffer of the plan.
@@ -133,12 +154,16 @@ pub struct PlanEntry {
 
 impl PlanEntry {
     /// Bytes of all copies (saturating; a plan that big is refused when built).
+    /// A bf16 copy is counted rounded up to 4 bytes (the alignment the next
+    /// 4-byte buffer needs in the arena).
     pub fn bytes(&self) -> usize {
-        self.elems.saturating_mul(self.copies).saturating_mul(4)
+        let one = self.elems.saturating_mul(self.dtype.size());
+        let one = one.saturating_add(3) & !3;
+        one.saturating_mul(self.copies)
     }
 }
 
-/// An element type a buffer can hold; both are 4 bytes.
+/// An element type a buffer can hold (4 bytes, or 2 for bf16).
 trait Elem: Copy + 'static {
     const DTYPE: Dtype;
     const ZERO: Self;
@@ -162,6 +187,15 @@ impl Elem for u32 {
     #[cfg(feature = "heap-per-step")]
     fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
         h.u32s.next().map(Vec::as_mut_slice)
+    }
+}
+
+impl Elem for u16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    const ZERO: Self = 0;
+    #[cfg(feature = "heap-per-step")]
+    fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
+        h.u16s.next().map(Vec::as_mut_slice)
     }
 }
 
@@ -200,6 +234,7 @@ pub enum AllocPolicy {
 struct HeapStore {
     f32s: Vec<Vec<f32>>,
     u32s: Vec<Vec<u32>>,
+    u16s: Vec<Vec<u16>>,
 }
 
 /// Hands out the [`HeapStore`]'s buffers in carve order.
@@ -207,6 +242,7 @@ struct HeapStore {
 struct HeapTake<'a> {
     f32s: core::slice::IterMut<'a, Vec<f32>>,
     u32s: core::slice::IterMut<'a, Vec<u32>>,
+    u16s: core::slice::IterMut<'a, Vec<u16>>,
 }
 
 #[cfg(feature = "heap-per-step")]
@@ -226,7 +262,9 @@ impl<'a> Take<'a> for HeapTake<'a> {
 fn fresh<T: Elem>(len: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
-        .map_err(|_| Error::AllocationFailed { bytes: len * 4 })?;
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len * T::DTYPE.size(),
+        })?;
     v.resize(len, T::ZERO);
     Ok(v)
 }
@@ -234,7 +272,9 @@ fn fresh<T: Elem>(len: usize) -> Result<Vec<T>> {
 /// A zero-filled slice of `len` elements from `bump`, failure as an `Err`.
 fn zeroed<T: Elem>(bump: &Bump, len: usize) -> Result<&mut [T]> {
     bump.try_alloc_slice_fill_copy(len, T::ZERO)
-        .map_err(|_| Error::AllocationFailed { bytes: len * 4 })
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len * T::DTYPE.size(),
+        })
 }
 
 /// The quantities the buffer table is written in (elements, for one step of `(b, t)`).
@@ -259,8 +299,11 @@ struct Sz {
     /// Routed slots `s = n·k`.
     s: usize,
     /// Attention probabilities: `b·h·t·t` saved (training, [`AttnMemory::Saved`]),
-    /// one row of `t` ([`AttnMemory::Lse`]), else one score row of `max_seq`.
+    /// one row of `t` ([`AttnMemory::Lse`]), one sequence's `h·t·t`
+    /// ([`AttnMemory::SavedBf16`]: f32 rows before rounding), else one score row of `max_seq`.
     probs: usize,
+    /// bf16 probabilities `b·h·t·t` ([`AttnMemory::SavedBf16`]), else 0.
+    probs16: usize,
     /// Per-row softmax statistics: `b·h·t` under [`AttnMemory::Lse`], else 0.
     lse: usize,
     /// Softmax-backward scratch: `t·t` ([`AttnMemory::Saved`]) or `t` ([`AttnMemory::Lse`]).
@@ -272,6 +315,7 @@ struct Sz {
 impl Sz {
     fn new(dm: &Dims, train: bool, mem: Memory, max_seq: usize) -> Self {
         let lse = train && mem.attention == AttnMemory::Lse;
+        let bf16 = train && mem.attention == AttnMemory::SavedBf16;
         Sz {
             n: dm.n,
             c: dm.c,
@@ -282,11 +326,13 @@ impl Sz {
             f: dm.f,
             v: dm.v,
             s: dm.s(),
-            probs: match (train, lse) {
+            probs: match (train, mem.attention) {
                 (false, _) => max_seq,
-                (true, false) => dm.b * dm.h * dm.t * dm.t,
-                (true, true) => dm.t,
+                (true, AttnMemory::Saved) => dm.b * dm.h * dm.t * dm.t,
+                (true, AttnMemory::Lse) => dm.t,
+                (true, AttnMemory::SavedBf16) => dm.h * dm.t * dm.t,
             },
+            probs16: if bf16 { dm.b * dm.h * dm.t * dm.t } else { 0 },
             lse: if lse { dm.b * dm.h * dm.t } else { 0 },
             dprobs: if lse { dm.t } else { dm.t * dm.t },
             ckpt: if train && mem.recompute == Recompute::Layers {
@@ -434,10 +480,12 @@ macro_rules! buffers {
             let $z = Sz::new(&dm, train, mem, max_seq);
             store.f32s.clear();
             store.u32s.clear();
+            store.u16s.clear();
             fn push<T: Elem>(store: &mut HeapStore, len: usize) -> Result<()> {
                 match T::DTYPE {
                     Dtype::F32 => store.f32s.push(fresh::<f32>(len)?),
                     Dtype::U32 => store.u32s.push(fresh::<u32>(len)?),
+                    Dtype::Bf16 => store.u16s.push(fresh::<u16>(len)?),
                 }
                 Ok(())
             }
@@ -475,6 +523,8 @@ buffers! {
         /// Attention probabilities `[b, h, t, t]` (train, saved) / one row `[t]`
         /// (train, LSE) / one score row `[max_seq]` (infer).
         probs: f32 = z.probs;
+        /// bf16 attention probabilities `[b, h, t, t]` ([`AttnMemory::SavedBf16`] only).
+        probs16: u16 = z.probs16;
         /// Softmax row max `m_i` `[b, h, t]` ([`AttnMemory::Lse`] only).
         row_max: f32 = z.lse;
         /// Softmax row `1/Σ_j exp(s_ij − m_i)` `[b, h, t]` ([`AttnMemory::Lse`] only).
@@ -710,6 +760,7 @@ impl Arena {
             let mut src = HeapTake {
                 f32s: store.f32s.iter_mut(),
                 u32s: store.u32s.iter_mut(),
+                u16s: store.u16s.iter_mut(),
             };
             return carve_acts(&self.bump, &mut src, dm, train, self.mem, self.max_seq);
         }

@@ -117,6 +117,59 @@ pub fn forward(
     Ok(())
 }
 
+/// [`forward`] that saves the probabilities as bf16 ([`crate::AttnMemory::SavedBf16`]):
+/// per sequence, the f32 rows go into `scratch: [h, t, t]` (the output
+/// `att` uses them, so the forward's result is [`forward`]'s, bit for bit),
+/// then are rounded to nearest even into `probs16: [b, h, t, t]`.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_bf16(
+    att: &mut [f32],
+    scratch: &mut [f32],
+    probs16: &mut [u16],
+    qkv: &[f32],
+    dm: &Dims,
+) -> Result<()> {
+    let (t, q) = (dm.t, dm.q);
+    let hd = dm.h * dm.d;
+    let per = dm.h * t * t;
+    check_heads(dm)?;
+    need("qkv", qkv.len(), dm.b * t * q)?;
+    need("att", att.len(), dm.b * t * hd)?;
+    need("probs", scratch.len(), per)?;
+    need("probs16", probs16.len(), dm.b * per)?;
+    for bi in 0..dm.b {
+        let rows = &qkv[bi * t * q..(bi + 1) * t * q];
+        let kvs = KvSource {
+            k: rows,
+            v: rows,
+            stride: q,
+            k_off: hd,
+            v_off: hd + dm.kv * dm.d,
+        };
+        let p = &mut scratch[..per];
+        attend(
+            &mut att[bi * t * hd..(bi + 1) * t * hd],
+            p,
+            true,
+            rows,
+            kvs,
+            0,
+            dm,
+        )
+        .map_err(|e| match e {
+            Error::NonFinite { what, index } => Error::NonFinite {
+                what,
+                index: bi * dm.h * t + index,
+            },
+            e => e,
+        })?;
+        crate::kernels::bf16::round_slice(&mut probs16[bi * per..(bi + 1) * per], p);
+    }
+    Ok(())
+}
+
 /// E10 — attention of one sequence, `o_i = Σ_{j ≤ pos0+i} softmax_j(s·q_i·k_j) v_j`: `t` query rows (`qkv_rows: [t, q]`, absolute
 /// positions `pos0 + i`) over keys/values at positions `0 ..= pos0 + i` in `kvs`.
 /// With `save`, `probs` is `[h, t, t]` (requires `pos0 = 0`); otherwise it is a
@@ -223,6 +276,43 @@ pub fn backward(
     qkv: &[f32],
     dm: &Dims,
 ) {
+    backward_rows(dqkv, dp, datt, SavedProbs::F32(probs), qkv, dm)
+}
+
+/// [`backward`] on probabilities saved as bf16 ([`forward_bf16`]):
+/// `probs16: [b, h, t, t]`; each row is widened (exactly) into `row: [t]`
+/// before use, so the arithmetic is [`backward`]'s on the rounded `P`.
+///
+/// # Panics
+/// As [`backward`] (and if `row` is shorter than `t`).
+pub fn backward_bf16(
+    dqkv: &mut [f32],
+    dp: &mut [f32],
+    datt: &[f32],
+    probs16: &[u16],
+    row: &mut [f32],
+    qkv: &[f32],
+    dm: &Dims,
+) {
+    backward_rows(dqkv, dp, datt, SavedProbs::Bf16(probs16, row), qkv, dm)
+}
+
+/// Where the backward reads the saved probabilities from.
+enum SavedProbs<'a> {
+    F32(&'a [f32]),
+    /// bf16 rows and an f32 row to widen them into.
+    Bf16(&'a [u16], &'a mut [f32]),
+}
+
+/// The body of [`backward`] and [`backward_bf16`].
+fn backward_rows(
+    dqkv: &mut [f32],
+    dp: &mut [f32],
+    datt: &[f32],
+    mut probs: SavedProbs,
+    qkv: &[f32],
+    dm: &Dims,
+) {
     let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
@@ -233,11 +323,19 @@ pub fn backward(
         for hh in 0..h {
             let g = hh / group;
             let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
-            let p_all = &probs[(bi * h + hh) * t * t..(bi * h + hh + 1) * t * t];
+            let base = (bi * h + hh) * t * t;
             for i in 0..t {
                 let j0 = dm.first_key(i); // P_ij = 0 outside j0 ..= i
                 let doi = &datt[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
-                let prow = &p_all[i * t + j0..i * t + i + 1];
+                let (lo, hi) = (base + i * t + j0, base + i * t + i + 1);
+                let prow: &[f32] = match &mut probs {
+                    SavedProbs::F32(p) => &p[lo..hi],
+                    SavedProbs::Bf16(p16, row) => {
+                        let r = &mut row[..hi - lo];
+                        crate::kernels::bf16::widen_slice(r, &p16[lo..hi]);
+                        r
+                    }
+                };
                 let dprow = &mut dp[i * t + j0..i * t + i + 1];
                 // forward: o_i = Σ_j P_ij v_j  (local index jj = j − j0)
                 for (jj, j) in (j0..=i).enumerate() {

@@ -51,6 +51,25 @@ pub fn forward(x: &mut [f32], tokens: &[u32], table: &[f32], c: usize) -> Result
     Ok(())
 }
 
+/// E4 on a weight view: [`forward`] for `f32`; bf16 rows are widened
+/// (exactly) on lookup.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_w(
+    x: &mut [f32],
+    tokens: &[u32],
+    table: crate::linear::Weight,
+    c: usize,
+) -> Result<()> {
+    check("x", x.len(), tokens, table.len(), c)?;
+    for (xr, &tok) in x.chunks_exact_mut(c).zip(tokens) {
+        let at = tok as usize * c;
+        table.copy_to_f32(at..at + c, xr);
+    }
+    Ok(())
+}
+
 /// E24 (backward of E4): `dE[token[r]] += dx[r]`; accumulates into
 /// `dtable: [v, c]` from `dx: [n, c]`.
 ///

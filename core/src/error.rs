@@ -95,6 +95,16 @@ pub enum Error {
         /// Bytes requested.
         bytes: usize,
     },
+    /// The call needs the model's parameters in another storage precision
+    /// (e.g. `params()` or training on a bf16 model).
+    PrecisionMismatch {
+        /// The call, e.g. `"params()"`, `"Trainer::new"`.
+        what: &'static str,
+        /// The precision it needs (`"f32"`, `"bf16"`).
+        expected: &'static str,
+        /// The model's precision.
+        actual: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -157,6 +167,14 @@ impl fmt::Display for Error {
             Error::AllocationFailed { bytes } => {
                 write!(f, "allocation of {bytes} bytes failed")
             }
+            Error::PrecisionMismatch {
+                what,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "precision mismatch: {what} needs a {expected} model, this one is {actual}"
+            ),
         }
     }
 }

@@ -76,8 +76,9 @@ pub use generate::{
 };
 pub use kv_cache::KvCache;
 pub use layout::{ExpertRanges, LayerLayout, Layout, TensorInfo};
+pub use linear::Weight;
 pub use loss::IGNORE_INDEX;
-pub use model::{Losses, MoETransformer, SplitWorkspace, FORWARD_SPLITS};
+pub use model::{Bf16ParamsMut, Losses, MoETransformer, Precision, SplitWorkspace, FORWARD_SPLITS};
 pub use optim::{AdamW, AdamWConfig, LrSchedule};
 pub use parallel::{available_threads, Pool, MAX_THREADS};
 pub use rand_chacha::ChaCha8Rng;

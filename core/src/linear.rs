@@ -3,7 +3,71 @@
 //! Forward `y = x·Wᵀ` (`x: [n, in]`, `y: [n, out]`).
 //! Backward (two GEMMs): `dx (+)= dy·W`, `dW += dyᵀ·x` (always accumulates).
 
-use crate::kernels::gemm::{gemm, Mat};
+use core::ops::Range;
+
+use crate::kernels::bf16;
+use crate::kernels::gemm::{bf16 as gemm_bf16, gemm, Mat};
+
+/// A read-only view of weights in their storage precision: `f32` values or
+/// bf16 bit patterns (`u16`, see [`crate::kernels::bf16`]). The same view
+/// serves a whole flat parameter buffer and one tensor of it ([`Weight::get`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Weight<'a> {
+    /// `f32` weights.
+    F32(&'a [f32]),
+    /// bf16 weights (upper 16 bits of an `f32`), widened to `f32` on use.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Weight<'a> {
+    /// Number of values.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match self {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(w) => w.len(),
+        }
+    }
+
+    /// Whether the view holds no value.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sub-view `range` (e.g. one tensor of the flat layout).
+    ///
+    /// # Panics
+    /// If `range` lies outside the view.
+    #[inline]
+    pub fn get(&self, range: Range<usize>) -> Weight<'a> {
+        match *self {
+            Weight::F32(w) => Weight::F32(&w[range]),
+            Weight::Bf16(w) => Weight::Bf16(&w[range]),
+        }
+    }
+
+    /// Bytes the view's values occupy (4 or 2 per value).
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::F32(w) => 4 * w.len(),
+            Weight::Bf16(w) => 2 * w.len(),
+        }
+    }
+
+    /// Copies values `range` into `out` as `f32` (bf16 widened exactly).
+    ///
+    /// # Panics
+    /// If `range` lies outside the view or `out.len() != range.len()`.
+    #[inline]
+    pub fn copy_to_f32(&self, range: Range<usize>, out: &mut [f32]) {
+        match *self {
+            Weight::F32(w) => out.copy_from_slice(&w[range]),
+            Weight::Bf16(w) => bf16::widen_slice(out, &w[range]),
+        }
+    }
+}
 
 /// Whether a unit overwrites its output or adds into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +112,113 @@ pub fn forward(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: 
         y,
         dout,
     );
+}
+
+/// E6 on a weight view — [`forward`] for [`Weight::F32`]; for
+/// [`Weight::Bf16`] the same product with the weight widened to `f32` inside
+/// the GEMM's packing ([`gemm_bf16::gemm`]) or, for one row (decoding), in
+/// registers ([`bf16::gemv`]), split over an installed pool exactly as
+/// [`forward`] splits its GEMV. Compute and accumulation are `f32`.
+///
+/// # Panics
+/// As [`forward`].
+#[inline]
+pub fn forward_w(
+    y: &mut [f32],
+    x: &[f32],
+    w: Weight,
+    n: usize,
+    din: usize,
+    dout: usize,
+    acc: Accum,
+) {
+    match w {
+        Weight::F32(w) => forward(y, x, w, n, din, dout, acc),
+        Weight::Bf16(w) => {
+            if n == 1 && dout >= GEMV_SPLIT_MIN && crate::parallel::current_installed() {
+                return forward_gemv_split_bf16(y, x, w, din, dout, acc);
+            }
+            gemm_bf16::gemm(
+                n,
+                dout,
+                din,
+                x,
+                din,
+                w,
+                gemm_bf16::WOp::T,
+                acc.beta(),
+                y,
+                dout,
+            );
+        }
+    }
+}
+
+/// [`forward_gemv_split`] on bf16 weights: the same fixed column blocks, each
+/// `y[j0..j1] (+)= x·W[j0..j1]ᵀ` by [`bf16::gemv`] on the pool's threads
+/// (bit-identical for every thread count).
+fn forward_gemv_split_bf16(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[u16],
+    din: usize,
+    dout: usize,
+    acc: Accum,
+) {
+    assert!(
+        x.len() >= din,
+        "linear: x has {} values, needs {din}",
+        x.len()
+    );
+    assert!(
+        w.len() >= dout * din,
+        "linear: W has {} values, needs {}",
+        w.len(),
+        dout * din
+    );
+    let cols = dout.div_ceil(GEMV_CHUNKS).next_multiple_of(16);
+    let mut blocks = y[..dout].chunks_mut(cols);
+    let mut parts: [Option<&mut [f32]>; GEMV_CHUNKS] = core::array::from_fn(|_| blocks.next());
+    crate::parallel::current_run(&mut parts, |j, part| {
+        if let Some(yc) = part {
+            let (j0, m) = (j * cols, yc.len());
+            bf16::gemv(yc, &x[..din], &w[j0 * din..(j0 + m) * din], din, acc.beta());
+        }
+    });
+}
+
+/// E7 on a weight view — [`backward_input`] for [`Weight::F32`]; for
+/// [`Weight::Bf16`], `dx (+)= dy·W` with `W` widened while packed
+/// ([`gemm_bf16::gemm`] with `op(W) = W`). The input gradient that a
+/// mixed-precision backward needs from bf16 weights.
+///
+/// # Panics
+/// As [`forward`].
+#[inline]
+pub fn backward_input_w(
+    dx: &mut [f32],
+    dy: &[f32],
+    w: Weight,
+    n: usize,
+    din: usize,
+    dout: usize,
+    acc: Accum,
+) {
+    match w {
+        Weight::F32(w) => backward_input(dx, dy, w, n, din, dout, acc),
+        Weight::Bf16(w) => gemm_bf16::gemm(
+            n,
+            din,
+            dout,
+            dy,
+            dout,
+            w,
+            gemm_bf16::WOp::N,
+            acc.beta(),
+            dx,
+            din,
+        ),
+    }
 }
 
 /// Output columns below which a decoding GEMV is not split.

@@ -15,22 +15,124 @@ use crate::attention::flash;
 pub use crate::config::TokenId;
 use crate::config::{check_param, Config, Dims, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::first_non_finite;
+use crate::kernels::{bf16, first_non_finite};
 use crate::kv_cache::KvCache;
 use crate::layout::{alloc_zeroed, Layout};
-use crate::linear::Accum;
+use crate::linear::{Accum, Weight};
 use crate::loss;
 use crate::moe::{self, MoeGrads};
 use crate::rope::RopeTable;
 use crate::workspace::Workspace;
 use crate::{attention, embedding, linear, rmsnorm, rope};
 
-/// The model: config, layout and the flat parameter buffer.
+/// The model: config, layout and the flat parameter buffer (in `f32` or
+/// bf16, see [`Precision`]).
 #[derive(Debug, Clone)]
 pub struct MoETransformer {
     config: Config,
     layout: Layout,
-    params: Vec<f32>,
+    store: Store,
+}
+
+/// The storage precision of a model's parameters. Compute and accumulation
+/// are `f32` in both; bf16 weights are widened inside the GEMM packing and
+/// the decoding GEMV ([`crate::kernels::bf16`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// One flat `f32` buffer (4 bytes per parameter).
+    #[default]
+    F32,
+    /// One flat bf16 buffer (2 bytes per parameter), round-to-nearest-even
+    /// from `f32` exactly as `torch.Tensor.to(torch.bfloat16)`. Inference
+    /// and gradients ([`MoETransformer::loss_and_grad`]); a [`crate::Trainer`]
+    /// refuses it ([`Error::PrecisionMismatch`]: training needs f32 weights).
+    Bf16,
+}
+
+impl Precision {
+    /// Bytes per stored parameter.
+    pub const fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// `"f32"` or `"bf16"` (the CLI's spelling).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The parameter buffer in its precision.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    /// `w`: all parameters as bf16, in the layout; `norms`: the RMSNorm
+    /// weights widened back to `f32` (`[2L + 1, c]`: layer `l`'s attention
+    /// norm at row `2l`, its MoE norm at `2l + 1`, the final norm at `2L`),
+    /// a small table so the norm kernels keep their `f32` signature. It always
+    /// equals the widened bf16 values (rebuilt after every mutable access).
+    Bf16 {
+        w: Vec<u16>,
+        norms: Vec<f32>,
+    },
+}
+
+/// Mutable access to a bf16 model's parameters ([`MoETransformer::params_bf16_mut`]);
+/// dereferences to the flat `[u16]` buffer and re-derives the model's `f32`
+/// norm table when dropped.
+#[derive(Debug)]
+pub struct Bf16ParamsMut<'m> {
+    w: &'m mut Vec<u16>,
+    norms: &'m mut Vec<f32>,
+    layout: &'m Layout,
+}
+
+impl core::ops::Deref for Bf16ParamsMut<'_> {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        self.w
+    }
+}
+
+impl core::ops::DerefMut for Bf16ParamsMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        self.w
+    }
+}
+
+impl Drop for Bf16ParamsMut<'_> {
+    fn drop(&mut self) {
+        fill_norms(self.layout, self.w, self.norms);
+    }
+}
+
+/// Rows of the bf16 norm table: two per layer and the final norm.
+fn norm_rows(layout: &Layout) -> usize {
+    2 * layout.layers.len() + 1
+}
+
+/// The norm ranges of `layout` in norm-table row order.
+fn norm_ranges(layout: &Layout) -> impl Iterator<Item = core::ops::Range<usize>> + '_ {
+    layout
+        .layers
+        .iter()
+        .flat_map(|ll| [ll.attn_norm.clone(), ll.mlp_norm.clone()])
+        .chain(core::iter::once(layout.final_norm.clone()))
+}
+
+/// Widens the norm weights of the bf16 buffer `w` into `norms` (`[2L + 1, c]`).
+fn fill_norms(layout: &Layout, w: &[u16], norms: &mut [f32]) {
+    let mut at = 0;
+    for r in norm_ranges(layout) {
+        let len = r.len();
+        bf16::widen_slice(&mut norms[at..at + len], &w[r]);
+        at += len;
+    }
 }
 
 /// Losses of one forward + backward.
@@ -105,13 +207,121 @@ impl MoETransformer {
     /// # Errors
     /// Invalid config, overflow, or allocation failure.
     pub fn new(config: &Config, seed: u64) -> Result<Self> {
+        Self::new_with(config, seed, Precision::F32)
+    }
+
+    /// [`MoETransformer::new`] in `precision`. A bf16 model from seed `S`
+    /// holds exactly the f32 model's values from `S` rounded to bf16, drawn
+    /// straight into bf16 (no f32 buffer; [`MoETransformer::init_bf16`]).
+    ///
+    /// # Errors
+    /// As [`MoETransformer::new`].
+    pub fn new_with(config: &Config, seed: u64, precision: Precision) -> Result<Self> {
         let layout = Layout::new(config)?;
-        let mut params = alloc_zeroed(layout.total)?;
-        Self::init(&layout, &mut params, seed);
+        let store = match precision {
+            Precision::F32 => {
+                let mut params = alloc_zeroed(layout.total)?;
+                Self::init(&layout, &mut params, seed);
+                Store::F32(params)
+            }
+            Precision::Bf16 => {
+                let mut w = alloc_zeroed_u16(layout.total)?;
+                Self::init_bf16(&layout, &mut w, seed, &crate::parallel::Pool::single());
+                Self::bf16_store(&layout, w)?
+            }
+        };
         Ok(MoETransformer {
             config: *config,
             layout,
-            params,
+            store,
+        })
+    }
+
+    /// [`MoETransformer::new_with`]`(config, seed, Precision::Bf16)` with the
+    /// initialisation split over `pool`'s threads (the same bits for every
+    /// thread count): how the 6.88 B Full profile is built in ≈ 13.8 GB.
+    ///
+    /// # Errors
+    /// As [`MoETransformer::new`].
+    pub fn new_bf16_on(config: &Config, seed: u64, pool: &crate::parallel::Pool) -> Result<Self> {
+        let layout = Layout::new(config)?;
+        let mut w = alloc_zeroed_u16(layout.total)?;
+        Self::init_bf16(&layout, &mut w, seed, pool);
+        let store = Self::bf16_store(&layout, w)?;
+        Ok(MoETransformer {
+            config: *config,
+            layout,
+            store,
+        })
+    }
+
+    /// The bf16 store of `w` with its norm table.
+    fn bf16_store(layout: &Layout, w: Vec<u16>) -> Result<Store> {
+        let c = layout.final_norm.len();
+        let mut norms = alloc_zeroed(norm_rows(layout) * c)?;
+        fill_norms(layout, &w, &mut norms);
+        Ok(Store::Bf16 { w, norms })
+    }
+
+    /// Wraps an existing flat bf16 parameter buffer (bit patterns, e.g. the
+    /// tensor bytes of a BF16 checkpoint) as a [`Precision::Bf16`] model.
+    ///
+    /// # Errors
+    /// Invalid config, [`Error::ShapeMismatch`] if `params` has the wrong
+    /// length, [`Error::NonFinite`] if a value is NaN or infinite.
+    pub fn from_params_bf16(config: &Config, params: Vec<u16>) -> Result<Self> {
+        let layout = Layout::new(config)?;
+        if params.len() != layout.total {
+            return Err(Error::ShapeMismatch {
+                arg: "params",
+                expected: layout.total,
+                actual: params.len(),
+            });
+        }
+        if let Some(index) = bf16::first_non_finite(&params) {
+            return Err(Error::NonFinite {
+                what: "params",
+                index,
+            });
+        }
+        let store = Self::bf16_store(&layout, params)?;
+        Ok(MoETransformer {
+            config: *config,
+            layout,
+            store,
+        })
+    }
+
+    /// This model in `precision`: f32 → bf16 rounds every value to nearest
+    /// even (values beyond bf16's range would become ±∞:
+    /// [`Error::NonFinite`]); bf16 → f32 widens exactly; the same precision clones.
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`], [`Error::NonFinite`].
+    pub fn to_precision(&self, precision: Precision) -> Result<Self> {
+        let store = match (&self.store, precision) {
+            (Store::F32(p), Precision::Bf16) => {
+                let mut w = alloc_zeroed_u16(p.len())?;
+                bf16::round_slice(&mut w, p);
+                if let Some(index) = bf16::first_non_finite(&w) {
+                    return Err(Error::NonFinite {
+                        what: "params rounded to bf16",
+                        index,
+                    });
+                }
+                Self::bf16_store(&self.layout, w)?
+            }
+            (Store::Bf16 { w, .. }, Precision::F32) => {
+                let mut p = alloc_zeroed(w.len())?;
+                bf16::widen_slice(&mut p, w);
+                Store::F32(p)
+            }
+            (store, _) => store.clone(),
+        };
+        Ok(MoETransformer {
+            config: self.config,
+            layout: self.layout.clone(),
+            store,
         })
     }
 
@@ -138,7 +348,7 @@ impl MoETransformer {
         Ok(MoETransformer {
             config: *config,
             layout,
-            params,
+            store: Store::F32(params),
         })
     }
 
@@ -182,6 +392,46 @@ impl MoETransformer {
         }
     }
 
+    /// [`MoETransformer::init`] straight into bf16: `w[i] = round(init[i])`
+    /// bit for bit, without an f32 buffer, split over `pool`'s threads.
+    ///
+    /// `init` draws one keystream word per matrix element in layout order and
+    /// nothing for norms, so element `i` of matrix `t` uses word
+    /// `t.offset − (norm elements before t) + i`. The buffer is cut into
+    /// fixed chunks ([`INIT_CHUNK`] values, a pure function of the layout);
+    /// each chunk seeks its own copy of the stream
+    /// (`ChaCha8Rng::set_word_pos`) and converts `f32 → bf16` as it draws, so
+    /// the result is the same for every thread count.
+    ///
+    /// # Panics
+    /// If `w` is shorter than `layout.total`.
+    pub fn init_bf16(layout: &Layout, w: &mut [u16], seed: u64, pool: &crate::parallel::Pool) {
+        let w = &mut w[..layout.total];
+        let chunks = layout.total.div_ceil(INIT_CHUNK);
+        // Tasks: contiguous runs of chunks, `TASKS_PER_THREAD` per thread.
+        let tasks = (pool.threads() * 4).clamp(1, chunks.max(1));
+        let per = chunks.div_ceil(tasks);
+        let mut parts: Vec<(usize, &mut [u16])> = Vec::new();
+        if parts.try_reserve_exact(tasks).is_err() {
+            // Cannot even hold the task list: do it on this thread.
+            return init_bf16_range(layout, w, 0, seed);
+        }
+        let mut rest = w;
+        let mut start = 0;
+        while !rest.is_empty() {
+            let len = (per * INIT_CHUNK).min(rest.len());
+            let (mine, tail) = core::mem::take(&mut rest).split_at_mut(len);
+            parts.push((start, mine));
+            start += len;
+            rest = tail;
+        }
+        pool.for_each_mut(&mut parts, |_, (s, out)| {
+            for (i, chunk) in out.chunks_mut(INIT_CHUNK).enumerate() {
+                init_bf16_range(layout, chunk, *s + i * INIT_CHUNK, seed);
+            }
+        });
+    }
+
     /// The config.
     pub fn config(&self) -> &Config {
         &self.config
@@ -192,14 +442,120 @@ impl MoETransformer {
         &self.layout
     }
 
-    /// The flat parameters.
-    pub fn params(&self) -> &[f32] {
-        &self.params
+    /// The storage precision of the parameters.
+    pub fn precision(&self) -> Precision {
+        match self.store {
+            Store::F32(_) => Precision::F32,
+            Store::Bf16 { .. } => Precision::Bf16,
+        }
     }
 
-    /// The flat parameters, mutably (e.g. to load a checkpoint in place).
-    pub fn params_mut(&mut self) -> &mut [f32] {
-        &mut self.params
+    /// Bytes of the parameter buffer (4 or 2 per parameter, plus a bf16
+    /// model's `f32` norm table).
+    pub fn param_bytes(&self) -> usize {
+        match &self.store {
+            Store::F32(p) => 4 * p.len(),
+            Store::Bf16 { w, norms } => 2 * w.len() + 4 * norms.len(),
+        }
+    }
+
+    /// All parameters as a [`Weight`] view in their storage precision.
+    pub fn weights(&self) -> Weight<'_> {
+        match &self.store {
+            Store::F32(p) => Weight::F32(p),
+            Store::Bf16 { w, .. } => Weight::Bf16(w),
+        }
+    }
+
+    /// The flat `f32` parameters of a [`Precision::F32`] model.
+    ///
+    /// # Errors
+    /// [`Error::PrecisionMismatch`] for a bf16 model (it holds no `f32` buffer; use
+    /// [`MoETransformer::params_bf16`], [`MoETransformer::weights`] or
+    /// [`MoETransformer::to_precision`]).
+    pub fn params(&self) -> Result<&[f32]> {
+        match &self.store {
+            Store::F32(p) => Ok(p),
+            Store::Bf16 { .. } => Err(Error::PrecisionMismatch {
+                what: "params() (a bf16 model has no f32 buffer: params_bf16(), weights() or to_precision(Precision::F32))",
+                expected: "f32",
+                actual: "bf16",
+            }),
+        }
+    }
+
+    /// The flat `f32` parameters, mutably (e.g. to load a checkpoint in place).
+    ///
+    /// # Errors
+    /// As [`MoETransformer::params`].
+    pub fn params_mut(&mut self) -> Result<&mut [f32]> {
+        match &mut self.store {
+            Store::F32(p) => Ok(p),
+            Store::Bf16 { .. } => Err(Error::PrecisionMismatch {
+                what: "params_mut() (a bf16 model has no f32 buffer: params_bf16_mut())",
+                expected: "f32",
+                actual: "bf16",
+            }),
+        }
+    }
+
+    /// The flat bf16 parameters (bit patterns) of a [`Precision::Bf16`] model.
+    ///
+    /// # Errors
+    /// [`Error::PrecisionMismatch`] for an f32 model.
+    pub fn params_bf16(&self) -> Result<&[u16]> {
+        match &self.store {
+            Store::Bf16 { w, .. } => Ok(w),
+            Store::F32(_) => Err(Error::PrecisionMismatch {
+                what: "params_bf16()",
+                expected: "bf16",
+                actual: "f32",
+            }),
+        }
+    }
+
+    /// The flat bf16 parameters, mutably: a guard that dereferences to
+    /// `[u16]` and refreshes the model's `f32` norm table when dropped.
+    ///
+    /// # Errors
+    /// [`Error::PrecisionMismatch`] for an f32 model.
+    pub fn params_bf16_mut(&mut self) -> Result<Bf16ParamsMut<'_>> {
+        match &mut self.store {
+            Store::Bf16 { w, norms } => Ok(Bf16ParamsMut {
+                w,
+                norms,
+                layout: &self.layout,
+            }),
+            Store::F32(_) => Err(Error::PrecisionMismatch {
+                what: "params_bf16_mut()",
+                expected: "bf16",
+                actual: "f32",
+            }),
+        }
+    }
+
+    /// `Ok` for an f32 model; [`Error::PrecisionMismatch`] (`what`) for bf16.
+    pub(crate) fn require_f32(&self, what: &'static str) -> Result<()> {
+        match self.store {
+            Store::F32(_) => Ok(()),
+            Store::Bf16 { .. } => Err(Error::PrecisionMismatch {
+                what,
+                expected: "f32",
+                actual: "bf16",
+            }),
+        }
+    }
+
+    /// The `f32` weights of the norm at `range` (table row `row`, see [`Store`]).
+    #[inline]
+    fn norm(&self, range: &core::ops::Range<usize>, row: usize) -> &[f32] {
+        match &self.store {
+            Store::F32(p) => &p[range.clone()],
+            Store::Bf16 { norms, .. } => {
+                let c = range.len();
+                &norms[row * c..(row + 1) * c]
+            }
+        }
     }
 
     /// A workspace planned for this model.
@@ -300,13 +656,13 @@ impl MoETransformer {
     ) -> Result<Acts<'a>> {
         let dm = acts.dims;
         let (n, c, v) = (dm.n, dm.c, dm.v);
-        let p = &self.params[..];
+        let p = self.weights();
         let lay = &self.layout;
         let eps = self.config.rms_norm_eps;
         let train = acts.grads.is_some();
         let save = train.then_some(acts.memory.attention);
         let recompute = train && acts.memory.recompute == Recompute::Layers;
-        embedding::forward(acts.resid, tokens, &p[lay.embed.clone()], c)?;
+        embedding::forward_w(acts.resid, tokens, p.get(lay.embed.clone()), c)?;
         for l in 0..lay.layers.len() {
             if recompute && l + 1 < lay.layers.len() {
                 // Checkpoint: the layer's input, all the backward keeps of it
@@ -323,10 +679,10 @@ impl MoETransformer {
         if let Some(kc) = cache {
             kc.advance(dm.t);
         }
-        let w_norm = &p[lay.final_norm.clone()];
+        let w_norm = self.norm(&lay.final_norm, 2 * lay.layers.len());
         rmsnorm::forward(acts.xf, acts.rstd_f, acts.resid, w_norm, eps);
-        let w_lm = &p[lay.lm_head.clone()];
-        linear::forward(acts.logits, acts.xf, w_lm, n, c, v, Accum::Set);
+        let w_lm = p.get(lay.lm_head.clone());
+        linear::forward_w(acts.logits, acts.xf, w_lm, n, c, v, Accum::Set);
         if let Some(index) = first_non_finite(acts.logits) {
             return Err(Error::NonFinite {
                 what: "logits",
@@ -357,22 +713,26 @@ impl MoETransformer {
     ) -> Result<()> {
         let (n, c) = (dm.n, dm.c);
         let hd = dm.h * dm.d;
-        let p = &self.params[..];
+        let p = self.weights();
         let lay = &self.layout;
         let ll = &lay.layers[l];
         let eps = self.config.rms_norm_eps;
         // x = x + Attn(RMSNorm(x))
         la.x_in.copy_from_slice(resid);
-        let w_norm = &p[ll.attn_norm.clone()];
+        let w_norm = self.norm(&ll.attn_norm, 2 * l);
         rmsnorm::forward(la.xn1, la.rstd1, la.x_in, w_norm, eps);
-        let w_qkv = &p[ll.wqkv.clone()];
-        linear::forward(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
+        let w_qkv = p.get(ll.wqkv.clone());
+        linear::forward_w(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
         match (cache, save) {
             (Some(kc), _) => {
                 let pos0 = kc.len();
                 rope::forward(la.qkv, rope, pos0, dm)?;
                 let kvs = kc.append(l, la.qkv, dm);
                 attention::attend(la.att, la.probs, false, la.qkv, kvs, pos0, dm)?;
+            }
+            (None, Some(AttnMemory::SavedBf16)) => {
+                rope::forward(la.qkv, rope, 0, dm)?;
+                attention::forward_bf16(la.att, la.probs, la.probs16, la.qkv, dm)?;
             }
             (None, Some(AttnMemory::Lse)) => {
                 rope::forward(la.qkv, rope, 0, dm)?;
@@ -383,11 +743,11 @@ impl MoETransformer {
                 attention::forward(la.att, la.probs, la.qkv, dm, save.is_some())?;
             }
         }
-        let w_o = &p[ll.wo.clone()];
-        linear::forward(resid, la.att, w_o, n, hd, c, Accum::Add);
+        let w_o = p.get(ll.wo.clone());
+        linear::forward_w(resid, la.att, w_o, n, hd, c, Accum::Add);
         // x = x + MoE(RMSNorm(x))
         la.x_mid.copy_from_slice(resid);
-        let w_norm = &p[ll.mlp_norm.clone()];
+        let w_norm = self.norm(&ll.mlp_norm, 2 * l + 1);
         rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, w_norm, eps);
         moe::forward(la, resid, p, lay, l, dm);
         Ok(())
@@ -395,7 +755,10 @@ impl MoETransformer {
 
     /// Losses and gradients for one batch: forward, CE + `alpha`·aux, and the
     /// backward pass, accumulating into `grads` (same layout as the parameters;
-    /// the caller zeroes it). Optionally copies the logits out.
+    /// the caller zeroes it). Optionally copies the logits out. On a
+    /// [`Precision::Bf16`] model the gradients are those with respect to the
+    /// (widened) bf16 weights, in `f32` (updating them is training:
+    /// [`crate::Trainer`] refuses a bf16 model).
     ///
     /// # Errors
     /// As [`MoETransformer::forward`], plus [`Error::WorkspaceMismatch`] if `ws` is
@@ -520,13 +883,14 @@ impl MoETransformer {
         };
         let (n, c, v) = (dm.n, dm.c, dm.v);
         let hd = dm.h * dm.d;
-        let p = &self.params[..];
+        let p = self.weights();
         let lay = &self.layout;
+        let nl = lay.layers.len();
         let aux_coef: &[f32] = g.aux_f;
 
         // forward: logits = xf·W_lmᵀ
         let wl = lay.lm_head.clone();
-        linear::backward_input(g.dxn, dlogits, &p[wl.clone()], n, c, v, Accum::Set);
+        linear::backward_input_w(g.dxn, dlogits, p.get(wl.clone()), n, c, v, Accum::Set);
         linear::backward_weight(&mut grads[wl], dlogits, xf, n, c, v);
         // forward: xf = RMSNorm(resid)
         let wn = lay.final_norm.clone();
@@ -537,7 +901,7 @@ impl MoETransformer {
             g.dxn,
             resid,
             rstd_f,
-            &p[wn],
+            self.norm(&wn, 2 * nl),
         );
 
         let recompute = mem.recompute == Recompute::Layers;
@@ -565,11 +929,11 @@ impl MoETransformer {
                 g.dxn,
                 la.x_mid,
                 la.rstd2,
-                &p[wn],
+                self.norm(&wn, 2 * l + 1),
             );
             // forward: x_mid = x_in + att·W_oᵀ
             let wo = ll.wo.clone();
-            linear::backward_input(g.datt, g.dresid, &p[wo.clone()], n, hd, c, Accum::Set);
+            linear::backward_input_w(g.datt, g.dresid, p.get(wo.clone()), n, hd, c, Accum::Set);
             linear::backward_weight(&mut grads[wo], g.dresid, la.att, n, hd, c);
             match mem.attention {
                 AttnMemory::Saved => {
@@ -578,11 +942,14 @@ impl MoETransformer {
                 AttnMemory::Lse => flash::backward(
                     g.dqkv, la.probs, g.dprobs, g.datt, la.row_max, la.row_inv, la.qkv, &dm,
                 ),
+                AttnMemory::SavedBf16 => attention::backward_bf16(
+                    g.dqkv, g.dprobs, g.datt, la.probs16, la.probs, la.qkv, &dm,
+                ),
             }
             rope::backward(g.dqkv, rope_table, &dm)?;
             // forward: qkv = xn1·W_qkvᵀ
             let wq = ll.wqkv.clone();
-            linear::backward_input(g.dxn, g.dqkv, &p[wq.clone()], n, c, dm.q, Accum::Set);
+            linear::backward_input_w(g.dxn, g.dqkv, p.get(wq.clone()), n, c, dm.q, Accum::Set);
             linear::backward_weight(&mut grads[wq], g.dqkv, la.xn1, n, c, dm.q);
             let wn = ll.attn_norm.clone();
             rmsnorm::backward(
@@ -591,7 +958,7 @@ impl MoETransformer {
                 g.dxn,
                 la.x_in,
                 la.rstd1,
-                &p[wn],
+                self.norm(&wn, 2 * l),
             );
         }
         // forward: x = E[tokens]
@@ -787,3 +1154,64 @@ impl MoETransformer {
 
 /// The most sequence groups a [`SplitWorkspace`] forward uses at once.
 const FORWARD_SPLITS_MAX: usize = 16;
+
+/// Values per chunk of the parallel bf16 initialisation: a pure function of
+/// nothing (the chunking never depends on the thread count).
+pub const INIT_CHUNK: usize = 1 << 16;
+
+/// `init_bf16` of the values `start .. start + out.len()` of the flat buffer
+/// (any range): seeks the keystream to the first matrix element's word and
+/// draws exactly as [`MoETransformer::init`], rounding each value to bf16.
+fn init_bf16_range(layout: &Layout, out: &mut [u16], start: usize, seed: u64) {
+    const TO_UNIT: f32 = 1.0 / (1u32 << 24) as f32;
+    let end = start + out.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Keystream words consumed before tensor t: its offset minus the norm
+    // elements before it (norms draw nothing).
+    let mut norms_before = 0usize;
+    let mut words = [0u32; 256];
+    for t in layout.tensors() {
+        let r = t.range();
+        if r.end <= start {
+            if t.shape.len() == 1 {
+                norms_before += r.len();
+            }
+            continue;
+        }
+        if r.start >= end {
+            break;
+        }
+        let (lo, hi) = (r.start.max(start), r.end.min(end));
+        let dst = &mut out[lo - start..hi - start];
+        if t.shape.len() == 1 {
+            dst.iter_mut().for_each(|x| *x = bf16::round(1.0));
+            norms_before += r.len();
+            continue;
+        }
+        let bound = if t.offset == layout.embed.start {
+            libm::sqrtf(3.0)
+        } else {
+            1.0 / libm::sqrtf(t.shape[1] as f32)
+        };
+        rng.set_word_pos((lo - norms_before) as u128);
+        for chunk in dst.chunks_mut(words.len()) {
+            let ws = &mut words[..chunk.len()];
+            ws.iter_mut().for_each(|x| *x = rng.next_u32());
+            for (x, &wd) in chunk.iter_mut().zip(ws.iter()) {
+                let u = (wd >> 8) as f32 * TO_UNIT;
+                *x = bf16::round((2.0 * u - 1.0) * bound);
+            }
+        }
+    }
+}
+
+/// A zeroed `u16` buffer of `len` values, or [`Error::AllocationFailed`].
+fn alloc_zeroed_u16(len: usize) -> Result<Vec<u16>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len.saturating_mul(2),
+        })?;
+    v.resize(len, 0);
+    Ok(v)
+}

@@ -19,6 +19,7 @@ use crate::arena::LayerActs;
 use crate::config::Dims;
 use crate::kernels::{axpy, dot};
 use crate::layout::Layout;
+use crate::linear::Weight;
 use crate::router;
 use crate::swiglu::SwiGLU;
 
@@ -57,11 +58,11 @@ pub fn dispatch(
 }
 
 /// Expert `ex` of layer `l` as a [`SwiGLU`] over the flat `params`.
-fn expert<'p>(params: &'p [f32], lay: &Layout, l: usize, ex: usize, dm: &Dims) -> SwiGLU<'p> {
+fn expert<'p>(params: Weight<'p>, lay: &Layout, l: usize, ex: usize, dm: &Dims) -> SwiGLU<'p> {
     let r = lay.expert(l, ex);
     SwiGLU {
-        w13: &params[r.w13],
-        w2: &params[r.w2],
+        w13: params.get(r.w13),
+        w2: params.get(r.w2),
         c: dm.c,
         f: dm.f,
     }
@@ -75,14 +76,14 @@ fn expert<'p>(params: &'p [f32], lay: &Layout, l: usize, ex: usize, dm: &Dims) -
 pub(crate) fn forward(
     la: &mut LayerActs,
     resid: &mut [f32],
-    params: &[f32],
+    params: Weight,
     lay: &Layout,
     l: usize,
     dm: &Dims,
 ) {
     let (n, c, e, k, f) = (dm.n, dm.c, dm.e, dm.k, dm.f);
-    let wg = &params[lay.layers[l].router.clone()];
-    router::forward(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, dm);
+    let wg = params.get(lay.layers[l].router.clone());
+    router::forward_w(la.rprobs, la.topk_idx, la.topk_w, la.xn2, wg, dm);
     dispatch(
         la.counts,
         la.offsets,
@@ -160,7 +161,7 @@ pub(crate) fn backward(
     dout: &[f32],
     la: &mut LayerActs,
     aux: &[f32],
-    params: &[f32],
+    params: Weight,
     lay: &Layout,
     l: usize,
     dm: &Dims,
@@ -209,7 +210,7 @@ pub(crate) fn backward(
         }
     }
     let wr = lay.layers[l].router.clone();
-    let (wg, dwg) = (&params[wr.clone()], &mut g.dparams[wr]);
+    let (wg, dwg) = (params.get(wr.clone()), &mut g.dparams[wr]);
     router::backward(
         g.dxn,
         dwg,

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::config::{check_param, Domain};
 use crate::error::{Error, Result};
-use crate::kernels::adamw::{adamw_pass, AdamWStep};
+use crate::kernels::adamw::{adamw_pass, adamw_pass_zeroing, adamw_pass_zeroing_bf16, AdamWStep};
 use crate::kernels::first_non_finite;
 use crate::layout::alloc_zeroed;
 use crate::parallel::Pool;
@@ -262,13 +262,84 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.precheck(params.len(), grads.len(), lr, grad_scale)?;
-        let len = grads.len();
+        self.ranged(pool, params, Grads::Read(grads), None, lr, grad_scale)
+    }
+
+    /// [`AdamW::update_scaled_with`] that also zeroes the gradients in the
+    /// same pass ([`adamw_pass_zeroing`]: each block of `g` is written to 0
+    /// right after it is read), so that the buffer is ready for the next
+    /// step's accumulation without a separate sweep. `params` and the moments
+    /// get exactly [`AdamW::update_scaled_with`]'s bits.
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled`]. An error found before the update (shape,
+    /// `lr`, a non-finite gradient, …) leaves everything untouched, `grads`
+    /// included; after the update (`"parameters after the AdamW update"`),
+    /// `grads` is zero like the rest of the taken step.
+    pub fn update_scaled_zeroing_with(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &mut [f32],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        self.ranged(pool, params, Grads::Zero(grads), None, lr, grad_scale)
+    }
+
+    /// [`AdamW::update_scaled_zeroing_with`] that also refreshes `copy`, the
+    /// bf16 copy of the parameters that a mixed-precision model's GEMMs read,
+    /// in the same pass ([`adamw_pass_zeroing_bf16`]: `copy[i] ←
+    /// round_bf16(w[i])` behind each block's update). One sweep reads `w, g,
+    /// m, v` and writes `w, m, v, g = 0` and the copy: `4·(4 + 4) + 2` bytes
+    /// per parameter.
+    ///
+    /// # Errors
+    /// As [`AdamW::update_scaled_zeroing_with`]; [`Error::ShapeMismatch`]
+    /// (`"bf16 copy"`) unless `copy` has [`AdamW::len`] elements. After the
+    /// update, [`Error::NonFinite`] (`"parameters after the AdamW update"`) as
+    /// there (a finite `w` always rounds to a finite bf16 below `bf16::MAX`'s
+    /// rounding edge, `3.3961e38`; beyond it the copy holds ±∞ and the f32
+    /// check cannot see it, so the copy is checked too:
+    /// `"bf16 copy after the AdamW update"`).
+    #[allow(clippy::too_many_arguments)] // reason: pool, the four buffers of the sweep, the copy, lr, the clipping scale
+    pub fn update_scaled_zeroing_bf16_with(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &mut [f32],
+        copy: &mut [u16],
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        if copy.len() != self.m.len() {
+            return Err(Error::ShapeMismatch {
+                arg: "bf16 copy",
+                expected: self.m.len(),
+                actual: copy.len(),
+            });
+        }
+        self.ranged(pool, params, Grads::Zero(grads), Some(copy), lr, grad_scale)
+    }
+
+    /// The pooled update of [`AdamW::update_scaled_with`] and
+    /// [`AdamW::update_scaled_zeroing_with`].
+    fn ranged(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: Grads<'_>,
+        copy: Option<&mut [u16]>,
+        lr: f32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        let len = grads.read().len();
+        self.precheck(params.len(), len, lr, grad_scale)?;
         let chunk = range_len(len);
         // Check: per range (any non-finite, max |g|), then in range order.
         let mut checks = [(false, 0.0f32); PARAM_RANGES];
         {
-            let g = grads;
+            let g = grads.read();
             pool.for_each_mut(&mut checks, |r, out| {
                 let lo = (r * chunk).min(len);
                 let hi = ((r + 1) * chunk).min(len);
@@ -279,27 +350,58 @@ impl AdamW {
             .iter()
             .any(|c| c.0 || c.1 * grad_scale >= MAX_SAFE_GRAD)
         {
-            return check_grads(grads, grad_scale);
+            return check_grads(grads.read(), grad_scale);
         }
         let s = self.advance(lr, grad_scale);
-        let (mut pc, mut gc) = (params.chunks_mut(chunk), grads.chunks(chunk));
-        let (mut mc, mut vc) = (self.m.chunks_mut(chunk), self.v.chunks_mut(chunk));
+        let mut gc = grads.chunks(chunk);
+        let (mut pc, mut mc, mut vc) = (
+            params.chunks_mut(chunk),
+            self.m.chunks_mut(chunk),
+            self.v.chunks_mut(chunk),
+        );
+        let has_copy = copy.is_some();
+        let mut cc = copy.map(|c| c.chunks_mut(chunk));
         let mut parts: [Option<AdamChunk>; PARAM_RANGES] = core::array::from_fn(|_| {
             Some(AdamChunk {
                 w: pc.next()?,
                 g: gc.next()?,
                 m: mc.next()?,
                 v: vc.next()?,
+                copy: cc.as_mut().and_then(Iterator::next),
             })
         });
         pool.for_each_mut(&mut parts, |_, c| {
             if let Some(c) = c {
-                adamw_pass(c.w, c.g, c.m, c.v, s);
+                match (&mut c.g, &mut c.copy) {
+                    (Grads::Read(g), _) => adamw_pass(c.w, g, c.m, c.v, s),
+                    (Grads::Zero(g), None) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
+                    (Grads::Zero(g), Some(b)) => {
+                        adamw_pass_zeroing_bf16(c.w, g, c.m, c.v, b, s);
+                    }
+                }
             }
         });
+        // A finite w beyond bf16's rounding edge (≈ 3.3961e38) rounds to ±∞:
+        // the f32 check cannot see it, so the copy is checked too.
+        let copy_err = has_copy
+            .then(|| {
+                parts.iter().enumerate().find_map(|(r, p)| match p {
+                    Some(AdamChunk { copy: Some(b), .. }) => {
+                        crate::kernels::bf16::first_non_finite(b).map(|i| r * chunk + i)
+                    }
+                    _ => None,
+                })
+            })
+            .flatten();
         if let Some(index) = first_non_finite(params) {
             return Err(Error::NonFinite {
                 what: "parameters after the AdamW update",
+                index,
+            });
+        }
+        if let Some(index) = copy_err {
+            return Err(Error::NonFinite {
+                what: "bf16 copy after the AdamW update",
                 index,
             });
         }
@@ -371,9 +473,39 @@ pub fn range_len(len: usize) -> usize {
 /// One range of an AdamW update.
 struct AdamChunk<'a> {
     w: &'a mut [f32],
-    g: &'a [f32],
+    g: Grads<'a>,
     m: &'a mut [f32],
     v: &'a mut [f32],
+    /// The range of the bf16 copy to refresh (mixed precision).
+    copy: Option<&'a mut [u16]>,
+}
+
+/// The gradients of an update: only read, or read and zeroed.
+enum Grads<'a> {
+    Read(&'a [f32]),
+    Zero(&'a mut [f32]),
+}
+
+impl<'a> Grads<'a> {
+    fn read(&self) -> &[f32] {
+        match self {
+            Grads::Read(g) => g,
+            Grads::Zero(g) => g,
+        }
+    }
+
+    /// Consecutive ranges of `chunk` elements, of the same kind.
+    fn chunks(self, chunk: usize) -> impl Iterator<Item = Grads<'a>> {
+        let (mut r, mut z) = match self {
+            Grads::Read(g) => (Some(g.chunks(chunk)), None),
+            Grads::Zero(g) => (None, Some(g.chunks_mut(chunk))),
+        };
+        core::iter::from_fn(move || match (&mut r, &mut z) {
+            (Some(r), _) => r.next().map(Grads::Read),
+            (_, Some(z)) => z.next().map(Grads::Zero),
+            _ => None,
+        })
+    }
 }
 
 /// (any NaN/Inf, max |g|) of `grads`, one vectorisable pass.

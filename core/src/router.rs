@@ -12,7 +12,7 @@
 
 use crate::config::Dims;
 use crate::kernels::softmax;
-use crate::linear::{self, Accum};
+use crate::linear::{self, Accum, Weight};
 
 /// E12 forward: `p = softmax(x·W_gateᵀ)`, top-k of `p`, `w_j = p_j / Σ_topk p`.
 /// For `n` rows: `rprobs: [n, e]` (saved), `topk_idx`, `topk_w: [n, k]`
@@ -31,8 +31,20 @@ pub fn forward(
     wg: &[f32],
     dm: &Dims,
 ) {
+    forward_w(rprobs, topk_idx, topk_w, x, Weight::F32(wg), dm)
+}
+
+/// E12 on a weight view ([`forward`] with `W_gate` in `f32` or bf16).
+pub fn forward_w(
+    rprobs: &mut [f32],
+    topk_idx: &mut [u32],
+    topk_w: &mut [f32],
+    x: &[f32],
+    wg: Weight,
+    dm: &Dims,
+) {
     let (n, c, e, k) = (dm.n, dm.c, dm.e, dm.k);
-    linear::forward(rprobs, x, wg, n, c, e, Accum::Set);
+    linear::forward_w(rprobs, x, wg, n, c, e, Accum::Set);
     for ((p, idx), w) in rprobs
         .chunks_exact_mut(e)
         .zip(topk_idx.chunks_exact_mut(k))
@@ -101,7 +113,7 @@ pub fn backward(
     topk_w: &[f32],
     aux: &[f32],
     x: &[f32],
-    wg: &[f32],
+    wg: Weight,
     dm: &Dims,
 ) {
     let (n, c, e, k) = (dm.n, dm.c, dm.e, dm.k);
@@ -122,6 +134,6 @@ pub fn backward(
         softmax::backward_inplace(g, p);
     }
     // forward: z = x·W_gateᵀ
-    linear::backward_input(dx, dp, wg, n, c, e, Accum::Add);
+    linear::backward_input_w(dx, dp, wg, n, c, e, Accum::Add);
     linear::backward_weight(dwg, dp, x, n, c, e);
 }

@@ -13,15 +13,15 @@
 //! ```
 
 use crate::kernels::{self, silu, silu_grad};
-use crate::linear::{self, Accum};
+use crate::linear::{self, Accum, Weight};
 
 /// The expert function, named as in the spec. Borrowed views of its weights.
 #[derive(Debug, Clone, Copy)]
 pub struct SwiGLU<'a> {
     /// `[w1; w3]`: `[2f, c]`.
-    pub w13: &'a [f32],
+    pub w13: Weight<'a>,
     /// `w2`: `[c, f]`.
-    pub w2: &'a [f32],
+    pub w2: Weight<'a>,
     /// Model width `c`.
     pub c: usize,
     /// FFN width `f`.
@@ -38,7 +38,7 @@ impl SwiGLU<'_> {
     /// or `f = 0` with rows to compute.
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
         let (c, f) = (self.c, self.f);
-        linear::forward(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
+        linear::forward_w(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
         kernels::vectorized(
             #[inline(always)]
             || {
@@ -50,7 +50,7 @@ impl SwiGLU<'_> {
                 }
             },
         );
-        linear::forward(y, act, self.w2, m, f, c, Accum::Set);
+        linear::forward_w(y, act, self.w2, m, f, c, Accum::Set);
     }
 
     /// E26 (backward of E8) over `m` rows: `dact = dy·w2`, `dw2 += dyᵀ·act`,
@@ -76,7 +76,7 @@ impl SwiGLU<'_> {
     ) {
         let (c, f) = (self.c, self.f);
         // forward: y = act·w2ᵀ
-        linear::backward_input(dact, dy, self.w2, m, f, c, Accum::Set);
+        linear::backward_input_w(dact, dy, self.w2, m, f, c, Accum::Set);
         linear::backward_weight(dw2, dy, act, m, f, c);
         // forward: act = silu(h1) ⊙ h3
         kernels::vectorized(
@@ -97,7 +97,7 @@ impl SwiGLU<'_> {
             },
         );
         // forward: h13 = xg·w13ᵀ
-        linear::backward_input(dxg, dh13, self.w13, m, c, 2 * f, Accum::Set);
+        linear::backward_input_w(dxg, dh13, self.w13, m, c, 2 * f, Accum::Set);
         linear::backward_weight(dw13, dh13, xg, m, c, 2 * f);
     }
 
@@ -123,7 +123,7 @@ impl SwiGLU<'_> {
         let (c, f) = (self.c, self.f);
         // forward: y = act·w2ᵀ
         linear::backward_weight(dw2, dy, act, m, f, c);
-        linear::backward_input(act, dy, self.w2, m, f, c, Accum::Set);
+        linear::backward_input_w(act, dy, self.w2, m, f, c, Accum::Set);
         // forward: act = silu(h1) ⊙ h3
         kernels::vectorized(
             #[inline(always)]
@@ -140,6 +140,6 @@ impl SwiGLU<'_> {
         );
         // forward: h13 = xg·w13ᵀ
         linear::backward_weight(dw13, h13, xg, m, c, 2 * f);
-        linear::backward_input(xg, h13, self.w13, m, c, 2 * f, Accum::Set);
+        linear::backward_input_w(xg, h13, self.w13, m, c, 2 * f, Accum::Set);
     }
 }

@@ -7,13 +7,22 @@
 //! count. Each micro-batch has its own planned workspace and gradient buffer.
 //! One step is five phases, each a region of the trainer's [`Pool`]:
 //! ```text
-//! A  per micro-batch m: zero g_m, forward, CE head (dlogits / m_total)  parallel over m
+//! A  per micro-batch m: forward, CE head (dlogits / m_total)           parallel over m
 //! B  pool CE (Σ ce_row / m_total) and the aux statistics, L·n rows      caller, fixed order
 //! C  per micro-batch m: backward into g_m                              parallel over m
 //! D  per parameter range: g_0 += g_1, g_2 += g_3, g_0 += g_2 (a fixed   parallel over ranges
-//!    tree over m), Σ g² in f64
-//! E  AdamW per parameter range (elementwise)                          parallel over ranges
+//!    tree over m; each g_m, m ≥ 1, is zeroed as it is read), Σ g² in f64
+//! E  AdamW + clipping scale + g_0 ← 0, one pass per parameter range     parallel over ranges
 //! ```
+//!
+//! Gradient zeroing (the contract's "zeroed once per step"): every gradient
+//! buffer is zero when a step starts. The fused passes keep it so — phase D
+//! writes `g_m ← 0` behind its read of `g_m` (m ≥ 1) and phase E writes
+//! `g_0 ← 0` behind its read of `g_0` ([`AdamW::update_scaled_zeroing_with`]),
+//! so no separate sweep re-walks the buffers. A step that did not end in that
+//! pass (an error, or [`Trainer::compute_gradients`], which leaves `g_0`
+//! readable) marks the buffers dirty, and the next step's phase A zeroes
+//! them first, as before.
 //! Every phase's results depend only on `M` and the fixed parameter ranges,
 //! so parameters are bit-identical for every thread count. The CE value and
 //! the aux loss are those of a single pass over the whole batch up to the
@@ -24,11 +33,11 @@
 
 use alloc::vec::Vec;
 
-use crate::arena::{Acts, Mode};
+use crate::arena::{Acts, AttnMemory, Memory, Mode, Recompute};
 use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
 use crate::layout::{alloc_zeroed, Layout};
-use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer};
+use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer, Precision};
 use crate::optim::{clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES};
 use crate::parallel::Pool;
 use crate::rope::RopeTable;
@@ -58,6 +67,12 @@ pub struct TrainConfig {
     pub clip_grad_norm: Option<f32>,
     /// Weight of the aux load-balancing loss (`alpha`, default 0.01; 0 gives exactly CE).
     pub aux_alpha: f32,
+    /// [`Precision::F32`] (default): every buffer f32. [`Precision::Bf16`]:
+    /// **mixed precision** — f32 master weights, gradients and AdamW state;
+    /// the forward and backward read a bf16 copy of the weights (refreshed
+    /// by the AdamW pass itself), and the attention probabilities are saved
+    /// as bf16 ([`AttnMemory::SavedBf16`]). Weight gradients stay f32.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -67,7 +82,20 @@ impl Default for TrainConfig {
             adamw: AdamWConfig::default(),
             clip_grad_norm: Some(1.0),
             aux_alpha: 0.01,
+            precision: Precision::F32,
         }
+    }
+}
+
+/// The training workspace's memory options for `precision`: the default,
+/// or (mixed precision) the probabilities saved as bf16.
+pub fn training_memory(precision: Precision) -> Memory {
+    match precision {
+        Precision::F32 => Memory::DEFAULT,
+        Precision::Bf16 => Memory {
+            recompute: Recompute::None,
+            attention: AttnMemory::SavedBf16,
+        },
     }
 }
 
@@ -102,9 +130,22 @@ pub struct StepStats {
 
 /// Owns everything a training loop touches: model, gradients, optimiser
 /// state and the training workspace. After construction a step allocates nothing.
+///
+/// Mixed precision ([`TrainConfig::precision`] = [`Precision::Bf16`]): the
+/// trainer also holds `shadow`, the same model in bf16 (all parameters
+/// rounded to nearest even; [`MoETransformer::to_precision`]), on which every
+/// forward and backward runs; [`Trainer::model`] stays the f32 master. The
+/// AdamW pass writes the rounded updated weights into the shadow in the same
+/// sweep ([`AdamW::update_scaled_zeroing_bf16_with`]).
 #[derive(Debug)]
 pub struct Trainer {
+    /// The f32 (master) model.
     model: MoETransformer,
+    /// Mixed precision: the bf16 copy the steps compute with.
+    shadow: Option<MoETransformer>,
+    /// The master was changed outside a step ([`Trainer::params_mut`]): the
+    /// next step re-rounds the shadow first.
+    shadow_stale: bool,
     /// Micro-batch 0's gradients, and the reduced sum after a step.
     grads: Vec<f32>,
     opt: AdamW,
@@ -115,6 +156,9 @@ pub struct Trainer {
     micro: Vec<Micro>,
     pool: Pool,
     max_batch: usize,
+    /// Every gradient buffer is known to be zero (the last step ended in the
+    /// zeroing AdamW pass, or none has run yet).
+    grads_zero: bool,
 }
 
 /// A micro-batch's own memory.
@@ -135,13 +179,17 @@ struct Slot<'a> {
     /// The whole batch's counted targets `m` (the CE is a mean over them).
     counted: usize,
     logits: Option<&'a mut [f32]>,
+    /// The gradients must be zeroed before the forward (they are not known to be zero).
+    zero: bool,
     err: Option<Error>,
 }
 
 impl Slot<'_> {
-    /// Phase A: zero the gradients, forward, CE head.
+    /// Phase A: zero the gradients if they are not known to be zero, forward, CE head.
     fn forward(&mut self, model: &MoETransformer, seq: usize) {
-        self.grads.iter_mut().for_each(|g| *g = 0.0);
+        if self.zero {
+            self.grads.fill(0.0);
+        }
         let Some(ws) = self.ws.take() else { return };
         let out = self.logits.take();
         match model.micro_forward(
@@ -176,16 +224,21 @@ struct RangeSum<'a> {
 }
 
 impl RangeSum<'_> {
-    /// `g_i += g_{i+s}` for `s = 1, 2, 4, …` (a fixed tree over the `parts`
-    /// micro-batches), then `Σ g_0²` of the range.
+    /// `g_i += g_{i+s}`, then `g_{i+s} ← 0`, for `s = 1, 2, 4, …` (a fixed
+    /// tree over the `parts` micro-batches: each `g_m`, m ≥ 1, is read once
+    /// and zeroed behind the read, ready for the next step), then `Σ g_0²` of
+    /// the range.
     fn reduce(&mut self, parts: usize) {
         let mut s = 1;
         while s < parts {
             let mut i = 0;
             while i + s < parts {
                 let (lo, hi) = self.bufs.split_at_mut(i + s);
-                if let (Some(a), Some(b)) = (&mut lo[i], &hi[0]) {
-                    a.iter_mut().zip(b.iter()).for_each(|(x, &y)| *x += y);
+                if let (Some(a), Some(b)) = (&mut lo[i], &mut hi[0]) {
+                    a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
+                        *x += *y;
+                        *y = 0.0;
+                    });
                 }
                 i += 2 * s;
             }
@@ -256,6 +309,7 @@ impl Trainer {
         pool: Pool,
         micro_batches: usize,
     ) -> Result<Self> {
+        model.require_f32("training (Trainer)")?;
         config.validate()?;
         if !(1..=MAX_MICRO_BATCHES).contains(&micro_batches) {
             return Err(Error::InvalidParameter {
@@ -266,7 +320,12 @@ impl Trainer {
         }
         let parts = micro_batches.min(max_batch.max(1));
         let per = max_batch.div_ceil(parts);
-        let ws = model.workspace(per, max_seq, Mode::Training)?;
+        let mem = training_memory(config.precision);
+        let ws = model.workspace_with(per, max_seq, Mode::Training, mem)?;
+        let shadow = match config.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(model.to_precision(Precision::Bf16)?),
+        };
         let len = model.layout().total;
         let mut micro = Vec::new();
         micro
@@ -274,7 +333,7 @@ impl Trainer {
             .map_err(|_| Error::AllocationFailed { bytes: parts })?;
         for _ in 1..parts {
             micro.push(Micro {
-                ws: model.workspace(per, max_seq, Mode::Training)?,
+                ws: model.workspace_with(per, max_seq, Mode::Training, mem)?,
                 grads: alloc_zeroed(len)?,
             });
         }
@@ -282,11 +341,14 @@ impl Trainer {
             grads: alloc_zeroed(len)?,
             opt: AdamW::new(config.adamw, len)?,
             model,
+            shadow,
+            shadow_stale: false,
             ws,
             config,
             micro,
             pool,
             max_batch,
+            grads_zero: true,
         })
     }
 
@@ -311,9 +373,26 @@ impl Trainer {
         self.pool = pool;
     }
 
-    /// The model.
+    /// The model (the f32 master weights, also in mixed precision).
     pub fn model(&self) -> &MoETransformer {
         &self.model
+    }
+
+    /// The model the steps compute with: [`Trainer::model`], or in mixed
+    /// precision its bf16 copy (as of the last step; after
+    /// [`Trainer::params_mut`], refreshed by the next step).
+    pub fn compute_model(&self) -> &MoETransformer {
+        self.shadow.as_ref().unwrap_or(&self.model)
+    }
+
+    /// The training precision ([`TrainConfig::precision`]).
+    pub fn precision(&self) -> Precision {
+        self.config.precision
+    }
+
+    /// Bytes of the mixed-precision bf16 copy (0 in f32).
+    pub fn shadow_bytes(&self) -> usize {
+        self.shadow.as_ref().map_or(0, MoETransformer::param_bytes)
     }
 
     /// Consumes the trainer, returning the model.
@@ -321,9 +400,13 @@ impl Trainer {
         self.model
     }
 
-    /// Gradients of the last step: unclipped after [`Trainer::train_step`]
-    /// (clipping is fused into the update), clipped and as the hook left them
-    /// after [`Trainer::train_step_with_hook`].
+    /// The reduced gradients of the last [`Trainer::compute_gradients`].
+    ///
+    /// After a successful [`Trainer::train_step`] /
+    /// [`Trainer::train_step_with_hook`] they are all zero: the AdamW pass
+    /// zeroes each gradient behind its read, for the next step (see the module
+    /// docs). To see a step's gradients, read them in the hook of
+    /// [`Trainer::train_step_with_hook`] (clipped, before the update).
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
@@ -339,9 +422,35 @@ impl Trainer {
         &mut self.opt
     }
 
-    /// Model parameters, mutably (to restore a checkpoint).
+    /// Model parameters, mutably (to restore a checkpoint). In mixed
+    /// precision these are the master weights; the next step rounds them
+    /// into the bf16 copy before it computes.
     pub fn params_mut(&mut self) -> &mut [f32] {
-        self.model.params_mut()
+        self.shadow_stale = self.shadow.is_some();
+        // A trainer holds an f32 model (the constructors refuse bf16), so
+        // the `Err` arm is unreachable; an empty slice, never a panic.
+        self.model.params_mut().unwrap_or(&mut [])
+    }
+
+    /// Re-rounds the bf16 copy from the master weights if
+    /// [`Trainer::params_mut`] may have changed them.
+    fn refresh_shadow(&mut self) -> Result<()> {
+        if !self.shadow_stale {
+            return Ok(());
+        }
+        if let Some(shadow) = &mut self.shadow {
+            let master = self.model.params()?;
+            let mut copy = shadow.params_bf16_mut()?;
+            crate::kernels::bf16::round_slice(&mut copy, master);
+            if let Some(index) = crate::kernels::bf16::first_non_finite(&copy) {
+                return Err(Error::NonFinite {
+                    what: "params rounded to bf16 (beyond bf16's range)",
+                    index,
+                });
+            }
+        }
+        self.shadow_stale = false;
+        Ok(())
     }
 
     /// The training config.
@@ -422,16 +531,31 @@ impl Trainer {
                 });
             }
         }
+        self.refresh_shadow()?;
         let parts = self.micro_batches().min(batch);
+        // Zero in phase A unless the last step's fused passes left zeros;
+        // until this step ends in the zeroing AdamW pass, the buffers are dirty.
+        let zero = !core::mem::replace(&mut self.grads_zero, false);
         let Trainer {
             model,
+            shadow,
             grads,
             ws,
             micro,
             pool,
             ..
         } = self;
-        let model = &*model;
+        // Mixed precision computes on the bf16 copy.
+        let model = shadow.as_ref().unwrap_or(&*model);
+        if zero {
+            // The micro-batches this batch leaves unused are zeroed too (an
+            // earlier failed step may have left them dirty, and the next full
+            // batch will not zero them).
+            micro
+                .iter_mut()
+                .skip(parts - 1)
+                .for_each(|m| m.grads.fill(0.0));
+        }
         let losses = {
             let mut slots: [Option<Slot>; MAX_MICRO_BATCHES] = core::array::from_fn(|_| None);
             let mut out = logits_out;
@@ -454,6 +578,7 @@ impl Trainer {
                     batch: hi - lo,
                     counted,
                     logits,
+                    zero,
                     err: None,
                 });
             }
@@ -577,9 +702,30 @@ impl Trainer {
                 1.0
             }
         };
-        let params = self.model.params_mut();
-        self.opt
-            .update_scaled_with(&self.pool, params, &self.grads, lr, scale)?;
+        // E: AdamW, the clipping scale and g_0 ← 0 in one pass (mixed
+        // precision: and the refreshed bf16 copy).
+        let params = self.model.params_mut()?;
+        match &mut self.shadow {
+            None => self.opt.update_scaled_zeroing_with(
+                &self.pool,
+                params,
+                &mut self.grads,
+                lr,
+                scale,
+            )?,
+            Some(shadow) => {
+                let mut copy = shadow.params_bf16_mut()?;
+                self.opt.update_scaled_zeroing_bf16_with(
+                    &self.pool,
+                    params,
+                    &mut self.grads,
+                    &mut copy,
+                    lr,
+                    scale,
+                )?;
+            }
+        }
+        self.grads_zero = true;
         Ok(StepStats {
             loss: losses.loss,
             ce_loss: losses.ce,

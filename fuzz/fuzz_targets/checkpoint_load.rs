@@ -43,10 +43,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(*model.config(), CKPT_CONFIG);
     assert_eq!(
-        model.params().len() as u64,
+        model.params().unwrap().len() as u64,
         CKPT_CONFIG.param_counts().total
     );
-    assert!(model.params().iter().all(|x| x.is_finite()));
+    assert!(model.params().unwrap().iter().all(|x| x.is_finite()));
     let mut ws = model.workspace(1, 4, Mode::Inference).unwrap();
     // Finite but huge weights may overflow the logits: that must be the typed error.
     match model.forward(&mut ws, &[0, 1, 2, 3], 1, 4) {

@@ -18,6 +18,26 @@ pub mod stress;
 pub mod tokenizer;
 pub mod train;
 
+/// `--precision` of `moe generate` and `moe plan`: the parameters' storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 weights (4 bytes per parameter).
+    #[default]
+    F32,
+    /// bf16 weights (2 bytes per parameter; inference only, compute in f32).
+    Bf16,
+}
+
+impl PrecisionArg {
+    /// The core's precision.
+    pub fn precision(self) -> moe_core::Precision {
+        match self {
+            PrecisionArg::F32 => moe_core::Precision::F32,
+            PrecisionArg::Bf16 => moe_core::Precision::Bf16,
+        }
+    }
+}
+
 /// Name of the checkpoint subdirectory of a `moe train --out` directory.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 

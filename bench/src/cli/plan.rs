@@ -48,6 +48,8 @@ pub enum PlanAttention {
     Saved,
     /// Row statistics saved, probabilities recomputed (`AttnMemory::Lse`).
     Lse,
+    /// Probabilities saved as bf16 (`AttnMemory::SavedBf16`, mixed precision).
+    SavedBf16,
 }
 
 /// Options of `moe plan`.
@@ -79,6 +81,12 @@ pub struct PlanArgs {
     /// training workspaces and gradient buffers, the split-forward workspaces.
     #[arg(long, value_name = "N", value_parser = super::threads_arg)]
     pub threads: Option<usize>,
+    /// Training precision: `bf16` = mixed precision (`moe train --precision
+    /// bf16`): the flat buffers gain the bf16 weight copy, and the training
+    /// plan saves the attention probabilities as bf16 (printed beside the
+    /// default plan; with `--attention lse` there are none to save).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: crate::cli::PrecisionArg,
 }
 
 /// The benchmark shapes of each mode (spec §6: b2 s32 inference, b2 s8 training).
@@ -191,7 +199,7 @@ fn heading(markdown: bool, text: &str) {
 }
 
 /// The flat buffers: parameters, and in training gradients + both AdamW moments.
-fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
+fn print_flat(cfg: &Config, mixed: bool, markdown: bool) -> Result<(), Error> {
     let counts = cfg.param_counts_checked()?;
     let params = counts.total;
     let bytes = params
@@ -206,20 +214,34 @@ fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
         ),
     );
     let row = |name: &str, when: &str| vec![format!("`{name}`"), when.to_owned(), human(bytes)];
+    let mut rows = vec![
+        row("params", "MoETransformer (always)"),
+        row("grads", "Trainer (training)"),
+        row("AdamW m", "Trainer (training)"),
+        row("AdamW v", "Trainer (training)"),
+    ];
+    let mut total = 4 * bytes;
+    if mixed {
+        // The bf16 shadow model: 2 bytes per parameter plus its f32 norm
+        // table ([2L + 1, c], see `MoETransformer::param_bytes`).
+        let norms = (2 * cfg.num_hidden_layers as u64 + 1) * cfg.hidden_size as u64 * 4;
+        let shadow = bytes / 2 + norms;
+        rows.push(vec![
+            "`bf16 copy`".to_owned(),
+            "Trainer (mixed precision: what the GEMMs read)".to_owned(),
+            human(shadow),
+        ]);
+        total += shadow;
+    }
+    rows.push(vec![
+        "**total in training**".to_owned(),
+        String::new(),
+        human(total),
+    ]);
     Table {
         header: vec!["buffer", "held by", "bytes"],
         right: vec![false, false, true],
-        rows: vec![
-            row("params", "MoETransformer (always)"),
-            row("grads", "Trainer (training)"),
-            row("AdamW m", "Trainer (training)"),
-            row("AdamW v", "Trainer (training)"),
-            vec![
-                "**total in training**".to_owned(),
-                String::new(),
-                human(4 * bytes),
-            ],
-        ],
+        rows,
     }
     .print(markdown);
     Ok(())
@@ -258,6 +280,7 @@ fn print_workspace(
         let dtype = match e.dtype {
             moe_core::arena::Dtype::F32 => "f32",
             moe_core::arena::Dtype::U32 => "u32",
+            moe_core::arena::Dtype::Bf16 => "bf16",
         };
         rows.push(vec![
             format!("`{}`", e.name),
@@ -318,6 +341,7 @@ fn memory_name(mem: Memory) -> String {
     let a = match mem.attention {
         AttnMemory::Saved => "saved probabilities",
         AttnMemory::Lse => "LSE attention",
+        AttnMemory::SavedBf16 => "bf16 saved probabilities",
     };
     format!("{r}, {a}")
 }
@@ -450,7 +474,8 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
     } else {
         println!("profile {}", args.profile.0.name());
     }
-    print_flat(&cfg, args.markdown)?;
+    let mixed = args.precision == crate::cli::PrecisionArg::Bf16;
+    print_flat(&cfg, mixed, args.markdown)?;
     for &mode in modes {
         let (b0, t0) = default_shape(mode);
         let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
@@ -464,7 +489,16 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
         attention: match args.attention {
             PlanAttention::Saved => AttnMemory::Saved,
             PlanAttention::Lse => AttnMemory::Lse,
+            PlanAttention::SavedBf16 => AttnMemory::SavedBf16,
         },
+    };
+    // Mixed precision saves the probabilities as bf16 (what `Trainer` plans).
+    let mem = match (mixed, mem.attention) {
+        (true, AttnMemory::Saved) => Memory {
+            attention: AttnMemory::SavedBf16,
+            ..mem
+        },
+        _ => mem,
     };
     if mem != Memory::default() && modes.contains(&Mode::Training) {
         let (b0, t0) = default_shape(Mode::Training);

@@ -345,9 +345,9 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
     let scale = |x: &mut [f32], s: f32| x.iter_mut().for_each(|w| *w *= s);
     match case.mutation {
         Mutation::None => {}
-        Mutation::ScaleAll(s) => scale(model.params_mut(), s),
-        Mutation::ScaleEmbedding(s) => scale(&mut model.params_mut()[lay.embed.clone()], s),
-        Mutation::ScaleLmHead(s) => scale(&mut model.params_mut()[lay.lm_head.clone()], s),
+        Mutation::ScaleAll(s) => scale(model.params_mut()?, s),
+        Mutation::ScaleEmbedding(s) => scale(&mut model.params_mut()?[lay.embed.clone()], s),
+        Mutation::ScaleLmHead(s) => scale(&mut model.params_mut()?[lay.lm_head.clone()], s),
     }
     let (b, t) = (case.batch, case.seq);
     let (tokens, targets) = batch(b, t, v);
@@ -383,12 +383,12 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
     if case.steps > 0 {
         let mut tr = Trainer::new(model, case.train, b, t)?;
         for step in 0..case.steps {
-            let before = tr.model().params().to_vec();
+            let before = tr.model().params()?.to_vec();
             match tr.train_step(&tokens, &targets, b, t) {
                 Ok(s) => {
                     let stats = [s.loss, s.ce_loss, s.aux_loss, s.grad_norm, s.lr];
                     let (n, i) = count_non_finite(&stats);
-                    let (pn, pi) = count_non_finite(tr.model().params());
+                    let (pn, pi) = count_non_finite(tr.model().params()?);
                     report.returned_nan += n + pn;
                     report.returned_inf += i + pi;
                     report.losses.push(s.loss);
@@ -400,7 +400,7 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
                 Err(e) => {
                     report.weights_untouched = Some(
                         tr.model()
-                            .params()
+                            .params()?
                             .iter()
                             .zip(&before)
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -417,13 +417,13 @@ pub fn run_case(case: &Case, seed: u64) -> Result<CaseReport, Error> {
                 }
             }
         }
-        report.max_abs_param = max_abs(tr.model().params());
+        report.max_abs_param = max_abs(tr.model().params()?);
         let opt = tr.optimizer();
         let (mn, mi) = count_non_finite(opt.m());
         let (vn, vi) = count_non_finite(opt.v());
         report.moments_non_finite = mn + mi + vn + vi;
     } else {
-        report.max_abs_param = max_abs(model.params());
+        report.max_abs_param = max_abs(model.params()?);
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)

@@ -150,6 +150,12 @@ pub struct TrainArgs {
     /// tokenizer's; an `--init`/`--resume` model's must be at least it.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// Training precision: `f32`, or `bf16` = mixed precision (f32 master
+    /// weights, gradients and AdamW state; the forward and backward GEMMs
+    /// read a bf16 copy of the weights refreshed by the AdamW pass; attention
+    /// probabilities saved as bf16). The checkpoint holds the f32 master.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: crate::cli::PrecisionArg,
 }
 
 /// One row of `loss.csv`.
@@ -292,6 +298,10 @@ fn run_extra(
         None => "bytes".to_owned(),
     };
     m.insert("tokenizer".into(), tokenizer);
+    m.insert(
+        "precision".into(),
+        args.precision.precision().name().to_owned(),
+    );
     m
 }
 
@@ -401,6 +411,7 @@ fn training_config(args: &TrainArgs) -> Result<(LrSchedule, TrainConfig), Error>
         },
         clip_grad_norm: (args.clip > 0.0).then_some(args.clip),
         aux_alpha: args.aux_alpha,
+        precision: args.precision.precision(),
     };
     train_config
         .validate()
@@ -569,7 +580,16 @@ fn resume(
             }
         }
     }
-    for key in ["seed", "batch", "seq", "steps", "lr", "min_lr", "warmup"] {
+    for key in [
+        "seed",
+        "batch",
+        "seq",
+        "steps",
+        "lr",
+        "min_lr",
+        "warmup",
+        "precision",
+    ] {
         if let Some(theirs) = extra.get(key) {
             if theirs != &mine[key] {
                 eprintln!(
@@ -759,7 +779,7 @@ impl Session {
         let args = &self.args;
         println!(
             "moe train: {} ({} bytes: {} train, {} held out), profile {} ({} parameters), \
-             batch {} x seq {}, steps {}..{}",
+             batch {} x seq {}, steps {}..{}, precision {}",
             args.data.display(),
             self.data.len(),
             self.corpus.train.len(),
@@ -770,6 +790,10 @@ impl Session {
             args.seq,
             self.start,
             args.steps,
+            match args.precision {
+                crate::cli::PrecisionArg::F32 => "f32",
+                crate::cli::PrecisionArg::Bf16 => "bf16 (mixed: f32 master weights)",
+            },
         );
         println!(
             "unigram baseline (train {0} frequencies on the held-out {0}s): {1:.4} nats/{0}",

@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// Run only the scenarios of these axes: memory, compiler, type_system, parallel, scale.
     #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
     pub axis: Vec<String>,
+    /// Also run the heavy scenarios (`full_decode_bf16`: the 6.88 B Full
+    /// profile in bf16, ≈ 13.8 GB, minutes), which a default run leaves out
+    /// (`--only ID` selects one too).
+    #[arg(long)]
+    pub heavy: bool,
     /// Timed trials per scenario.
     #[arg(long, default_value_t = N_TRIALS)]
     pub trials: usize,
@@ -124,8 +129,42 @@ impl Out {
     }
 }
 
-/// The scenarios picked by `--only` and `--axis` (both filters apply).
+/// Writes `extra.speedup_vs_twin = twin median / median` into every result
+/// whose `params.twin` names another result of the same run.
+fn link_twins(results: &mut [ScenarioResult]) {
+    let medians: Vec<(String, u64)> = results
+        .iter()
+        .map(|r| (r.id.clone(), r.median_ns))
+        .collect();
+    for r in results.iter_mut() {
+        let Some(twin) = r.params.get("twin").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let Some(&(_, tm)) = medians.iter().find(|(id, _)| id == twin) else {
+            continue;
+        };
+        if r.median_ns == 0 {
+            continue;
+        }
+        let ratio = tm as f64 / r.median_ns as f64;
+        let extra = r.extra.get_or_insert_with(|| serde_json::json!({}));
+        extra["speedup_vs_twin"] = serde_json::json!(ratio);
+    }
+}
+
+/// The scenarios picked by `--only` and `--axis` (both filters apply), heavy ones excluded unless named.
+#[cfg(test)]
 fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, Error> {
+    select_heavy(only, axes, false)
+}
+
+/// [`select`], with the heavy scenarios ([`scenarios::HEAVY`]) only when
+/// `heavy` or named by `--only`.
+fn select_heavy(
+    only: &[String],
+    axes: &[String],
+    heavy: bool,
+) -> Result<Vec<&'static Scenario>, Error> {
     for id in only {
         if scenarios::find(id).is_none() {
             let known: Vec<&str> = SCENARIOS.iter().map(|s| s.id).collect();
@@ -141,6 +180,7 @@ fn select(only: &[String], axes: &[String]) -> Result<Vec<&'static Scenario>, Er
         .iter()
         .filter(|s| only.is_empty() || only.iter().any(|id| id == s.id))
         .filter(|s| axes.is_empty() || axes.iter().any(|a| a == s.axis))
+        .filter(|s| heavy || !only.is_empty() || !scenarios::HEAVY.contains(&s.id))
         .collect();
     if picked.is_empty() {
         return Err("--only/--axis selected no scenario".into());
@@ -192,7 +232,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let picked = select(&args.only, &args.axis)?;
+    let picked = select_heavy(&args.only, &args.axis, args.heavy)?;
     let o = run_opts(args.warmup, args.trials)?;
     // The output first: a bench takes minutes, an unwritable --out must fail now.
     let out = Out::resolve(args.out.as_deref());
@@ -245,6 +285,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Error> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    link_twins(&mut results);
     let total = t0.elapsed();
     let file = BenchFile {
         metadata,
@@ -356,7 +397,15 @@ mod tests {
     fn selection_filters_and_rejects_unknown_names() {
         let ids = |v: Vec<&Scenario>| v.iter().map(|s| s.id).collect::<Vec<_>>();
         let all = select(&[], &[]).unwrap();
-        assert_eq!(all.len(), SCENARIOS.len());
+        assert_eq!(all.len(), SCENARIOS.len() - scenarios::HEAVY.len());
+        assert!(
+            !ids(all).contains(&"full_decode_bf16"),
+            "heavy left out by default"
+        );
+        let heavy = select_heavy(&[], &[], true).unwrap();
+        assert_eq!(heavy.len(), SCENARIOS.len());
+        let full = select(&["full_decode_bf16".into()], &[]).unwrap();
+        assert_eq!(ids(full), ["full_decode_bf16"]);
         let compiler = select(&[], &["compiler".into()]).unwrap();
         assert_eq!(
             ids(compiler),

@@ -108,15 +108,27 @@ pub enum Kind {
         t: usize,
         mem: MemOpts,
     },
+    /// One full `Trainer::train_step` (forward, backward, AdamW; one thread,
+    /// one micro-batch) per iteration in `precision`: f32, or mixed
+    /// (`Precision::Bf16`: bf16 weight copy in the GEMMs, bf16 saved
+    /// probabilities, f32 master/gradients/moments); `arena_bytes` is the
+    /// training workspace, `params.shadow_bytes` the bf16 copy. At most 1
+    /// warmup and 5 trials (long steps).
+    TrainPrecision {
+        profile: Profile,
+        b: usize,
+        t: usize,
+        precision: moe_core::Precision,
+    },
     /// One scale_256 model on a `moe_core::Pool` of `threads` threads
     /// (issue 14, "one model, many threads"): bit-identical results for every
     /// `threads`, so the `_T1` row is the baseline of the speedup.
     Threads { work: ThreadsWork, threads: usize },
     /// One AdamW pass (`moe_core::kernels::adamw`) over `n` parameters with
     /// their gradients and both moments (the `scale_256` optimizer state);
-    /// `zeroing`: the variant that also writes the gradients to zero.
-    /// Bytes per iteration: 7·4n (read w, g, m, v; write w, m, v), 8·4n when zeroing.
-    AdamW { n: usize, zeroing: bool },
+    /// `pass`: what the sweep does besides the update ([`AdamPass`]).
+    /// Bytes per iteration: [`adamw_bytes`].
+    AdamW { n: usize, pass: AdamPass },
     /// `threads` independent tiny models, one per thread, one iteration each per trial.
     Parallel {
         threads: usize,
@@ -124,6 +136,40 @@ pub enum Kind {
         b: usize,
         t: usize,
     },
+    /// A workload in a storage precision (issue 17 item 3), beside its twin.
+    Prec { work: PrecWork, bf16: bool },
+}
+
+/// Workloads of [`Kind::Prec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecWork {
+    /// scale_256, prompt 8 + 64 greedy tokens with the KV cache, one thread
+    /// (`generate_kv_64`'s loop on the bandwidth-bound profile).
+    DecodeScale,
+    /// tiny forward b2 s32 (`dispatch_warm`'s shape).
+    ForwardTiny,
+    /// The whole Full profile in bf16: prefill 32 + decode 16 at b1 on all
+    /// threads (heavy: ≈ 13.8 GB; only with `--only` or `--heavy`).
+    FullDecode,
+}
+
+/// `full_decode_bf16`'s prompt and decoded tokens.
+pub const FULL_DECODE: (usize, usize) = (32, 16);
+/// `generate_kv_64_*`'s prompt and new tokens.
+pub const PREC_DECODE: (usize, usize) = (8, 64);
+
+/// Scenarios left out of a default run (selected by `--only` or `--heavy`).
+pub const HEAVY: &[&str] = &["full_decode_bf16"];
+
+impl PrecWork {
+    /// The profile it runs.
+    pub fn profile(self) -> Profile {
+        match self {
+            PrecWork::DecodeScale => Profile::Scale256,
+            PrecWork::ForwardTiny => Profile::Tiny,
+            PrecWork::FullDecode => Profile::Full,
+        }
+    }
 }
 
 /// What a [`Kind::Threads`] scenario runs.
@@ -338,7 +384,7 @@ pub const SCENARIOS: &[Scenario] = &[
         "scale",
         Kind::AdamW {
             n: SCALE_256_PARAMS,
-            zeroing: false,
+            pass: AdamPass::Plain,
         },
     ),
     s(
@@ -346,7 +392,26 @@ pub const SCENARIOS: &[Scenario] = &[
         "scale",
         Kind::AdamW {
             n: SCALE_256_PARAMS,
-            zeroing: true,
+            pass: AdamPass::Zeroing,
+        },
+    ),
+    // The trainer's pass before the fusion (the update, then a separate
+    // `g ← 0` sweep), beside the fused one above: the before/after of one run.
+    s(
+        "optimizer_adamw_then_zero_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            pass: AdamPass::ThenZero,
+        },
+    ),
+    // Mixed precision's pass: the same sweep also writes the bf16 copy.
+    s(
+        "optimizer_adamw_bf16_scale_256",
+        "scale",
+        Kind::AdamW {
+            n: SCALE_256_PARAMS,
+            pass: AdamPass::ZeroingBf16,
         },
     ),
     // OpenBLAS (`--features openblas`) beside our GEMM, same shapes, same run.
@@ -408,6 +473,28 @@ pub const SCENARIOS: &[Scenario] = &[
         "memory",
         train_mem(Profile::Scale256, 256, MemOpts::DEFAULT),
     ),
+    // Mixed-precision training (issue 17 item 4) against f32, same shapes as
+    // the recompute pair: one full train_step each.
+    s(
+        "mixed_train_tiny_s512",
+        "memory",
+        train_prec(Profile::Tiny, 512, moe_core::Precision::Bf16),
+    ),
+    s(
+        "mixed_train_tiny_s512_f32",
+        "memory",
+        train_prec(Profile::Tiny, 512, moe_core::Precision::F32),
+    ),
+    s(
+        "mixed_train_scale_s256",
+        "memory",
+        train_prec(Profile::Scale256, 256, moe_core::Precision::Bf16),
+    ),
+    s(
+        "mixed_train_scale_s256_f32",
+        "memory",
+        train_prec(Profile::Scale256, 256, moe_core::Precision::F32),
+    ),
     // One model, many threads (issue 14): scale_256 on a pool of T threads.
     s("threads_train_T1", "parallel", thr(ThreadsWork::Train, 1)),
     s("threads_train_T2", "parallel", thr(ThreadsWork::Train, 2)),
@@ -429,7 +516,51 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     s("threads_decode_T1", "parallel", thr(ThreadsWork::Decode, 1)),
     s("threads_decode_T2", "parallel", thr(ThreadsWork::Decode, 2)),
+    // bf16 weights (issue 17): each beside its f32 twin (`extra.speedup_vs_twin`).
+    s(
+        "generate_kv_64_scale_256",
+        "scale",
+        prec(PrecWork::DecodeScale, false),
+    ),
+    s(
+        "generate_kv_64_bf16",
+        "scale",
+        prec(PrecWork::DecodeScale, true),
+    ),
+    s(
+        "dispatch_warm_bf16",
+        "type_system",
+        prec(PrecWork::ForwardTiny, true),
+    ),
+    // Heavy (not in a default run): the 6.88 B Full profile in bf16.
+    s(
+        "full_decode_bf16",
+        "scale",
+        prec(PrecWork::FullDecode, true),
+    ),
 ];
+
+const fn prec(work: PrecWork, bf16: bool) -> Kind {
+    Kind::Prec { work, bf16 }
+}
+
+/// The twin id of a [`Kind::Prec`] (bf16 → its f32 twin).
+fn twin_of_kind(work: PrecWork, bf16: bool) -> Option<&'static str> {
+    match (work, bf16) {
+        (PrecWork::DecodeScale, true) => twin_of("generate_kv_64_bf16"),
+        (PrecWork::ForwardTiny, true) => twin_of("dispatch_warm_bf16"),
+        _ => None,
+    }
+}
+
+/// The f32 twin of a bf16 scenario (its `params.twin`).
+pub fn twin_of(id: &str) -> Option<&'static str> {
+    match id {
+        "generate_kv_64_bf16" => Some("generate_kv_64_scale_256"),
+        "dispatch_warm_bf16" => Some("dispatch_warm"),
+        _ => None,
+    }
+}
 
 /// A b8 [`Kind::TrainMemory`].
 const fn train_mem(profile: Profile, t: usize, mem: MemOpts) -> Kind {
@@ -441,6 +572,16 @@ const fn train_mem(profile: Profile, t: usize, mem: MemOpts) -> Kind {
     }
 }
 
+/// A b8 [`Kind::TrainPrecision`].
+const fn train_prec(profile: Profile, t: usize, precision: moe_core::Precision) -> Kind {
+    Kind::TrainPrecision {
+        profile,
+        b: 8,
+        t,
+        precision,
+    }
+}
+
 /// Rounds of `machine_fma_peak` (≈ 1 ms at 90 GFLOP/s).
 const FMA_PEAK_ITERS: u64 = 500_000;
 /// Floats per array of `machine_bandwidth`: 3 × 64 MiB, 6× a 32 MiB L3.
@@ -449,10 +590,59 @@ const BANDWIDTH_N: usize = 16 << 20;
 /// Parameters of `Config::scale_256()` (checked by a test against the model).
 pub const SCALE_256_PARAMS: usize = 7_134_464;
 
-/// Bytes one AdamW pass over `n` parameters reads and writes (f32): w, g, m, v
-/// read, w, m, v written, and g written when zeroing.
-pub const fn adamw_bytes(n: usize, zeroing: bool) -> u64 {
-    (if zeroing { 8 } else { 7 }) * 4 * n as u64
+/// What an AdamW scenario's sweep does besides the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdamPass {
+    /// `adamw_pass` only (gradients read, not zeroed).
+    Plain,
+    /// `adamw_pass`, then `g.fill(0)`: two sweeps (the trainer before the fusion).
+    ThenZero,
+    /// `adamw_pass_zeroing`: `g ← 0` behind each read, one sweep (the trainer now).
+    Zeroing,
+    /// `adamw_pass_zeroing_bf16`: also the bf16 copy of the weights (mixed precision).
+    ZeroingBf16,
+}
+
+impl AdamPass {
+    /// The `params.pass` name in the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AdamPass::Plain => "adamw",
+            AdamPass::ThenZero => "adamw_then_zero",
+            AdamPass::Zeroing => "adamw_zeroing",
+            AdamPass::ZeroingBf16 => "adamw_zeroing_bf16",
+        }
+    }
+
+    /// The pass of a `params.pass` name.
+    pub fn from_name(name: &str) -> Option<AdamPass> {
+        [
+            AdamPass::Plain,
+            AdamPass::ThenZero,
+            AdamPass::Zeroing,
+            AdamPass::ZeroingBf16,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+
+    /// Whether the gradients are zero afterwards.
+    pub const fn zeroes(self) -> bool {
+        !matches!(self, AdamPass::Plain)
+    }
+}
+
+/// Bytes one AdamW pass over `n` parameters must move (f32): w, g, m, v
+/// read, w, m, v written, and g written when zeroing (the same count for the
+/// two-sweep [`AdamPass::ThenZero`]: its second sweep only writes), and the
+/// 2-byte bf16 copy written by [`AdamPass::ZeroingBf16`].
+pub const fn adamw_bytes(n: usize, pass: AdamPass) -> u64 {
+    let per = match pass {
+        AdamPass::Plain => 7 * 4,
+        AdamPass::ThenZero | AdamPass::Zeroing => 8 * 4,
+        AdamPass::ZeroingBf16 => 8 * 4 + 2,
+    };
+    per * n as u64
 }
 
 /// Number of scenarios the spec defines (the first rows of [`SCENARIOS`]).
@@ -491,8 +681,26 @@ impl Kind {
                 "recompute": match mem.recompute { Recompute::None => "none", Recompute::Layers => "layers" },
                 "attention": match mem.attention {
                     moe_core::AttnMemory::Saved => "saved", moe_core::AttnMemory::Lse => "lse",
+                    moe_core::AttnMemory::SavedBf16 => "saved_bf16",
                 },
             }),
+            Kind::TrainPrecision {
+                profile,
+                b,
+                t,
+                precision,
+            } => {
+                let cfg = profile.config();
+                let p = cfg.param_counts().total;
+                json!({
+                    "batch": b, "seq_len": t, "hidden_dim": cfg.hidden_size,
+                    "workload": "train_step", "precision": precision.name(),
+                    "mixed": precision == moe_core::Precision::Bf16,
+                    // f32 master + gradients + both moments; the bf16 copy.
+                    "param_state_bytes": 16 * p,
+                    "shadow_bytes": if precision == moe_core::Precision::Bf16 { 2 * p } else { 0 },
+                })
+            }
             Kind::Softmax { n } => json!({ "n": n }),
             Kind::FmaPeak { iters } => json!({
                 "iters": iters,
@@ -500,8 +708,9 @@ impl Kind {
                 "lanes": moe_core::kernels::cpu::PEAK_LANES,
             }),
             Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
-            Kind::AdamW { n, zeroing } => json!({
-                "n": n, "zero_grads": zeroing, "bytes_per_iter": adamw_bytes(n, zeroing),
+            Kind::AdamW { n, pass } => json!({
+                "n": n, "pass": pass.name(), "zero_grads": pass.zeroes(),
+                "bytes_per_iter": adamw_bytes(n, pass),
             }),
             Kind::Decode { prompt, new_tokens } => json!({
                 "profile": "tiny", "prompt": prompt, "new_tokens": new_tokens,
@@ -523,6 +732,37 @@ impl Kind {
                 "batch": b, "seq_len": t, "hidden_dim": Config::tiny().hidden_size, "thread_count": threads,
                 "workload": workload.name(), "parallel_semantics": "independent",
             }),
+            Kind::Prec { work, bf16 } => {
+                let cfg = work.profile().config();
+                let mut p = json!({
+                    "profile": work.profile().name(), "hidden_dim": cfg.hidden_size,
+                    "precision": if bf16 { "bf16" } else { "f32" },
+                });
+                match work {
+                    PrecWork::DecodeScale => {
+                        p["prompt"] = json!(PREC_DECODE.0);
+                        p["new_tokens"] = json!(PREC_DECODE.1);
+                        p["strategy"] = json!("greedy");
+                        p["kv_cache"] = json!(true);
+                    }
+                    PrecWork::ForwardTiny => {
+                        p["batch"] = json!(2);
+                        p["seq_len"] = json!(32);
+                        p["workload"] = json!("forward");
+                    }
+                    PrecWork::FullDecode => {
+                        p["prompt"] = json!(FULL_DECODE.0);
+                        p["new_tokens"] = json!(FULL_DECODE.1);
+                        p["batch"] = json!(1);
+                        p["kv_cache"] = json!(true);
+                        p["thread_count"] = json!(moe_core::available_threads());
+                    }
+                }
+                if let Some(t) = twin_of_kind(work, bf16) {
+                    p["twin"] = json!(t);
+                }
+                p
+            }
             Kind::Threads { work, threads } => {
                 let mut p = json!({
                     "profile": "scale_256", "hidden_dim": Config::scale_256().hidden_size,
@@ -569,7 +809,8 @@ impl Kind {
             } => Some(model(&profile.config(), workload, b, t)),
             // The model's FLOPs of a training step without the optimizer's
             // (recompute's extra forward work is not counted).
-            Kind::TrainMemory { profile, b, t, .. } => {
+            Kind::TrainMemory { profile, b, t, .. }
+            | Kind::TrainPrecision { profile, b, t, .. } => {
                 Some(model(&profile.config(), Workload::TrainStep, b, t))
             }
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
@@ -591,6 +832,10 @@ impl Kind {
                 b,
                 t,
             } => Some(threads as u64 * model(&Config::tiny(), workload, b, t)),
+            Kind::Prec { work, .. } => match work {
+                PrecWork::ForwardTiny => Some(model(&Config::tiny(), Forward, 2, 32)),
+                PrecWork::DecodeScale | PrecWork::FullDecode => None,
+            },
             Kind::Threads { work, .. } => match work {
                 ThreadsWork::Train => {
                     Some(model(&Config::scale_256(), TrainStep, THREADS_B, THREADS_T))
@@ -608,10 +853,16 @@ impl Kind {
         match *self {
             Kind::Model { b, t, .. }
             | Kind::TrainMemory { b, t, .. }
+            | Kind::TrainPrecision { b, t, .. }
             | Kind::DispatchCold { b, t }
             | Kind::DispatchColdProcess { b, t } => Some((b * t) as u64),
             Kind::Parallel { threads, b, t, .. } => Some((threads * b * t) as u64),
             Kind::Decode { new_tokens, .. } => Some(new_tokens as u64),
+            Kind::Prec { work, .. } => Some(match work {
+                PrecWork::DecodeScale => PREC_DECODE.1 as u64,
+                PrecWork::ForwardTiny => 64,
+                PrecWork::FullDecode => (FULL_DECODE.0 + FULL_DECODE.1) as u64,
+            }),
             Kind::Threads { work, .. } => Some(match work {
                 ThreadsWork::Decode => THREADS_DECODE.1 as u64,
                 _ => (THREADS_B * THREADS_T) as u64,
@@ -647,6 +898,8 @@ struct Outcome {
     arena_bytes: u64,
     /// Replaces this process's peak RSS (cold process: the child's own).
     peak_rss_bytes: Option<u64>,
+    /// `ScenarioResult::extra`.
+    extra: Option<serde_json::Value>,
 }
 
 /// Runs one scenario in this process.
@@ -672,11 +925,17 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         Kind::TrainMemory { profile, b, t, mem } => {
             run_train_memory(&profile.config(), b, t, mem, o)?
         }
+        Kind::TrainPrecision {
+            profile,
+            b,
+            t,
+            precision,
+        } => run_train_precision(&profile.config(), b, t, precision, o)?,
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
         Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
         Kind::Bandwidth { n } => run_bandwidth(n, o)?,
-        Kind::AdamW { n, zeroing } => run_adamw(n, zeroing, o)?,
+        Kind::AdamW { n, pass } => run_adamw(n, pass, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,
         Kind::DispatchCold { b, t } => run_cold(b, t, o)?,
         Kind::DispatchColdProcess { b, t } => run_cold_process(b, t, o)?,
@@ -688,6 +947,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
             t,
         } => run_parallel(threads, workload, b, t, o)?,
         Kind::Threads { work, threads } => run_threads(work, threads, o)?,
+        Kind::Prec { work, bf16 } => run_prec(work, bf16, o)?,
     };
     finish(sc, out)
 }
@@ -750,6 +1010,7 @@ fn finish(sc: &Scenario, out: Outcome) -> Result<ScenarioResult, Error> {
             gc_throughput: 1.0,
             gflops: sc.kind.flops().map(|f| per_sec(f as f64) * 1e-9),
         },
+        extra: out.extra,
     })
 }
 
@@ -805,6 +1066,7 @@ fn run_forward(
         numerical,
         arena_bytes: ws.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -848,6 +1110,44 @@ fn run_train(
         numerical,
         arena_bytes: trainer.workspace_bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
+    })
+}
+
+fn run_train_precision(
+    cfg: &Config,
+    b: usize,
+    t: usize,
+    precision: moe_core::Precision,
+    o: &RunOpts,
+) -> Result<Outcome, Error> {
+    let model = MoETransformer::new(cfg, o.seed)?;
+    let tc = TrainConfig {
+        precision,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::with_pool(model, tc, b, t, moe_core::Pool::single(), 1)?;
+    let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+    let targets = fixture_tokens(b, t, cfg.vocab_size, 1);
+    let mut numerical = Numerical::default();
+    let m = measure::run(o.warmup.min(1), o.trials.min(5), |p| {
+        let s = p.start();
+        let out = trainer.train_step(&tokens, &targets, b, t);
+        p.stop(s);
+        numerical = Numerical::of(&[out?.loss]);
+        Ok(())
+    })?;
+    // Measured on the trainer: its bf16 copy and gradient buffers.
+    let extra = json!({
+        "shadow_bytes": trainer.shadow_bytes(),
+        "grad_bytes": trainer.grad_bytes(),
+    });
+    Ok(Outcome {
+        m,
+        numerical,
+        arena_bytes: trainer.workspace_bytes() as u64,
+        peak_rss_bytes: None,
+        extra: Some(extra),
     })
 }
 
@@ -880,6 +1180,7 @@ fn run_train_memory(
         numerical,
         arena_bytes: ws.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -922,6 +1223,7 @@ fn run_matmul(
         numerical: Numerical::of(&c),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -943,6 +1245,7 @@ fn run_fma_peak(iters: u64, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&[out]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -965,11 +1268,14 @@ fn run_bandwidth(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&a[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
-fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
-    use moe_core::kernels::adamw::{adamw_pass, adamw_pass_zeroing, AdamWStep};
+fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
+    use moe_core::kernels::adamw::{
+        adamw_pass, adamw_pass_zeroing, adamw_pass_zeroing_bf16, AdamWStep,
+    };
     let mut w: Vec<f32> = fixture_uniform(o.seed, n)
         .iter()
         .map(|u| 2.0 * u - 1.0)
@@ -980,6 +1286,8 @@ fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
         .collect();
     let mut g = g0.clone();
     let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    // The bf16 copy (mixed precision); empty for the other passes.
+    let mut copy = vec![0u16; if pass == AdamPass::ZeroingBf16 { n } else { 0 }];
     // Step-1 scalars of the default config at lr = 1e-3 (the values only need
     // to be those of a real step; the memory traffic does not depend on them).
     let (lr, b1, b2) = (1e-3f32, 0.9f32, 0.999f32);
@@ -994,15 +1302,23 @@ fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
         step_size: lr / (1.0 - b1),
     };
     let meas = measure::run(o.warmup, o.trials, |p| {
-        if zeroing {
-            // The zeroing pass leaves zeros: restore real gradients (untimed).
+        if pass.zeroes() {
+            // The zeroing passes leave zeros: restore real gradients (untimed).
             g.copy_from_slice(&g0);
         }
         let s = p.start();
-        if zeroing {
-            adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step);
-        } else {
-            adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step);
+        match pass {
+            AdamPass::Plain => adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step),
+            AdamPass::ThenZero => {
+                adamw_pass(black_box(&mut w), &g, &mut m, &mut v, step);
+                black_box(&mut g[..]).fill(0.0);
+            }
+            AdamPass::Zeroing => {
+                adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step)
+            }
+            AdamPass::ZeroingBf16 => {
+                adamw_pass_zeroing_bf16(black_box(&mut w), &mut g, &mut m, &mut v, &mut copy, step)
+            }
         }
         p.stop(s);
         black_box((&w, &g));
@@ -1013,6 +1329,7 @@ fn run_adamw(n: usize, zeroing: bool, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&w[..1024]),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1035,6 +1352,7 @@ fn run_softmax(n: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&buf),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1065,6 +1383,7 @@ fn run_decode(prompt: usize, new_tokens: usize, o: &RunOpts) -> Result<Outcome, 
         numerical: Numerical::of(&last),
         arena_bytes: dec.bytes() as u64,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1101,6 +1420,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical,
                 arena_bytes,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
         ThreadsWork::Forward => {
@@ -1119,6 +1439,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical,
                 arena_bytes: ws.bytes() as u64,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
         ThreadsWork::Decode => {
@@ -1146,6 +1467,7 @@ fn run_threads(work: ThreadsWork, threads: usize, o: &RunOpts) -> Result<Outcome
                 numerical: Numerical::of(&last),
                 arena_bytes: dec.bytes() as u64,
                 peak_rss_bytes: None,
+                extra: None,
             })
         }
     }
@@ -1181,6 +1503,7 @@ fn run_rmsnorm(rows: usize, c: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: Numerical::of(&y),
         arena_bytes: 0,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1213,6 +1536,7 @@ fn run_cold(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical,
         arena_bytes,
         peak_rss_bytes: None,
+        extra: None,
     })
 }
 
@@ -1304,6 +1628,7 @@ fn run_cold_process(b: usize, t: usize, o: &RunOpts) -> Result<Outcome, Error> {
         numerical: r.numerical,
         arena_bytes: r.arena_bytes,
         peak_rss_bytes: Some(peak),
+        extra: None,
     })
 }
 
@@ -1471,8 +1796,165 @@ fn run_parallel(
             numerical,
             arena_bytes,
             peak_rss_bytes: None,
+            extra: None,
         })
     })
+}
+
+/// [`Kind::Prec`]: the model is built in its precision outside the timed
+/// region (the Full profile's bf16 init is timed separately into `extra`).
+fn run_prec(work: PrecWork, bf16: bool, o: &RunOpts) -> Result<Outcome, Error> {
+    use moe_core::Precision;
+    let precision = if bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    let cfg = work.profile().config();
+    match work {
+        PrecWork::ForwardTiny => {
+            let model = MoETransformer::new_with(&cfg, o.seed, precision)?;
+            let (b, t) = (2, 32);
+            let mut ws = model.workspace(b, t, Mode::Inference)?;
+            let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);
+            let mut numerical = Numerical::default();
+            let m = measure::run(o.warmup, o.trials, |p| {
+                let s = p.start();
+                let out = model.forward(&mut ws, &tokens, b, t);
+                p.stop(s);
+                numerical = Numerical::of(out?);
+                Ok(())
+            })?;
+            Ok(Outcome {
+                m,
+                numerical,
+                arena_bytes: ws.bytes() as u64,
+                peak_rss_bytes: None,
+                extra: Some(json!({ "weight_bytes": model.param_bytes() })),
+            })
+        }
+        PrecWork::DecodeScale => {
+            let model = MoETransformer::new_with(&cfg, o.seed, precision)?;
+            let (prompt, new_tokens) = PREC_DECODE;
+            let v = cfg.vocab_size;
+            let tokens = fixture_tokens(1, prompt, v, 0);
+            let mut dec = Decoder::new(&model, prompt + new_tokens)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+            let greedy = SamplingStrategy::Greedy;
+            let mut last = vec![0.0f32; v];
+            let m = measure::run(o.warmup, o.trials, |p| {
+                dec.reset();
+                let s = p.start();
+                let logits = dec.prefill(black_box(&tokens))?;
+                let mut next = greedy.pick_token(&logits[(prompt - 1) * v..], &mut rng)?;
+                for _ in 1..new_tokens {
+                    next = greedy.pick_token(dec.step(next)?, &mut rng)?;
+                }
+                let l = dec.step(next)?;
+                p.stop(s);
+                last.copy_from_slice(l);
+                Ok(())
+            })?;
+            Ok(Outcome {
+                m,
+                numerical: Numerical::of(&last),
+                arena_bytes: dec.bytes() as u64,
+                peak_rss_bytes: None,
+                extra: Some(json!({ "weight_bytes": model.param_bytes() })),
+            })
+        }
+        PrecWork::FullDecode => run_full_decode(&cfg, o),
+    }
+}
+
+/// `full_decode_bf16`: builds the Full model straight into bf16 on all
+/// threads (timed: `extra.init_s`), measures a STREAM-style read bandwidth on
+/// all threads, then times prefill 32 + decode 16 (`trials` runs, KV cache
+/// reset each time; the first is the warmup).
+fn run_full_decode(cfg: &Config, o: &RunOpts) -> Result<Outcome, Error> {
+    let threads = moe_core::available_threads();
+    let pool = moe_core::Pool::new(threads)?;
+    let t0 = std::time::Instant::now();
+    let model = MoETransformer::new_bf16_on(cfg, o.seed, &pool)?;
+    let init_s = t0.elapsed().as_secs_f64();
+    let read_gbs = read_bandwidth(&pool);
+    let (prompt, new_tokens) = FULL_DECODE;
+    let v = cfg.vocab_size;
+    let tokens = fixture_tokens(1, prompt, v, 0);
+    let mut dec = Decoder::with_pool(&model, prompt + new_tokens, &pool)?;
+    let greedy = SamplingStrategy::Greedy;
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut last = vec![0.0f32; v];
+    let (mut prefill_ns, mut decode_ns) = (Vec::new(), Vec::new());
+    let m = measure::run(o.warmup.min(1), o.trials.clamp(1, 3), |p| {
+        dec.reset();
+        let s = p.start();
+        let a = std::time::Instant::now();
+        let logits = dec.prefill(black_box(&tokens))?;
+        let mut next = greedy.pick_token(&logits[(prompt - 1) * v..], &mut rng)?;
+        let b = std::time::Instant::now();
+        for _ in 0..new_tokens {
+            next = greedy.pick_token(dec.step(next)?, &mut rng)?;
+        }
+        let c = std::time::Instant::now();
+        p.stop(s);
+        prefill_ns.push((b - a).as_nanos() as f64);
+        decode_ns.push((c - b).as_nanos() as f64);
+        last.copy_from_slice(dec.step(next).map(|l| &l[..v])?);
+        dec.reset();
+        Ok(())
+    })?;
+    let med = |x: &mut Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (pre, dec_ns) = (med(&mut prefill_ns), med(&mut decode_ns));
+    let counts = cfg.param_counts_checked()?;
+    // Active bf16 weight bytes of one decoded token: every active parameter
+    // once (embedding row and norms are negligible), 2 bytes each.
+    let active_bytes = 2 * counts.active;
+    let decode_tps = new_tokens as f64 / (dec_ns * 1e-9);
+    let limit_tps = read_gbs * 1e9 / active_bytes as f64;
+    Ok(Outcome {
+        m,
+        numerical: Numerical::of(&last),
+        arena_bytes: dec.bytes() as u64,
+        peak_rss_bytes: None,
+        extra: Some(json!({
+            "init_s": init_s,
+            "init_threads": threads,
+            "prefill_tokens_per_sec": prompt as f64 / (pre * 1e-9),
+            "decode_tokens_per_sec": decode_tps,
+            "weight_bytes": model.param_bytes(),
+            "decoder_bytes": dec.bytes(),
+            "active_bf16_bytes_per_token": active_bytes,
+            "read_bandwidth_gb_per_sec": read_gbs,
+            "decode_limit_tokens_per_sec": limit_tps,
+            "fraction_of_limit": decode_tps / limit_tps,
+        })),
+    })
+}
+
+/// STREAM-style read bandwidth on all of `pool`'s threads, GB/s: each thread
+/// sums its own 256 MiB block of `u16` (touched first), best of 5 passes.
+fn read_bandwidth(pool: &moe_core::Pool) -> f64 {
+    const PER: usize = 128 << 20; // u16 per thread: 256 MiB
+    let threads = pool.threads();
+    let mut blocks: Vec<Vec<u16>> = (0..threads).map(|i| vec![i as u16 + 1; PER]).collect();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        pool.for_each_mut(&mut blocks, |_, b| {
+            black_box(moe_core::kernels::bf16::dot(&[1.0; 8], &b[..8]));
+            // A wide integer sum the compiler vectorises: one pass over the block.
+            let s = b.chunks_exact(64).fold(0u32, |acc, c| {
+                acc.wrapping_add(c.iter().fold(0u32, |a, &x| a.wrapping_add(u32::from(x))))
+            });
+            black_box(s);
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (threads * PER * 2) as f64 / best / 1e9
 }
 
 #[cfg(test)]
@@ -1532,7 +2014,18 @@ mod tests {
             Config::scale_256().param_counts().total,
             "optimizer_adamw_scale_256 must sweep exactly the scale_256 parameters"
         );
-        assert_eq!(adamw_bytes(10, false), 280);
-        assert_eq!(adamw_bytes(10, true), 320);
+        assert_eq!(adamw_bytes(10, AdamPass::Plain), 280);
+        assert_eq!(adamw_bytes(10, AdamPass::Zeroing), 320);
+        assert_eq!(adamw_bytes(10, AdamPass::ThenZero), 320);
+        assert_eq!(adamw_bytes(10, AdamPass::ZeroingBf16), 340);
+        for p in [
+            AdamPass::Plain,
+            AdamPass::ThenZero,
+            AdamPass::Zeroing,
+            AdamPass::ZeroingBf16,
+        ] {
+            assert_eq!(AdamPass::from_name(p.name()), Some(p));
+        }
+        assert_eq!(AdamPass::from_name("bogus"), None);
     }
 }

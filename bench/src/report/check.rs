@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::ReportError;
-use crate::harness::scenarios::{self, Kind};
+use crate::harness::scenarios::{self, AdamPass, Kind};
 use crate::io::read::{read_to_string_bounded, MAX_JSON_BYTES};
 use moe_core::Config;
 
@@ -670,6 +670,17 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 mem,
             })
         }
+        Kind::TrainPrecision {
+            profile,
+            b,
+            t,
+            precision,
+        } => hidden_ok(profile.config().hidden_size).map(|()| Kind::TrainPrecision {
+            profile,
+            b: u("batch").unwrap_or(b),
+            t: u("seq_len").unwrap_or(t),
+            precision,
+        }),
         Kind::Parallel {
             threads,
             workload,
@@ -727,12 +738,22 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
                 threads: u("thread_count").unwrap_or(threads),
             })
         }
-        Kind::AdamW { n, zeroing } => Ok(Kind::AdamW {
+        Kind::Prec { work, bf16 } => {
+            hidden_ok(work.profile().config().hidden_size).map(|()| Kind::Prec { work, bf16 })
+        }
+        Kind::AdamW { n, pass } => Ok(Kind::AdamW {
             n: u("n").unwrap_or(n),
-            zeroing: params
-                .get("zero_grads")
-                .and_then(Value::as_bool)
-                .unwrap_or(zeroing),
+            // `pass` names the sweep; files written before it have only
+            // `zero_grads` (then the fused zeroing pass or the plain one).
+            pass: match (
+                params.get("pass").and_then(Value::as_str),
+                params.get("zero_grads").and_then(Value::as_bool),
+            ) {
+                (Some(name), _) => AdamPass::from_name(name).unwrap_or(pass),
+                (None, Some(true)) => AdamPass::Zeroing,
+                (None, Some(false)) => AdamPass::Plain,
+                (None, None) => pass,
+            },
         }),
     })
 }
@@ -743,6 +764,7 @@ fn shape_of(k: &Kind) -> String {
     match *k {
         Kind::Model { b, t, .. }
         | Kind::TrainMemory { b, t, .. }
+        | Kind::TrainPrecision { b, t, .. }
         | Kind::DispatchCold { b, t }
         | Kind::DispatchColdProcess { b, t } => {
             let _ = write!(s, "batch {b}, seq_len {t}");
@@ -770,6 +792,14 @@ fn shape_of(k: &Kind) -> String {
         }
         Kind::Threads { work, threads } => {
             let _ = write!(s, "{}, thread_count {threads}", work.name());
+        }
+        Kind::Prec { work, bf16 } => {
+            let _ = write!(
+                s,
+                "{} {}",
+                work.profile().name(),
+                if bf16 { "bf16" } else { "f32" }
+            );
         }
     }
     s

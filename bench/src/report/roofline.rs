@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 
 use super::Run;
-use crate::harness::scenarios::{self, adamw_bytes, Kind, Workload};
+use crate::harness::scenarios::{self, adamw_bytes, AdamPass, Kind, Workload};
 
 /// The model scenarios the section covers, in order.
 pub const MODEL_IDS: [&str; 4] = [
@@ -98,7 +98,7 @@ pub fn rows(run: &Run) -> Vec<Roof> {
             let p = profile.config().param_counts().total;
             let (bytes, train) = match workload {
                 Workload::Forward => (4.0 * p as f64, false),
-                Workload::TrainStep => (adamw_bytes(p as usize, true) as f64, true),
+                Workload::TrainStep => (adamw_bytes(p as usize, AdamPass::Zeroing) as f64, true),
             };
             let (flop_ns, mem_ns) = (flops / peak, bytes / bw);
             let limit_ns = limit(flop_ns, mem_ns, train);

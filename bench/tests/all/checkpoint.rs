@@ -134,7 +134,7 @@ fn save_load_forward_bit_identical() {
     let (dir, model) = saved(7);
     let back = load(dir.path()).unwrap();
     assert_eq!(back.config(), model.config());
-    assert_eq!(bits(back.params()), bits(model.params()));
+    assert_eq!(bits(back.params().unwrap()), bits(model.params().unwrap()));
     let (b, t) = (2, 8);
     let toks = tokens(0, b * t, model.config().vocab_size);
     let mut ws1 = model.workspace(b, t, Mode::Inference).unwrap();
@@ -231,6 +231,7 @@ fn model_file_is_deterministic_and_in_layout_order() {
     let data: Vec<u8> = raw.iter().flat_map(|t| t.3.iter().copied()).collect();
     let flat: Vec<u8> = model
         .params()
+        .unwrap()
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
@@ -269,9 +270,9 @@ fn loads_golden_generator_checkpoint() {
     let model = load(&dir).unwrap();
     assert_eq!(model.config(), &Config::tiny());
     // Element 0 of t=0 and t=40 (tests/golden/README.md).
-    assert_eq!(model.params()[0].to_bits(), 0x3E6C_CA58);
+    assert_eq!(model.params().unwrap()[0].to_bits(), 0x3E6C_CA58);
     assert_eq!(
-        model.params()[model.layout().lm_head.start].to_bits(),
+        model.params().unwrap()[model.layout().lm_head.start].to_bits(),
         0x3DF4_3100
     );
 }
@@ -336,7 +337,10 @@ fn resume_is_bit_identical() {
     assert_eq!(resumed.optimizer().step(), 3);
     assert_eq!(bits(resumed.optimizer().m()), bits(first.optimizer().m()));
     assert_eq!(bits(resumed.optimizer().v()), bits(first.optimizer().v()));
-    assert_eq!(bits(resumed.model().params()), bits(first.model().params()));
+    assert_eq!(
+        bits(resumed.model().params().unwrap()),
+        bits(first.model().params().unwrap())
+    );
     drop((first, resumed));
 
     let mut resumed = load_training(dir.path(), tc, 2, 8).unwrap();
@@ -345,8 +349,8 @@ fn resume_is_bit_identical() {
     let expected: Vec<[u64; 6]> = all.iter().map(stat_bits).collect();
     assert_eq!(joined, expected);
     assert_eq!(
-        bits(resumed.model().params()),
-        bits(straight.model().params())
+        bits(resumed.model().params().unwrap()),
+        bits(straight.model().params().unwrap())
     );
     assert_eq!(
         bits(resumed.optimizer().m()),
@@ -986,7 +990,7 @@ fn failing_save_keeps_previous_checkpoint() {
         .unwrap()
         .offset
         + 5;
-    bad.params_mut()[at] = f32::NAN;
+    bad.params_mut().unwrap()[at] = f32::NAN;
     let e = save(dir.path(), &bad).unwrap_err();
     assert!(
         matches!(&e, CheckpointError { kind: CheckpointErrorKind::NonFinite { name, index: 5, .. }, .. } if name == "model.layers.1.self_attn.v_proj.weight"),
@@ -1012,8 +1016,8 @@ fn failing_save_keeps_previous_checkpoint() {
     );
     assert_eq!(snapshot(dir.path()), before);
     assert_eq!(
-        bits(load(dir.path()).unwrap().params()),
-        bits(tiny_model(1).params())
+        bits(load(dir.path()).unwrap().params().unwrap()),
+        bits(tiny_model(1).params().unwrap())
     );
 }
 
@@ -1141,8 +1145,8 @@ fn save_failing_mid_write_keeps_previous_checkpoint() {
         "checkpoint changed or temp files left"
     );
     assert_eq!(
-        bits(load(dir.path()).unwrap().params()),
-        bits(tiny_model(1).params())
+        bits(load(dir.path()).unwrap().params().unwrap()),
+        bits(tiny_model(1).params().unwrap())
     );
 }
 

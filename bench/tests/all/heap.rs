@@ -46,7 +46,13 @@ fn train_steps_are_bit_identical_under_both_policies() {
         let losses: Vec<u32> = (0..3)
             .map(|_| t.train_step(&x, &y, 2, 8).unwrap().loss.to_bits())
             .collect();
-        let params: Vec<u32> = t.model().params().iter().map(|p| p.to_bits()).collect();
+        let params: Vec<u32> = t
+            .model()
+            .params()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_bits())
+            .collect();
         (losses, params)
     };
     assert_eq!(run(AllocPolicy::Arena), run(AllocPolicy::HeapPerStep));

@@ -105,7 +105,7 @@ fn check_against_transformers(name: &str) {
     // Without the window the logits differ: the test really exercises it.
     let mut full = cfg;
     full.sliding_window = None;
-    let m2 = MoETransformer::from_params(&full, model.params().to_vec()).unwrap();
+    let m2 = MoETransformer::from_params(&full, model.params().unwrap().to_vec()).unwrap();
     let mut ws = m2.workspace(2, 12, Mode::Inference).unwrap();
     let l2 = m2.forward(&mut ws, &tokens.input_ids, 2, 12).unwrap();
     let d = l2
@@ -283,7 +283,7 @@ fn export_bf16_sharded_round_trips_and_replaces_atomically() {
     assert_eq!(cfg["sliding_window"], 4);
     assert!(out.join(INDEX_FILE).is_file());
     let back = checkpoint::load(&out).unwrap();
-    assert_eq!(back.params(), model.params());
+    assert_eq!(back.params().unwrap(), model.params().unwrap());
     assert_eq!(back.config(), model.config());
     // Re-export over it as one f32 file: the old shards are gone, no temporaries left.
     checkpoint::export(&out, &model, &ExportOptions::default()).unwrap();
@@ -299,20 +299,23 @@ fn export_bf16_sharded_round_trips_and_replaces_atomically() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert_eq!(checkpoint::load(&out).unwrap().params(), model.params());
+    assert_eq!(
+        checkpoint::load(&out).unwrap().params().unwrap(),
+        model.params().unwrap()
+    );
 
     // bf16 rounding of non-bf16 values is round-to-nearest-even.
-    let mut p = model.params().to_vec();
+    let mut p = model.params().unwrap().to_vec();
     p[0] = f32::from_bits(0x3F80_8000); // exactly halfway between two bf16: ties to even (down)
     p[1] = f32::from_bits(0x3F81_8000); // halfway, odd below: rounds up
     let m = MoETransformer::from_params(model.config(), p).unwrap();
     checkpoint::export(&out, &m, &opts).unwrap();
     let b = checkpoint::load(&out).unwrap();
-    assert_eq!(b.params()[0].to_bits(), 0x3F80_0000);
-    assert_eq!(b.params()[1].to_bits(), 0x3F82_0000);
+    assert_eq!(b.params().unwrap()[0].to_bits(), 0x3F80_0000);
+    assert_eq!(b.params().unwrap()[1].to_bits(), 0x3F82_0000);
 
     // f16 refuses a value it would turn into infinity.
-    let mut p = model.params().to_vec();
+    let mut p = model.params().unwrap().to_vec();
     p[3] = 1e6;
     let m = MoETransformer::from_params(model.config(), p).unwrap();
     let f16 = ExportOptions {
@@ -344,8 +347,8 @@ fn moe_export_cli_writes_shards() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(out.join(INDEX_FILE).is_file());
     assert_eq!(
-        checkpoint::load(&out).unwrap().params(),
-        checkpoint::load(&d).unwrap().params()
+        checkpoint::load(&out).unwrap().params().unwrap(),
+        checkpoint::load(&d).unwrap().params().unwrap()
     );
     let o = moe(&[
         "export",

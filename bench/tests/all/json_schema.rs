@@ -44,6 +44,8 @@ const IDS: &[&str] = &[
     "machine_bandwidth",
     "optimizer_adamw_scale_256",
     "optimizer_adamw_zeroing_scale_256",
+    "optimizer_adamw_then_zero_scale_256",
+    "optimizer_adamw_bf16_scale_256",
     #[cfg(feature = "openblas")]
     "kernel_matmul_openblas",
     #[cfg(feature = "openblas")]
@@ -56,6 +58,10 @@ const IDS: &[&str] = &[
     "recompute_train_tiny_s512_off",
     "recompute_train_scale_s256",
     "recompute_train_scale_s256_off",
+    "mixed_train_tiny_s512",
+    "mixed_train_tiny_s512_f32",
+    "mixed_train_scale_s256",
+    "mixed_train_scale_s256_f32",
     "threads_train_T1",
     "threads_train_T2",
     "threads_train_T4",
@@ -64,16 +70,26 @@ const IDS: &[&str] = &[
     "threads_forward_T4",
     "threads_decode_T1",
     "threads_decode_T2",
+    "generate_kv_64_scale_256",
+    "generate_kv_64_bf16",
+    "dispatch_warm_bf16",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
     match id {
-        _ if id.starts_with("mem_") || id.starts_with("recompute_") => "memory",
+        _ if id.starts_with("mem_") || id.starts_with("recompute_") || id.starts_with("mixed_") => {
+            "memory"
+        }
         _ if id == "dispatch_warm_heap" => "memory",
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") || id.starts_with("threads_") => "parallel",
-        _ if id.starts_with("scale_") || id.starts_with("optimizer_") => "scale",
+        _ if id.starts_with("scale_")
+            || id.starts_with("optimizer_")
+            || id.starts_with("generate_kv_64_") =>
+        {
+            "scale"
+        }
         _ => panic!("unexpected id {id}"),
     }
 }
@@ -262,7 +278,7 @@ fn check_scenario(s: &Value) {
             "{id}: construction allocates the parameters"
         );
         assert_eq!(gflops, None, "{id}");
-    } else if id == "generate_kv_64" || id.starts_with("threads_decode_") {
+    } else if id.starts_with("generate_kv_64") || id.starts_with("threads_decode_") {
         // Decoding: no analytic FLOP count is claimed, but still no allocation.
         assert_eq!(alloc, 0, "{id}: steady-state allocation");
         assert_eq!(gflops, None, "{id}");

@@ -4,6 +4,7 @@
 //! module is one former `bench/tests/NAME.rs` (test names are now
 //! `NAME::test`).
 
+mod bf16;
 mod checkpoint;
 mod cli;
 mod common;

@@ -28,7 +28,7 @@ fn plan_prints_the_memory_modes_side_by_side() {
     );
     // Default and Memory::LOW totals (Workspace::bytes()).
     assert!(
-        out.contains("164,332,328") && out.contains("60,952,996"),
+        out.contains("164,332,360") && out.contains("60,953,012"),
         "{out}"
     );
     // Without an option there is no second table.

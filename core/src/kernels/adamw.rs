@@ -80,6 +80,55 @@ pub fn adamw_pass_zeroing(
     )
 }
 
+/// [`adamw_pass_zeroing`] that also writes the refreshed bf16 copy of every
+/// updated parameter, `copy[i] ← round_bf16(w[i])` (round to nearest even,
+/// [`super::bf16::round`]), behind the update of each 64-element block — the
+/// mixed-precision trainer's single sweep over the parameters: read w, g, m,
+/// v; write w, m, v, g = 0 and the 2-byte copy. `params`, `m`, `v` get exactly
+/// [`adamw_pass`]'s bits; `copy` equals `round_slice` of the updated `params`.
+#[inline(always)]
+pub fn adamw_pass_zeroing_bf16(
+    params: &mut [f32],
+    grads: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    copy: &mut [u16],
+    s: AdamWStep,
+) {
+    vectorized(
+        #[inline(always)]
+        || {
+            let n = params
+                .len()
+                .min(grads.len())
+                .min(m.len())
+                .min(v.len())
+                .min(copy.len());
+            const B: usize = 64;
+            let (params, grads, m, v, copy) = (
+                &mut params[..n],
+                &mut grads[..n],
+                &mut m[..n],
+                &mut v[..n],
+                &mut copy[..n],
+            );
+            for ((((pw, pg), pm), pv), pc) in params
+                .chunks_mut(B)
+                .zip(grads.chunks_mut(B))
+                .zip(m.chunks_mut(B))
+                .zip(v.chunks_mut(B))
+                .zip(copy.chunks_mut(B))
+            {
+                adamw_body(pw, pg, pm, pv, s);
+                pg.fill(0.0);
+                for (c, &w) in pc.iter_mut().zip(pw.iter()) {
+                    *c = super::bf16::round(w);
+                }
+            }
+        },
+    )
+}
+
 /// [`adamw_pass`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
 #[inline(always)]
 fn adamw_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {

@@ -40,7 +40,8 @@ std::thread_local! {
     static FORCE_PORTABLE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
-/// Whether the elementwise kernels of this thread run their AVX2+FMA clone.
+/// Whether the elementwise kernels of this thread run their AVX2+FMA clone
+/// (also the bf16 kernels' choice, so the same test hook reaches them).
 #[inline(always)]
 pub(crate) fn elementwise_avx2() -> bool {
     #[cfg(feature = "std")]

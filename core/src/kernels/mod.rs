@@ -4,6 +4,7 @@
 //! `// SAFETY:` comment.
 
 pub mod adamw;
+pub mod bf16;
 pub mod cpu;
 pub mod gemm;
 pub mod rows;

@@ -3,7 +3,7 @@
 //! A counting global allocator counts this thread's allocations.
 
 use moe_bench::harness::sys::alloc_counter::{AllocSnapshot, CountingAlloc};
-use moe_core::{Config, MoETransformer, Mode, TrainConfig, Trainer};
+use moe_core::{Config, MoETransformer, Mode, Precision, TrainConfig, Trainer};
 
 // The tool's counting allocator (one implementation for the benchmark and the
 // tests); its per-thread counters keep other test threads out of the counts.
@@ -34,8 +34,11 @@ fn the_counter_sees_allocations() {
 
 #[test]
 fn forward_allocates_nothing_at_several_shapes() {
-    for cfg in [Config::tiny(), Config::scale_256()] {
-        let model = MoETransformer::new(&cfg, 42).unwrap();
+    let cases = [Config::tiny(), Config::scale_256()]
+        .into_iter()
+        .flat_map(|c| [(c, Precision::F32), (c, Precision::Bf16)]);
+    for (cfg, precision) in cases {
+        let model = MoETransformer::new_with(&cfg, 42, precision).unwrap();
         let mut ws = model.workspace(8, 64, Mode::Inference).unwrap();
         let shapes = [(1, 8), (2, 32), (8, 64), (2, 16), (1, 1), (8, 64)];
         let inputs: Vec<Vec<u32>> = shapes
@@ -52,7 +55,7 @@ fn forward_allocates_nothing_at_several_shapes() {
                 assert_eq!(
                     (n, bytes),
                     (0, 0),
-                    "forward b{b} s{t} (c = {}) allocated",
+                    "forward b{b} s{t} (c = {}, {precision:?}) allocated",
                     cfg.hidden_size
                 );
             }
@@ -62,9 +65,19 @@ fn forward_allocates_nothing_at_several_shapes() {
 
 #[test]
 fn train_step_allocates_nothing() {
-    for cfg in [Config::tiny(), Config::scale_256()] {
+    // f32 and mixed precision (bf16 copy refreshed in the AdamW pass, bf16
+    // saved probabilities).
+    let precisions = [moe_core::Precision::F32, moe_core::Precision::Bf16];
+    for (cfg, precision) in [Config::tiny(), Config::scale_256()]
+        .into_iter()
+        .flat_map(|c| precisions.map(|p| (c, p)))
+    {
         let model = MoETransformer::new(&cfg, 42).unwrap();
-        let mut tr = Trainer::new(model, TrainConfig::default(), 4, 16).unwrap();
+        let tc = TrainConfig {
+            precision,
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(model, tc, 4, 16).unwrap();
         let shapes = [(2, 8), (4, 16), (1, 3)];
         let data: Vec<(Vec<u32>, Vec<u32>)> = shapes
             .iter()
@@ -83,7 +96,7 @@ fn train_step_allocates_nothing() {
                 assert_eq!(
                     (n, bytes),
                     (0, 0),
-                    "train_step b{b} s{t} (c = {}) allocated",
+                    "train_step b{b} s{t} (c = {}, {precision:?}) allocated",
                     cfg.hidden_size
                 );
             }
@@ -93,9 +106,27 @@ fn train_step_allocates_nothing() {
 
 #[test]
 fn decoding_a_token_allocates_nothing() {
-    use moe_core::{ChaCha8Rng, Decoder, SamplingStrategy, SeedableRng};
-    let model = MoETransformer::new(&Config::tiny(), 42).unwrap();
-    let mut dec = Decoder::new(&model, 64).unwrap();
+    for precision in [Precision::F32, Precision::Bf16] {
+        for pooled in [false, true] {
+            decode_allocates_nothing(precision, pooled);
+        }
+    }
+}
+
+fn decode_allocates_nothing(precision: Precision, pooled: bool) {
+    use moe_core::{ChaCha8Rng, Decoder, Pool, SamplingStrategy, SeedableRng};
+    let cfg = if pooled {
+        Config::scale_256()
+    } else {
+        Config::tiny()
+    };
+    let model = MoETransformer::new_with(&cfg, 42, precision).unwrap();
+    let pool = Pool::new(2).unwrap();
+    let mut dec = if pooled {
+        Decoder::with_pool(&model, 64, &pool).unwrap()
+    } else {
+        Decoder::new(&model, 64).unwrap()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let v = model.config().vocab_size;
     let strategies = [
@@ -120,7 +151,11 @@ fn decoding_a_token_allocates_nothing() {
             let l = dec.step(next).unwrap();
             s.pick_token(l, &mut rng).unwrap()
         });
-        assert_eq!((n, bytes), (0, 0), "decode step {i} with {s:?} allocated");
+        assert_eq!(
+            (n, bytes),
+            (0, 0),
+            "decode step {i} with {s:?} ({precision:?}, pool {pooled}) allocated"
+        );
         next = t;
     }
 }

@@ -353,7 +353,11 @@ fn a_workspace_of_another_model_or_mode_is_rejected() {
 #[test]
 fn non_finite_parameters_logits_and_losses_are_reported() {
     let cfg = Config::tiny();
-    let mut p = MoETransformer::new(&cfg, 1).unwrap().params().to_vec();
+    let mut p = MoETransformer::new(&cfg, 1)
+        .unwrap()
+        .params()
+        .unwrap()
+        .to_vec();
     p[123] = f32::NAN;
     assert_eq!(
         MoETransformer::from_params(&cfg, p).unwrap_err(),
@@ -365,21 +369,23 @@ fn non_finite_parameters_logits_and_losses_are_reported() {
     // Finite but huge weights overflow the logits to ±Inf.
     let mut m = MoETransformer::new(&cfg, 1).unwrap();
     let lm = m.layout().lm_head.start;
-    m.params_mut()[lm..].iter_mut().for_each(|w| *w = 3e38);
+    m.params_mut().unwrap()[lm..]
+        .iter_mut()
+        .for_each(|w| *w = 3e38);
     let mut ws = m.workspace(1, 4, Mode::Inference).unwrap();
     let err = m.forward(&mut ws, &[1, 2, 3, 4], 1, 4).unwrap_err();
     assert!(
         matches!(err, Error::NonFinite { what: "logits", .. }),
         "{err:?}"
     );
-    let params_before = m.params().to_vec();
+    let params_before = m.params().unwrap().to_vec();
     let mut tr = Trainer::new(m, TrainConfig::default(), 1, 4).unwrap();
     let err = tr
         .train_step(&[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
         .unwrap_err();
     assert!(matches!(err, Error::NonFinite { .. }), "{err:?}");
     // A failed step leaves the weights untouched.
-    assert_eq!(tr.model().params(), &params_before[..]);
+    assert_eq!(tr.model().params().unwrap(), &params_before[..]);
 }
 
 #[test]

@@ -34,6 +34,7 @@ fn train_config(alpha: f32) -> TrainConfig {
         adamw: AdamWConfig::default(),
         clip_grad_norm: Some(1.0),
         aux_alpha: alpha,
+        ..TrainConfig::default()
     }
 }
 

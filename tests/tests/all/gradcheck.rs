@@ -301,7 +301,17 @@ fn router_backward_with_aux() {
     let mut dwg = vec![PREFILL; e * c];
     let mut dp = vec![f32::NAN; n * e];
     router::backward(
-        &mut dx, &mut dwg, &mut dp, &gw, &p, &idx, &w, &aux, &x, &wg, &dm,
+        &mut dx,
+        &mut dwg,
+        &mut dp,
+        &gw,
+        &p,
+        &idx,
+        &w,
+        &aux,
+        &x,
+        moe_core::Weight::F32(&wg),
+        &dm,
     );
     let (xd, wgd, gwd, auxd) = (to_f64(&x), to_f64(&wg), to_f64(&gw), to_f64(&aux));
     let base = r::router(&xd, &wgd, n, c, e, k);
@@ -348,8 +358,8 @@ fn swiglu_backward() {
     let w2 = rand_vec(&mut g, c * f, 1.0);
     let gy = rand_vec(&mut g, m * c, 1.0);
     let ex = SwiGLU {
-        w13: &w13,
-        w2: &w2,
+        w13: moe_core::Weight::F32(&w13),
+        w2: moe_core::Weight::F32(&w2),
         c,
         f,
     };
@@ -468,7 +478,7 @@ fn model_gradcheck(label: &str, cfg: &Config, b: usize, t: usize, seed: u64) {
         );
     }
 
-    let params = to_f64(model.params());
+    let params = to_f64(model.params().unwrap());
     let k = cfg.num_experts_per_tok;
     let (base, routing) = r::loss_with_routing(cfg, &params, &tokens, &targets, b, t, 0.0);
     let sets: Vec<_> = routing.iter().map(|x| x.sets(k)).collect();

@@ -39,7 +39,7 @@ fn sliding_window_gives_the_same_gradients_in_every_memory_mode() {
     assert_eq!(l1.loss.to_bits(), l0.loss.to_bits());
     assert!(bits(&g1) == bits(&g0), "window: LOW gradients differ");
     // The window is live at this length: without it the loss changes.
-    let full = MoETransformer::from_params(&Config::tiny(), m.params().to_vec()).unwrap();
+    let full = MoETransformer::from_params(&Config::tiny(), m.params().unwrap().to_vec()).unwrap();
     let mut ws = full.workspace(b, t, Mode::Training).unwrap();
     let mut g = vec![0.0; m.layout().total];
     let l = full

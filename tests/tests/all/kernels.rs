@@ -603,8 +603,8 @@ fn swiglu_matches_reference() {
     let w13 = rand_vec(&mut g, 2 * f * c, 1.0);
     let w2 = rand_vec(&mut g, c * f, 1.0);
     let ex = SwiGLU {
-        w13: &w13,
-        w2: &w2,
+        w13: moe_core::Weight::F32(&w13),
+        w2: moe_core::Weight::F32(&w2),
         c,
         f,
     };
@@ -1138,8 +1138,8 @@ mod dispatch_paths {
         let w2 = rand_vec(&mut g, c * f, 0.2);
         same_bits("swiglu", || {
             let e = SwiGLU {
-                w13: &w13,
-                w2: &w2,
+                w13: moe_core::Weight::F32(&w13),
+                w2: moe_core::Weight::F32(&w2),
                 c,
                 f,
             };

@@ -4,6 +4,7 @@
 //! of fifteen times. Run a group with `cargo test --release -p moe-tests --test all -- MODULE::`.
 
 mod alloc;
+mod bf16;
 mod determinism;
 mod errors;
 mod full_profile;
@@ -12,6 +13,7 @@ mod golden;
 mod gradcheck;
 mod interplay;
 mod kernels;
+mod mixed;
 mod model_reference;
 mod nonfinite_weights;
 mod proptest_error_table;

@@ -39,7 +39,7 @@ fn forward_parity(label: &str, cfg: &Config, b: usize, t: usize) {
     // A workspace planned larger than the step must not change the result.
     let mut ws = model.workspace(b + 1, t + 5, Mode::Inference).unwrap();
     let logits = model.forward(&mut ws, &toks, b, t).unwrap().to_vec();
-    let want = r::forward(cfg, &to_f64(model.params()), &toks, b, t);
+    let want = r::forward(cfg, &to_f64(model.params().unwrap()), &toks, b, t);
     check_logits(label, &logits, &want);
     // The training workspace computes the same logits.
     let mut ws = model.workspace(b, t, Mode::Training).unwrap();
@@ -77,7 +77,7 @@ fn losses_match_reference() {
     let model = MoETransformer::new(&cfg, SEED).unwrap();
     let toks = tokens(b * t, cfg.vocab_size, 8);
     let targets = tokens(b * t, cfg.vocab_size, 9);
-    let params = to_f64(model.params());
+    let params = to_f64(model.params().unwrap());
     let mut ws = model.workspace(b, t, Mode::Training).unwrap();
     let mut grads = vec![0.0; model.layout().total];
     for alpha in [0.01f32, 0.0, 10.0] {
@@ -126,7 +126,7 @@ fn uniform_routing_gives_aux_equal_to_k() {
             let info = layout
                 .get(&format!("model.layers.{l}.block_sparse_moe.gate.weight"))
                 .unwrap();
-            model.params_mut()[info.range()]
+            model.params_mut().unwrap()[info.range()]
                 .iter_mut()
                 .for_each(|w| *w = 0.0);
         }
@@ -137,7 +137,15 @@ fn uniform_routing_gives_aux_equal_to_k() {
             .loss_and_grad(&mut ws, &mut grads, &toks, &toks, b, t, 0.01, None)
             .unwrap();
         let k = cfg.num_experts_per_tok as f64;
-        let (_, _, aux) = r::loss(&cfg, &to_f64(model.params()), &toks, &toks, b, t, 0.01);
+        let (_, _, aux) = r::loss(
+            &cfg,
+            &to_f64(model.params().unwrap()),
+            &toks,
+            &toks,
+            b,
+            t,
+            0.01,
+        );
         println!(
             "uniform e{} k{k}: core aux {} reference aux {aux}",
             cfg.num_local_experts, got.aux

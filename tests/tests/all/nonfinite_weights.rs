@@ -225,7 +225,7 @@ fn table() -> Vec<(String, &'static str, [Outcome; 4])> {
             ("f32::MAX", f32::MAX),
         ] {
             let mut m = clean.clone();
-            m.params_mut()[at] = value;
+            m.params_mut().unwrap()[at] = value;
             let got = run(&m);
             let case = format!("{site} = {name}");
             let strict = !value.is_finite();

@@ -545,7 +545,7 @@ fn build() -> Table {
          `train_step` checks the gradient norm before AdamW; a failed step leaves \
          the weights untouched.",
     );
-    let mut p = m.params().to_vec();
+    let mut p = m.params().unwrap().to_vec();
     p[123] = f32::NAN;
     t.core(
         "NaN parameter",
@@ -556,7 +556,9 @@ fn build() -> Table {
     );
     let mut big = tiny();
     let lm = big.layout().lm_head.start;
-    big.params_mut()[lm..].iter_mut().for_each(|w| *w *= 3e38);
+    big.params_mut().unwrap()[lm..]
+        .iter_mut()
+        .for_each(|w| *w *= 3e38);
     let mut ws1 = big.workspace(1, 4, Mode::Inference).unwrap();
     t.core(
         "logits overflow (lm_head × 3e38)",
@@ -1262,7 +1264,7 @@ fn build() -> Table {
         .unwrap()
         .offset
         + 5;
-    bad.params_mut()[at] = f32::NAN;
+    bad.params_mut().unwrap()[at] = f32::NAN;
     let r = save(&dir, &bad);
     c.row(
         "saving a NaN parameter (nothing is written)",
@@ -1319,7 +1321,7 @@ fn build() -> Table {
     {
         let mut m = tiny();
         let at = m.layout().layers[0].wqkv.start;
-        m.params_mut()[at] = f32::NAN;
+        m.params_mut().unwrap()[at] = f32::NAN;
         let mut ws = m.workspace(1, 4, Mode::Inference).unwrap();
         t.core(
             "one NaN in `q_proj` (score rows all NaN: never \"fully masked\")",

@@ -311,7 +311,7 @@ proptest! {
              vec_f32(c * f, 1.0), vec_f32(m * c, 2.0), vec_f32(m * c, 2.0))
         }),
     ) {
-        let ex = SwiGLU { w13: &w13, w2: &w2, c, f };
+        let ex = SwiGLU { w13: moe_core::Weight::F32(&w13), w2: moe_core::Weight::F32(&w2), c, f };
         let mut y = vec![0.0; m * c];
         let mut h13 = vec![0.0; m * 2 * f];
         let mut act = vec![0.0; m * f];
@@ -345,7 +345,7 @@ proptest! {
             let mut dx = vec![0.0; n * c];
             let mut dwg = vec![0.0; e * c];
             let mut dp = vec![f32::NAN; n * e];
-            router::backward(&mut dx, &mut dwg, &mut dp, dtopk_w, &rprobs, &idx, &w, &aux, &x, &wg, &router_dims(n, c, e, k));
+            router::backward(&mut dx, &mut dwg, &mut dp, dtopk_w, &rprobs, &idx, &w, &aux, &x, moe_core::Weight::F32(&wg), &router_dims(n, c, e, k));
             vec![dx, dwg]
         })?;
     }

@@ -249,8 +249,8 @@ fn in_place_expert_and_ce_gradients_equal_the_separate_ones() {
     let w13 = uniform(&mut rng, 2 * f * c, 0.3);
     let w2 = uniform(&mut rng, c * f, 0.3);
     let ex = SwiGLU {
-        w13: &w13,
-        w2: &w2,
+        w13: moe_core::Weight::F32(&w13),
+        w2: moe_core::Weight::F32(&w2),
         c,
         f,
     };

@@ -52,7 +52,7 @@ fn nan_in_query_or_key_weights_is_nonfinite_not_masked() {
         ("k_proj", clean.layout().layers[0].wqkv.start + h * d * c),
     ] {
         let mut m = clean.clone();
-        m.params_mut()[at] = f32::NAN;
+        m.params_mut().unwrap()[at] = f32::NAN;
         let t = toks(9);
         let mut ws = m.workspace(2, 4, Mode::Inference).unwrap();
         let e = m.forward(&mut ws, &t[..8], 2, 4).unwrap_err();

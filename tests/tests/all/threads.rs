@@ -37,7 +37,7 @@ fn train(threads: usize, shapes: &[(usize, usize)]) -> (Vec<u32>, Vec<StepStats>
         let y = tokens(b * t, cfg.vocab_size, 99 + s as u32);
         stats.push(tr.train_step(&x, &y, b, t).unwrap());
     }
-    (bits(tr.model().params()), stats)
+    (bits(tr.model().params().unwrap()), stats)
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn train_steps_are_bit_identical_for_1_2_4_threads() {
         let y = tokens(b * t, cfg.vocab_size, 99 + s as u32);
         assert_eq!(tr.train_step(&x, &y, b, t).unwrap(), s1[s]);
     }
-    assert!(bits(tr.model().params()) == p1);
+    assert!(bits(tr.model().params().unwrap()) == p1);
 }
 
 #[test]
@@ -265,54 +265,63 @@ fn per_thread(pool: &Pool) -> Vec<(ThreadId, AllocSnapshot)> {
 
 #[test]
 fn threaded_steps_allocate_nothing_on_any_thread() {
-    let cfg = Config::tiny();
-    let model = MoETransformer::new(&cfg, 2).unwrap();
-    let pool = Pool::new(2).unwrap();
-    let mut tr = Trainer::with_pool(
-        model.clone(),
-        TrainConfig::default(),
-        8,
-        16,
-        pool.clone(),
-        DEFAULT_MICRO_BATCHES,
-    )
-    .unwrap();
-    let x = tokens(128, cfg.vocab_size, 1);
-    let y = tokens(128, cfg.vocab_size, 2);
-    let mut ws = model.split_workspace(8, 16, 4).unwrap();
-    let mut dec = Decoder::with_pool(&model, 32, &pool).unwrap();
-    // Warm-up: lazy one-time state (CPU detection, thread handles).
-    tr.train_step(&x, &y, 8, 16).unwrap();
-    model.forward_split(&pool, &mut ws, &x, 8, 16).unwrap();
-    dec.prefill(&[1, 2, 3]).unwrap();
-    per_thread(&pool);
-    let main = std::thread::current().id();
-    // Workers: read inside a gather region (their own bookkeeping happens
-    // after their snapshot, on the caller); the caller: read directly.
-    let before = per_thread(&pool);
-    let main0 = AllocSnapshot::this_thread();
-    for _ in 0..3 {
+    for precision in [moe_core::Precision::F32, moe_core::Precision::Bf16] {
+        let cfg = Config::tiny();
+        let model = MoETransformer::new(&cfg, 2).unwrap();
+        let pool = Pool::new(2).unwrap();
+        let mut tr = Trainer::with_pool(
+            model.clone(),
+            TrainConfig {
+                precision,
+                ..TrainConfig::default()
+            },
+            8,
+            16,
+            pool.clone(),
+            DEFAULT_MICRO_BATCHES,
+        )
+        .unwrap();
+        let x = tokens(128, cfg.vocab_size, 1);
+        let y = tokens(128, cfg.vocab_size, 2);
+        let mut ws = model.split_workspace(8, 16, 4).unwrap();
+        let mut dec = Decoder::with_pool(&model, 32, &pool).unwrap();
+        // Warm-up: lazy one-time state (CPU detection, thread handles).
         tr.train_step(&x, &y, 8, 16).unwrap();
         model.forward_split(&pool, &mut ws, &x, 8, 16).unwrap();
-        dec.step(4).unwrap();
-    }
-    let main_d = AllocSnapshot::this_thread().since(main0);
-    let after = per_thread(&pool);
-    assert_eq!(
-        (main_d.count, main_d.bytes),
-        (0, 0),
-        "the calling thread allocated"
-    );
-    assert_eq!(before.len(), 2);
-    let mut workers = 0;
-    for ((id, a), (id2, b)) in before.iter().zip(&after) {
-        assert_eq!(id, id2);
-        if *id == main {
-            continue;
+        dec.prefill(&[1, 2, 3]).unwrap();
+        per_thread(&pool);
+        let main = std::thread::current().id();
+        // Workers: read inside a gather region (their own bookkeeping happens
+        // after their snapshot, on the caller); the caller: read directly.
+        let before = per_thread(&pool);
+        let main0 = AllocSnapshot::this_thread();
+        for _ in 0..3 {
+            tr.train_step(&x, &y, 8, 16).unwrap();
+            model.forward_split(&pool, &mut ws, &x, 8, 16).unwrap();
+            dec.step(4).unwrap();
         }
-        workers += 1;
-        let d = b.since(*a);
-        assert_eq!((d.count, d.bytes), (0, 0), "worker {id:?} allocated");
+        let main_d = AllocSnapshot::this_thread().since(main0);
+        let after = per_thread(&pool);
+        assert_eq!(
+            (main_d.count, main_d.bytes),
+            (0, 0),
+            "the calling thread allocated"
+        );
+        assert_eq!(before.len(), 2);
+        let mut workers = 0;
+        for ((id, a), (id2, b)) in before.iter().zip(&after) {
+            assert_eq!(id, id2);
+            if *id == main {
+                continue;
+            }
+            workers += 1;
+            let d = b.since(*a);
+            assert_eq!(
+                (d.count, d.bytes),
+                (0, 0),
+                "worker {id:?} allocated ({precision:?})"
+            );
+        }
+        assert_eq!(workers, 1);
     }
-    assert_eq!(workers, 1);
 }

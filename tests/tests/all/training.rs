@@ -59,7 +59,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
     .unwrap();
     let x: Vec<u32> = (0..8).map(|i| i * 3 + 1).collect();
     let y: Vec<u32> = (0..8).map(|i| i * 5 + 2).collect();
-    let before = tr.model().params().to_vec();
+    let before = tr.model().params().unwrap().to_vec();
     let mut seen = 0.0f32;
     // Freeze lm_head by zeroing its gradient; AdamW then moves it by weight decay only.
     let st = tr
@@ -74,7 +74,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
     let decay = 1.0 - st.lr * TrainConfig::default().adamw.weight_decay;
     for i in t.range() {
         assert_eq!(
-            tr.model().params()[i],
+            tr.model().params().unwrap()[i],
             before[i] * decay,
             "lm_head[{i}] moved beyond weight decay"
         );
@@ -87,7 +87,7 @@ fn the_gradient_hook_sees_named_gradients_and_can_change_them() {
         .range();
     assert!(
         e.clone()
-            .any(|i| tr.model().params()[i] != before[i] * decay),
+            .any(|i| tr.model().params().unwrap()[i] != before[i] * decay),
         "other tensors must still train"
     );
 }
@@ -103,9 +103,11 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
     };
     let x: Vec<u32> = (0..8).map(|i| i * 7).collect();
     let (mut clipped, mut free) = (make(Some(0.5)), make(None));
-    // The hook variant applies the clip to the buffer in place.
+    // The hook variant applies the clip to the buffer in place; the hook
+    // sees it (after the step the AdamW pass has zeroed the buffer).
+    let mut norm = f32::NAN;
     let a = clipped
-        .train_step_with_hook(&x, &x, 1, 8, |_, _| {})
+        .train_step_with_hook(&x, &x, 1, 8, |g, _| norm = moe_core::optim::global_norm(g))
         .unwrap();
     let b = free.train_step(&x, &x, 1, 8).unwrap();
     assert_eq!(
@@ -113,9 +115,115 @@ fn clipping_bounds_the_update_gradient_and_reports_the_pre_clip_norm() {
         "the reported norm is the pre-clip norm"
     );
     assert!(a.grad_norm > 0.5);
-    let norm = moe_core::optim::global_norm(clipped.grads());
     assert!((norm - 0.5).abs() < 1e-3, "clipped gradient norm {norm}");
-    assert!((moe_core::optim::global_norm(free.grads()) - b.grad_norm).abs() < 1e-4);
+    // The unclipped gradients, recomputed on an identical trainer.
+    let mut again = make(None);
+    again.compute_gradients(&x, &x, 1, 8, None).unwrap();
+    assert!((moe_core::optim::global_norm(again.grads()) - b.grad_norm).abs() < 1e-4);
+}
+
+fn param_bits(t: &Trainer) -> Vec<u32> {
+    t.model()
+        .params()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// The fused zeroing (phase D zeroes g_m, m ≥ 1; the AdamW pass zeroes g_0)
+/// gives the bits of the old path: zero the buffer, `loss_and_grad`, clip
+/// coefficient, `AdamW::update_scaled` — three steps, so a missed zeroing
+/// would accumulate into the second.
+#[test]
+fn fused_gradient_zeroing_equals_zeroing_before_each_step() {
+    use moe_core::{optim::clip_coef, AdamW, Mode, Pool};
+    let (b, t) = (2, 8);
+    let model = MoETransformer::new(&Config::tiny(), 9).unwrap();
+    let tc = TrainConfig {
+        clip_grad_norm: Some(0.3),
+        ..TrainConfig::default()
+    };
+    let batch = |s: u32| -> (Vec<u32>, Vec<u32>) {
+        let x = (0..16).map(|i| (i * 13 + 7 * s + 1) % 1000).collect();
+        let y = (0..16).map(|i| (i * 17 + 3 * s + 2) % 1000).collect();
+        (x, y)
+    };
+    // The reference: explicit zeroing, unfused.
+    let mut params = model.params().unwrap().to_vec();
+    let mut reference = model.clone();
+    let mut ws = model.workspace(b, t, Mode::Training).unwrap();
+    let mut g = vec![0.0f32; model.layout().total];
+    let mut opt = AdamW::new(tc.adamw, g.len()).unwrap();
+    let mut tr = Trainer::with_pool(model, tc, b, t, Pool::new(2).unwrap(), 1).unwrap();
+    for s in 0..3 {
+        let (x, y) = batch(s);
+        g.fill(0.0);
+        reference.params_mut().unwrap().copy_from_slice(&params);
+        reference
+            .loss_and_grad(&mut ws, &mut g, &x, &y, b, t, tc.aux_alpha, None)
+            .unwrap();
+        let coef = clip_coef(moe_core::optim::global_norm(&g), 0.3);
+        assert!(coef < 1.0, "the clip must be active");
+        opt.update_scaled(&mut params, &g, tc.schedule.at(s as u64), coef)
+            .unwrap();
+        tr.train_step(&x, &y, b, t).unwrap();
+        let got: Vec<u32> = tr
+            .model()
+            .params()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let want: Vec<u32> = params.iter().map(|v| v.to_bits()).collect();
+        assert!(
+            got == want,
+            "step {s}: parameters differ from the unfused path"
+        );
+        assert!(
+            tr.grads().iter().all(|&g| g == 0.0),
+            "step {s}: g_0 not zeroed"
+        );
+    }
+}
+
+/// Data-parallel micro-batches: steps whose buffers were left dirty (by
+/// `compute_gradients`, by a failed step, by a smaller batch) give the same
+/// parameters, bit for bit, as uninterrupted steps.
+#[test]
+fn dirty_gradient_buffers_are_zeroed_before_the_next_step() {
+    use moe_core::IGNORE_INDEX;
+    let (b, t) = (8, 8);
+    let model = MoETransformer::new(&Config::tiny(), 5).unwrap();
+    let tc = TrainConfig::default();
+    let batch = |s: u32, n: usize| -> (Vec<u32>, Vec<u32>) {
+        let x = (0..n as u32)
+            .map(|i| (i * 29 + 11 * s + 1) % 1000)
+            .collect();
+        let y = (0..n as u32).map(|i| (i * 31 + 5 * s + 2) % 1000).collect();
+        (x, y)
+    };
+    let mut clean = Trainer::with_threads(model.clone(), tc, b, t, 2).unwrap();
+    let mut dirty = Trainer::with_threads(model, tc, b, t, 2).unwrap();
+    assert_eq!(dirty.micro_batches(), 4);
+    for s in 0..3 {
+        let (x, y) = batch(s, b * t);
+        clean.train_step(&x, &y, b, t).unwrap();
+        // Gradients of another batch left in the buffers...
+        let (x2, y2) = batch(s + 10, b * t);
+        dirty.compute_gradients(&x2, &y2, b, t, None).unwrap();
+        assert!(dirty.grads().iter().any(|&g| g != 0.0));
+        // ... a failed step (every target ignored) ...
+        let all = vec![IGNORE_INDEX; b * t];
+        dirty.train_step(&x, &all, b, t).unwrap_err();
+        // ... a 2-sequence batch (two of the four buffers) ...
+        let (x3, y3) = batch(s + 20, 2 * t);
+        dirty.compute_gradients(&x3, &y3, 2, t, None).unwrap();
+        dirty.train_step(&x, &y, b, t).unwrap();
+        assert_eq!(param_bits(&clean), param_bits(&dirty), "step {s}");
+        assert!(clean.grads().iter().all(|&g| g == 0.0));
+        assert!(dirty.grads().iter().all(|&g| g == 0.0));
+    }
 }
 
 #[test]
@@ -144,6 +252,7 @@ fn fused_clipping_equals_clipping_in_place() {
     let bits = |t: &Trainer| {
         t.model()
             .params()
+            .unwrap()
             .iter()
             .map(|v| v.to_bits())
             .collect::<Vec<_>>()

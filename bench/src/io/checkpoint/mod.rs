@@ -50,12 +50,12 @@ mod safetensors;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use moe_core::{Config, Layout, MoETransformer, TrainConfig, Trainer};
+use moe_core::{Config, Layout, MoETransformer, Precision, TrainConfig, Trainer};
 
 use self::error::model_err;
 use self::safetensors::{
-    check_finite_flat, check_tensors, copy_tensors, layout_tensors, safetensors_bound,
-    stage_safetensors, stage_safetensors_as, try_zeroed, StFile, TensorSet,
+    check_finite_flat, check_tensors, copy_tensors, copy_tensors_bf16, layout_tensors,
+    safetensors_bound, stage_safetensors, stage_safetensors_as, try_zeroed, StFile, TensorSet,
 };
 use crate::io::atomic::{commit, commit_dir, ensure_dir, stage, stage_dir, Staged};
 
@@ -124,12 +124,13 @@ fn stage_model(
     run_id: Option<&str>,
 ) -> Result<Vec<Staged>> {
     let model_path = dir.join(MODEL_FILE);
-    check_finite_flat(&model_path, model.layout(), model.params(), "")?;
+    let params = model.params().map_err(model_err(dir))?;
+    check_finite_flat(&model_path, model.layout(), params, "")?;
     check_router_aux_loss_coef(opts.router_aux_loss_coef).map_err(model_err(dir))?;
     ensure_dir(dir)?;
     let text = config_json(model.config(), opts);
     let cfg = stage(&dir.join(CONFIG_FILE), |w| w.write_all(text.as_bytes()))?;
-    let tensors = layout_tensors(model.layout(), model.params(), "");
+    let tensors = layout_tensors(model.layout(), params, "");
     let st = stage_safetensors(&model_path, &tensors, &model_metadata(step, run_id))?;
     Ok(vec![cfg, st])
 }
@@ -307,8 +308,36 @@ impl ModelFiles {
     }
 }
 
+/// The parameters read from a checkpoint, in the precision asked for.
+enum ReadParams {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
 /// Reads the parameters of `cfg` from a checkpoint's model file(s).
 fn read_params(mf: &ModelFiles, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
+    match read_params_as(mf, cfg, Precision::F32)? {
+        (layout, ReadParams::F32(p)) => Ok((layout, p)),
+        (_, ReadParams::Bf16(_)) => unreachable_bf16(mf.main_path()),
+    }
+}
+
+/// The `Err` of an arm that cannot happen (kept typed: never a panic).
+fn unreachable_bf16<T>(path: &Path) -> Result<T> {
+    Err(model_err(path)(moe_core::Error::PrecisionMismatch {
+        what: "read_params",
+        expected: "f32",
+        actual: "bf16",
+    }))
+}
+
+/// Reads the parameters of `cfg` from a checkpoint's model file(s) as
+/// `precision` (bf16: straight into a `u16` buffer, no f32 copy).
+fn read_params_as(
+    mf: &ModelFiles,
+    cfg: &Config,
+    precision: Precision,
+) -> Result<(Layout, ReadParams)> {
     let parsed = mf
         .files
         .iter()
@@ -340,9 +369,52 @@ fn read_params(mf: &ModelFiles, cfg: &Config) -> Result<(Layout, Vec<f32>)> {
     let layout = Layout::new(cfg).map_err(model_err(mf.main_path()))?;
     // Names, dtypes and shapes first: a valid file then bounds the allocation.
     check_tensors(&set, &layout, &[""])?;
-    let mut params = try_zeroed(mf.main_path(), layout.total)?;
-    copy_tensors(&set, &layout, "", &mut params, false)?;
+    let params = match precision {
+        Precision::F32 => {
+            let mut params = try_zeroed(mf.main_path(), layout.total)?;
+            copy_tensors(&set, &layout, "", &mut params, false)?;
+            ReadParams::F32(params)
+        }
+        Precision::Bf16 => {
+            let mut params = try_zeroed_u16(mf.main_path(), layout.total)?;
+            copy_tensors_bf16(&set, &layout, "", &mut params)?;
+            ReadParams::Bf16(params)
+        }
+    };
     Ok((layout, params))
+}
+
+/// `len` zeros (`u16`), or [`CheckpointErrorKind::Model`] (`AllocationFailed`) about `path`.
+fn try_zeroed_u16(path: &Path, len: usize) -> Result<Vec<u16>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        let bytes = len.saturating_mul(2);
+        model_err(path)(moe_core::Error::AllocationFailed { bytes })
+    })?;
+    v.resize(len, 0);
+    Ok(v)
+}
+
+/// [`load`] into a model of `precision`. [`Precision::Bf16`] reads the
+/// tensors straight into the model's bf16 buffer — BF16 tensors bit for bit,
+/// F32/F16 ones rounded to nearest even — with no f32 copy of the weights
+/// (peak memory: the bf16 buffer plus the memory-mapped files).
+///
+/// # Errors
+/// As [`load`]; with bf16 also [`CheckpointErrorKind::NonFinite`] for an
+/// F32/F16 value that rounds past bf16's range.
+pub fn load_as(dir: impl AsRef<Path>, precision: Precision) -> Result<MoETransformer> {
+    let dir = dir.as_ref();
+    let cc = read_config(dir)?;
+    let mf = ModelFiles::open(dir, safetensors_bound(&cc.config, 1))?;
+    match read_params_as(&mf, &cc.config, precision)? {
+        (_, ReadParams::F32(p)) => {
+            MoETransformer::from_params(&cc.config, p).map_err(model_err(dir))
+        }
+        (_, ReadParams::Bf16(p)) => {
+            MoETransformer::from_params_bf16(&cc.config, p).map_err(model_err(dir))
+        }
+    }
 }
 
 fn load_with_file(dir: &Path) -> Result<(MoETransformer, StFile)> {
@@ -421,7 +493,7 @@ pub fn shard_name(i: usize, n: usize) -> String {
 pub fn export(dir: impl AsRef<Path>, model: &MoETransformer, opts: &ExportOptions) -> Result<()> {
     let dir = dir.as_ref();
     let layout = model.layout();
-    let params = model.params();
+    let params = model.params().map_err(model_err(dir))?;
     check_finite_flat(&dir.join(MODEL_FILE), layout, params, "")?;
     if opts.dtype == StoreDtype::F16 {
         let max = f32::from(half::f16::MAX);

@@ -589,6 +589,54 @@ pub(super) fn copy_tensors(
     Ok(())
 }
 
+/// [`copy_tensors`] into a bf16 buffer (bit patterns), without an f32 copy:
+/// BF16 tensor bytes are taken as they are (little-endian `u16`), F32 and
+/// F16 values are rounded to bf16 (nearest even, as `torch`'s
+/// `.to(torch.bfloat16)`). A value that is, or rounds to, NaN/±∞ is refused
+/// ([`CheckpointErrorKind::NonFinite`] with the rounded value).
+pub(super) fn copy_tensors_bf16(
+    set: &TensorSet<'_>,
+    layout: &Layout,
+    prefix: &str,
+    flat: &mut [u16],
+) -> Result<()> {
+    use moe_core::kernels::bf16;
+    for t in layout.tensors() {
+        let (name, path, view) = lookup(set, prefix, t)?;
+        let dtype = view.dtype();
+        let size = elem_bytes(dtype).unwrap_or(4);
+        let data = view.data();
+        let out = flat.get_mut(t.range()).unwrap_or_default();
+        if data.len() != size * out.len() {
+            // Unreachable after `lookup` and safetensors' own validation.
+            let (expected, found) = (t.shape.clone(), vec![data.len() / size]);
+            return Err(CheckpointError::new(
+                path,
+                CheckpointErrorKind::WrongShape {
+                    name,
+                    expected,
+                    found,
+                },
+            ));
+        }
+        for (o, b) in out.iter_mut().zip(data.chunks_exact(size)) {
+            *o = match dtype {
+                Dtype::BF16 => u16::from_le_bytes([b[0], b[1]]),
+                _ => bf16::round(to_f32(dtype, b)),
+            };
+        }
+        if let Some(index) = bf16::first_non_finite(out) {
+            let value = bf16::widen(out[index]);
+            let kind = CheckpointErrorKind::NonFinite { name, index, value };
+            return Err(CheckpointError::new(path, kind));
+        }
+        if let Some(&(f, _)) = set.by_name.get(&name) {
+            set.files[f].release(data);
+        }
+    }
+    Ok(())
+}
+
 /// `len` zeros, or [`CheckpointErrorKind::Model`] (`AllocationFailed`) about `path`.
 pub(super) fn try_zeroed(path: &Path, len: usize) -> Result<Vec<f32>> {
     let mut v = Vec::new();

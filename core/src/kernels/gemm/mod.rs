@@ -16,6 +16,7 @@
 //! Shapes: `op(A)` is `[m, k]`, `op(B)` is `[k, n]`, `C` is `[m, n]` with row
 //! stride `ldc`. With `β = 0` the previous contents of `C` are never read.
 
+pub mod bf16;
 #[cfg(feature = "blas")]
 mod blas;
 #[cfg(feature = "matrixmultiply")]
