@@ -75,6 +75,10 @@ pub struct PlanArgs {
     /// Print markdown tables (for docs/runtime.md) instead of plain text.
     #[arg(long)]
     pub markdown: bool,
+    /// Storage precision of the weights: `bf16` halves the parameter bytes
+    /// (inference only: the training rows are then not applicable).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: super::PrecisionArg,
     /// Also print the memory of a step on N threads: the per-micro-batch
     /// training workspaces and gradient buffers, the split-forward workspaces.
     #[arg(long, value_name = "N", value_parser = super::threads_arg)]
@@ -191,7 +195,10 @@ fn heading(markdown: bool, text: &str) {
 }
 
 /// The flat buffers: parameters, and in training gradients + both AdamW moments.
-fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
+fn print_flat(cfg: &Config, markdown: bool, precision: moe_core::Precision) -> Result<(), Error> {
+    if precision == moe_core::Precision::Bf16 {
+        return print_flat_bf16(cfg, markdown);
+    }
     let counts = cfg.param_counts_checked()?;
     let params = counts.total;
     let bytes = params
@@ -218,6 +225,52 @@ fn print_flat(cfg: &Config, markdown: bool) -> Result<(), Error> {
                 "**total in training**".to_owned(),
                 String::new(),
                 human(4 * bytes),
+            ],
+        ],
+    }
+    .print(markdown);
+    Ok(())
+}
+
+/// The bf16 model's buffers: the bf16 parameters and the f32 norm table.
+fn print_flat_bf16(cfg: &Config, markdown: bool) -> Result<(), Error> {
+    let counts = cfg.param_counts_checked()?;
+    let params = counts.total;
+    let bf16 = params
+        .checked_mul(2)
+        .ok_or("parameter bytes overflow u64")?;
+    let norms = 4 * (2 * cfg.num_hidden_layers as u64 + 1) * cfg.hidden_size as u64;
+    let f32_bytes = params
+        .checked_mul(4)
+        .ok_or("parameter bytes overflow u64")?;
+    heading(
+        markdown,
+        &format!(
+            "Flat buffers in bf16 ({} parameters, {} active per token: {} bf16 bytes read per decoded token)",
+            thousands(params),
+            thousands(counts.active),
+            human(2 * counts.active)
+        ),
+    );
+    Table {
+        header: vec!["buffer", "held by", "bytes"],
+        right: vec![false, false, true],
+        rows: vec![
+            vec![
+                "`params` (bf16)".to_owned(),
+                "MoETransformer (Precision::Bf16)".to_owned(),
+                human(bf16),
+            ],
+            vec![
+                "norm table (f32)".to_owned(),
+                "MoETransformer (Precision::Bf16)".to_owned(),
+                human(norms),
+            ],
+            vec!["**total**".to_owned(), String::new(), human(bf16 + norms)],
+            vec![
+                "(f32 `params`, for comparison)".to_owned(),
+                String::new(),
+                human(f32_bytes),
             ],
         ],
     }
@@ -450,7 +503,8 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
     } else {
         println!("profile {}", args.profile.0.name());
     }
-    print_flat(&cfg, args.markdown)?;
+    let precision = args.precision.precision();
+    print_flat(&cfg, args.markdown, precision)?;
     for &mode in modes {
         let (b0, t0) = default_shape(mode);
         let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
