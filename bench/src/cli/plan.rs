@@ -81,10 +81,12 @@ pub struct PlanArgs {
     /// training workspaces and gradient buffers, the split-forward workspaces.
     #[arg(long, value_name = "N", value_parser = super::threads_arg)]
     pub threads: Option<usize>,
-    /// Training precision: `bf16` = mixed precision (`moe train --precision
-    /// bf16`): the flat buffers gain the bf16 weight copy, and the training
-    /// plan saves the attention probabilities as bf16 (printed beside the
-    /// default plan; with `--attention lse` there are none to save).
+    /// Weight precision. `bf16`: the bf16 model's buffers (weights halved, as
+    /// `moe generate --precision bf16` holds them), then mixed-precision
+    /// training (`moe train --precision bf16`): the flat buffers gain the bf16
+    /// weight copy, and the training plan saves the attention probabilities
+    /// as bf16 (printed beside the default plan; with `--attention lse` there
+    /// are none to save).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: crate::cli::PrecisionArg,
 }
@@ -199,7 +201,13 @@ fn heading(markdown: bool, text: &str) {
 }
 
 /// The flat buffers: parameters, and in training gradients + both AdamW moments.
-fn print_flat(cfg: &Config, mixed: bool, markdown: bool) -> Result<(), Error> {
+/// With `Precision::Bf16`: first the bf16 model's buffers (inference), then
+/// the mixed-precision trainer's, which adds the bf16 copy the GEMMs read.
+fn print_flat(cfg: &Config, markdown: bool, precision: moe_core::Precision) -> Result<(), Error> {
+    let mixed = precision == moe_core::Precision::Bf16;
+    if mixed {
+        print_flat_bf16(cfg, markdown)?;
+    }
     let counts = cfg.param_counts_checked()?;
     let params = counts.total;
     let bytes = params
@@ -242,6 +250,52 @@ fn print_flat(cfg: &Config, mixed: bool, markdown: bool) -> Result<(), Error> {
         header: vec!["buffer", "held by", "bytes"],
         right: vec![false, false, true],
         rows,
+    }
+    .print(markdown);
+    Ok(())
+}
+
+/// The bf16 model's buffers: the bf16 parameters and the f32 norm table.
+fn print_flat_bf16(cfg: &Config, markdown: bool) -> Result<(), Error> {
+    let counts = cfg.param_counts_checked()?;
+    let params = counts.total;
+    let bf16 = params
+        .checked_mul(2)
+        .ok_or("parameter bytes overflow u64")?;
+    let norms = 4 * (2 * cfg.num_hidden_layers as u64 + 1) * cfg.hidden_size as u64;
+    let f32_bytes = params
+        .checked_mul(4)
+        .ok_or("parameter bytes overflow u64")?;
+    heading(
+        markdown,
+        &format!(
+            "Flat buffers in bf16 ({} parameters, {} active per token: {} bf16 bytes read per decoded token)",
+            thousands(params),
+            thousands(counts.active),
+            human(2 * counts.active)
+        ),
+    );
+    Table {
+        header: vec!["buffer", "held by", "bytes"],
+        right: vec![false, false, true],
+        rows: vec![
+            vec![
+                "`params` (bf16)".to_owned(),
+                "MoETransformer (Precision::Bf16)".to_owned(),
+                human(bf16),
+            ],
+            vec![
+                "norm table (f32)".to_owned(),
+                "MoETransformer (Precision::Bf16)".to_owned(),
+                human(norms),
+            ],
+            vec!["**total**".to_owned(), String::new(), human(bf16 + norms)],
+            vec![
+                "(f32 `params`, for comparison)".to_owned(),
+                String::new(),
+                human(f32_bytes),
+            ],
+        ],
     }
     .print(markdown);
     Ok(())
@@ -474,8 +528,7 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
     } else {
         println!("profile {}", args.profile.0.name());
     }
-    let mixed = args.precision == crate::cli::PrecisionArg::Bf16;
-    print_flat(&cfg, mixed, args.markdown)?;
+    print_flat(&cfg, args.markdown, args.precision.precision())?;
     for &mode in modes {
         let (b0, t0) = default_shape(mode);
         let (b, t) = (args.batch.unwrap_or(b0), args.seq.unwrap_or(t0));
@@ -493,6 +546,7 @@ pub fn run(args: PlanArgs) -> Result<(), Error> {
         },
     };
     // Mixed precision saves the probabilities as bf16 (what `Trainer` plans).
+    let mixed = args.precision.precision() == moe_core::Precision::Bf16;
     let mem = match (mixed, mem.attention) {
         (true, AttnMemory::Saved) => Memory {
             attention: AttnMemory::SavedBf16,

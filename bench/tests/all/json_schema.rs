@@ -84,12 +84,8 @@ fn expected_axis(id: &str) -> &'static str {
         _ if id.starts_with("kernel_") || id.starts_with("machine_") => "compiler",
         _ if id.starts_with("dispatch_") || id == "generate_kv_64" => "type_system",
         _ if id.starts_with("parallel_") || id.starts_with("threads_") => "parallel",
-        _ if id.starts_with("scale_")
-            || id.starts_with("optimizer_")
-            || id.starts_with("generate_kv_64_") =>
-        {
-            "scale"
-        }
+        _ if id.starts_with("scale_") || id.starts_with("optimizer_") => "scale",
+        _ if id.starts_with("generate_kv_64_") || id == "full_decode_bf16" => "scale",
         _ => panic!("unexpected id {id}"),
     }
 }
@@ -255,6 +251,14 @@ fn check_scenario(s: &Value) {
     float(d, "alloc_rate_bytes_per_sec");
     assert_eq!(float(d, "gc_throughput"), 1.0);
     let gflops = nullable_number(d, "gflops");
+    if let Some(twin) = s["params"].get("twin").and_then(|t| t.as_str()) {
+        // A bf16 scenario: its f32 twin's median over its own, from the same file.
+        let r = s["extra"]["speedup_vs_twin"].as_f64();
+        assert!(
+            r.is_some_and(|r| r > 0.0),
+            "{id}: speedup_vs_twin vs {twin}"
+        );
+    }
 
     if id.starts_with("optimizer_") {
         // Memory-bound passes: bytes per iteration instead of FLOPs.

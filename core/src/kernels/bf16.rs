@@ -126,10 +126,12 @@ pub fn first_non_finite(x: &[u16]) -> Option<usize> {
 const LANES: usize = 8;
 
 /// `Σ_p x[p]·widen(w[p])` over `min(len)` elements, in 8 interleaved partial
-/// sums (lane `l` takes `p ≡ l mod 8`, a multiply then an add — no FMA —
-/// in increasing `p`), reduced as `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`.
-/// The AVX2 and portable paths perform the same operations in the same order,
-/// so they return the same bits.
+/// sums (lane `l` takes `p ≡ l mod 8`, each step one fused multiply-add
+/// `s_l = fma(x_p, w_p, s_l)` in increasing `p`), reduced as
+/// `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`. The AVX2 path (`vfmadd`) and the
+/// portable one (`f32::mul_add` / `libm::fmaf`, correctly rounded like the
+/// instruction) perform the same operations in the same order, so they
+/// return the same bits.
 #[inline]
 pub fn dot(x: &[f32], w: &[u16]) -> f32 {
     let mut out = [0.0f32];
@@ -187,18 +189,31 @@ fn dot_portable(x: &[f32], w: &[u16]) -> f32 {
     let (xr, wr) = (xc.remainder(), wc.remainder());
     for (a, b) in xc.zip(wc) {
         for l in 0..LANES {
-            acc[l] += a[l] * widen(b[l]);
+            acc[l] = fma(a[l], widen(b[l]), acc[l]);
         }
     }
     for (l, (a, &b)) in xr.iter().zip(wr).enumerate() {
-        acc[l] += a * widen(b);
+        acc[l] = fma(*a, widen(b), acc[l]);
     }
     reduce(acc)
 }
 
+/// `a·b + c` with one rounding (the FMA instruction's result).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(feature = "std")]
+    {
+        a.mul_add(b, c)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        libm::fmaf(a, b, c)
+    }
+}
+
 /// Rows of `w` per step of [`gemv_avx2`] (they share each load of `x`).
 #[cfg(target_arch = "x86_64")]
-const ROWS: usize = 4;
+const ROWS: usize = 8;
 
 /// # Safety
 /// The CPU must support AVX2; `x.len() == k`, `w.len() >= y.len()·k`.
@@ -226,7 +241,7 @@ unsafe fn gemv_avx2(y: &mut [f32], x: &[f32], w: &[u16], k: usize, beta: f32) {
         // SAFETY: `lanes` holds exactly 8 floats (unaligned store).
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         for (l, (a, &b)) in x[body..].iter().zip(&row[body..k]).enumerate() {
-            lanes[l] += a * widen(b);
+            lanes[l] = fma(*a, widen(b), lanes[l]);
         }
         let s = reduce(lanes);
         *yj = if beta == 0.0 { s } else { *yj + s };
@@ -242,7 +257,7 @@ unsafe fn gemv_avx2(y: &mut [f32], x: &[f32], w: &[u16], k: usize, beta: f32) {
                 let xv = _mm256_loadu_ps(xp.add(p));
                 for (r, a) in acc.iter_mut().enumerate() {
                     let wv = ld(wp.add(r * k + p));
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(xv, wv));
+                    *a = _mm256_fmadd_ps(xv, wv, *a);
                 }
             }
             p += LANES;
@@ -260,7 +275,7 @@ unsafe fn gemv_avx2(y: &mut [f32], x: &[f32], w: &[u16], k: usize, beta: f32) {
             // SAFETY: as above, for the single row j < m.
             unsafe {
                 let xv = _mm256_loadu_ps(xp.add(p));
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(xv, ld(wp.add(p))));
+                acc = _mm256_fmadd_ps(xv, ld(wp.add(p)), acc);
             }
             p += LANES;
         }

@@ -554,6 +554,21 @@ fn build() -> Table {
         MoETransformer::from_params(&base, p),
         |e| matches!(e, Error::NonFinite { what: "params", .. }),
     );
+    let half = MoETransformer::new_with(&base, 1, moe_core::Precision::Bf16).unwrap();
+    t.core(
+        "f32 parameters of a bf16 model",
+        "`MoETransformer::params()` on `Precision::Bf16`",
+        "`bf16.rs::bf16_model_refuses_f32_access_and_training_with_typed_errors`",
+        half.params().map(|_| ()),
+        |e| matches!(e, Error::PrecisionMismatch { .. }),
+    );
+    t.core(
+        "training a bf16 model",
+        "`Trainer::new(bf16_model, …)`",
+        "`bf16.rs::bf16_model_refuses_f32_access_and_training_with_typed_errors`",
+        Trainer::new(half.clone(), TrainConfig::default(), 1, 4).map(|_| ()),
+        |e| matches!(e, Error::PrecisionMismatch { .. }),
+    );
     let mut big = tiny();
     let lm = big.layout().lm_head.start;
     big.params_mut().unwrap()[lm..]
