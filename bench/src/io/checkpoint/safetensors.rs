@@ -547,23 +547,8 @@ pub(super) fn copy_tensors(
     non_negative: bool,
 ) -> Result<()> {
     for t in layout.tensors() {
-        let (name, path, view) = lookup(set, prefix, t)?;
-        let dtype = view.dtype();
-        let size = elem_bytes(dtype).unwrap_or(4);
-        let data = view.data();
+        let (name, path, dtype, size, data) = tensor_bytes(set, prefix, t)?;
         let out = flat.get_mut(t.range()).unwrap_or_default();
-        if data.len() != size * out.len() {
-            // Unreachable after `lookup` and safetensors' own validation.
-            let (expected, found) = (t.shape.clone(), vec![data.len() / size]);
-            return Err(CheckpointError::new(
-                path,
-                CheckpointErrorKind::WrongShape {
-                    name,
-                    expected,
-                    found,
-                },
-            ));
-        }
         for (index, (o, b)) in out.iter_mut().zip(data.chunks_exact(size)).enumerate() {
             let value = to_f32(dtype, b);
             if !value.is_finite() {
@@ -582,11 +567,40 @@ pub(super) fn copy_tensors(
             }
             *o = value;
         }
-        if let Some(&(f, _)) = set.by_name.get(&name) {
-            set.files[f].release(data);
-        }
+        release(set, &name, data);
     }
     Ok(())
+}
+
+/// Tensor `t`'s name, file, dtype, bytes per element and little-endian bytes
+/// (checked by [`lookup`]: present, a loadable dtype, the layout's shape).
+fn tensor_bytes<'a>(
+    set: &TensorSet<'a>,
+    prefix: &str,
+    t: &TensorInfo,
+) -> Result<(String, &'a Path, Dtype, usize, &'a [u8])> {
+    let (name, path, view) = lookup(set, prefix, t)?;
+    let dtype = view.dtype();
+    let size = elem_bytes(dtype).unwrap_or(4);
+    let data = view.data();
+    if data.len() != size * t.numel() {
+        // Unreachable after `lookup` and safetensors' own validation.
+        let (expected, found) = (t.shape.clone(), vec![data.len() / size]);
+        let kind = CheckpointErrorKind::WrongShape {
+            name,
+            expected,
+            found,
+        };
+        return Err(CheckpointError::new(path, kind));
+    }
+    Ok((name, path, dtype, size, data))
+}
+
+/// Releases the pages of tensor `name`'s bytes once they were copied.
+fn release(set: &TensorSet<'_>, name: &str, data: &[u8]) {
+    if let Some(&(f, _)) = set.by_name.get(name) {
+        set.files[f].release(data);
+    }
 }
 
 /// [`copy_tensors`] into a bf16 buffer (bit patterns), without an f32 copy:
@@ -602,23 +616,8 @@ pub(super) fn copy_tensors_bf16(
 ) -> Result<()> {
     use moe_core::kernels::bf16;
     for t in layout.tensors() {
-        let (name, path, view) = lookup(set, prefix, t)?;
-        let dtype = view.dtype();
-        let size = elem_bytes(dtype).unwrap_or(4);
-        let data = view.data();
+        let (name, path, dtype, size, data) = tensor_bytes(set, prefix, t)?;
         let out = flat.get_mut(t.range()).unwrap_or_default();
-        if data.len() != size * out.len() {
-            // Unreachable after `lookup` and safetensors' own validation.
-            let (expected, found) = (t.shape.clone(), vec![data.len() / size]);
-            return Err(CheckpointError::new(
-                path,
-                CheckpointErrorKind::WrongShape {
-                    name,
-                    expected,
-                    found,
-                },
-            ));
-        }
         for (o, b) in out.iter_mut().zip(data.chunks_exact(size)) {
             *o = match dtype {
                 Dtype::BF16 => u16::from_le_bytes([b[0], b[1]]),
@@ -630,9 +629,7 @@ pub(super) fn copy_tensors_bf16(
             let kind = CheckpointErrorKind::NonFinite { name, index, value };
             return Err(CheckpointError::new(path, kind));
         }
-        if let Some(&(f, _)) = set.by_name.get(&name) {
-            set.files[f].release(data);
-        }
+        release(set, &name, data);
     }
     Ok(())
 }
