@@ -84,37 +84,54 @@ pub fn forward(
         if save { dm.b * dm.h * t * t } else { t },
     )?;
     for bi in 0..dm.b {
-        let rows = &qkv[bi * t * q..(bi + 1) * t * q];
-        let kvs = KvSource {
-            k: rows,
-            v: rows,
-            stride: q,
-            k_off: hd,
-            v_off: hd + dm.kv * dm.d,
-        };
         let p = if save {
             &mut probs[bi * dm.h * t * t..(bi + 1) * dm.h * t * t]
         } else {
             &mut probs[..]
         };
-        attend(
-            &mut att[bi * t * hd..(bi + 1) * t * hd],
-            p,
-            save,
-            rows,
-            kvs,
-            0,
-            dm,
-        )
-        .map_err(|e| match e {
-            Error::NonFinite { what, index } => Error::NonFinite {
-                what,
-                index: bi * dm.h * t + index,
-            },
-            e => e,
-        })?;
+        attend_sequence(att, p, save, qkv, bi, dm)?;
     }
     Ok(())
+}
+
+/// Sequence `bi` of [`forward`]: its queries attend to its own keys/values
+/// (`qkv` rows `bi·t ..`), writing `att` rows `bi·t ..` and the probabilities
+/// `p` (`[h, t, t]` when `save`, else one reused row); a non-finite score row
+/// is reported at its batch-wide index `(bi·h + head)·t + i`.
+fn attend_sequence(
+    att: &mut [f32],
+    p: &mut [f32],
+    save: bool,
+    qkv: &[f32],
+    bi: usize,
+    dm: &Dims,
+) -> Result<()> {
+    let (t, q) = (dm.t, dm.q);
+    let hd = dm.h * dm.d;
+    let rows = &qkv[bi * t * q..(bi + 1) * t * q];
+    let kvs = KvSource {
+        k: rows,
+        v: rows,
+        stride: q,
+        k_off: hd,
+        v_off: hd + dm.kv * dm.d,
+    };
+    attend(
+        &mut att[bi * t * hd..(bi + 1) * t * hd],
+        p,
+        save,
+        rows,
+        kvs,
+        0,
+        dm,
+    )
+    .map_err(|e| match e {
+        Error::NonFinite { what, index } => Error::NonFinite {
+            what,
+            index: bi * dm.h * t + index,
+        },
+        e => e,
+    })
 }
 
 /// [`forward`] that saves the probabilities as bf16 ([`crate::AttnMemory::SavedBf16`]):
@@ -140,31 +157,8 @@ pub fn forward_bf16(
     need("probs", scratch.len(), per)?;
     need("probs16", probs16.len(), dm.b * per)?;
     for bi in 0..dm.b {
-        let rows = &qkv[bi * t * q..(bi + 1) * t * q];
-        let kvs = KvSource {
-            k: rows,
-            v: rows,
-            stride: q,
-            k_off: hd,
-            v_off: hd + dm.kv * dm.d,
-        };
         let p = &mut scratch[..per];
-        attend(
-            &mut att[bi * t * hd..(bi + 1) * t * hd],
-            p,
-            true,
-            rows,
-            kvs,
-            0,
-            dm,
-        )
-        .map_err(|e| match e {
-            Error::NonFinite { what, index } => Error::NonFinite {
-                what,
-                index: bi * dm.h * t + index,
-            },
-            e => e,
-        })?;
+        attend_sequence(att, p, true, qkv, bi, dm)?;
         crate::kernels::bf16::round_slice(&mut probs16[bi * per..(bi + 1) * per], p);
     }
     Ok(())
