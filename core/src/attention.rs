@@ -21,7 +21,7 @@ pub mod flash;
 
 use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::{axpy, dot, softmax};
+use crate::kernels::{axpy_body, dot_body, softmax, vectorized};
 use crate::kv_cache::KvSource;
 
 /// `Err(ShapeMismatch)` unless `len >= need`.
@@ -208,6 +208,34 @@ pub fn attend(
     let last = (pos0 + t - 1) * kvs.stride;
     need("kvs.k", kvs.k.len(), last + kvs.k_off + kv * d)?;
     need("kvs.v", kvs.v.len(), last + kvs.v_off + kv * d)?;
+    let bad = vectorized(
+        #[inline(always)]
+        || attend_heads(att, probs, save, qkv_rows, &kvs, pos0, dm),
+    );
+    match bad {
+        Some(index) => Err(Error::NonFinite {
+            what: "attention scores",
+            index,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// [`attend`]'s loops on checked slices, inside one [`vectorized`] instance
+/// (the row kernels are called by their bodies, so the whole head loop is one
+/// AVX2 function with no call per key); returns the first non-finite row.
+#[inline(always)]
+fn attend_heads(
+    att: &mut [f32],
+    probs: &mut [f32],
+    save: bool,
+    qkv_rows: &[f32],
+    kvs: &KvSource,
+    pos0: usize,
+    dm: &Dims,
+) -> Option<usize> {
+    let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
+    let hd = h * d;
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
     let mut bad: Option<usize> = None;
@@ -225,12 +253,12 @@ pub fn attend(
             };
             for j in j0..keys {
                 let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
-                prow[j] = dot(qi, kj) * scale;
+                prow[j] = dot_body(qi, kj) * scale;
             }
             // A row keeps at least its own key (j0 ≤ pos), so a row that is
             // not a distribution (NaN, +∞, or all −∞ from overflow) is an
             // error, never a "fully masked" row of zeros.
-            if !softmax::forward_inplace(&mut prow[j0..keys]) && bad.is_none() {
+            if !softmax::forward_row(&mut prow[j0..keys]) && bad.is_none() {
                 bad = Some(hh * t + i);
             }
             prow[..j0].iter_mut().for_each(|x| *x = 0.0);
@@ -239,17 +267,11 @@ pub fn attend(
             oi.iter_mut().for_each(|x| *x = 0.0);
             for j in j0..keys {
                 let vj = &kvs.v[j * kvs.stride + vo..j * kvs.stride + vo + d];
-                axpy(oi, prow[j], vj);
+                axpy_body(oi, prow[j], vj);
             }
         }
     }
-    match bad {
-        Some(index) => Err(Error::NonFinite {
-            what: "attention scores",
-            index,
-        }),
-        None => Ok(()),
-    }
+    bad
 }
 
 /// E28 (backward of E10): `dP_ij = do_i·v_j`, `dv_j += Σ_i P_ij do_i`,
@@ -303,6 +325,23 @@ fn backward_rows(
     dqkv: &mut [f32],
     dp: &mut [f32],
     datt: &[f32],
+    probs: SavedProbs,
+    qkv: &[f32],
+    dm: &Dims,
+) {
+    vectorized(
+        #[inline(always)]
+        || backward_body(dqkv, dp, datt, probs, qkv, dm),
+    )
+}
+
+/// [`backward_rows`]' loops, inside one [`vectorized`] instance (the row
+/// kernels called by their bodies: no call per key).
+#[inline(always)]
+fn backward_body(
+    dqkv: &mut [f32],
+    dp: &mut [f32],
+    datt: &[f32],
     mut probs: SavedProbs,
     qkv: &[f32],
     dm: &Dims,
@@ -334,22 +373,22 @@ fn backward_rows(
                 // forward: o_i = Σ_j P_ij v_j  (local index jj = j − j0)
                 for (jj, j) in (j0..=i).enumerate() {
                     let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    dprow[jj] = dot(doi, vj);
+                    dprow[jj] = dot_body(doi, vj);
                     let dvj = &mut dqkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    axpy(dvj, prow[jj], doi);
+                    axpy_body(dvj, prow[jj], doi);
                 }
                 // forward: P_i = softmax(S_i) over the visible keys
-                softmax::backward_inplace(dprow, prow);
+                softmax::backward_inplace_row(dprow, prow);
                 // forward: S_ij = s · q_i·k_j
                 let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 let dqi = &mut dqkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 for (jj, j) in (j0..=i).enumerate() {
                     let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dqi, dprow[jj] * scale, kj);
+                    axpy_body(dqi, dprow[jj] * scale, kj);
                 }
                 for (jj, j) in (j0..=i).enumerate() {
                     let dkj = &mut dqkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dkj, dprow[jj] * scale, qi);
+                    axpy_body(dkj, dprow[jj] * scale, qi);
                 }
             }
         }

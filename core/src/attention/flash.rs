@@ -24,7 +24,7 @@ use core::ops::Range;
 
 use crate::config::Dims;
 use crate::error::{Error, Result};
-use crate::kernels::{axpy, dot, exp, rows, softmax, vectorized};
+use crate::kernels::{axpy_body, dot_body, exp, rows, softmax, vectorized};
 
 /// The keys query `i` (position `i` of its sequence) attends to:
 /// `j0(i) ..= i`, causal, with `j0(i) = max(0, i + 1 − W)` under a
@@ -37,27 +37,23 @@ pub fn keys(dm: &Dims, i: usize) -> Range<usize> {
 /// E1 over one row `x`, exactly as [`softmax::forward_inplace`] (same
 /// operations, same order), also returning the row max `m` and `u = 1/Σ exp(x − m)`.
 /// The flag is `false` for a row that is not a distribution (NaN, `+∞`, all `−∞`).
-#[inline]
+#[inline(always)]
 fn softmax_stats(x: &mut [f32]) -> (bool, f32, f32) {
-    vectorized(
-        #[inline(always)]
-        || {
-            // The sweeps of `softmax::forward_inplace`, with its 8-lane kernels.
-            let (max, nan) = rows::max_nan(x);
-            if nan {
-                x.iter_mut().for_each(|v| *v = f32::NAN);
-                return (false, f32::NAN, f32::NAN);
-            }
-            if max == f32::NEG_INFINITY {
-                x.iter_mut().for_each(|v| *v = 0.0);
-                return (false, max, 0.0);
-            }
-            let sum = rows::exp_shift_sum_inplace(x, max);
-            let inv = 1.0 / sum;
-            rows::scale(x, inv);
-            (max.is_finite(), max, inv)
-        },
-    )
+    // The sweeps of `softmax::forward_inplace`, with its 8-lane kernels
+    // (called from inside [`vectorized`], so no dispatch here).
+    let (max, nan) = rows::max_nan(x);
+    if nan {
+        x.iter_mut().for_each(|v| *v = f32::NAN);
+        return (false, f32::NAN, f32::NAN);
+    }
+    if max == f32::NEG_INFINITY {
+        x.iter_mut().for_each(|v| *v = 0.0);
+        return (false, max, 0.0);
+    }
+    let sum = rows::exp_shift_sum_inplace(x, max);
+    let inv = 1.0 / sum;
+    rows::scale(x, inv);
+    (max.is_finite(), max, inv)
 }
 
 /// `Err(ShapeMismatch)` unless `len >= need`.
@@ -90,7 +86,7 @@ pub fn forward(
     qkv: &[f32],
     dm: &Dims,
 ) -> Result<()> {
-    let (b, t, h, kv, d, q) = (dm.b, dm.t, dm.h, dm.kv, dm.d, dm.q);
+    let (b, t, h, d, q) = (dm.b, dm.t, dm.h, dm.d, dm.q);
     super::check_heads(dm)?;
     let hd = h * d;
     need("qkv", qkv.len(), b * t * q)?;
@@ -98,6 +94,32 @@ pub fn forward(
     need("row", row.len(), t)?;
     need("row_max", row_max.len(), b * h * t)?;
     need("row_inv", row_inv.len(), b * h * t)?;
+    let bad = vectorized(
+        #[inline(always)]
+        || forward_body(att, row, row_max, row_inv, qkv, dm),
+    );
+    match bad {
+        Some(index) => Err(Error::NonFinite {
+            what: "attention scores",
+            index,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// [`forward`]'s loops on checked slices, inside one [`vectorized`] instance
+/// (no call per key); returns the first non-finite row.
+#[inline(always)]
+fn forward_body(
+    att: &mut [f32],
+    row: &mut [f32],
+    row_max: &mut [f32],
+    row_inv: &mut [f32],
+    qkv: &[f32],
+    dm: &Dims,
+) -> Option<usize> {
+    let (b, t, h, kv, d, q) = (dm.b, dm.t, dm.h, dm.kv, dm.d, dm.q);
+    let hd = h * d;
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
     let mut bad: Option<usize> = None;
@@ -112,7 +134,7 @@ pub fn forward(
                 let prow = &mut row[ks.clone()];
                 for (p, j) in prow.iter_mut().zip(ks.clone()) {
                     let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    *p = dot(qi, kj) * scale;
+                    *p = dot_body(qi, kj) * scale;
                 }
                 let (ok, m, u) = softmax_stats(prow);
                 let at = (bi * h + hh) * t + i;
@@ -125,18 +147,12 @@ pub fn forward(
                 oi.iter_mut().for_each(|x| *x = 0.0);
                 for (&p, j) in prow.iter().zip(ks) {
                     let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    axpy(oi, p, vj);
+                    axpy_body(oi, p, vj);
                 }
             }
         }
     }
-    match bad {
-        Some(index) => Err(Error::NonFinite {
-            what: "attention scores",
-            index,
-        }),
-        None => Ok(()),
-    }
+    bad
 }
 
 /// E33 backward: recomputes each row `P_i` from `qkv`, `row_max`, `row_inv`
@@ -150,6 +166,25 @@ pub fn forward(
 /// buffers come from the plan the forward checked).
 #[allow(clippy::too_many_arguments)] // reason: llm.c order — d-input, two scratch rows, dout, the two saved statistics, the saved input, dims
 pub fn backward(
+    dqkv: &mut [f32],
+    prow: &mut [f32],
+    dprow: &mut [f32],
+    datt: &[f32],
+    row_max: &[f32],
+    row_inv: &[f32],
+    qkv: &[f32],
+    dm: &Dims,
+) {
+    vectorized(
+        #[inline(always)]
+        || backward_body(dqkv, prow, dprow, datt, row_max, row_inv, qkv, dm),
+    )
+}
+
+/// [`backward`]'s loops, inside one [`vectorized`] instance (no call per key).
+#[allow(clippy::too_many_arguments)] // reason: [`backward`]'s arguments, passed through
+#[inline(always)]
+fn backward_body(
     dqkv: &mut [f32],
     prow: &mut [f32],
     dprow: &mut [f32],
@@ -178,39 +213,34 @@ pub fn backward(
                 let p = &mut prow[lo..hi];
                 for (pj, j) in p.iter_mut().zip(ks.clone()) {
                     let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    *pj = dot(qi, kj) * scale;
+                    *pj = dot_body(qi, kj) * scale;
                 }
                 let (m, u) = (row_max[at], row_inv[at]);
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for pj in p.iter_mut() {
-                            *pj = exp(*pj - m);
-                        }
-                        rows::scale(p, u);
-                    },
-                );
+                for pj in p.iter_mut() {
+                    *pj = exp(*pj - m);
+                }
+                rows::scale(p, u);
                 let p: &[f32] = p;
                 let doi = &datt[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
                 let dp = &mut dprow[lo..hi];
                 // forward: o_i = Σ_j P_ij v_j
                 for ((dpj, &pj), j) in dp.iter_mut().zip(p).zip(ks.clone()) {
                     let vj = &qkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    *dpj = dot(doi, vj);
+                    *dpj = dot_body(doi, vj);
                     let dvj = &mut dqkv[(rows + j) * q + vo..(rows + j) * q + vo + d];
-                    axpy(dvj, pj, doi);
+                    axpy_body(dvj, pj, doi);
                 }
                 // forward: P_i = softmax(S_i)
-                softmax::backward_inplace(dp, p);
+                softmax::backward_inplace_row(dp, p);
                 // forward: S_ij = s · q_i·k_j
                 let dqi = &mut dqkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 for (&dsj, j) in dp.iter().zip(ks.clone()) {
                     let kj = &qkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dqi, dsj * scale, kj);
+                    axpy_body(dqi, dsj * scale, kj);
                 }
                 for (&dsj, j) in dp.iter().zip(ks) {
                     let dkj = &mut dqkv[(rows + j) * q + ko..(rows + j) * q + ko + d];
-                    axpy(dkj, dsj * scale, qi);
+                    axpy_body(dkj, dsj * scale, qi);
                 }
             }
         }

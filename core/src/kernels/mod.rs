@@ -114,9 +114,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     )
 }
 
-/// [`dot`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+/// [`dot`]'s loop (instantiated for the baseline ISA and for AVX2+FMA;
+/// callers already inside [`vectorized`] call it directly).
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -145,12 +146,16 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     vectorized(
         #[inline(always)]
-        || {
-            for (yi, &xi) in y.iter_mut().zip(x) {
-                *yi += a * xi;
-            }
-        },
+        || axpy_body(y, a, x),
     )
+}
+
+/// [`axpy`]'s loop (for callers already inside [`vectorized`]).
+#[inline(always)]
+pub(crate) fn axpy_body(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
 }
 
 /// Index of the first NaN/Inf in `x`, if any.

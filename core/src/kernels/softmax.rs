@@ -27,9 +27,10 @@ pub fn forward_inplace(x: &mut [f32]) -> bool {
     )
 }
 
-/// [`forward_inplace`]'s body (instantiated for the baseline ISA and AVX2+FMA).
+/// [`forward_inplace`]'s body (instantiated for the baseline ISA and AVX2+FMA;
+/// callers already inside [`super::vectorized`] call it directly).
 #[inline(always)]
-fn forward_row(x: &mut [f32]) -> bool {
+pub(crate) fn forward_row(x: &mut [f32]) -> bool {
     // Sweep 1: max and the NaN flag, 8 lanes.
     let (max, nan) = rows::max_nan(x);
     if nan {
@@ -68,14 +69,18 @@ pub fn backward(dx: &mut [f32], p: &[f32], g: &[f32]) {
 /// E22 — like [`backward`] (`g ← p ⊙ (g − ⟨p, g⟩)`) with `g: [len]` overwritten by `dx`.
 #[inline]
 pub fn backward_inplace(g: &mut [f32], p: &[f32]) {
-    debug_assert!(g.len() == p.len());
     super::vectorized(
         #[inline(always)]
-        || {
-            let pg = dot(p, g);
-            for (gi, &pi) in g.iter_mut().zip(p) {
-                *gi = pi * (*gi - pg);
-            }
-        },
+        || backward_inplace_row(g, p),
     )
+}
+
+/// [`backward_inplace`]'s body (for callers already inside [`super::vectorized`]).
+#[inline(always)]
+pub(crate) fn backward_inplace_row(g: &mut [f32], p: &[f32]) {
+    debug_assert!(g.len() == p.len());
+    let pg = super::dot_body(p, g);
+    for (gi, &pi) in g.iter_mut().zip(p) {
+        *gi = pi * (*gi - pg);
+    }
 }
