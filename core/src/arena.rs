@@ -1,6 +1,7 @@
 //! The arena: every activation buffer a forward (and, in training mode,
 //! a backward) pass needs, planned from `(config, max_batch, max_seq, mode)`,
-//! allocated once as one bumpalo chunk, and carved into named slices per step.
+//! allocated once (one buffer per element type, filled once with a poison
+//! value) and carved into named slices per step, never filled again.
 //! The arena knows sizes, not math: the RoPE table that a step also needs is
 //! held next to it by `Workspace` (`workspace.rs`).
 //!
@@ -9,10 +10,14 @@
 //! structs and the carving; no buffer is picked by position.
 //!
 //! Lifetimes make the arena discipline a compile-time fact: `Arena::carve`
-//! takes `&mut self`, resets the bump arena and hands out slices that borrow
-//! the workspace, so no slice of step `s` can be alive when step `s+1` resets
-//! the arena. The arena has an allocation limit equal to its one chunk, so a
-//! request larger than the plan is an `Err`, never a reallocation.
+//! takes `&mut self` and hands out slices that borrow the workspace, so no
+//! slice of step `s` can be alive when step `s+1` carves again. The store is
+//! sized for the plan at its maximum shape, so a request larger than the plan
+//! is an `Err`, never a reallocation. A step writes every buffer before it
+//! reads it (accumulators are zeroed by the code that accumulates, at the
+//! start of the step), so carving costs no fill; a buffer read before it is
+//! written reads NaN (or `u32::MAX`) on a new workspace, which the tests' first
+//! step on a fresh workspace would catch.
 //!
 //! Buffers (elements; `n = b·t`, `q = (h+2kv)·d`, `s = n·k` routed slots;
 //! "per layer" buffers exist once per layer in training mode and once in all
@@ -167,6 +172,10 @@ impl PlanEntry {
 trait Elem: Copy + 'static {
     const DTYPE: Dtype;
     const ZERO: Self;
+    /// What a new arena holds ([`Store`]): NaN for `f32` and bf16, `u32::MAX`.
+    const POISON: Self;
+    /// The not yet carved rest of this type's store.
+    fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self];
     /// This type's next pre-allocated buffer of a heap-per-step carve.
     #[cfg(feature = "heap-per-step")]
     fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]>;
@@ -175,6 +184,10 @@ trait Elem: Copy + 'static {
 impl Elem for f32 {
     const DTYPE: Dtype = Dtype::F32;
     const ZERO: Self = 0.0;
+    const POISON: Self = f32::NAN;
+    fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self] {
+        &mut t.f32s
+    }
     #[cfg(feature = "heap-per-step")]
     fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
         h.f32s.next().map(Vec::as_mut_slice)
@@ -184,6 +197,10 @@ impl Elem for f32 {
 impl Elem for u32 {
     const DTYPE: Dtype = Dtype::U32;
     const ZERO: Self = 0;
+    const POISON: Self = u32::MAX;
+    fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self] {
+        &mut t.u32s
+    }
     #[cfg(feature = "heap-per-step")]
     fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
         h.u32s.next().map(Vec::as_mut_slice)
@@ -193,6 +210,11 @@ impl Elem for u32 {
 impl Elem for u16 {
     const DTYPE: Dtype = Dtype::Bf16;
     const ZERO: Self = 0;
+    /// A bf16 quiet NaN (all ones).
+    const POISON: Self = u16::MAX;
+    fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self] {
+        &mut t.u16s
+    }
     #[cfg(feature = "heap-per-step")]
     fn from_heap<'a>(h: &mut HeapTake<'a>) -> Option<&'a mut [Self]> {
         h.u16s.next().map(Vec::as_mut_slice)
@@ -201,16 +223,75 @@ impl Elem for u16 {
 
 /// Where `carve_acts` takes each buffer from.
 trait Take<'a> {
-    /// A zero-filled buffer of `len` elements.
+    /// A buffer of `len` elements, its contents unspecified: the step writes
+    /// every buffer before reading it (an accumulator is zeroed by the code
+    /// that accumulates into it, at the start of its step).
     fn take<T: Elem>(&mut self, len: usize) -> Result<&'a mut [T]>;
 }
 
-/// The default: slices of the planned bump arena.
-struct BumpTake<'a>(&'a Bump);
+/// The buffers' memory: one allocation per element type, sized for the plan
+/// at its maximum shape and filled once, when the arena is built, with each
+/// type's [`Elem::POISON`]. Steps carve it with `split_at_mut` and never fill
+/// it again: a step writes every buffer before it reads it, so `carve` costs
+/// no pass over the plan (it used to zero every buffer of every step). A
+/// buffer that a step read before writing would read NaN or `u32::MAX` on a
+/// new workspace — loud, and what every test's first step on a fresh
+/// workspace would catch — instead of a plausible zero.
+#[derive(Debug, Default)]
+struct Store {
+    f32s: Vec<f32>,
+    u32s: Vec<u32>,
+    u16s: Vec<u16>,
+}
 
-impl<'a> Take<'a> for BumpTake<'a> {
+impl Store {
+    /// A store for `plan` (at the maximum shape), poisoned; failure as an `Err`.
+    fn new(plan: &[PlanEntry]) -> Result<Self> {
+        let mut st = Store::default();
+        let (mut nf, mut nu, mut nh) = (0usize, 0usize, 0usize);
+        for e in plan {
+            let n = e.elems.saturating_mul(e.copies);
+            match e.dtype {
+                Dtype::F32 => nf = nf.saturating_add(n),
+                Dtype::U32 => nu = nu.saturating_add(n),
+                Dtype::Bf16 => nh = nh.saturating_add(n),
+            }
+        }
+        fill(&mut st.f32s, nf)?;
+        fill(&mut st.u32s, nu)?;
+        fill(&mut st.u16s, nh)?;
+        Ok(st)
+    }
+}
+
+/// `v` = `len` copies of `T::POISON`, failure as an `Err`.
+fn fill<T: Elem>(v: &mut Vec<T>, len: usize) -> Result<()> {
+    v.try_reserve_exact(len)
+        .map_err(|_| Error::AllocationFailed {
+            bytes: len.saturating_mul(T::DTYPE.size()),
+        })?;
+    v.resize(len, T::POISON);
+    Ok(())
+}
+
+/// The default: consecutive slices of the arena's [`Store`], as they are.
+struct StoreTake<'a> {
+    f32s: &'a mut [f32],
+    u32s: &'a mut [u32],
+    u16s: &'a mut [u16],
+}
+
+impl<'a> Take<'a> for StoreTake<'a> {
     fn take<T: Elem>(&mut self, len: usize) -> Result<&'a mut [T]> {
-        zeroed(self.0, len)
+        let rest = T::rest(self);
+        if rest.len() < len {
+            return Err(Error::AllocationFailed {
+                bytes: len.saturating_mul(T::DTYPE.size()),
+            });
+        }
+        let (head, tail) = core::mem::take(rest).split_at_mut(len);
+        *rest = tail;
+        Ok(head)
     }
 }
 
@@ -267,14 +348,6 @@ fn fresh<T: Elem>(len: usize) -> Result<Vec<T>> {
         })?;
     v.resize(len, T::ZERO);
     Ok(v)
-}
-
-/// A zero-filled slice of `len` elements from `bump`, failure as an `Err`.
-fn zeroed<T: Elem>(bump: &Bump, len: usize) -> Result<&mut [T]> {
-    bump.try_alloc_slice_fill_copy(len, T::ZERO)
-        .map_err(|_| Error::AllocationFailed {
-            bytes: len * T::DTYPE.size(),
-        })
 }
 
 /// The quantities the buffer table is written in (elements, for one step of `(b, t)`).
@@ -424,11 +497,12 @@ macro_rules! buffers {
             pub grads: Option<GradActs<'a>>,
         }
 
-        /// Carves every buffer of a step of `dm` from `bump` (already reset),
-        /// zero-filled: the per-layer table, each layer's buffers, then the
-        /// `head`, `tail` and (training) `grad` buffers.
+        /// Carves every buffer of a step of `dm`: the per-layer table from
+        /// `table` (already reset), then from `src` each layer's buffers, the
+        /// `head`, `tail` and (training) `grad` buffers, contents unspecified
+        /// ([`Take::take`]).
         fn carve_acts<'a>(
-            bump: &'a Bump,
+            table: &'a Bump,
             src: &mut impl Take<'a>,
             dm: Dims,
             train: bool,
@@ -437,7 +511,7 @@ macro_rules! buffers {
         ) -> Result<Acts<'a>> {
             let $z = Sz::new(&dm, train, mem, max_seq);
             let copies = layer_copies(dm.layers, train, mem);
-            let layers = bump
+            let layers = table
                 .try_alloc_slice_fill_with(copies, |_| LayerActs::default())
                 .map_err(|_| Error::AllocationFailed {
                     bytes: copies * core::mem::size_of::<LayerActs<'static>>(),
@@ -604,7 +678,10 @@ pub(crate) struct Arena {
     max_batch: usize,
     max_seq: usize,
     plan_bytes: usize,
-    bump: Bump,
+    /// The buffers' memory.
+    store: Store,
+    /// The per-layer slice table.
+    table: Bump,
     /// `Some` under [`AllocPolicy::HeapPerStep`].
     #[cfg(feature = "heap-per-step")]
     heap: Option<HeapStore>,
@@ -638,11 +715,20 @@ impl Arena {
             });
         }
         let plan_bytes = Self::plan_bytes(cfg, max_batch, max_seq, mode, mem)?;
-        let capacity = plan_bytes + Self::table_bytes(cfg, mode, mem) + TABLE_ALIGN_SLACK;
-        let bump = Bump::try_with_capacity(capacity)
-            .map_err(|_| Error::AllocationFailed { bytes: capacity })?;
+        let store = Store::new(&entries(
+            &Dims::new(cfg, max_batch, max_seq),
+            mode,
+            mem,
+            max_seq,
+        ))?;
+        // The per-layer slice table (in a bump arena: `&'a mut [LayerActs<'a>]`).
+        let table_capacity = Self::table_bytes(cfg, mode, mem) + TABLE_ALIGN_SLACK;
+        let table =
+            Bump::try_with_capacity(table_capacity).map_err(|_| Error::AllocationFailed {
+                bytes: table_capacity,
+            })?;
         // One chunk, never another: a request beyond the plan fails instead of growing.
-        bump.set_allocation_limit(Some(bump.allocated_bytes()));
+        table.set_allocation_limit(Some(table.allocated_bytes()));
         Ok(Arena {
             cfg: *cfg,
             mode,
@@ -650,7 +736,8 @@ impl Arena {
             max_batch,
             max_seq,
             plan_bytes,
-            bump,
+            store,
+            table,
             #[cfg(feature = "heap-per-step")]
             heap: None,
         })
@@ -748,12 +835,14 @@ impl Arena {
         check_shape(cfg, batch, seq, self.max_batch, self.max_seq)
     }
 
-    /// Resets the arena and carves every buffer for a step of `(batch, seq)`
-    /// (call [`Arena::check`] first). Buffers are zero-filled.
+    /// Carves every buffer for a step of `(batch, seq)`
+    /// (call [`Arena::check`] first). Buffers are not filled: their contents
+    /// are what the previous step left (or [`Elem::POISON`] on a new arena), and
+    /// each step writes a buffer before it reads it.
     pub(crate) fn carve(&mut self, batch: usize, seq: usize) -> Result<Acts<'_>> {
         let dm = Dims::new(&self.cfg, batch, seq);
         let train = self.mode == Mode::Training;
-        self.bump.reset();
+        self.table.reset();
         #[cfg(feature = "heap-per-step")]
         if let Some(store) = &mut self.heap {
             fill_heap(store, dm, train, self.mem, self.max_seq)?;
@@ -762,16 +851,24 @@ impl Arena {
                 u32s: store.u32s.iter_mut(),
                 u16s: store.u16s.iter_mut(),
             };
-            return carve_acts(&self.bump, &mut src, dm, train, self.mem, self.max_seq);
+            let mut acts = carve_acts(&self.table, &mut src, dm, train, self.mem, self.max_seq)?;
+            acts.zero_accumulators();
+            return Ok(acts);
         }
-        carve_acts(
-            &self.bump,
-            &mut BumpTake(&self.bump),
+        let mut acts = carve_acts(
+            &self.table,
+            &mut StoreTake {
+                f32s: &mut self.store.f32s,
+                u32s: &mut self.store.u32s,
+                u16s: &mut self.store.u16s,
+            },
             dm,
             train,
             self.mem,
             self.max_seq,
-        )
+        )?;
+        acts.zero_accumulators();
+        Ok(acts)
     }
 
     /// Switches how the buffers of the following steps are provided.
@@ -790,6 +887,18 @@ impl Arena {
             AllocPolicy::HeapPerStep
         } else {
             AllocPolicy::Arena
+        }
+    }
+}
+
+impl Acts<'_> {
+    /// Zeroes the buffers a step accumulates into (the only ones it reads
+    /// before writing): the aux-loss sums `aux_f`, `aux_p`, pooled over all
+    /// layers by the forward (E13). Everything else is written first.
+    fn zero_accumulators(&mut self) {
+        if let Some(g) = self.grads.as_mut() {
+            g.aux_f.fill(0.0);
+            g.aux_p.fill(0.0);
         }
     }
 }

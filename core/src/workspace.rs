@@ -103,8 +103,9 @@ impl Workspace {
         self.arena.check(cfg, batch, seq)
     }
 
-    /// Resets the arena and carves every buffer for a step of `(batch, seq)`
-    /// (call [`Workspace::check`] first), zero-filled; with the RoPE table.
+    /// Carves every buffer for a step of `(batch, seq)` (call
+    /// [`Workspace::check`] first), not filled (the step writes each before
+    /// reading it; see `arena.rs`); with the RoPE table.
     pub(crate) fn carve(&mut self, batch: usize, seq: usize) -> Result<(Acts<'_>, &RopeTable)> {
         let acts = self.arena.carve(batch, seq)?;
         Ok((acts, &self.rope))

@@ -289,3 +289,51 @@ fn in_place_expert_and_ce_gradients_equal_the_separate_ones() {
         moe_core::Error::TokenOutOfRange { index: 4, .. }
     ));
 }
+
+#[test]
+fn a_reused_workspace_gives_the_bits_of_a_fresh_one_in_every_memory_mode() {
+    // The arena is never re-filled between steps (docs/runtime.md): a step
+    // must write every buffer before reading it. A fresh workspace holds the
+    // poison (NaN / u32::MAX), a reused one the previous step's values at a
+    // larger and then a smaller shape; all must give the fresh step's bits.
+    let cfg = Config::tiny();
+    let m = MoETransformer::new(&cfg, 11).unwrap();
+    let bf16 = Memory {
+        recompute: Recompute::None,
+        attention: AttnMemory::SavedBf16,
+    };
+    for mem in MODES.into_iter().chain([bf16]) {
+        let fresh = |b, t| {
+            let mut ws = Workspace::with_memory(&cfg, 4, 16, Mode::Training, mem).unwrap();
+            step(&m, &mut ws, b, t, 5)
+        };
+        let (l_small, g_small, z_small) = fresh(2, 8);
+        let (l_big, g_big, z_big) = fresh(4, 16);
+        let mut ws = Workspace::with_memory(&cfg, 4, 16, Mode::Training, mem).unwrap();
+        for _ in 0..2 {
+            let (l, g, z) = step(&m, &mut ws, 4, 16, 5);
+            assert_eq!(
+                (l.ce.to_bits(), l.aux.to_bits()),
+                (l_big.ce.to_bits(), l_big.aux.to_bits()),
+                "{mem:?}"
+            );
+            assert_eq!(bits(&g), bits(&g_big), "{mem:?}");
+            assert_eq!(bits(&z), bits(&z_big), "{mem:?}");
+            let (l, g, z) = step(&m, &mut ws, 2, 8, 5);
+            assert_eq!(
+                (l.ce.to_bits(), l.aux.to_bits()),
+                (l_small.ce.to_bits(), l_small.aux.to_bits()),
+                "{mem:?}"
+            );
+            assert_eq!(bits(&g), bits(&g_small), "{mem:?}");
+            assert_eq!(bits(&z), bits(&z_small), "{mem:?}");
+        }
+        assert!(l_small.ce.is_finite() && g_small.iter().all(|x| x.is_finite()));
+    }
+    // Inference, with a KV cache's score rows in between (a longer row than the step's).
+    let mut ws = m.workspace(2, 32, Mode::Inference).unwrap();
+    let x = tokens(64, cfg.vocab_size, 1);
+    let first = bits(m.forward(&mut ws, &x[..16], 2, 8).unwrap());
+    m.forward(&mut ws, &x, 2, 32).unwrap();
+    assert_eq!(first, bits(m.forward(&mut ws, &x[..16], 2, 8).unwrap()));
+}
