@@ -262,7 +262,7 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.ranged(pool, params, Grads::Read(grads), None, lr, grad_scale)
+        self.ranged(pool, params, Grads::Read(grads), None, lr, grad_scale, None)
     }
 
     /// [`AdamW::update_scaled_with`] that also zeroes the gradients in the
@@ -284,7 +284,7 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        self.ranged(pool, params, Grads::Zero(grads), None, lr, grad_scale)
+        self.ranged(pool, params, Grads::Zero(grads), None, lr, grad_scale, None)
     }
 
     /// [`AdamW::update_scaled_zeroing_with`] that also refreshes `copy`, the
@@ -312,18 +312,51 @@ impl AdamW {
         lr: f32,
         grad_scale: f32,
     ) -> Result<()> {
-        if copy.len() != self.m.len() {
-            return Err(Error::ShapeMismatch {
-                arg: "bf16 copy",
-                expected: self.m.len(),
-                actual: copy.len(),
-            });
+        self.update_zeroing_normed(pool, params, grads, Some(copy), lr, grad_scale, None)
+    }
+
+    /// The trainer's update: [`AdamW::update_scaled_zeroing_with`] (`copy:
+    /// None`) or [`AdamW::update_scaled_zeroing_bf16_with`] (`Some`), told
+    /// `norm_sq`, the f64 `Σ g²` of exactly these gradients (the trainer's own
+    /// reduction, before any hook could change them). Every `|g_i| ≤ √Σ g²`,
+    /// so a finite `norm_sq` with `√norm_sq · grad_scale` well below
+    /// `√f32::MAX` proves what the gradient pass would check, and that
+    /// sweep over the gradients is skipped; `None` (or a larger one) runs it.
+    #[allow(clippy::too_many_arguments)] // reason: the update's buffers and scalars, plus the caller's Σg²
+    pub(crate) fn update_zeroing_normed(
+        &mut self,
+        pool: &Pool,
+        params: &mut [f32],
+        grads: &mut [f32],
+        copy: Option<&mut [u16]>,
+        lr: f32,
+        grad_scale: f32,
+        norm_sq: Option<f64>,
+    ) -> Result<()> {
+        if let Some(copy) = &copy {
+            if copy.len() != self.m.len() {
+                return Err(Error::ShapeMismatch {
+                    arg: "bf16 copy",
+                    expected: self.m.len(),
+                    actual: copy.len(),
+                });
+            }
         }
-        self.ranged(pool, params, Grads::Zero(grads), Some(copy), lr, grad_scale)
+        self.ranged(
+            pool,
+            params,
+            Grads::Zero(grads),
+            copy,
+            lr,
+            grad_scale,
+            norm_sq,
+        )
     }
 
     /// The pooled update of [`AdamW::update_scaled_with`] and
-    /// [`AdamW::update_scaled_zeroing_with`].
+    /// [`AdamW::update_scaled_zeroing_with`]; `norm_sq` as in
+    /// [`AdamW::update_zeroing_normed`].
+    #[allow(clippy::too_many_arguments)] // reason: the update's buffers and scalars, plus the caller's Σg²
     fn ranged(
         &mut self,
         pool: &Pool,
@@ -332,13 +365,20 @@ impl AdamW {
         copy: Option<&mut [u16]>,
         lr: f32,
         grad_scale: f32,
+        norm_sq: Option<f64>,
     ) -> Result<()> {
         let len = grads.read().len();
         self.precheck(params.len(), len, lr, grad_scale)?;
         let chunk = range_len(len);
+        // Half the bound: the f64 sum may round below the largest g² by a
+        // relative n·2⁻⁵³, far inside the margin.
+        let proven = norm_sq.is_some_and(|sq| {
+            sq.is_finite()
+                && libm::sqrt(sq) * f64::from(grad_scale) < 0.5 * f64::from(MAX_SAFE_GRAD)
+        });
         // Check: per range (any non-finite, max |g|), then in range order.
         let mut checks = [(false, 0.0f32); PARAM_RANGES];
-        {
+        if !proven {
             let g = grads.read();
             pool.for_each_mut(&mut checks, |r, out| {
                 let lo = (r * chunk).min(len);
@@ -368,19 +408,27 @@ impl AdamW {
                 m: mc.next()?,
                 v: vc.next()?,
                 copy: cc.as_mut().and_then(Iterator::next),
+                bad: true,
             })
         });
         pool.for_each_mut(&mut parts, |_, c| {
             if let Some(c) = c {
-                match (&mut c.g, &mut c.copy) {
-                    (Grads::Read(g), _) => adamw_pass(c.w, g, c.m, c.v, s),
-                    (Grads::Zero(g), None) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
-                    (Grads::Zero(g), Some(b)) => {
-                        adamw_pass_zeroing_bf16(c.w, g, c.m, c.v, b, s);
+                c.bad = match (&mut c.g, &mut c.copy) {
+                    (Grads::Read(g), _) => {
+                        adamw_pass(c.w, g, c.m, c.v, s);
+                        true // not checked in the pass: scanned below
                     }
-                }
+                    (Grads::Zero(g), None) => adamw_pass_zeroing(c.w, g, c.m, c.v, s),
+                    (Grads::Zero(g), Some(b)) => adamw_pass_zeroing_bf16(c.w, g, c.m, c.v, b, s),
+                };
             }
         });
+        // The zeroing passes checked their output block by block; only a
+        // flagged range (or a pass that does not check) needs the scans below,
+        // which locate the first bad index.
+        if !parts.iter().flatten().any(|c| c.bad) {
+            return Ok(());
+        }
         // A finite w beyond bf16's rounding edge (≈ 3.3961e38) rounds to ±∞:
         // the f32 check cannot see it, so the copy is checked too.
         let copy_err = has_copy
@@ -478,6 +526,9 @@ struct AdamChunk<'a> {
     v: &'a mut [f32],
     /// The range of the bf16 copy to refresh (mixed precision).
     copy: Option<&'a mut [u16]>,
+    /// Set by the pass: the range may hold a non-finite result (a pass that
+    /// does not check its output leaves it `true`).
+    bad: bool,
 }
 
 /// The gradients of an update: only read, or read and zeroed.

@@ -692,36 +692,42 @@ impl Trainer {
             });
         }
         let lr = self.config.schedule.at(self.opt.step());
-        let scale = match hook {
-            None => coef,
+        // Without a hook the update sees the very gradients `sq` was summed
+        // over, and the checks above already prove them finite and bounded:
+        // AdamW skips its own pass over them. A hook may change them.
+        let (scale, norm_sq) = match hook {
+            None => (coef, Some(sq)),
             Some(hook) => {
                 if coef < 1.0 {
                     self.grads.iter_mut().for_each(|g| *g *= coef);
                 }
                 hook(&mut self.grads, self.model.layout());
-                1.0
+                (1.0, None)
             }
         };
         // E: AdamW, the clipping scale and g_0 ← 0 in one pass (mixed
         // precision: and the refreshed bf16 copy).
         let params = self.model.params_mut()?;
         match &mut self.shadow {
-            None => self.opt.update_scaled_zeroing_with(
+            None => self.opt.update_zeroing_normed(
                 &self.pool,
                 params,
                 &mut self.grads,
+                None,
                 lr,
                 scale,
+                norm_sq,
             )?,
             Some(shadow) => {
                 let mut copy = shadow.params_bf16_mut()?;
-                self.opt.update_scaled_zeroing_bf16_with(
+                self.opt.update_zeroing_normed(
                     &self.pool,
                     params,
                     &mut self.grads,
-                    &mut copy,
+                    Some(&mut copy),
                     lr,
                     scale,
+                    norm_sq,
                 )?;
             }
         }

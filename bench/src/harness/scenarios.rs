@@ -1314,10 +1314,23 @@ fn run_adamw(n: usize, pass: AdamPass, o: &RunOpts) -> Result<Outcome, Error> {
                 black_box(&mut g[..]).fill(0.0);
             }
             AdamPass::Zeroing => {
-                adamw_pass_zeroing(black_box(&mut w), &mut g, &mut m, &mut v, step)
+                black_box(adamw_pass_zeroing(
+                    black_box(&mut w),
+                    &mut g,
+                    &mut m,
+                    &mut v,
+                    step,
+                ));
             }
             AdamPass::ZeroingBf16 => {
-                adamw_pass_zeroing_bf16(black_box(&mut w), &mut g, &mut m, &mut v, &mut copy, step)
+                black_box(adamw_pass_zeroing_bf16(
+                    black_box(&mut w),
+                    &mut g,
+                    &mut m,
+                    &mut v,
+                    &mut copy,
+                    step,
+                ));
             }
         }
         p.stop(s);

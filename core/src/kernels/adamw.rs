@@ -49,7 +49,10 @@ pub fn adamw_pass(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32
 
 /// [`adamw_pass`] that also zeroes each gradient after reading it:
 /// `params`, `m`, `v` get exactly [`adamw_pass`]'s bits and `grads` is all
-/// zeros afterwards (the next step's accumulation starts from it).
+/// zeros afterwards (the next step's accumulation starts from it). Returns
+/// whether an updated parameter is NaN/±∞ (tested per block while it is in
+/// L1, so the caller needs no second sweep to check the result; locate it
+/// with [`super::first_non_finite`] on the error path).
 #[inline(always)]
 pub fn adamw_pass_zeroing(
     params: &mut [f32],
@@ -57,7 +60,7 @@ pub fn adamw_pass_zeroing(
     m: &mut [f32],
     v: &mut [f32],
     s: AdamWStep,
-) {
+) -> bool {
     vectorized(
         #[inline(always)]
         || {
@@ -67,6 +70,7 @@ pub fn adamw_pass_zeroing(
             const B: usize = 64;
             let (params, grads, m, v) =
                 (&mut params[..n], &mut grads[..n], &mut m[..n], &mut v[..n]);
+            let mut bad = false;
             for (((pw, pg), pm), pv) in params
                 .chunks_mut(B)
                 .zip(grads.chunks_mut(B))
@@ -75,9 +79,17 @@ pub fn adamw_pass_zeroing(
             {
                 adamw_body(pw, pg, pm, pv, s);
                 pg.fill(0.0);
+                bad |= any_non_finite(pw);
             }
+            bad
         },
     )
+}
+
+/// Whether `x` holds a NaN/±∞ (branch-free, vectorises).
+#[inline(always)]
+fn any_non_finite(x: &[f32]) -> bool {
+    x.iter().fold(false, |acc, w| acc | !w.is_finite())
 }
 
 /// [`adamw_pass_zeroing`] that also writes the refreshed bf16 copy of every
@@ -86,6 +98,8 @@ pub fn adamw_pass_zeroing(
 /// mixed-precision trainer's single sweep over the parameters: read w, g, m,
 /// v; write w, m, v, g = 0 and the 2-byte copy. `params`, `m`, `v` get exactly
 /// [`adamw_pass`]'s bits; `copy` equals `round_slice` of the updated `params`.
+/// Returns whether an updated parameter or its copy is NaN/±∞ (a finite `w`
+/// beyond bf16's rounding edge rounds to ±∞), as [`adamw_pass_zeroing`].
 #[inline(always)]
 pub fn adamw_pass_zeroing_bf16(
     params: &mut [f32],
@@ -94,7 +108,7 @@ pub fn adamw_pass_zeroing_bf16(
     v: &mut [f32],
     copy: &mut [u16],
     s: AdamWStep,
-) {
+) -> bool {
     vectorized(
         #[inline(always)]
         || {
@@ -105,6 +119,7 @@ pub fn adamw_pass_zeroing_bf16(
                 .min(v.len())
                 .min(copy.len());
             const B: usize = 64;
+            let mut bad = false;
             let (params, grads, m, v, copy) = (
                 &mut params[..n],
                 &mut grads[..n],
@@ -124,7 +139,12 @@ pub fn adamw_pass_zeroing_bf16(
                 for (c, &w) in pc.iter_mut().zip(pw.iter()) {
                     *c = super::bf16::round(w);
                 }
+                // bf16 NaN/±∞: exponent bits all ones (covers a NaN `w` too).
+                bad |= pc
+                    .iter()
+                    .fold(false, |acc, &c| acc | (c & 0x7F80 == 0x7F80));
             }
+            bad
         },
     )
 }

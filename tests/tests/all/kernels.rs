@@ -1241,3 +1241,46 @@ mod dispatch_paths {
         }
     }
 }
+
+#[test]
+fn the_zeroing_adamw_passes_flag_a_non_finite_result() {
+    use moe_core::kernels::adamw::{adamw_pass_zeroing, adamw_pass_zeroing_bf16, AdamWStep};
+    let step = |step_size: f32| AdamWStep {
+        decay: 1.0,
+        grad_scale: 1.0,
+        w1: 0.1,
+        beta2: 0.999,
+        w2: 0.001,
+        bc2_sqrt: 0.0316,
+        eps: 1e-8,
+        step_size,
+    };
+    for n in [1usize, 63, 64, 65, 300] {
+        for bad_at in [None, Some(0), Some(n - 1), Some(n / 2)] {
+            let mut w = vec![0.5f32; n];
+            let mut g = vec![0.01f32; n];
+            let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+            if let Some(i) = bad_at {
+                w[i] = f32::MAX; // pushed past f32::MAX by the update below
+                g[i] = -1.0;
+            }
+            let flagged = adamw_pass_zeroing(&mut w, &mut g, &mut m, &mut v, step(1e38));
+            let expect = w.iter().any(|x| !x.is_finite());
+            assert_eq!(flagged, expect, "n {n} bad {bad_at:?}");
+            assert_eq!(expect, bad_at.is_some(), "n {n} bad {bad_at:?}");
+            assert!(g.iter().all(|&x| x == 0.0));
+            // bf16: a finite w beyond bf16's rounding edge rounds to +inf.
+            let mut w = vec![0.5f32; n];
+            let mut g = vec![0.0f32; n];
+            let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+            let mut copy = vec![0u16; n];
+            if let Some(i) = bad_at {
+                w[i] = 3.4e38;
+            }
+            let flagged =
+                adamw_pass_zeroing_bf16(&mut w, &mut g, &mut m, &mut v, &mut copy, step(1e-3));
+            assert!(w.iter().all(|x| x.is_finite()));
+            assert_eq!(flagged, bad_at.is_some(), "bf16 n {n} bad {bad_at:?}");
+        }
+    }
+}

@@ -259,3 +259,45 @@ fn fused_clipping_equals_clipping_in_place() {
     };
     assert_eq!(bits(&fused), bits(&explicit));
 }
+
+#[test]
+fn an_update_that_overflows_the_weights_is_a_typed_error_at_the_first_bad_index() {
+    // The zeroing AdamW passes check their output block by block (no second
+    // sweep); the error must still name the first non-finite parameter,
+    // for the f32 trainer and the mixed-precision one (whose bf16 copy is
+    // checked too), with and without a hook (which runs the gradient check).
+    use moe_core::{Error, Precision};
+    let (x, y): (Vec<u32>, Vec<u32>) = (
+        (0..16).map(|i| i * 7 % 1000).collect(),
+        (0..16).map(|i| i * 11 % 1000).collect(),
+    );
+    for precision in [Precision::F32, Precision::Bf16] {
+        for hook in [false, true] {
+            let cfg = TrainConfig {
+                schedule: LrSchedule::constant(1e38),
+                clip_grad_norm: None,
+                precision,
+                ..TrainConfig::default()
+            };
+            let model = MoETransformer::new(&Config::tiny(), 3).unwrap();
+            let mut t = Trainer::new(model, cfg, 2, 8).unwrap();
+            let r = if hook {
+                t.train_step_with_hook(&x, &y, 2, 8, |_, _| {})
+            } else {
+                t.train_step(&x, &y, 2, 8)
+            };
+            let e = r.unwrap_err();
+            let w = t.model().params().unwrap();
+            let first = w.iter().position(|v| !v.is_finite());
+            match e {
+                Error::NonFinite { what, index } => {
+                    assert!(what.contains("after the AdamW update"), "{what}");
+                    if what.starts_with("parameters") {
+                        assert_eq!(Some(index), first, "{precision:?} hook {hook}");
+                    }
+                }
+                e => panic!("{precision:?} hook {hook}: {e:?}"),
+            }
+        }
+    }
+}
