@@ -573,6 +573,17 @@ pub(crate) fn grad_stats(grads: &[f32]) -> (bool, f32) {
 /// E17 — `Σ g²` of `grads` in f64 (four interleaved partial sums, as
 /// [`global_norm`], without the square root).
 pub(crate) fn sum_sq(grads: &[f32]) -> f64 {
+    // The same f64 mul and add per lane on both paths (no contraction): the
+    // AVX2 instance computes the four partial sums in one register.
+    crate::kernels::vectorized(
+        #[inline(always)]
+        || sum_sq_body(grads),
+    )
+}
+
+/// [`sum_sq`]'s loop.
+#[inline(always)]
+fn sum_sq_body(grads: &[f32]) -> f64 {
     let mut acc = [0.0f64; 4];
     let chunks = grads.chunks_exact(4);
     let rest = chunks.remainder();

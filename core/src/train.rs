@@ -235,10 +235,15 @@ impl RangeSum<'_> {
             while i + s < parts {
                 let (lo, hi) = self.bufs.split_at_mut(i + s);
                 if let (Some(a), Some(b)) = (&mut lo[i], &mut hi[0]) {
-                    a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
-                        *x += *y;
-                        *y = 0.0;
-                    });
+                    crate::kernels::vectorized(
+                        #[inline(always)]
+                        || {
+                            a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
+                                *x += *y;
+                                *y = 0.0;
+                            })
+                        },
+                    );
                 }
                 i += 2 * s;
             }
