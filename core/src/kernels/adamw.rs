@@ -2,17 +2,14 @@
 //! kernels ([`vectorized`]): the same scalar arithmetic in the same order on
 //! every path (IEEE `mul`, `add`, `div`, `sqrt`; no contraction), so results
 //! are bit-identical to the baseline build.
-
 //!
-//! [`adamw_pass_zeroing`] is the same pass that also writes `g ← 0` behind
-//! each read, so the gradient buffer is ready for the next step's
-//! accumulation without a separate `memset` sweep (one write stream of
-//! `4·n` bytes instead of a read-free `4·n`-byte zeroing pass that re-walks
-//! the whole buffer). To wire it: where `Trainer::train_step` calls
-//! `AdamW::update_scaled` and later zeroes the gradients, an `AdamW` method
-//! taking `grads: &mut [f32]` calls `adamw_pass_zeroing` instead of
-//! `adamw_pass`, and the zeroing call is dropped — the contract's single
-//! zeroing point becomes this pass (parameters bit-identical: tested).
+//! [`adamw_pass_zeroing`] is the same pass that also writes `g ← 0` right
+//! behind each read, so the gradient buffer is ready for the next step's
+//! accumulation without a separate `memset` sweep; it is the trainer's pass
+//! (`Trainer::train_step`), the contract's single zeroing point (parameters
+//! bit-identical to [`adamw_pass`] then zeroing: tested). It also checks its
+//! output per 64-element block while the block is in L1 and returns whether
+//! a parameter became NaN/±∞, so the caller needs no second sweep.
 
 use super::{sqrt, vectorized};
 
@@ -77,8 +74,7 @@ pub fn adamw_pass_zeroing(
                 .zip(m.chunks_mut(B))
                 .zip(v.chunks_mut(B))
             {
-                adamw_body(pw, pg, pm, pv, s);
-                pg.fill(0.0);
+                adamw_body_zeroing(pw, pg, pm, pv, s);
                 bad |= any_non_finite(pw);
             }
             bad
@@ -134,8 +130,7 @@ pub fn adamw_pass_zeroing_bf16(
                 .zip(v.chunks_mut(B))
                 .zip(copy.chunks_mut(B))
             {
-                adamw_body(pw, pg, pm, pv, s);
-                pg.fill(0.0);
+                adamw_body_zeroing(pw, pg, pm, pv, s);
                 for (c, &w) in pc.iter_mut().zip(pw.iter()) {
                     *c = super::bf16::round(w);
                 }
@@ -149,9 +144,33 @@ pub fn adamw_pass_zeroing_bf16(
     )
 }
 
-/// [`adamw_pass`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+/// [`adamw_body`] that writes `g ← 0` right behind each read, in the same
+/// loop (a separate `fill` per block compiles to a `memset` call per 64
+/// floats); the update's arithmetic is [`adamw_body`]'s.
 #[inline(always)]
-fn adamw_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+fn adamw_body_zeroing(
+    params: &mut [f32],
+    grads: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamWStep,
+) {
+    for (((w, g), m), v) in params
+        .iter_mut()
+        .zip(grads.iter_mut())
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
+        let gi = *g;
+        *g = 0.0;
+        update_one(w, gi, m, v, s);
+    }
+}
+
+/// E16 for one parameter: `w ← w·(1 − lr·wd) − step_size · m̂/(√v̂ + eps)`
+/// with the moments updated from `g` (scaled by the clipping coefficient).
+#[inline(always)]
+fn update_one(w: &mut f32, g: f32, m: &mut f32, v: &mut f32, s: AdamWStep) {
     let AdamWStep {
         decay,
         grad_scale,
@@ -162,17 +181,23 @@ fn adamw_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s
         eps,
         step_size,
     } = s;
+    *w *= decay;
+    let g = if grad_scale == 1.0 { g } else { g * grad_scale };
+    *m += w1 * (g - *m);
+    *v = *v * beta2 + w2 * g * g;
+    let denom = sqrt(*v) / bc2_sqrt + eps;
+    *w -= step_size * (*m / denom);
+}
+
+/// [`adamw_pass`]'s loop (instantiated for the baseline ISA and for AVX2+FMA).
+#[inline(always)]
+fn adamw_body(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
     for (((w, &g), m), v) in params
         .iter_mut()
         .zip(grads)
         .zip(m.iter_mut())
         .zip(v.iter_mut())
     {
-        *w *= decay;
-        let g = if grad_scale == 1.0 { g } else { g * grad_scale };
-        *m += w1 * (g - *m);
-        *v = *v * beta2 + w2 * g * g;
-        let denom = sqrt(*v) / bc2_sqrt + eps;
-        *w -= step_size * (*m / denom);
+        update_one(w, g, m, v, s);
     }
 }
