@@ -227,6 +227,18 @@ pub fn run(args: GenerateArgs) -> Result<(), crate::Error> {
             ));
         }
     }
+    if args.prompt_ids.is_some() {
+        if let Some((i, id)) = prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= vocab)
+        {
+            return Err(arg_error(
+                "--prompt-ids",
+                format!("id {id} (position {i}) is not below the model's vocab_size = {vocab}"),
+            ));
+        }
+    }
     let max_len = max_len(&args, trained);
     if args.random_init.is_some() {
         return run_timed(&args, &model, &prompt, max_len, strategy, &pool, init_secs);

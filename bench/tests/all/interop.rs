@@ -514,6 +514,16 @@ fn train_init_from_transformers_checkpoint_with_python_tokenizer_learns() {
     assert_eq!(ids.len(), 16, "default --max-len = the trained --seq 16");
     assert_eq!(&ids[..3], &[5, 6, 7]);
     assert!(ids.iter().all(|&i| i < 300));
+    // An id beyond the model's vocabulary names the flag, the id and its position.
+    let o = moe(&["generate", "--checkpoint", ck, "--prompt-ids", "5,300,7"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--prompt-ids")
+            && text(&o.stderr).contains("id 300 (position 1)")
+            && text(&o.stderr).contains("vocab_size = 300"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = moe(&[
         "generate",
         "--checkpoint",
