@@ -208,10 +208,15 @@ pub fn attend(
     let last = (pos0 + t - 1) * kvs.stride;
     need("kvs.k", kvs.k.len(), last + kvs.k_off + kv * d)?;
     need("kvs.v", kvs.v.len(), last + kvs.v_off + kv * d)?;
-    let bad = vectorized(
+    scores_status(vectorized(
         #[inline(always)]
         || attend_heads(att, probs, save, qkv_rows, &kvs, pos0, dm),
-    );
+    ))
+}
+
+/// `Err(NonFinite("attention scores", row))` for the first row whose
+/// softmax was not a distribution, if any.
+fn scores_status(bad: Option<usize>) -> Result<()> {
     match bad {
         Some(index) => Err(Error::NonFinite {
             what: "attention scores",

@@ -94,17 +94,10 @@ pub fn forward(
     need("row", row.len(), t)?;
     need("row_max", row_max.len(), b * h * t)?;
     need("row_inv", row_inv.len(), b * h * t)?;
-    let bad = vectorized(
+    super::scores_status(vectorized(
         #[inline(always)]
         || forward_body(att, row, row_max, row_inv, qkv, dm),
-    );
-    match bad {
-        Some(index) => Err(Error::NonFinite {
-            what: "attention scores",
-            index,
-        }),
-        None => Ok(()),
-    }
+    ))
 }
 
 /// [`forward`]'s loops on checked slices, inside one [`vectorized`] instance
