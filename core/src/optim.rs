@@ -581,6 +581,37 @@ pub(crate) fn sum_sq(grads: &[f32]) -> f64 {
     )
 }
 
+/// `a ← a + b`, `b ← 0`, returning [`sum_sq`]`(a)` of the sums — the last
+/// level of the trainer's gradient reduce and the range's `Σ g²` in one
+/// sweep, bit-identical to the add, the zeroing and then [`sum_sq`] (the same
+/// values summed in the same lanes and order).
+pub(crate) fn add_zero_sum_sq(a: &mut [f32], b: &mut [f32]) -> f64 {
+    crate::kernels::vectorized(
+        #[inline(always)]
+        || {
+            let n = a.len().min(b.len());
+            let (a, b) = (&mut a[..n], &mut b[..n]);
+            let mut acc = [0.0f64; 4];
+            let mut ac = a.chunks_exact_mut(4);
+            let mut bc = b.chunks_exact_mut(4);
+            for (x, y) in (&mut ac).zip(&mut bc) {
+                for l in 0..4 {
+                    x[l] += y[l];
+                    y[l] = 0.0;
+                    acc[l] += (x[l] as f64) * (x[l] as f64);
+                }
+            }
+            let (ar, br) = (ac.into_remainder(), bc.into_remainder());
+            for (l, (x, y)) in ar.iter_mut().zip(br.iter_mut()).enumerate() {
+                *x += *y;
+                *y = 0.0;
+                acc[l] += (*x as f64) * (*x as f64);
+            }
+            (acc[0] + acc[2]) + (acc[1] + acc[3])
+        },
+    )
+}
+
 /// [`sum_sq`]'s loop.
 #[inline(always)]
 fn sum_sq_body(grads: &[f32]) -> f64 {

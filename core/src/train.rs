@@ -38,7 +38,9 @@ use crate::config::{check_param, Domain, TokenId};
 use crate::error::{Error, Result};
 use crate::layout::{alloc_zeroed, Layout};
 use crate::model::{check_targets, check_tokens, split_range, Losses, MoETransformer, Precision};
-use crate::optim::{clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES};
+use crate::optim::{
+    add_zero_sum_sq, clip_coef, range_len, sum_sq, AdamW, AdamWConfig, LrSchedule, PARAM_RANGES,
+};
 use crate::parallel::Pool;
 use crate::rope::RopeTable;
 use crate::workspace::Workspace;
@@ -230,26 +232,37 @@ impl RangeSum<'_> {
     /// the range.
     fn reduce(&mut self, parts: usize) {
         let mut s = 1;
+        let mut summed = false;
         while s < parts {
             let mut i = 0;
+            // The last level adds into g_0 alone (2s ≥ parts): its sweep also
+            // sums the squares, bit-identical to a separate `sum_sq` after it.
+            let last = 2 * s >= parts;
             while i + s < parts {
                 let (lo, hi) = self.bufs.split_at_mut(i + s);
                 if let (Some(a), Some(b)) = (&mut lo[i], &mut hi[0]) {
-                    crate::kernels::vectorized(
-                        #[inline(always)]
-                        || {
-                            a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
-                                *x += *y;
-                                *y = 0.0;
-                            })
-                        },
-                    );
+                    if last && i == 0 {
+                        self.sum_sq = add_zero_sum_sq(a, b);
+                        summed = true;
+                    } else {
+                        crate::kernels::vectorized(
+                            #[inline(always)]
+                            || {
+                                a.iter_mut().zip(b.iter_mut()).for_each(|(x, y)| {
+                                    *x += *y;
+                                    *y = 0.0;
+                                })
+                            },
+                        );
+                    }
                 }
                 i += 2 * s;
             }
             s *= 2;
         }
-        self.sum_sq = self.bufs[0].as_deref().map_or(0.0, sum_sq);
+        if !summed {
+            self.sum_sq = self.bufs[0].as_deref().map_or(0.0, sum_sq);
+        }
     }
 }
 
