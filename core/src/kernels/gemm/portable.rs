@@ -58,7 +58,9 @@
 //! (when all tiers were inlined into one frame, probing ~1.5 MiB of stack
 //! cost more than a 64³ product). Fine for the 8 MiB main thread and
 //! 2 MiB spawned threads. A pre-packed B ([`pack_b`], [`gemm_packed_b`])
-//! needs no B buffer at all. Nothing is ever heap-allocated.
+//! needs no B buffer at all; since such a weight comes from memory, the
+//! first tile of each B panel prefetches the next panel into L2 while it
+//! computes. Nothing is ever heap-allocated.
 //!
 //! # When not to pack
 //!
@@ -203,11 +205,16 @@ struct ASrc {
 /// Where a micro-kernel reads its B tile: the 8-float vector `v` of depth step
 /// `p` starts at `ptr + p·ks + (v / 2)·ps + (v % 2)·8` (16-column panels
 /// `ps` apart; `ps = 16` for a contiguous in-place row).
+/// `pf`: offset (floats) from `ptr` to the panel that the first tile of a
+/// run prefetches, one line per depth step (the next panel of a pre-packed
+/// weight, which streams from memory), or 0 for none; may point past the
+/// operand (prefetches never fault).
 #[derive(Clone, Copy)]
 struct BSrc {
     ptr: *const f32,
     ks: usize,
     ps: usize,
+    pf: usize,
 }
 
 /// Where a micro-kernel writes its C tile: element `(r, j)` at `ptr + r·rs + j·cs`;
@@ -287,6 +294,7 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                 ptr: blk.edge_ptr,
                 ks: NR,
                 ps: NR,
+                pf: 0,
             };
             (src, true)
         } else {
@@ -732,6 +740,8 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                         ptr: bp,
                         ks: bks,
                         ps: NR,
+                        // A pre-packed B: the next panel, ahead of its use.
+                        pf: if matches!(b, BSide::Packed(_)) { ps } else { 0 },
                     },
                     b_panel: ps,
                     pb,
@@ -800,6 +810,7 @@ fn small_m<K: Arch>(
                     ptr: pk.as_ptr().wrapping_add(j * k),
                     ks: NR,
                     ps,
+                    pf: 0,
                 };
                 // SAFETY: `K` was selected for this CPU. A(r, p) for r < m,
                 // p < k is inside `a` (checked by the entry point). B: the
@@ -839,6 +850,7 @@ fn small_m<K: Arch>(
                     ptr: bo.d.as_ptr().wrapping_add(j),
                     ks: bo.rs,
                     ps: NR,
+                    pf: 0,
                 };
                 // SAFETY: `K` was selected for this CPU; A as above. B: w is a
                 // multiple of 8 with j + w ≤ n, so every vector read (columns
@@ -873,6 +885,7 @@ fn small_m<K: Arch>(
                         ptr: pbuf.as_ptr() as *const f32,
                         ks: NR,
                         ps: NR,
+                        pf: 0,
                     };
                     let ablk = ASrc {
                         ptr: asrc.ptr.wrapping_add(pc * a.cs),
@@ -917,6 +930,7 @@ fn small_m<K: Arch>(
                         ptr: pbuf.as_ptr() as *const f32,
                         ks: NR,
                         ps: NR,
+                        pf: 0,
                     };
                     let ablk = ASrc {
                         ptr: asrc.ptr.wrapping_add(pc * a.cs),
@@ -1784,8 +1798,22 @@ mod avx2 {
                 });
             }};
         }
+        // A pre-packed B streams from memory once per forward: the first
+        // tile of each run (the one that brings this panel in) prefetches
+        // the next panel into L2, one line (one depth step of 16 floats) per
+        // step, so its lines arrive while this panel is computed (cold
+        // weights, `gemm_shapes` "packed cold": 65–92 → 73–110 GFLOP/s; into
+        // L1 (`T0`) only 77–100, and hot panels lost up to 10 %: the next
+        // panel evicts the current one's lines).
+        let pf = if PB && first { b.pf } else { 0 };
         let mut p = 0;
         while p + 4 <= kc {
+            if pf != 0 {
+                unroll!(u < 4 => {
+                    let at = bp.wrapping_add(pf + u * NR);
+                    _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                });
+            }
             step!(0);
             step!(1);
             step!(2);
