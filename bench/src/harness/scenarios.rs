@@ -235,6 +235,15 @@ const fn tiny(workload: Workload, b: usize, t: usize) -> Kind {
     }
 }
 
+/// Whether the model's forward reads pre-packed weights in this build: not
+/// with a BLAS backend (moe-core's `blas` feature, e.g. `--features
+/// openblas`), whose unpacked products the packed portable kernel would not
+/// reproduce bit for bit; there the pre-packed scenarios run row-major
+/// (`params.weights` says which).
+pub fn prepack_applies() -> bool {
+    moe_core::linear::packed_applies(moe_core::linear::PACKED_MIN_ROWS)
+}
+
 /// A forward `kind` on pre-packed weights (the model's best inference path).
 const fn prepacked(kind: Kind) -> Kind {
     match kind {
@@ -752,7 +761,11 @@ impl Kind {
                     p["alloc_policy"] = json!("heap-per-step");
                 }
                 if workload == Workload::Forward {
-                    p["weights"] = json!(if packed { "prepacked" } else { "row_major" });
+                    p["weights"] = json!(if packed && prepack_applies() {
+                        "prepacked"
+                    } else {
+                        "row_major"
+                    });
                 }
                 if let Some(t) = twin {
                     p["twin"] = json!(t);
@@ -1141,7 +1154,7 @@ fn run_forward(
     o: &RunOpts,
 ) -> Result<Outcome, Error> {
     let mut model = MoETransformer::new(cfg, o.seed)?;
-    if packed {
+    if packed && prepack_applies() {
         // Construction, outside the timed region: the forward never packs a weight.
         model.prepack()?;
     }
