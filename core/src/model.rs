@@ -571,6 +571,8 @@ impl MoETransformer {
     }
 
     /// The flat `f32` parameters, mutably (e.g. to load a checkpoint in place).
+    /// Drops the pre-packed copy, if any ([`MoETransformer::prepack`] again
+    /// after changing the weights), also when it returns an error.
     ///
     /// # Errors
     /// As [`MoETransformer::params`].
