@@ -143,7 +143,7 @@ fn main() {
                 black_box(&c2);
             },
             &mut || {
-                portable::gemm_packed_b(
+                portable::gemm_prepacked_b(
                     m, n, k, 1.0, a.data, a.rs, a.cs, &packed, beta, &mut c3, n, 1,
                 );
                 black_box(&c3);
@@ -180,7 +180,7 @@ fn main() {
             let mut j = 0;
             let [tp] = time(&mut [&mut || {
                 j = (j + 1) % copies;
-                portable::gemm_packed_b(
+                portable::gemm_prepacked_b(
                     m, n, k, 1.0, a.data, a.rs, a.cs, &pk[j], beta, &mut c3, n, 1,
                 );
                 black_box(&c3);

@@ -191,7 +191,8 @@ pub fn pack_weight(out: &mut [f32], w: &[f32], din: usize, dout: usize) {
 /// (`x: [n, din]`, `w: [dout, din]`, `y: [n, dout]`). With `packed` =
 /// [`pack_weight`] of `w` and [`packed_applies`]`(n)`, the BLIS driver reads
 /// the packed panels and packs nothing of `W`
-/// ([`portable::gemm_packed_b`]); otherwise [`forward_w`]. Both give the
+/// ([`portable::gemm_prepacked_b`], which also prefetches the next panel:
+/// the copy streams from memory); otherwise [`forward_w`]. Both give the
 /// same bits: for `n ≥ 5` every route of the unpacked GEMM (`panel.rs`, the
 /// BLIS driver, its transposed `Cᵀ = W·xᵀ` form) runs one FMA chain per
 /// output in depth order over each `KC = 256` depth block, stores `1·acc`
@@ -213,7 +214,7 @@ pub fn forward_packed(
 ) {
     match packed {
         Some(pk) if packed_applies(n) => {
-            portable::gemm_packed_b(n, dout, din, 1.0, x, din, 1, pk, acc.beta(), y, dout, 1)
+            portable::gemm_prepacked_b(n, dout, din, 1.0, x, din, 1, pk, acc.beta(), y, dout, 1)
         }
         _ => forward_w(y, x, w, n, din, dout, acc),
     }

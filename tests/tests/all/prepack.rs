@@ -354,6 +354,10 @@ fn packed_gemm_matches_on_both_kernel_paths() {
             let mut got = vec![0.0; m * n];
             portable::gemm_packed_b(m, n, k, 1.0, &x, k, 1, &pk, 0.0, &mut got, n, 1);
             assert!(bits(&route) == bits(&got), "route m{m} n{n} k{k}");
+            // With the next-panel prefetch (what the model calls): the same bits.
+            let mut got = vec![0.0; m * n];
+            portable::gemm_prepacked_b(m, n, k, 1.0, &x, k, 1, &pk, 0.0, &mut got, n, 1);
+            assert!(bits(&route) == bits(&got), "prefetching m{m} n{n} k{k}");
         }
     }
 }

@@ -58,9 +58,10 @@
 //! (when all tiers were inlined into one frame, probing ~1.5 MiB of stack
 //! cost more than a 64³ product). Fine for the 8 MiB main thread and
 //! 2 MiB spawned threads. A pre-packed B ([`pack_b`], [`gemm_packed_b`])
-//! needs no B buffer at all; since such a weight comes from memory, the
-//! first tile of each B panel prefetches the next panel into L2 while it
-//! computes. Nothing is ever heap-allocated.
+//! needs no B buffer at all; for a model's pre-packed weight, which comes
+//! from memory ([`gemm_prepacked_b`]), the first tile of each B panel
+//! prefetches the next panel into L2 while it computes. Nothing is ever
+//! heap-allocated.
 //!
 //! # When not to pack
 //!
@@ -623,8 +624,10 @@ enum BSide<'a> {
     /// Row-major (`cs = 1`), read in place by the micro-kernel; only an edge
     /// panel of `n % 8` columns is copied (into the `BCAP ≥ KC·NR` buffer).
     InPlace(Op<'a>),
-    /// Pre-packed by [`pack_b`] over the full depth `k`.
-    Packed(&'a [f32]),
+    /// Pre-packed by [`pack_b`] over the full depth `k`; `true`: packed long
+    /// before (a model's weight, likely in memory), so the next panel is
+    /// prefetched ([`gemm_prepacked_b`]).
+    Packed(&'a [f32], bool),
 }
 
 /// The blocked (BLIS) driver with packing buffers of `ACAP` / `BCAP` floats;
@@ -650,7 +653,7 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
     let nc_blk = match b {
         BSide::Strided(_) => round_up(n, NR).min(NC).min(BCAP / kc_blk / NR * NR),
         BSide::InPlace(_) => round_up(n, NR).min(NC),
-        BSide::Packed(_) => round_up(n, NR),
+        BSide::Packed(..) => round_up(n, NR),
     };
     assert!(
         (a_inplace || mc_blk * kc_blk <= ACAP)
@@ -702,7 +705,7 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                         edge,
                     )
                 }
-                BSide::Packed(pk) => (
+                BSide::Packed(pk, _) => (
                     pk.as_ptr().wrapping_add(jc * k + pc * NR),
                     k * NR,
                     NR,
@@ -741,7 +744,11 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                         ks: bks,
                         ps: NR,
                         // A pre-packed B: the next panel, ahead of its use.
-                        pf: if matches!(b, BSide::Packed(_)) { ps } else { 0 },
+                        pf: if matches!(b, BSide::Packed(_, true)) {
+                            ps
+                        } else {
+                            0
+                        },
                     },
                     b_panel: ps,
                     pb,
@@ -801,7 +808,7 @@ fn small_m<K: Arch>(
     };
     let wide = 8 * K::wide_nv(m);
     match b {
-        BSide::Packed(pk) => {
+        BSide::Packed(pk, _) => {
             let ps = k * NR;
             let mut j = 0;
             while j < n {
@@ -1015,7 +1022,7 @@ unsafe fn run<K: Arch>(
         3
     };
     let bt = match b {
-        BSide::Packed(_) => 0,
+        BSide::Packed(..) => 0,
         BSide::InPlace(_) => 4,
         BSide::Strided(_) if b_need <= TINY_B => 1,
         BSide::Strided(_) if b_need <= SMALL_B => 2,
@@ -1304,11 +1311,77 @@ pub fn gemm_packed_b(
     )
 }
 
+/// [`gemm_packed_b`] for a B packed long before the call — a model's weight
+/// ([`crate::MoETransformer::prepack`]), which streams from memory: the
+/// first tile of each B panel also prefetches the next panel into L2. The
+/// same arithmetic and bits as [`gemm_packed_b`]. (Not for a B packed just
+/// now and hot in cache, such as the bf16 GEMM's stack blocks: the
+/// prefetches would only cost load slots there.)
+///
+/// # Panics
+/// As [`gemm_packed_b`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm_prepacked_b(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    packed_b(
+        Path::Auto,
+        true,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        packed,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
 /// [`gemm_packed_b`] on an explicit kernel [`Path`] (test hook).
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_b_on(
     path: Path,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    packed_b(
+        path, false, m, n, k, alpha, a, rsa, csa, packed, beta, c, rsc, csc,
+    )
+}
+
+/// [`gemm_packed_b_on`], prefetching the next B panel if `stream`.
+#[allow(clippy::too_many_arguments)]
+fn packed_b(
+    path: Path,
+    stream: bool,
     m: usize,
     n: usize,
     k: usize,
@@ -1348,7 +1421,7 @@ pub fn gemm_packed_b_on(
         k,
         alpha,
         a,
-        BSide::Packed(packed),
+        BSide::Packed(packed, stream),
         beta,
         c,
         rsc,
