@@ -105,8 +105,8 @@ fn main() {
         ("64^3", Kind::Fwd, 64, 64, 64),
     ];
     println!(
-        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11}",
-        "shape (GFLOP/s)", "m", "n", "k", "route", "blis", "prepacked", "route cold"
+        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "shape (GFLOP/s)", "m", "n", "k", "route", "blis", "prepacked", "route cold", "packed cold"
     );
     for &(name, kind, t, din, dout) in shapes {
         if !name.contains(&filter) {
@@ -143,7 +143,7 @@ fn main() {
                 black_box(&c2);
             },
             &mut || {
-                portable::gemm_packed_b(
+                portable::gemm_prepacked_b(
                     m, n, k, 1.0, a.data, a.rs, a.cs, &packed, beta, &mut c3, n, 1,
                 );
                 black_box(&c3);
@@ -153,7 +153,7 @@ fn main() {
         // than the 32 MiB L3), as in a model forward that touches each weight
         // once: the weight then streams from memory.
         let copies = (16 << 20) / w.len().max(1);
-        let cold = if copies >= 2 && !matches!(kind, Kind::BwdW) {
+        let (cold, pcold) = if copies >= 2 && !matches!(kind, Kind::BwdW) {
             let ws: Vec<Vec<f32>> = (0..copies).map(|_| w.clone()).collect();
             let mut i = 0;
             let [t] = time(&mut [&mut || {
@@ -165,18 +165,39 @@ fn main() {
                 gemm_with(Backend::Portable, m, n, k, 1.0, a, bw, beta, &mut c1, n);
                 black_box(&c1);
             }]);
-            t
+            let pk: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|wi| {
+                    let bw = match kind {
+                        Kind::Fwd => Mat::t(wi, din),
+                        _ => Mat::n(wi, din),
+                    };
+                    let mut p = vec![0.0f32; portable::packed_len(k, n)];
+                    portable::pack_b(k, n, bw.data, bw.rs, bw.cs, &mut p);
+                    p
+                })
+                .collect();
+            let mut j = 0;
+            let [tp] = time(&mut [&mut || {
+                j = (j + 1) % copies;
+                portable::gemm_prepacked_b(
+                    m, n, k, 1.0, a.data, a.rs, a.cs, &pk[j], beta, &mut c3, n, 1,
+                );
+                black_box(&c3);
+            }]);
+            (t, tp)
         } else {
-            f64::NAN
+            (f64::NAN, f64::NAN)
         };
         c.clear();
         let g = |s: f64| flops / s * 1e-9;
         println!(
-            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1} {:>11.1}",
+            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1}",
             g(route),
             g(blis),
             g(pre),
-            g(cold)
+            g(cold),
+            g(pcold)
         );
     }
 }

@@ -6,7 +6,7 @@
 use core::ops::Range;
 
 use crate::kernels::bf16;
-use crate::kernels::gemm::{bf16 as gemm_bf16, gemm, Mat};
+use crate::kernels::gemm::{bf16 as gemm_bf16, gemm, portable, Mat};
 
 /// A read-only view of weights in their storage precision: `f32` values or
 /// bf16 bit patterns (`u16`, see [`crate::kernels::bf16`]). The same view
@@ -151,6 +151,72 @@ pub fn forward_w(
                 dout,
             );
         }
+    }
+}
+
+/// Fewest rows for which [`forward_packed`] reads a pre-packed weight. Up to
+/// [`portable::SMALL_M`] rows (decoding, small experts) the unpacked GEMM
+/// computes `x·Wᵀ` as dot products (a GEMV that reads `W` once), whose
+/// summation order differs from the packed micro-kernel's, so those stay on
+/// [`forward_w`]: the pre-packed forward is bit-identical to the unpacked one.
+pub const PACKED_MIN_ROWS: usize = portable::SMALL_M + 1;
+
+/// Whether [`forward_packed`] takes its packed path for `n` rows: `n ≥`
+/// [`PACKED_MIN_ROWS`], and the model's GEMM is the portable backend (with
+/// the `blas` feature the unpacked product runs on CBLAS, whose bits the
+/// packed portable kernel would not reproduce).
+#[inline]
+pub const fn packed_applies(n: usize) -> bool {
+    !cfg!(feature = "blas") && n >= PACKED_MIN_ROWS
+}
+
+/// Floats [`pack_weight`] writes for a weight `W[dout, din]`:
+/// `din · ⌈dout/16⌉·16` (the panel layout of `B = Wᵀ`).
+#[inline]
+pub const fn packed_len(din: usize, dout: usize) -> usize {
+    portable::packed_len(din, dout)
+}
+
+/// Packs `W[dout, din]` (row-major) as `B = Wᵀ` into the micro-kernel's
+/// 16-column panels ([`portable::pack_b`]), for [`forward_packed`]. A copy:
+/// every value keeps its bits.
+///
+/// # Panics
+/// If `w.len() < dout·din` or `out.len() < packed_len(din, dout)`.
+pub fn pack_weight(out: &mut [f32], w: &[f32], din: usize, dout: usize) {
+    portable::pack_b(din, dout, w, 1, din, out);
+}
+
+/// E6 with an optional pre-packed copy of the weight: `y (+)= x·Wᵀ`
+/// (`x: [n, din]`, `w: [dout, din]`, `y: [n, dout]`). With `packed` =
+/// [`pack_weight`] of `w` and [`packed_applies`]`(n)`, the BLIS driver reads
+/// the packed panels and packs nothing of `W`
+/// ([`portable::gemm_prepacked_b`], which also prefetches the next panel:
+/// the copy streams from memory); otherwise [`forward_w`]. Both give the
+/// same bits: for `n ≥ 5` every route of the unpacked GEMM (`panel.rs`, the
+/// BLIS driver, its transposed `Cᵀ = W·xᵀ` form) runs one FMA chain per
+/// output in depth order over each `KC = 256` depth block, stores `1·acc`
+/// (then `c + acc` for later blocks), exactly as the packed path does.
+///
+/// # Panics
+/// As [`forward`]; also if `packed` is shorter than `packed_len(din, dout)`.
+#[inline]
+#[allow(clippy::too_many_arguments)] // reason: forward_w's signature plus the packed copy
+pub fn forward_packed(
+    y: &mut [f32],
+    x: &[f32],
+    w: Weight,
+    packed: Option<&[f32]>,
+    n: usize,
+    din: usize,
+    dout: usize,
+    acc: Accum,
+) {
+    match packed {
+        Some(pk) if packed_applies(n) => {
+            portable::gemm_prepacked_b(n, dout, din, 1.0, x, din, 1, pk, acc.beta(), y, dout, 1)
+        }
+        _ => forward_w(y, x, w, n, din, dout, acc),
     }
 }
 

@@ -32,6 +32,87 @@ pub struct MoETransformer {
     config: Config,
     layout: Layout,
     store: Store,
+    /// The inference forward's pre-packed weights ([`MoETransformer::prepack`]),
+    /// or `None`. Never stale: every path that can change the `f32`
+    /// parameters ([`MoETransformer::params_mut`]; the constructors and
+    /// [`MoETransformer::to_precision`] build new models) drops it.
+    packed: Option<Prepacked>,
+}
+
+/// Copies of the forward GEMMs' weights in the micro-kernel's panel layout
+/// (`B = Wᵀ`, [`linear::pack_weight`]), one buffer for the whole model.
+/// `table[i]` is the range of tensor `i` in `buf`, in the order per layer
+/// `wqkv, wo, w13₀, w2₀, …, w13ₑ₋₁, w2ₑ₋₁` (stride `2 + 2e`), then `lm_head`.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepacked {
+    buf: Vec<f32>,
+    table: Vec<core::ops::Range<usize>>,
+    experts: usize,
+}
+
+impl Prepacked {
+    #[inline]
+    fn at(&self, i: usize) -> &[f32] {
+        &self.buf[self.table[i].clone()]
+    }
+
+    /// Layer `l`'s packed `wqkv`.
+    #[inline]
+    pub(crate) fn wqkv(&self, l: usize) -> &[f32] {
+        self.at(l * (2 + 2 * self.experts))
+    }
+
+    /// Layer `l`'s packed `wo`.
+    #[inline]
+    pub(crate) fn wo(&self, l: usize) -> &[f32] {
+        self.at(l * (2 + 2 * self.experts) + 1)
+    }
+
+    /// Layer `l`'s expert `ex`, packed `(w13, w2)`.
+    #[inline]
+    pub(crate) fn expert(&self, l: usize, ex: usize) -> (&[f32], &[f32]) {
+        let i = l * (2 + 2 * self.experts) + 2 + 2 * ex;
+        (self.at(i), self.at(i + 1))
+    }
+
+    /// The packed LM head.
+    #[inline]
+    fn lm_head(&self) -> &[f32] {
+        self.at(self.table.len() - 1)
+    }
+}
+
+/// The weights [`MoETransformer::prepack`] packs, in [`Prepacked`]'s table
+/// order: `(range in the flat parameters, din, dout)` of each `W[dout, din]`.
+fn packed_tensors(
+    layout: &Layout,
+) -> impl Iterator<Item = (core::ops::Range<usize>, usize, usize)> + '_ {
+    let c = layout.final_norm.len();
+    let experts = layout
+        .layers
+        .first()
+        .map_or(0, |ll| ll.experts.len() / layout.expert_stride.max(1));
+    layout
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(move |(l, ll)| {
+            let attn = [
+                (ll.wqkv.clone(), c, ll.wqkv.len() / c),
+                (ll.wo.clone(), ll.wo.len() / c, c),
+            ];
+            let ffn = (0..experts).flat_map(move |ex| {
+                let r = layout.expert(l, ex);
+                let f = r.w2.len() / c;
+                [(r.w13, c, 2 * f), (r.w2, f, c)]
+            });
+            attn.into_iter().chain(ffn)
+        })
+        .chain(core::iter::once((
+            layout.lm_head.clone(),
+            c,
+            layout.lm_head.len() / c,
+        )))
 }
 
 /// The storage precision of a model's parameters. Compute and accumulation
@@ -234,6 +315,7 @@ impl MoETransformer {
             config: *config,
             layout,
             store,
+            packed: None,
         })
     }
 
@@ -252,6 +334,7 @@ impl MoETransformer {
             config: *config,
             layout,
             store,
+            packed: None,
         })
     }
 
@@ -289,6 +372,7 @@ impl MoETransformer {
             config: *config,
             layout,
             store,
+            packed: None,
         })
     }
 
@@ -322,6 +406,7 @@ impl MoETransformer {
             config: self.config,
             layout: self.layout.clone(),
             store,
+            packed: None,
         })
     }
 
@@ -349,6 +434,7 @@ impl MoETransformer {
             config: *config,
             layout,
             store: Store::F32(params),
+            packed: None,
         })
     }
 
@@ -485,10 +571,14 @@ impl MoETransformer {
     }
 
     /// The flat `f32` parameters, mutably (e.g. to load a checkpoint in place).
+    /// Drops the pre-packed copy, if any ([`MoETransformer::prepack`] again
+    /// after changing the weights), also when it returns an error.
     ///
     /// # Errors
     /// As [`MoETransformer::params`].
     pub fn params_mut(&mut self) -> Result<&mut [f32]> {
+        // The caller may change any weight: a packed copy would go stale.
+        self.packed = None;
         match &mut self.store {
             Store::F32(p) => Ok(p),
             Store::Bf16 { .. } => Err(Error::PrecisionMismatch {
@@ -532,6 +622,103 @@ impl MoETransformer {
                 actual: "f32",
             }),
         }
+    }
+
+    /// Floats of the buffer [`MoETransformer::prepack`] allocates for a model
+    /// of `layout`: `Σ din·⌈dout/16⌉·16` over the forward GEMMs' weights
+    /// (per layer `wqkv`, `wo`, every expert's `w13`, `w2`; the LM head).
+    ///
+    /// # Errors
+    /// [`Error::Overflow`] if the sum does not fit `usize`.
+    pub fn prepacked_len(layout: &Layout) -> Result<usize> {
+        packed_tensors(layout).try_fold(0usize, |acc, (_, din, dout)| {
+            din.checked_mul(dout.div_ceil(16) * 16)
+                .and_then(|n| acc.checked_add(n))
+                .ok_or(Error::Overflow {
+                    what: "pre-packed weight buffer length",
+                })
+        })
+    }
+
+    /// Packs every weight of the inference forward's GEMMs (per layer `wqkv`,
+    /// `wo`; per expert `w13`, `w2`; the LM head) into the micro-kernel's
+    /// panel layout (`B = Wᵀ`, [`linear::pack_weight`]) in one model-owned
+    /// buffer of [`MoETransformer::prepacked_len`] floats, so that
+    /// [`MoETransformer::forward`], [`MoETransformer::forward_cached`],
+    /// [`MoETransformer::forward_split`] and generation never pack a weight.
+    /// The logits are bit-identical to the unpacked model's
+    /// ([`linear::forward_packed`]); training (loss, gradients, the
+    /// [`crate::Trainer`]) never reads the packed copy. Calling it again
+    /// repacks in place. [`MoETransformer::params_mut`] drops the copy
+    /// (call `prepack` again after changing weights).
+    ///
+    /// # Errors
+    /// [`Error::PrecisionMismatch`] for a bf16 model (it keeps its `u16`
+    /// weights, widened inside the GEMM's own packing);
+    /// [`Error::Overflow`] / [`Error::AllocationFailed`] for the buffer (the
+    /// model is then left without a packed copy).
+    pub fn prepack(&mut self) -> Result<()> {
+        let p = match &self.store {
+            Store::F32(p) => p,
+            Store::Bf16 { .. } => {
+                return Err(Error::PrecisionMismatch {
+                    what: "prepack() (a bf16 model keeps its u16 weights; prepack an f32 model)",
+                    expected: "f32",
+                    actual: "bf16",
+                })
+            }
+        };
+        let len = Self::prepacked_len(&self.layout)?;
+        let count = packed_tensors(&self.layout).count();
+        // A repack (same model, so the same sizes) reuses both buffers.
+        let (mut buf, mut table) = match self.packed.take() {
+            Some(Prepacked { buf, mut table, .. }) if buf.len() == len => {
+                table.clear();
+                (buf, table)
+            }
+            _ => {
+                let buf = alloc_zeroed(len)?;
+                let mut table = Vec::new();
+                table
+                    .try_reserve_exact(count)
+                    .map_err(|_| Error::AllocationFailed {
+                        bytes: count
+                            .saturating_mul(core::mem::size_of::<core::ops::Range<usize>>()),
+                    })?;
+                (buf, table)
+            }
+        };
+        let mut at = 0;
+        for (src, din, dout) in packed_tensors(&self.layout) {
+            let n = linear::packed_len(din, dout);
+            linear::pack_weight(&mut buf[at..at + n], &p[src], din, dout);
+            table.push(at..at + n);
+            at += n;
+        }
+        let experts = self.config.num_local_experts;
+        self.packed = Some(Prepacked {
+            buf,
+            table,
+            experts,
+        });
+        Ok(())
+    }
+
+    /// Whether the model holds a pre-packed copy of its weights
+    /// ([`MoETransformer::prepack`]).
+    pub fn is_prepacked(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Bytes of the pre-packed copy (0 without one).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |pk| 4 * pk.buf.len())
+    }
+
+    /// Drops the pre-packed copy (frees its buffer); the forward then packs
+    /// per call again, with the same bits.
+    pub fn drop_prepacked(&mut self) {
+        self.packed = None;
     }
 
     /// `Ok` for an f32 model; [`Error::PrecisionMismatch`] (`what`) for bf16.
@@ -662,6 +849,9 @@ impl MoETransformer {
         let train = acts.grads.is_some();
         let save = train.then_some(acts.memory.attention);
         let recompute = train && acts.memory.recompute == Recompute::Layers;
+        // Inference reads the pre-packed weights (same bits); training never
+        // does (it would have to repack after every update).
+        let pk = if train { None } else { self.packed.as_ref() };
         embedding::forward_w(acts.resid, tokens, p.get(lay.embed.clone()), c)?;
         for l in 0..lay.layers.len() {
             if recompute && l + 1 < lay.layers.len() {
@@ -670,7 +860,7 @@ impl MoETransformer {
                 acts.ckpt[l * n * c..(l + 1) * n * c].copy_from_slice(acts.resid);
             }
             let la = &mut acts.layers[if train && !recompute { l } else { 0 }];
-            self.layer_forward(l, la, acts.resid, rope, cache.as_deref_mut(), save, &dm)?;
+            self.layer_forward(l, la, acts.resid, rope, cache.as_deref_mut(), save, pk, &dm)?;
             if let Some(g) = acts.grads.as_mut() {
                 // E13's routing statistics pool all layers, in layer order.
                 loss::aux_accumulate(g.aux_f, g.aux_p, la.counts, la.rprobs);
@@ -682,7 +872,8 @@ impl MoETransformer {
         let w_norm = self.norm(&lay.final_norm, 2 * lay.layers.len());
         rmsnorm::forward(acts.xf, acts.rstd_f, acts.resid, w_norm, eps);
         let w_lm = p.get(lay.lm_head.clone());
-        linear::forward_w(acts.logits, acts.xf, w_lm, n, c, v, Accum::Set);
+        let p_lm = pk.map(Prepacked::lm_head);
+        linear::forward_packed(acts.logits, acts.xf, w_lm, p_lm, n, c, v, Accum::Set);
         if let Some(index) = first_non_finite(acts.logits) {
             return Err(Error::NonFinite {
                 what: "logits",
@@ -700,7 +891,8 @@ impl MoETransformer {
     ///
     /// `save`: `None` in inference (one score row), else what training keeps
     /// of attention. With a KV cache (`b = 1`), keys/values are appended to it.
-    #[allow(clippy::too_many_arguments)] // reason: layer index, its buffers, the stream, RoPE table, optional cache, attention mode, dims
+    /// `pk`: the pre-packed weights (inference only; the same bits).
+    #[allow(clippy::too_many_arguments)] // reason: layer index, its buffers, the stream, RoPE table, optional cache, attention mode, packed weights, dims
     fn layer_forward(
         &self,
         l: usize,
@@ -709,6 +901,7 @@ impl MoETransformer {
         rope: &RopeTable,
         cache: Option<&mut KvCache>,
         save: Option<AttnMemory>,
+        pk: Option<&Prepacked>,
         dm: &Dims,
     ) -> Result<()> {
         let (n, c) = (dm.n, dm.c);
@@ -722,7 +915,8 @@ impl MoETransformer {
         let w_norm = self.norm(&ll.attn_norm, 2 * l);
         rmsnorm::forward(la.xn1, la.rstd1, la.x_in, w_norm, eps);
         let w_qkv = p.get(ll.wqkv.clone());
-        linear::forward_w(la.qkv, la.xn1, w_qkv, n, c, dm.q, Accum::Set);
+        let p_qkv = pk.map(|pk| pk.wqkv(l));
+        linear::forward_packed(la.qkv, la.xn1, w_qkv, p_qkv, n, c, dm.q, Accum::Set);
         match (cache, save) {
             (Some(kc), _) => {
                 let pos0 = kc.len();
@@ -744,12 +938,13 @@ impl MoETransformer {
             }
         }
         let w_o = p.get(ll.wo.clone());
-        linear::forward_w(resid, la.att, w_o, n, hd, c, Accum::Add);
+        let p_o = pk.map(|pk| pk.wo(l));
+        linear::forward_packed(resid, la.att, w_o, p_o, n, hd, c, Accum::Add);
         // x = x + MoE(RMSNorm(x))
         la.x_mid.copy_from_slice(resid);
         let w_norm = self.norm(&ll.mlp_norm, 2 * l + 1);
         rmsnorm::forward(la.xn2, la.rstd2, la.x_mid, w_norm, eps);
-        moe::forward(la, resid, p, lay, l, dm);
+        moe::forward(la, resid, p, pk, lay, l, dm);
         Ok(())
     }
 
@@ -912,7 +1107,16 @@ impl MoETransformer {
             // into that one set (`resid` is free once the final norm's backward read it).
             if recompute && l + 1 < lay.layers.len() {
                 resid.copy_from_slice(&ckpt[l * n * c..(l + 1) * n * c]);
-                self.layer_forward(l, la, resid, rope_table, None, Some(mem.attention), &dm)?;
+                self.layer_forward(
+                    l,
+                    la,
+                    resid,
+                    rope_table,
+                    None,
+                    Some(mem.attention),
+                    None,
+                    &dm,
+                )?;
             }
             // forward: x_out = x_mid + MoE(RMSNorm(x_mid))
             let mg = MoeGrads {
@@ -1221,4 +1425,42 @@ fn alloc_zeroed_u16(len: usize) -> Result<Vec<u16>> {
         })?;
     drop(probe);
     Ok(alloc::vec![0u16; len])
+}
+
+#[cfg(test)]
+mod prepack_tests {
+    use super::*;
+
+    /// The inference forward reads the packed copy and training does not:
+    /// with the copy replaced by another model's packed weights, the forward's
+    /// logits change, `loss_and_grad`'s stay this model's.
+    #[test]
+    fn the_forward_reads_the_packed_copy_and_training_does_not() {
+        let cfg = Config::tiny();
+        let mut a = MoETransformer::new(&cfg, 1).unwrap();
+        let mut b = MoETransformer::new(&cfg, 2).unwrap();
+        let (bt, t) = (2, 16);
+        let x: Vec<TokenId> = (0..(bt * t) as u32).map(|i| (i * 37) % 1000).collect();
+        let mut ws = a.workspace(bt, t, Mode::Inference).unwrap();
+        let want_a = a.forward(&mut ws, &x, bt, t).unwrap().to_vec();
+        let want_b = b.forward(&mut ws, &x, bt, t).unwrap().to_vec();
+        assert!(want_a != want_b);
+        b.prepack().unwrap();
+        a.prepack().unwrap();
+        a.packed = b.packed.take();
+        let got = a.forward(&mut ws, &x, bt, t).unwrap().to_vec();
+        // Embedding, norms and routers are still `a`'s: not `b`'s logits, but
+        // no longer `a`'s.
+        assert!(
+            got != want_a,
+            "the prepacked forward must read the packed copy"
+        );
+        // Training reads the row-major weights.
+        let mut wt = a.workspace(bt, t, Mode::Training).unwrap();
+        let mut grads = alloc::vec![0.0; a.layout().total];
+        let mut logits = alloc::vec![0.0; bt * t * cfg.vocab_size];
+        a.loss_and_grad(&mut wt, &mut grads, &x, &x, bt, t, 0.01, Some(&mut logits))
+            .unwrap();
+        assert!(logits == want_a, "training must not read the packed copy");
+    }
 }

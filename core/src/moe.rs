@@ -20,6 +20,7 @@ use crate::config::Dims;
 use crate::kernels::{axpy, dot};
 use crate::layout::Layout;
 use crate::linear::Weight;
+use crate::model::Prepacked;
 use crate::router;
 use crate::swiglu::SwiGLU;
 
@@ -72,11 +73,13 @@ fn expert<'p>(params: Weight<'p>, lay: &Layout, l: usize, ex: usize, dm: &Dims) 
 /// experts E8 once each on their gathered rows `xg: [s, c]`, `s = n·k`).
 /// Reads `la.xn2: [n, c]`, writes the router and expert activations of `la`,
 /// and adds the block output into `resid: [n, c]` (the residual connection).
-/// The block's weights are layer `l` of `lay` in the flat `params`.
+/// The block's weights are layer `l` of `lay` in the flat `params`; the
+/// experts read `packed` (inference's pre-packed copies) where given.
 pub(crate) fn forward(
     la: &mut LayerActs,
     resid: &mut [f32],
     params: Weight,
+    packed: Option<&Prepacked>,
     lay: &Layout,
     l: usize,
     dm: &Dims,
@@ -102,7 +105,8 @@ pub(crate) fn forward(
         if m == 0 {
             continue;
         }
-        expert(params, lay, l, ex, dm).forward(
+        expert(params, lay, l, ex, dm).forward_packed(
+            packed.map(|pk| pk.expert(l, ex)),
             &mut la.ye[lo * c..(lo + m) * c],
             &mut la.h13[lo * 2 * f..(lo + m) * 2 * f],
             &mut la.act[lo * f..(lo + m) * f],

@@ -37,8 +37,27 @@ impl SwiGLU<'_> {
     /// If a slice is shorter than its shape above (the GEMM's operand check),
     /// or `f = 0` with rows to compute.
     pub fn forward(&self, y: &mut [f32], h13: &mut [f32], act: &mut [f32], xg: &[f32], m: usize) {
+        self.forward_packed(None, y, h13, act, xg, m)
+    }
+
+    /// [`SwiGLU::forward`] with optional pre-packed copies `(w13, w2)` of the
+    /// weights ([`linear::pack_weight`]), used where they apply
+    /// ([`linear::forward_packed`]); the same bits as [`SwiGLU::forward`].
+    ///
+    /// # Panics
+    /// As [`SwiGLU::forward`]; also if a packed copy is too short.
+    pub fn forward_packed(
+        &self,
+        packed: Option<(&[f32], &[f32])>,
+        y: &mut [f32],
+        h13: &mut [f32],
+        act: &mut [f32],
+        xg: &[f32],
+        m: usize,
+    ) {
         let (c, f) = (self.c, self.f);
-        linear::forward_w(h13, xg, self.w13, m, c, 2 * f, Accum::Set);
+        let (p13, p2) = packed.unzip();
+        linear::forward_packed(h13, xg, self.w13, p13, m, c, 2 * f, Accum::Set);
         kernels::vectorized(
             #[inline(always)]
             || {
@@ -50,7 +69,7 @@ impl SwiGLU<'_> {
                 }
             },
         );
-        linear::forward_w(y, act, self.w2, m, f, c, Accum::Set);
+        linear::forward_packed(y, act, self.w2, p2, m, f, c, Accum::Set);
     }
 
     /// E26 (backward of E8) over `m` rows: `dact = dy·w2`, `dw2 += dyᵀ·act`,

@@ -8,7 +8,9 @@
 
 use clap::{Args, ValueEnum};
 use moe_core::rope::RopeTable;
-use moe_core::{AttnMemory, Config, KvCache, Memory, Mode, PlanEntry, Recompute, Workspace};
+use moe_core::{
+    AttnMemory, Config, KvCache, Memory, MoETransformer, Mode, PlanEntry, Recompute, Workspace,
+};
 
 use crate::Error;
 
@@ -222,8 +224,15 @@ fn print_flat(cfg: &Config, markdown: bool, precision: moe_core::Precision) -> R
         ),
     );
     let row = |name: &str, when: &str| vec![format!("`{name}`"), when.to_owned(), human(bytes)];
+    let layout = moe_core::Layout::new(cfg)?;
+    let packed = MoETransformer::prepacked_len(&layout)? as u64 * 4;
     let mut rows = vec![
         row("params", "MoETransformer (always)"),
+        vec![
+            "`prepacked`".to_owned(),
+            "MoETransformer::prepack (f32 inference only; not in the total)".to_owned(),
+            human(packed),
+        ],
         row("grads", "Trainer (training)"),
         row("AdamW m", "Trainer (training)"),
         row("AdamW v", "Trainer (training)"),

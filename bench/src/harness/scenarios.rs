@@ -73,6 +73,13 @@ pub enum Kind {
         /// Under moe-core's `AllocPolicy::HeapPerStep` (every planned buffer a
         /// fresh heap allocation per step) instead of the arena.
         heap: bool,
+        /// Forward on a model with pre-packed weights
+        /// (`MoETransformer::prepack`, before the timed region; bit-identical
+        /// logits): `params.weights = "prepacked"`, else `"row_major"`.
+        packed: bool,
+        /// The scenario this row-major one is the twin of (`params.twin`,
+        /// `extra.speedup_vs_twin` = the twin's median / this median).
+        twin: Option<&'static str>,
     },
     /// `C[m,n] = A[m,k]·B[n,k]ᵀ` into a preallocated `C`.
     Matmul {
@@ -223,6 +230,63 @@ const fn tiny(workload: Workload, b: usize, t: usize) -> Kind {
         b,
         t,
         heap: false,
+        packed: false,
+        twin: None,
+    }
+}
+
+/// Whether the model's forward reads pre-packed weights in this build: not
+/// with a BLAS backend (moe-core's `blas` feature, e.g. `--features
+/// openblas`), whose unpacked products the packed portable kernel would not
+/// reproduce bit for bit; there the pre-packed scenarios run row-major
+/// (`params.weights` says which).
+pub fn prepack_applies() -> bool {
+    moe_core::linear::packed_applies(moe_core::linear::PACKED_MIN_ROWS)
+}
+
+/// A forward `kind` on pre-packed weights (the model's best inference path).
+const fn prepacked(kind: Kind) -> Kind {
+    match kind {
+        Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            heap,
+            ..
+        } => Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            heap,
+            packed: true,
+            twin: None,
+        },
+        other => other,
+    }
+}
+
+/// A row-major forward `kind`, the twin of the pre-packed scenario `of`.
+const fn rowmajor_twin(kind: Kind, of: &'static str) -> Kind {
+    match kind {
+        Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            heap,
+            ..
+        } => Kind::Model {
+            profile,
+            workload,
+            b,
+            t,
+            heap,
+            packed: false,
+            twin: Some(of),
+        },
+        other => other,
     }
 }
 
@@ -241,6 +305,8 @@ const fn heap(kind: Kind) -> Kind {
             b,
             t,
             heap: true,
+            packed: false,
+            twin: None,
         },
         other => other,
     }
@@ -253,6 +319,8 @@ const fn scale(workload: Workload, b: usize, t: usize) -> Kind {
         b,
         t,
         heap: false,
+        packed: false,
+        twin: None,
     }
 }
 
@@ -301,7 +369,11 @@ pub const SCENARIOS: &[Scenario] = &[
         Kind::RmsNorm { b: 2, t: 32, c: 64 },
     ),
     // Axis 3 — type system (2)
-    s("dispatch_warm", "type_system", tiny(Forward, 2, 32)),
+    s(
+        "dispatch_warm",
+        "type_system",
+        prepacked(tiny(Forward, 2, 32)),
+    ),
     s(
         "dispatch_cold",
         "type_system",
@@ -315,7 +387,11 @@ pub const SCENARIOS: &[Scenario] = &[
     s("parallel_train_T2", "parallel", par(2, TrainStep, 2, 8)),
     s("parallel_train_T4", "parallel", par(4, TrainStep, 2, 8)),
     // Axis 5 — scale (2)
-    s("scale_forward_256", "scale", scale(Forward, 2, 32)),
+    s(
+        "scale_forward_256",
+        "scale",
+        prepacked(scale(Forward, 2, 32)),
+    ),
     s("scale_train_256", "scale", scale(TrainStep, 2, 8)),
     // Extras (new ids, never replacing the 22 above).
     s(
@@ -532,6 +608,18 @@ pub const SCENARIOS: &[Scenario] = &[
         "type_system",
         prec(PrecWork::ForwardTiny, true),
     ),
+    // Row-major weights (the forward packs per call), each beside its
+    // pre-packed spec twin (`extra.speedup_vs_twin`; issue 13 item 2).
+    s(
+        "dispatch_warm_rowmajor",
+        "type_system",
+        rowmajor_twin(tiny(Forward, 2, 32), "dispatch_warm"),
+    ),
+    s(
+        "scale_forward_256_rowmajor",
+        "scale",
+        rowmajor_twin(scale(Forward, 2, 32), "scale_forward_256"),
+    ),
     // Heavy (not in a default run): the 6.88 B Full profile in bf16.
     s(
         "full_decode_bf16",
@@ -663,12 +751,24 @@ impl Kind {
                 b,
                 t,
                 heap,
+                packed,
+                twin,
             } => {
                 let mut p = json!({
                     "batch": b, "seq_len": t, "hidden_dim": profile.config().hidden_size, "workload": workload.name(),
                 });
                 if heap {
                     p["alloc_policy"] = json!("heap-per-step");
+                }
+                if workload == Workload::Forward {
+                    p["weights"] = json!(if packed && prepack_applies() {
+                        "prepacked"
+                    } else {
+                        "row_major"
+                    });
+                }
+                if let Some(t) = twin {
+                    p["twin"] = json!(t);
                 }
                 p
             }
@@ -914,13 +1014,16 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
             b,
             t,
             heap,
-        } => run_forward(&profile.config(), b, t, policy(heap), o)?,
+            packed,
+            ..
+        } => run_forward(&profile.config(), b, t, policy(heap), packed, o)?,
         Kind::Model {
             profile,
             workload: Workload::TrainStep,
             b,
             t,
             heap,
+            ..
         } => run_train(&profile.config(), b, t, policy(heap), o)?,
         Kind::TrainMemory { profile, b, t, mem } => {
             run_train_memory(&profile.config(), b, t, mem, o)?
@@ -1047,9 +1150,14 @@ fn run_forward(
     b: usize,
     t: usize,
     policy: AllocPolicy,
+    packed: bool,
     o: &RunOpts,
 ) -> Result<Outcome, Error> {
-    let model = MoETransformer::new(cfg, o.seed)?;
+    let mut model = MoETransformer::new(cfg, o.seed)?;
+    if packed && prepack_applies() {
+        // Construction, outside the timed region: the forward never packs a weight.
+        model.prepack()?;
+    }
     let mut ws = model.workspace(b, t, Mode::Inference)?;
     ws.set_alloc_policy(policy);
     let tokens = fixture_tokens(b, t, cfg.vocab_size, 0);

@@ -111,8 +111,8 @@ pub struct ScenarioResult {
     /// Metrics derived from the ones above.
     pub derived: Derived,
     /// Scenario-specific figures of the extras (absent elsewhere): e.g. the
-    /// bf16 scenarios' `speedup_vs_twin` (twin median / this median, both in
-    /// this file), `full_decode_bf16`'s init time, prefill and decode
+    /// bf16 and row-major-twin scenarios' `speedup_vs_twin` (twin median /
+    /// this median, both in this file), `full_decode_bf16`'s init time, prefill and decode
     /// tokens/s, memory plan and bandwidth limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Value>,

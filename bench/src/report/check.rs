@@ -655,12 +655,16 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
             b,
             t,
             heap,
+            packed,
+            twin,
         } => hidden_ok(profile.config().hidden_size).map(|()| Kind::Model {
             profile,
             workload,
             b: u("batch").unwrap_or(b),
             t: u("seq_len").unwrap_or(t),
             heap,
+            packed,
+            twin,
         }),
         Kind::TrainMemory { profile, b, t, mem } => {
             hidden_ok(profile.config().hidden_size).map(|()| Kind::TrainMemory {

@@ -73,6 +73,8 @@ const IDS: &[&str] = &[
     "generate_kv_64_scale_256",
     "generate_kv_64_bf16",
     "dispatch_warm_bf16",
+    "dispatch_warm_rowmajor",
+    "scale_forward_256_rowmajor",
 ];
 
 fn expected_axis(id: &str) -> &'static str {
@@ -322,6 +324,28 @@ fn bench_json_follows_contract_section_7() {
     let seq8 = uint(&by_id("mem_scale_seq_8")["memory"], "arena_bytes");
     assert!(uint(&by_id("parallel_T2")["memory"], "arena_bytes") > seq8);
     assert_eq!(by_id("parallel_T2")["params"]["thread_count"], 2);
+    // The spec's inference scenarios run pre-packed weights, their twins
+    // row-major, the ratio in the twin's extra; no allocation either way.
+    for (id, twin) in [
+        ("dispatch_warm", "dispatch_warm_rowmajor"),
+        ("scale_forward_256", "scale_forward_256_rowmajor"),
+    ] {
+        // A BLAS build keeps row-major weights (the packed kernel would not
+        // reproduce BLAS's bits).
+        let packed = if moe_bench::harness::scenarios::prepack_applies() {
+            "prepacked"
+        } else {
+            "row_major"
+        };
+        assert_eq!(by_id(id)["params"]["weights"], packed, "{id}");
+        assert_eq!(by_id(twin)["params"]["weights"], "row_major", "{twin}");
+        assert_eq!(by_id(twin)["params"]["twin"], id, "{twin}");
+        assert!(by_id(twin)["extra"]["speedup_vs_twin"].as_f64().unwrap() > 0.0);
+        for x in [id, twin] {
+            assert_eq!(uint(&by_id(x)["memory"], "alloc_bytes"), 0, "{x}");
+        }
+    }
+    assert_eq!(by_id("mem_scale_seq_32")["params"]["weights"], "row_major");
 
     // The report renders from it.
     let md = tmp("bench-results.md");

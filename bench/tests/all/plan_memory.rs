@@ -44,3 +44,20 @@ fn plan_prints_the_memory_modes_side_by_side() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn plan_prints_the_prepacked_weights() {
+    // Independent of the model code: Σ din·⌈dout/16⌉·16 floats per forward
+    // weight (tiny: 2 layers × (qkv 64·96 + o 64·64 + 4 experts × (64·512 +
+    // 256·64)) + lm 64·1008 = 478,208 floats).
+    for (profile, bytes) in [("tiny", "1,912,832"), ("scale_256", "27,508,736")] {
+        let o = moe(&["plan", "--profile", profile, "--mode", "inference"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let out = text(&o.stdout);
+        let line = out
+            .lines()
+            .find(|l| l.contains("prepacked"))
+            .unwrap_or_else(|| panic!("{profile}: no prepacked row in\n{out}"));
+        assert!(line.contains(bytes), "{profile}: {line}");
+    }
+}

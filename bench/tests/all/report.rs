@@ -252,6 +252,60 @@ fn derived_figures_come_from_the_files_own_params() {
 }
 
 #[test]
+fn prepacked_weights_and_row_major_twins_are_the_specs_shape() {
+    // `weights` and `twin` (issue 13 item 2) do not change the shape: no
+    // params flag, the same FLOPs as a file without them.
+    let median = 1_000_000u64;
+    let with = |id: &str, extra: Value| {
+        let mut p = json!({"batch": 2, "seq_len": 32, "workload": "forward"});
+        p["hidden_dim"] = json!(if id.starts_with("scale") { 256 } else { 64 });
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        scenario(id, p, median)
+    };
+    let run = parse(&file(
+        json!({"language": "rust"}),
+        vec![
+            with("dispatch_warm", json!({"weights": "prepacked"})),
+            with("scale_forward_256", json!({"weights": "prepacked"})),
+            with(
+                "dispatch_warm_rowmajor",
+                json!({"weights": "row_major", "twin": "dispatch_warm"}),
+            ),
+            with(
+                "scale_forward_256_rowmajor",
+                json!({"weights": "row_major", "twin": "scale_forward_256"}),
+            ),
+        ],
+    ));
+    let plain = parse(&file(
+        json!({"language": "rust"}),
+        vec![
+            with("dispatch_warm", json!({})),
+            with("scale_forward_256", json!({})),
+        ],
+    ));
+    for (id, spec) in [
+        ("dispatch_warm", "dispatch_warm"),
+        ("scale_forward_256", "scale_forward_256"),
+        ("dispatch_warm_rowmajor", "dispatch_warm"),
+        ("scale_forward_256_rowmajor", "scale_forward_256"),
+    ] {
+        let f = run.fig(id);
+        assert!(f.gflops.flags.is_empty(), "{id}: {:?}", f.gflops.flags);
+        assert!(f.tokens_per_sec.flags.is_empty(), "{id}");
+        let g = f.gflops.v.unwrap();
+        assert_eq!(Some(g), plain.fig(spec).gflops.v, "{id}: FLOPs of {spec}");
+    }
+    assert!(
+        !run.notes.iter().any(|n| n.contains("params differ")),
+        "{:?}",
+        run.notes
+    );
+}
+
+#[test]
 fn tracks_are_told_apart_by_metadata_and_notes_stay_with_their_file() {
     let mut arena = scenario("dispatch_warm", b2s32(), 1_000_000);
     arena["memory"]["alloc_bytes"] = json!(0);

@@ -64,6 +64,39 @@ fn forward_allocates_nothing_at_several_shapes() {
 }
 
 #[test]
+fn prepacked_forward_allocates_nothing() {
+    for cfg in [Config::tiny(), Config::scale_256()] {
+        let mut model = MoETransformer::new(&cfg, 42).unwrap();
+        model.prepack().unwrap();
+        // Repacking reuses the buffer (e.g. after a weight update).
+        let (n, bytes, r) = count(|| model.prepack());
+        r.unwrap();
+        assert_eq!((n, bytes), (0, 0), "repack allocated");
+        assert!(model.is_prepacked());
+        let mut ws = model.workspace(8, 64, Mode::Inference).unwrap();
+        let shapes = [(1, 8), (2, 32), (8, 64), (1, 1), (1, 5)];
+        let inputs: Vec<Vec<u32>> = shapes
+            .iter()
+            .map(|&(b, t)| tokens(b * t, cfg.vocab_size, 3))
+            .collect();
+        model.forward(&mut ws, &inputs[0], 1, 8).unwrap();
+        for _ in 0..2 {
+            for (&(b, t), x) in shapes.iter().zip(&inputs) {
+                let (n, bytes, sum) =
+                    count(|| model.forward(&mut ws, x, b, t).unwrap().iter().sum::<f32>());
+                assert!(sum.is_finite());
+                assert_eq!(
+                    (n, bytes),
+                    (0, 0),
+                    "prepacked forward b{b} s{t} (c = {}) allocated",
+                    cfg.hidden_size
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn train_step_allocates_nothing() {
     // f32 and mixed precision (bf16 copy refreshed in the AdamW pass, bf16
     // saved probabilities).

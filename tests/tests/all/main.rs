@@ -16,6 +16,7 @@ mod kernels;
 mod mixed;
 mod model_reference;
 mod nonfinite_weights;
+mod prepack;
 mod proptest_error_table;
 mod proptest_errors;
 mod proptest_fuzz_regressions;

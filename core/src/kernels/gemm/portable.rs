@@ -58,7 +58,10 @@
 //! (when all tiers were inlined into one frame, probing ~1.5 MiB of stack
 //! cost more than a 64³ product). Fine for the 8 MiB main thread and
 //! 2 MiB spawned threads. A pre-packed B ([`pack_b`], [`gemm_packed_b`])
-//! needs no B buffer at all. Nothing is ever heap-allocated.
+//! needs no B buffer at all; for a model's pre-packed weight, which comes
+//! from memory ([`gemm_prepacked_b`]), the first tile of each B panel
+//! prefetches the next panel into L2 while it computes. Nothing is ever
+//! heap-allocated.
 //!
 //! # When not to pack
 //!
@@ -203,11 +206,16 @@ struct ASrc {
 /// Where a micro-kernel reads its B tile: the 8-float vector `v` of depth step
 /// `p` starts at `ptr + p·ks + (v / 2)·ps + (v % 2)·8` (16-column panels
 /// `ps` apart; `ps = 16` for a contiguous in-place row).
+/// `pf`: offset (floats) from `ptr` to the panel that the first tile of a
+/// run prefetches, one line per depth step (the next panel of a pre-packed
+/// weight, which streams from memory), or 0 for none; may point past the
+/// operand (prefetches never fault).
 #[derive(Clone, Copy)]
 struct BSrc {
     ptr: *const f32,
     ks: usize,
     ps: usize,
+    pf: usize,
 }
 
 /// Where a micro-kernel writes its C tile: element `(r, j)` at `ptr + r·rs + j·cs`;
@@ -287,6 +295,7 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                 ptr: blk.edge_ptr,
                 ks: NR,
                 ps: NR,
+                pf: 0,
             };
             (src, true)
         } else {
@@ -615,8 +624,10 @@ enum BSide<'a> {
     /// Row-major (`cs = 1`), read in place by the micro-kernel; only an edge
     /// panel of `n % 8` columns is copied (into the `BCAP ≥ KC·NR` buffer).
     InPlace(Op<'a>),
-    /// Pre-packed by [`pack_b`] over the full depth `k`.
-    Packed(&'a [f32]),
+    /// Pre-packed by [`pack_b`] over the full depth `k`; `true`: packed long
+    /// before (a model's weight, likely in memory), so the next panel is
+    /// prefetched ([`gemm_prepacked_b`]).
+    Packed(&'a [f32], bool),
 }
 
 /// The blocked (BLIS) driver with packing buffers of `ACAP` / `BCAP` floats;
@@ -642,7 +653,7 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
     let nc_blk = match b {
         BSide::Strided(_) => round_up(n, NR).min(NC).min(BCAP / kc_blk / NR * NR),
         BSide::InPlace(_) => round_up(n, NR).min(NC),
-        BSide::Packed(_) => round_up(n, NR),
+        BSide::Packed(..) => round_up(n, NR),
     };
     assert!(
         (a_inplace || mc_blk * kc_blk <= ACAP)
@@ -694,7 +705,7 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                         edge,
                     )
                 }
-                BSide::Packed(pk) => (
+                BSide::Packed(pk, _) => (
                     pk.as_ptr().wrapping_add(jc * k + pc * NR),
                     k * NR,
                     NR,
@@ -732,6 +743,12 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                         ptr: bp,
                         ks: bks,
                         ps: NR,
+                        // A pre-packed B: the next panel, ahead of its use.
+                        pf: if matches!(b, BSide::Packed(_, true)) {
+                            ps
+                        } else {
+                            0
+                        },
                     },
                     b_panel: ps,
                     pb,
@@ -791,7 +808,7 @@ fn small_m<K: Arch>(
     };
     let wide = 8 * K::wide_nv(m);
     match b {
-        BSide::Packed(pk) => {
+        BSide::Packed(pk, _) => {
             let ps = k * NR;
             let mut j = 0;
             while j < n {
@@ -800,6 +817,7 @@ fn small_m<K: Arch>(
                     ptr: pk.as_ptr().wrapping_add(j * k),
                     ks: NR,
                     ps,
+                    pf: 0,
                 };
                 // SAFETY: `K` was selected for this CPU. A(r, p) for r < m,
                 // p < k is inside `a` (checked by the entry point). B: the
@@ -839,6 +857,7 @@ fn small_m<K: Arch>(
                     ptr: bo.d.as_ptr().wrapping_add(j),
                     ks: bo.rs,
                     ps: NR,
+                    pf: 0,
                 };
                 // SAFETY: `K` was selected for this CPU; A as above. B: w is a
                 // multiple of 8 with j + w ≤ n, so every vector read (columns
@@ -873,6 +892,7 @@ fn small_m<K: Arch>(
                         ptr: pbuf.as_ptr() as *const f32,
                         ks: NR,
                         ps: NR,
+                        pf: 0,
                     };
                     let ablk = ASrc {
                         ptr: asrc.ptr.wrapping_add(pc * a.cs),
@@ -917,6 +937,7 @@ fn small_m<K: Arch>(
                         ptr: pbuf.as_ptr() as *const f32,
                         ks: NR,
                         ps: NR,
+                        pf: 0,
                     };
                     let ablk = ASrc {
                         ptr: asrc.ptr.wrapping_add(pc * a.cs),
@@ -1001,7 +1022,7 @@ unsafe fn run<K: Arch>(
         3
     };
     let bt = match b {
-        BSide::Packed(_) => 0,
+        BSide::Packed(..) => 0,
         BSide::InPlace(_) => 4,
         BSide::Strided(_) if b_need <= TINY_B => 1,
         BSide::Strided(_) if b_need <= SMALL_B => 2,
@@ -1290,11 +1311,77 @@ pub fn gemm_packed_b(
     )
 }
 
+/// [`gemm_packed_b`] for a B packed long before the call — a model's weight
+/// ([`crate::MoETransformer::prepack`]), which streams from memory: the
+/// first tile of each B panel also prefetches the next panel into L2. The
+/// same arithmetic and bits as [`gemm_packed_b`]. (Not for a B packed just
+/// now and hot in cache, such as the bf16 GEMM's stack blocks: the
+/// prefetches would only cost load slots there.)
+///
+/// # Panics
+/// As [`gemm_packed_b`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm_prepacked_b(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    packed_b(
+        Path::Auto,
+        true,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        packed,
+        beta,
+        c,
+        rsc,
+        csc,
+    )
+}
+
 /// [`gemm_packed_b`] on an explicit kernel [`Path`] (test hook).
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_packed_b_on(
     path: Path,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    packed: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    csc: usize,
+) {
+    packed_b(
+        path, false, m, n, k, alpha, a, rsa, csa, packed, beta, c, rsc, csc,
+    )
+}
+
+/// [`gemm_packed_b_on`], prefetching the next B panel if `stream`.
+#[allow(clippy::too_many_arguments)]
+fn packed_b(
+    path: Path,
+    stream: bool,
     m: usize,
     n: usize,
     k: usize,
@@ -1334,7 +1421,7 @@ pub fn gemm_packed_b_on(
         k,
         alpha,
         a,
-        BSide::Packed(packed),
+        BSide::Packed(packed, stream),
         beta,
         c,
         rsc,
@@ -1784,8 +1871,22 @@ mod avx2 {
                 });
             }};
         }
+        // A pre-packed B streams from memory once per forward: the first
+        // tile of each run (the one that brings this panel in) prefetches
+        // the next panel into L2, one line (one depth step of 16 floats) per
+        // step, so its lines arrive while this panel is computed (cold
+        // weights, `gemm_shapes` "packed cold": 65–92 → 73–110 GFLOP/s; into
+        // L1 (`T0`) only 77–100, and hot panels lost up to 10 %: the next
+        // panel evicts the current one's lines).
+        let pf = if PB && first { b.pf } else { 0 };
         let mut p = 0;
         while p + 4 <= kc {
+            if pf != 0 {
+                unroll!(u < 4 => {
+                    let at = bp.wrapping_add(pf + u * NR);
+                    _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                });
+            }
             step!(0);
             step!(1);
             step!(2);
