@@ -243,10 +243,22 @@ fn attend_heads(
     let hd = h * d;
     let group = h / kv;
     let scale = 1.0 / libm::sqrtf(d as f32);
+    let n_keys = pos0 + t;
+    // Kᵀ of one KV head, `[d][n_keys]`, when it fits and rows share it.
+    let mut kt = [0.0f32; KT_MAX];
+    let use_kt = t > 1 && d * n_keys <= KT_MAX;
     let mut bad: Option<usize> = None;
     for hh in 0..h {
         let g = hh / group;
         let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
+        if use_kt && hh % group == 0 {
+            for j in 0..n_keys {
+                let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
+                for (c, &x) in kj.iter().enumerate() {
+                    kt[c * n_keys + j] = x;
+                }
+            }
+        }
         for i in 0..t {
             let keys = pos0 + i + 1; // causal: positions j0 ..= pos0 + i
             let j0 = dm.first_key(pos0 + i); // sliding window: j > pos − W
@@ -256,7 +268,14 @@ fn attend_heads(
             } else {
                 &mut probs[..keys]
             };
-            for j in j0..keys {
+            let mut j = j0;
+            if use_kt {
+                while j + 8 <= keys {
+                    scores8(&mut prow[j..j + 8], qi, &kt[..d * n_keys], n_keys, j, scale);
+                    j += 8;
+                }
+            }
+            for j in j..keys {
                 let kj = &kvs.k[j * kvs.stride + ko..j * kvs.stride + ko + d];
                 prow[j] = dot_body(qi, kj) * scale;
             }
@@ -268,15 +287,78 @@ fn attend_heads(
             }
             prow[..j0].iter_mut().for_each(|x| *x = 0.0);
             prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+            // o_i = Σ_j P_ij v_j from 0, in key order, 8 output lanes at a
+            // time held across the keys (the same sums as one `axpy` per key).
             let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
-            oi.iter_mut().for_each(|x| *x = 0.0);
-            for j in j0..keys {
-                let vj = &kvs.v[j * kvs.stride + vo..j * kvs.stride + vo + d];
-                axpy_body(oi, prow[j], vj);
+            let mut c0 = 0;
+            while c0 + 8 <= d {
+                let mut acc = [0.0f32; 8];
+                for j in j0..keys {
+                    let at = j * kvs.stride + vo + c0;
+                    let vj: &[f32; 8] = kvs.v[at..at + 8].try_into().unwrap_or(&[0.0; 8]);
+                    let pj = prow[j];
+                    for l in 0..8 {
+                        acc[l] += pj * vj[l];
+                    }
+                }
+                oi[c0..c0 + 8].copy_from_slice(&acc);
+                c0 += 8;
+            }
+            if c0 < d {
+                let tail = &mut oi[c0..];
+                tail.iter_mut().for_each(|x| *x = 0.0);
+                for j in j0..keys {
+                    let at = j * kvs.stride + vo + c0;
+                    axpy_body(tail, prow[j], &kvs.v[at..at + (d - c0)]);
+                }
             }
         }
     }
     bad
+}
+
+/// Elements of [`attend`]'s stack copy of `Kᵀ` (16 KiB): `d · (pos0 + t)`
+/// up to this uses it, longer rows take the per-key path (same bits).
+const KT_MAX: usize = 4096;
+
+/// Eight scores `out[jj] = s · q·k_{j+jj}` from `kt: [d][n_keys]` (`Kᵀ`),
+/// bit-identical to [`dot_body`]`(q, k_j) · s` per key: lane `c mod 8` of
+/// each key's partial sums gets `q_c·k_c` in the same order (here one
+/// accumulator per lane, eight keys wide), then the same fold.
+#[inline(always)]
+fn scores8(out: &mut [f32], q: &[f32], kt: &[f32], n_keys: usize, j: usize, scale: f32) {
+    let d = q.len();
+    let mut acc = [[0.0f32; 8]; 8];
+    let row = |c: usize| -> &[f32; 8] {
+        kt[c * n_keys + j..c * n_keys + j + 8]
+            .try_into()
+            .unwrap_or(&[0.0; 8])
+    };
+    let full = d / 8 * 8;
+    for c8 in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let (x, k) = (q[c8 + l], row(c8 + l));
+            for jj in 0..8 {
+                a[jj] += x * k[jj];
+            }
+        }
+    }
+    for c in full..d {
+        let (x, k) = (q[c], row(c));
+        let a = &mut acc[c - full];
+        for jj in 0..8 {
+            a[jj] += x * k[jj];
+        }
+    }
+    for jj in 0..8 {
+        let s = [
+            acc[0][jj] + acc[4][jj],
+            acc[1][jj] + acc[5][jj],
+            acc[2][jj] + acc[6][jj],
+            acc[3][jj] + acc[7][jj],
+        ];
+        out[jj] = ((s[0] + s[2]) + (s[1] + s[3])) * scale;
+    }
 }
 
 /// E28 (backward of E10): `dP_ij = do_i·v_j`, `dv_j += Σ_i P_ij do_i`,
