@@ -30,6 +30,10 @@
 //!   id, the figure is flagged [`Flag::Params`]; where the file's own
 //!   `throughput_tokens_per_sec` or `derived.gflops` disagree with the
 //!   recomputation by more than 2 %, [`Flag::Disagrees`].
+//! * **Twins.** A scenario whose `params.twin` names another of the file
+//!   reports `extra.speedup_vs_twin` = the twin's median / its own; it is
+//!   recomputed from the two medians, and a disagreement beyond 2 % (or a
+//!   twin the file lacks) is a note naming the row.
 //! * **CPU/wall of parallel scenarios** (`thread_count` in the params) below
 //!   0.5 counts the parent process only (Python's process pool, whose
 //!   workers do the work even at T1): flagged [`Flag::ParentOnly`].
@@ -591,6 +595,28 @@ impl Run {
                 "**{name}: GC time not measured.** The file reports GC pauses but `total_gc_time_ns` is 0 \
                  everywhere: GC time and `gc_throughput` are shown as n/a, not as 0 and 1.0."
             ));
+        }
+        // Twins: `extra.speedup_vs_twin` = the twin's median / this median,
+        // both from this file.
+        for (id, sc) in &self.by_id {
+            let twin = sc.pointer("/params/twin").and_then(Value::as_str);
+            let theirs = num(sc, &["extra", "speedup_vs_twin"]);
+            let (Some(twin), Some(theirs)) = (twin, theirs) else {
+                continue;
+            };
+            let mine = self
+                .by_id
+                .get(twin)
+                .and_then(|t| num(t, &["median_ns"]))
+                .zip(num(sc, &["median_ns"]))
+                .filter(|&(_, m)| m > 0.0)
+                .map(|(t, m)| t / m);
+            if mine.is_none_or(|m| rel_diff(m, theirs) > DERIVED_TOL) {
+                disagree
+                    .entry("extra.speedup_vs_twin")
+                    .or_default()
+                    .push(id.clone());
+            }
         }
         for (key, v) in &disagree {
             let why = if *key == "derived.gflops" {

@@ -392,3 +392,32 @@ fn the_committed_peer_files_render_without_a_unit_error() {
     let torch = Run::load(&root.join("benchmarks/peers/pytorch.json")).unwrap();
     assert_eq!(torch.track, Track::PyTorch);
 }
+
+#[test]
+fn a_twin_speedup_is_recomputed_from_the_two_medians() {
+    // `extra.speedup_vs_twin` = the twin's median / this median; a file whose
+    // value disagrees (or names a twin it lacks) gets a note naming the row.
+    let p = |twin: Option<&str>| {
+        let mut p = json!({"batch": 2, "seq_len": 32, "hidden_dim": 64, "workload": "forward"});
+        if let Some(t) = twin {
+            p["twin"] = json!(t);
+        }
+        p
+    };
+    let make = |ratio: f64, twin: &str| {
+        let mut s = scenario("dispatch_warm_rowmajor", p(Some(twin)), 2_000_000);
+        s["extra"] = json!({ "speedup_vs_twin": ratio });
+        parse(&file(
+            json!({"language": "rust"}),
+            vec![scenario("dispatch_warm", p(None), 1_000_000), s],
+        ))
+    };
+    let twin_note = |run: &Run| {
+        run.notes
+            .iter()
+            .any(|n| n.contains("extra.speedup_vs_twin") && n.contains("dispatch_warm_rowmajor"))
+    };
+    assert!(!twin_note(&make(0.5, "dispatch_warm")), "1 ms / 2 ms = 0.5");
+    assert!(twin_note(&make(2.0, "dispatch_warm")));
+    assert!(twin_note(&make(0.5, "no_such_id")));
+}
