@@ -171,6 +171,8 @@ impl PlanEntry {
 /// An element type a buffer can hold (4 bytes, or 2 for bf16).
 trait Elem: Copy + 'static {
     const DTYPE: Dtype;
+    /// What a heap-per-step buffer starts as.
+    #[cfg(feature = "heap-per-step")]
     const ZERO: Self;
     /// What a new arena holds ([`Store`]): NaN for `f32` and bf16, `u32::MAX`.
     const POISON: Self;
@@ -183,6 +185,7 @@ trait Elem: Copy + 'static {
 
 impl Elem for f32 {
     const DTYPE: Dtype = Dtype::F32;
+    #[cfg(feature = "heap-per-step")]
     const ZERO: Self = 0.0;
     const POISON: Self = f32::NAN;
     fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self] {
@@ -196,6 +199,7 @@ impl Elem for f32 {
 
 impl Elem for u32 {
     const DTYPE: Dtype = Dtype::U32;
+    #[cfg(feature = "heap-per-step")]
     const ZERO: Self = 0;
     const POISON: Self = u32::MAX;
     fn rest<'s, 'a>(t: &'s mut StoreTake<'a>) -> &'s mut &'a mut [Self] {
@@ -209,6 +213,7 @@ impl Elem for u32 {
 
 impl Elem for u16 {
     const DTYPE: Dtype = Dtype::Bf16;
+    #[cfg(feature = "heap-per-step")]
     const ZERO: Self = 0;
     /// A bf16 quiet NaN (all ones).
     const POISON: Self = u16::MAX;

@@ -246,29 +246,16 @@ pub fn prepack_applies() -> bool {
 
 /// A forward `kind` on pre-packed weights (the model's best inference path).
 const fn prepacked(kind: Kind) -> Kind {
-    match kind {
-        Kind::Model {
-            profile,
-            workload,
-            b,
-            t,
-            heap,
-            ..
-        } => Kind::Model {
-            profile,
-            workload,
-            b,
-            t,
-            heap,
-            packed: true,
-            twin: None,
-        },
-        other => other,
-    }
+    with_weights(kind, true, None)
 }
 
 /// A row-major forward `kind`, the twin of the pre-packed scenario `of`.
 const fn rowmajor_twin(kind: Kind, of: &'static str) -> Kind {
+    with_weights(kind, false, Some(of))
+}
+
+/// `kind` (a [`Kind::Model`]) with its weight layout and twin set.
+const fn with_weights(kind: Kind, packed: bool, twin: Option<&'static str>) -> Kind {
     match kind {
         Kind::Model {
             profile,
@@ -283,8 +270,8 @@ const fn rowmajor_twin(kind: Kind, of: &'static str) -> Kind {
             b,
             t,
             heap,
-            packed: false,
-            twin: Some(of),
+            packed,
+            twin,
         },
         other => other,
     }
