@@ -245,8 +245,15 @@ fn attend_heads(
     let scale = 1.0 / libm::sqrtf(d as f32);
     let n_keys = pos0 + t;
     // Kᵀ of one KV head, `[d][n_keys]`, when it fits and rows share it.
-    let mut kt = [0.0f32; KT_MAX];
     let use_kt = t > 1 && d * n_keys <= KT_MAX;
+    // Only then is the 16 KiB filled (a decoding step, t = 1, never is).
+    let mut kt_store;
+    let kt: &mut [f32] = if use_kt {
+        kt_store = [0.0f32; KT_MAX];
+        &mut kt_store[..d * n_keys]
+    } else {
+        &mut []
+    };
     let mut bad: Option<usize> = None;
     for hh in 0..h {
         let g = hh / group;
@@ -271,7 +278,7 @@ fn attend_heads(
             let mut j = j0;
             if use_kt {
                 while j + 8 <= keys {
-                    scores8(&mut prow[j..j + 8], qi, &kt[..d * n_keys], n_keys, j, scale);
+                    scores8(&mut prow[j..j + 8], qi, kt, n_keys, j, scale);
                     j += 8;
                 }
             }
