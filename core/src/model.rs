@@ -1435,20 +1435,20 @@ mod prepack_tests {
     /// with the copy replaced by another model's packed weights, the forward's
     /// logits change, `loss_and_grad`'s stay this model's.
     #[test]
-    fn the_forward_reads_the_packed_copy_and_training_does_not() {
+    fn the_forward_reads_the_packed_copy_and_training_does_not() -> Result<()> {
         let cfg = Config::tiny();
-        let mut a = MoETransformer::new(&cfg, 1).unwrap();
-        let mut b = MoETransformer::new(&cfg, 2).unwrap();
+        let mut a = MoETransformer::new(&cfg, 1)?;
+        let mut b = MoETransformer::new(&cfg, 2)?;
         let (bt, t) = (2, 16);
         let x: Vec<TokenId> = (0..(bt * t) as u32).map(|i| (i * 37) % 1000).collect();
-        let mut ws = a.workspace(bt, t, Mode::Inference).unwrap();
-        let want_a = a.forward(&mut ws, &x, bt, t).unwrap().to_vec();
-        let want_b = b.forward(&mut ws, &x, bt, t).unwrap().to_vec();
+        let mut ws = a.workspace(bt, t, Mode::Inference)?;
+        let want_a = a.forward(&mut ws, &x, bt, t)?.to_vec();
+        let want_b = b.forward(&mut ws, &x, bt, t)?.to_vec();
         assert!(want_a != want_b);
-        b.prepack().unwrap();
-        a.prepack().unwrap();
+        b.prepack()?;
+        a.prepack()?;
         a.packed = b.packed.take();
-        let got = a.forward(&mut ws, &x, bt, t).unwrap().to_vec();
+        let got = a.forward(&mut ws, &x, bt, t)?.to_vec();
         // Embedding, norms and routers are still `a`'s: not `b`'s logits, but
         // no longer `a`'s.
         assert!(
@@ -1456,11 +1456,11 @@ mod prepack_tests {
             "the prepacked forward must read the packed copy"
         );
         // Training reads the row-major weights.
-        let mut wt = a.workspace(bt, t, Mode::Training).unwrap();
+        let mut wt = a.workspace(bt, t, Mode::Training)?;
         let mut grads = alloc::vec![0.0; a.layout().total];
         let mut logits = alloc::vec![0.0; bt * t * cfg.vocab_size];
-        a.loss_and_grad(&mut wt, &mut grads, &x, &x, bt, t, 0.01, Some(&mut logits))
-            .unwrap();
+        a.loss_and_grad(&mut wt, &mut grads, &x, &x, bt, t, 0.01, Some(&mut logits))?;
         assert!(logits == want_a, "training must not read the packed copy");
+        Ok(())
     }
 }
