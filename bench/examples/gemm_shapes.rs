@@ -11,6 +11,9 @@
 //! GFLOP/s; `route cold` = `route` with W cycling through copies spanning
 //! 64 MiB (each call's weight comes from memory, as in a model forward).
 //! `fwd` = `y = x·Wᵀ`, `bwd_in` = `dx = dy·W`, `bwd_w` = `dW += dyᵀ·x`.
+//! Built with the `openblas` feature, a last column times CBLAS `sgemm` on
+//! the same operands (run with `OPENBLAS_NUM_THREADS=1`; the example needs
+//! `RUSTFLAGS="-l openblas"`, cargo links the library only into the bins).
 use moe_core::kernels::gemm::{gemm_with, portable, Backend, Mat};
 use std::hint::black_box;
 use std::time::Instant;
@@ -103,10 +106,39 @@ fn main() {
         ("s256 lm bwd_w", Kind::BwdW, 16, 256, 1000),
         ("s256 lm bwd_in", Kind::BwdIn, 16, 256, 1000),
         ("64^3", Kind::Fwd, 64, 64, 64),
+        // The tiny train step's expert products (4–13 tokens per expert).
+        ("tiny w13 fwd m4", Kind::Fwd, 4, 64, 512),
+        ("tiny w13 fwd m8", Kind::Fwd, 8, 64, 512),
+        ("tiny w13 fwd m13", Kind::Fwd, 13, 64, 512),
+        ("tiny w2 fwd m4", Kind::Fwd, 4, 256, 64),
+        ("tiny w2 fwd m8", Kind::Fwd, 8, 256, 64),
+        ("tiny w2 fwd m13", Kind::Fwd, 13, 256, 64),
+        ("tiny w2 bwd_in m4", Kind::BwdIn, 4, 256, 64),
+        ("tiny w2 bwd_in m13", Kind::BwdIn, 13, 256, 64),
+        ("tiny w13 bwd_in m4", Kind::BwdIn, 4, 64, 512),
+        ("tiny w13 bwd_in m13", Kind::BwdIn, 13, 64, 512),
+        ("tiny w13 bwd_w m4", Kind::BwdW, 4, 64, 512),
+        ("tiny w13 bwd_w m13", Kind::BwdW, 13, 64, 512),
+        ("tiny w2 bwd_w m4", Kind::BwdW, 4, 256, 64),
+        ("tiny w2 bwd_w m13", Kind::BwdW, 13, 256, 64),
+        ("tiny qkv fwd m16", Kind::Fwd, 16, 64, 96),
+        ("tiny o fwd m16", Kind::Fwd, 16, 64, 64),
+        ("tiny qkv bwd_w m16", Kind::BwdW, 16, 64, 96),
+        ("tiny qkv bwd_in m16", Kind::BwdIn, 16, 64, 96),
+        ("tiny lm fwd m16", Kind::Fwd, 16, 64, 1000),
     ];
     println!(
-        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>11}",
-        "shape (GFLOP/s)", "m", "n", "k", "route", "blis", "prepacked", "route cold", "packed cold"
+        "{:<22} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9}",
+        "shape (GFLOP/s)",
+        "m",
+        "n",
+        "k",
+        "route",
+        "blis",
+        "prepacked",
+        "route cold",
+        "packed cold",
+        "openblas"
     );
     for &(name, kind, t, din, dout) in shapes {
         if !name.contains(&filter) {
@@ -189,15 +221,27 @@ fn main() {
         } else {
             (f64::NAN, f64::NAN)
         };
+        #[cfg(feature = "openblas")]
+        let blas = {
+            let mut c4 = c.clone();
+            let [t] = time(&mut [&mut || {
+                gemm_with(Backend::Blas, m, n, k, 1.0, a, b, beta, &mut c4, n);
+                black_box(&c4);
+            }]);
+            t
+        };
+        #[cfg(not(feature = "openblas"))]
+        let blas = f64::NAN;
         c.clear();
         let g = |s: f64| flops / s * 1e-9;
         println!(
-            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1}",
+            "{name:<22} {m:>5} {n:>5} {k:>5} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1}",
             g(route),
             g(blis),
             g(pre),
             g(cold),
-            g(pcold)
+            g(pcold),
+            g(blas)
         );
     }
 }

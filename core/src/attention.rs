@@ -38,7 +38,7 @@ fn need(arg: &'static str, len: usize, need: usize) -> Result<()> {
 
 /// `Err` unless the head layout of `dm` is usable: `kv > 0`, `h % kv == 0`, `d > 0`.
 fn check_heads(dm: &Dims) -> Result<()> {
-    if dm.kv == 0 || dm.h % dm.kv != 0 {
+    if dm.kv == 0 || !dm.h.is_multiple_of(dm.kv) {
         return Err(Error::InvalidConfig {
             field: "num_key_value_heads",
             expected: "> 0 and a divisor of num_attention_heads",

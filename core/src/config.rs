@@ -219,14 +219,17 @@ impl Config {
                 actual: 0.0,
             });
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::InvalidConfig {
                 field: "num_key_value_heads",
                 expected: "a divisor of num_attention_heads",
                 actual: self.num_key_value_heads as f64,
             });
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::InvalidConfig {
                 field: "head_dim",
                 expected: "even (RoPE rotates pairs)",

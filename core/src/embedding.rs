@@ -17,7 +17,7 @@ fn check(x_arg: &'static str, x: usize, tokens: &[u32], table: usize, c: usize) 
             actual: x,
         });
     }
-    if table % c != 0 {
+    if !table.is_multiple_of(c) {
         return Err(Error::ShapeMismatch {
             arg: "table (whole rows of c)",
             expected: (table / c + 1) * c,

@@ -166,7 +166,7 @@ impl RopeTable {
             });
         }
         let q = (dm.h + 2 * dm.kv) * dm.d;
-        if q == 0 || qkv.len() % q != 0 {
+        if q == 0 || !qkv.len().is_multiple_of(q) {
             return Err(Error::ShapeMismatch {
                 arg: "qkv (whole rows of (h+2kv)·d)",
                 expected: q,

@@ -895,7 +895,7 @@ impl Session {
                 grad_norm: Some(stats.grad_norm),
                 tokens_per_sec: Some(tps),
             };
-            let eval_now = self.step % self.args.eval_every == 0 || self.step == steps;
+            let eval_now = self.step.is_multiple_of(self.args.eval_every) || self.step == steps;
             if eval_now {
                 let ce = self.evaluate()?;
                 row.heldout_ce = Some(ce);

@@ -25,6 +25,24 @@ pub fn avx2_fma() -> bool {
     }
 }
 
+/// Whether the AVX-512F GEMM kernels may run on this CPU (they also need
+/// AVX2 + FMA, which every AVX-512F CPU has; checked anyway).
+#[inline]
+pub fn avx512f() -> bool {
+    #[cfg(all(target_arch = "x86_64", feature = "std"))]
+    {
+        std::is_x86_feature_detected!("avx512f") && avx2_fma()
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+    {
+        cfg!(target_feature = "avx512f") && avx2_fma()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The kernel path the elementwise kernels take on this CPU (for metadata).
 pub fn elementwise_path() -> &'static str {
     if avx2_fma() {

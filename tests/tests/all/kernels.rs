@@ -767,8 +767,9 @@ fn blas_backend_matches_portable() {
 
 // ------------------------------------------- E3 GEMM: the BLIS-style backend
 //
-// `kernels::gemm::portable` directly, on both kernel paths (`Path::Auto` is
-// AVX2+FMA where the CPU has it, `Path::Portable` the plain-Rust fallback),
+// `kernels::gemm::portable` directly, on every kernel path (`Path::Auto` is
+// AVX-512F or AVX2+FMA, whichever is best on this CPU, `Path::Avx2` the AVX2
+// kernels even on an AVX-512 CPU, `Path::Portable` the plain-Rust fallback),
 // with every stride layout of A, B and C, pre-packed B, the block boundaries
 // (KC = 256, MC = 144, NC = 512), the small-m and depth-16 special paths.
 // Tolerance: `1e-5·(k+1)·Σ|α·a·b| + |β·c|` against an f64 reference.
@@ -889,7 +890,7 @@ mod blis {
         }
     }
 
-    const PATHS: [Path; 2] = [Path::Auto, Path::Portable];
+    const PATHS: [Path; 3] = [Path::Auto, Path::Avx2, Path::Portable];
 
     #[test]
     fn gemm_small_shapes_all_layouts_both_paths() {
@@ -1028,6 +1029,95 @@ mod blis {
                 }
             }
         }
+    }
+
+    /// The bits of every blocked-driver product (`m ≥ 5`, each orientation,
+    /// packed or not) against an independent oracle: each C element is one
+    /// chain over the depth, in order, per `KC = 256` block — `acc =
+    /// fma(a, b, acc)` on the AVX2 path, `acc = acc + a·b` on the portable one
+    /// — and the blocks combine as `y = β·c + acc₀` (`fma` / mul-add), then
+    /// `y = y + acc_b`. This is what keeps a pre-packed forward, the `x·Wᵀ`
+    /// route, the wide edge-band tiles and the AVX2 and AVX-512 kernels
+    /// bit-identical to each other.
+    #[test]
+    fn gemm_blocked_bits_are_one_depth_ordered_chain_per_element() {
+        let fused = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        let ms = [5usize, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 19, 20, 25, 37];
+        let ns = [5usize, 7, 8, 15, 16, 17, 31, 33, 40, 64, 65, 100];
+        let ks = [1usize, 3, 4, 8, 13, 16, 17, 64, 256, 300];
+        let mut rng = Rng(2026);
+        let mut cases = 0;
+        for _ in 0..1500 {
+            let (m, n, k) = (
+                ms[rng.below(ms.len())],
+                ns[rng.below(ns.len())],
+                ks[rng.below(ks.len())],
+            );
+            let (ta, tb) = (rng.below(2) == 1, rng.below(2) == 1);
+            let beta = [0.0f32, 1.0, 0.5][rng.below(3)];
+            let packed = rng.below(3) == 0;
+            let colmajor = rng.below(4) == 0;
+            let (pa, pb) = (rng.below(2), rng.below(2));
+            let (a, rsa, csa) = operand(&mut rng, m, k, ta, pa);
+            let (b, rsb, csb) = operand(&mut rng, k, n, tb, pb);
+            let (rsc, csc) = if colmajor { (1, m) } else { (n, 1) };
+            let c0 = rng.vec(m * n);
+            for (path, fma) in [
+                (Path::Auto, fused),
+                (Path::Avx2, fused),
+                (Path::Portable, false),
+            ] {
+                let mut c = c0.clone();
+                if packed {
+                    let mut pk = vec![f32::NAN; packed_len(k, n)];
+                    pack_b(k, n, &b, rsb, csb, &mut pk);
+                    gemm_packed_b_on(
+                        path, m, n, k, 1.0, &a, rsa, csa, &pk, beta, &mut c, rsc, csc,
+                    );
+                } else {
+                    gemm_on(
+                        path, m, n, k, 1.0, &a, rsa, csa, &b, rsb, csb, beta, &mut c, rsc, csc,
+                    );
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut y = c0[i * rsc + j * csc];
+                        for (blk, p0) in (0..k).step_by(256).enumerate() {
+                            let mut acc = 0.0f32;
+                            for p in p0..k.min(p0 + 256) {
+                                let (x, w) = (a[i * rsa + p * csa], b[p * rsb + j * csb]);
+                                acc = if fma { x.mul_add(w, acc) } else { acc + x * w };
+                            }
+                            y = match (blk, beta == 0.0) {
+                                (0, true) => acc,
+                                (0, false) if fma => beta.mul_add(y, acc),
+                                (0, false) => acc + beta * y,
+                                _ => y + acc,
+                            };
+                        }
+                        let got = c[i * rsc + j * csc];
+                        assert_eq!(
+                            got.to_bits(),
+                            y.to_bits(),
+                            "{path:?} m{m} n{n} k{k} ta{ta} tb{tb} β{beta} packed{packed} \
+                             colmajor{colmajor}: C[{i},{j}] = {got}, chain {y}"
+                        );
+                    }
+                }
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 4500);
     }
 
     #[test]

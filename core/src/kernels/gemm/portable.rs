@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Packing `B = Wᵀ` (the weight of `x·Wᵀ`, rows of W contiguous in depth) is
-//! a transpose: on AVX2 whole 16-column panels go through 8 × 8 register
-//! transposes (`avx2::pack_bt_panel`; the scalar copy took ~1.5 cycles per
-//! element, a quarter of a 64³ product).
+//! a transpose: on AVX2 16-column panels go through 8 × 8 register
+//! transposes (`avx2::pack_bt_panel`, missing columns of a partial panel as
+//! zero vectors; the scalar copy took ~1.5 cycles per element, a quarter of
+//! a 64³ product).
 //!
 //! Packed layouts: an A panel holds `MR` rows as `[kc][MR]` (element `(r, p)`
 //! at `p·MR + r`); a B panel holds `NR` columns as `[kc][NR]` (element `(p, j)`
@@ -68,7 +69,7 @@
 //! Packing pays through reuse: an A micro-panel is used `⌈n/NR⌉` times, a B
 //! micro-panel `⌈m/MR⌉` times. An operand is read **in place** by the
 //! micro-kernel (A broadcast from its strided rows, B vectors loaded from its
-//! rows when `csb = 1`) when it is reused at most twice, or spans ≤ 64 KiB
+//! rows when `csb = 1`) when it is reused at most twice (B: three times), or spans ≤ 64 KiB
 //! (it sits in L1/L2 on few TLB pages anyway) — unless its depth stride is a
 //! multiple of 2–4 KiB, which maps a micro-panel's lines to 1–2 L1 sets
 //! (`l1_friendly`). An in-place B panel with a partial 8-lane vector is
@@ -286,9 +287,14 @@ struct Block {
 /// As [`Arch::block`].
 #[inline(always)]
 unsafe fn block_tiles<K: Arch>(blk: &Block) {
-    // `n` tiles from (ir, jr) on, stepping right (row walk) or down.
-    let tiles = |jr: usize, ir: usize, n: usize, right: bool| {
-        let nr = NR.min(blk.nc - jr);
+    // `n` tiles of `wp` panels (`wp·NR` columns; 1: one panel, cut at the
+    // block's edge) from (ir, jr) on, stepping right (row walk) or down.
+    let tiles = |jr: usize, ir: usize, n: usize, right: bool, wp: usize| {
+        let nr = if wp == 1 {
+            NR.min(blk.nc - jr)
+        } else {
+            wp * NR
+        };
         let mr = MR.min(blk.mc - ir);
         let (b, pb) = if jr == blk.edge {
             let src = BSrc {
@@ -301,6 +307,10 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
         } else {
             let src = BSrc {
                 ptr: blk.b.ptr.wrapping_add(jr / NR * blk.b_panel),
+                // A wide tile's vectors 2q, 2q + 1 are in panel q.
+                ps: if wp == 1 { blk.b.ps } else { blk.b_panel },
+                // Only the BLIS walk's first tile per panel prefetches.
+                pf: if wp == 1 { blk.b.pf } else { 0 },
                 ..blk.b
             };
             (src, blk.pb)
@@ -314,9 +324,9 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                 Run {
                     n,
                     da: 0,
-                    db: blk.b_panel,
+                    db: wp * blk.b_panel,
                 },
-                NR * blk.c.cs,
+                wp * NR * blk.c.cs,
             )
         } else {
             (
@@ -334,7 +344,9 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
         };
         // SAFETY: the block's contract (`Arch::block`) covers every tile
         // (ir, jr) with ir < mc, jr < nc; a run only spans full tiles (same
-        // mr, nr) that are not the edge copy, stepping by one panel.
+        // mr, nr) that are not the edge copy, stepping by `wp` panels; a
+        // wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans `wp` whole
+        // panels before the edge copy, each `b_panel` apart.
         unsafe {
             K::tile(
                 mr, nr, blk.kc, a, b, c, blk.alpha, blk.beta, blk.pa, pb, run,
@@ -344,27 +356,56 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
     // Full panels that can be run together (the edge copy is never full).
     let full_n = blk.nc / NR;
     let full_m = blk.mc / MR;
+    // The last row band, if partial: with 1–3 rows a 16-column tile holds
+    // 2–6 accumulators, too few chains for the FMA latency, so that band
+    // takes tiles of `wide_nv(mr)` vectors (1 × 64, 2 × 32, 3 × 32: 6–12
+    // accumulators) over the whole panels before any edge copy. Each C
+    // element keeps its one FMA chain in depth order: the same bits.
+    let er = blk.mc - full_m * MR;
+    let wp = if er > 0 { 8 * K::wide_nv(er) / NR } else { 1 };
+    let wide_cols = if wp > 1 { full_n / wp * (wp * NR) } else { 0 };
+    // The edge band: wide tiles, then whole panels, then the partial one
+    // (the only one that may be an edge copy).
+    let edge_band = || {
+        let ir = full_m * MR;
+        if wide_cols > 0 {
+            tiles(0, ir, wide_cols / (wp * NR), true, wp);
+        }
+        let rest = full_n - wide_cols / NR;
+        if rest > 0 {
+            tiles(wide_cols, ir, rest, true, 1);
+        }
+        if full_n * NR < blk.nc {
+            tiles(full_n * NR, ir, 1, true, 1);
+        }
+    };
     if blk.row_walk {
         // Short depth: the C traffic dominates, so walk each row band of C
         // left to right (contiguous lines, few pages).
-        for ir in (0..blk.mc).step_by(MR) {
+        for ir in (0..full_m * MR).step_by(MR) {
             if full_n > 0 {
-                tiles(0, ir, full_n, true);
+                tiles(0, ir, full_n, true, 1);
             }
             if full_n * NR < blk.nc {
-                tiles(full_n * NR, ir, 1, true);
+                tiles(full_n * NR, ir, 1, true, 1);
             }
+        }
+        if er > 0 {
+            edge_band();
         }
     } else {
         // BLIS order: one B micro-panel stays in L1 while the A micro-panels
         // stream past it.
         for jr in (0..blk.nc).step_by(NR) {
             if full_m > 0 {
-                tiles(jr, 0, full_m, false);
+                tiles(jr, 0, full_m, false, 1);
             }
-            if full_m * MR < blk.mc {
-                tiles(jr, full_m * MR, 1, false);
+            if er > 0 && wp == 1 {
+                tiles(jr, full_m * MR, 1, false, 1);
             }
+        }
+        if er > 0 && wp > 1 {
+            edge_band();
         }
     }
 }
@@ -372,7 +413,7 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
 /// One instruction-set implementation of the micro-kernels.
 trait Arch {
     /// Widest tile (in 8-float vectors) [`Arch::tile`] supports for `mr` rows
-    /// with A in place (the small-`m` path).
+    /// (the small-`m` path, and a partial last row band of the blocked one).
     fn wide_nv(mr: usize) -> usize;
 
     /// `C[r, j] = α·Σ_{p<kc} A(r, p)·B(p, j) + β·C[r, j]` for `r < mr`,
@@ -382,7 +423,7 @@ trait Arch {
     ///
     /// # Safety
     /// The CPU supports the instruction set of `Self`; `1 ≤ mr ≤ MR`,
-    /// `1 ≤ nr`, and `nr ≤ 16` or `nr ≤ 8·wide_nv(mr)` with A in place;
+    /// `1 ≤ nr`, and `nr ≤ 16` or `nr ≤ 8·wide_nv(mr)`;
     /// `A(r, p)` is readable for `r < mr, p < kc`; the B vectors `v <
     /// ⌈nr/8⌉` are readable (8 floats each) for `p < kc`; `C[r, j]` is
     /// writable (and readable if `β ≠ 0`) for `r < mr, j < nr`, and no other
@@ -549,12 +590,12 @@ fn pack_b_block(
         } else if b.rs == 1 {
             // B = Wᵀ: column j of B is row j of W, contiguous in p.
             #[cfg(target_arch = "x86_64")]
-            if nr == NR && crate::kernels::cpu::avx2_fma() {
+            if crate::kernels::cpu::avx2_fma() {
                 let s = c0 * b.cs + p0;
-                // Last element read: column c0 + 15, depth p0 + kc − 1.
-                let _ = &b.d[s + 15 * b.cs + kc - 1];
+                // Last element read: column c0 + nr − 1, depth p0 + kc − 1.
+                let _ = &b.d[s + (nr - 1) * b.cs + kc - 1];
                 // SAFETY: AVX2 detected just above; the kernel reads
-                // `b.d[s + j·cs + p]` for j < 16, p < kc, the largest of which
+                // `b.d[s + j·cs + p]` for j < nr, p < kc, the largest of which
                 // was bounds-checked on the line above, and writes the
                 // `kc·NR` floats of `panel`.
                 unsafe {
@@ -563,6 +604,7 @@ fn pack_b_block(
                         b.d.as_ptr().add(s),
                         b.cs,
                         kc,
+                        nr,
                     )
                 };
                 continue;
@@ -996,15 +1038,17 @@ unsafe fn run<K: Arch>(
     let b_need = round_up(n, NR).min(NC) * kc;
     // Packing pays for itself through reuse: each A micro-panel is used
     // ⌈n/NR⌉ times, each B micro-panel ⌈m/MR⌉ times. Read an operand in place
-    // when it is reused at most twice, or small enough (≤ 64 KiB span) to sit
-    // in L1/L2 with few TLB pages anyway.
+    // when it is reused at most twice (B: three times — a 13–18-row `dy·W`
+    // packed its whole weight per call for three uses of each panel: 58 vs
+    // 90 GFLOP/s), or small enough (≤ 64 KiB span) to sit in L1/L2 with few
+    // TLB pages anyway.
     // In-place micro-panels must also not alias in L1 (see `l1_friendly`).
     let a_span = (m - 1) * a.rs + (k - 1) * a.cs + 1;
     let a_inplace = n <= 2 * NR || (a_span <= INPLACE_SPAN && (a.cs == 1 || l1_friendly(a.cs, kc)));
     let b = match b {
         BSide::Strided(op) if op.cs == 1 => {
             let b_span = (k - 1) * op.rs + n;
-            if m <= 2 * MR || (b_span <= INPLACE_SPAN && l1_friendly(op.rs, kc)) {
+            if m <= 3 * MR || (b_span <= INPLACE_SPAN && l1_friendly(op.rs, kc)) {
                 BSide::InPlace(op)
             } else {
                 b
@@ -1056,6 +1100,10 @@ unsafe fn run<K: Arch>(
 pub enum Path {
     /// The best kernels this CPU supports (what [`gemm`] uses).
     Auto,
+    /// The AVX2+FMA kernels even where AVX-512 exists (test hook: checks that
+    /// path, and its bit-identity with the AVX-512 one, on an AVX-512
+    /// machine); the portable kernels without AVX2+FMA.
+    Avx2,
     /// The plain-Rust kernels, even where AVX2+FMA exist (test hook: checks
     /// the fallback path on an AVX2 machine without a global switch).
     Portable,
@@ -1065,6 +1113,12 @@ pub enum Path {
 #[inline]
 fn have_avx2_fma() -> bool {
     crate::kernels::cpu::avx2_fma()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn have_avx512() -> bool {
+    crate::kernels::cpu::avx512f()
 }
 
 /// Runs [`run`] with the best micro-kernels for this CPU.
@@ -1083,7 +1137,13 @@ fn dispatch(
     csc: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Auto && have_avx2_fma() {
+    if path == Path::Auto && have_avx512() {
+        // SAFETY: AVX-512F (and with it AVX2 and FMA) was detected just above.
+        unsafe { avx512::run(m, n, k, alpha, a, b, beta, c, rsc, csc) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path != Path::Portable && have_avx2_fma() {
         // SAFETY: AVX2 and FMA were detected on this CPU just above.
         unsafe { avx2::run(m, n, k, alpha, a, b, beta, c, rsc, csc) };
         return;
@@ -1094,6 +1154,10 @@ fn dispatch(
 
 /// Name of the micro-kernel this CPU uses (for benchmark metadata).
 pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if have_avx512() {
+        return "avx512f 6x16 (blis; tiles of <= 8 columns avx2+fma)";
+    }
     #[cfg(target_arch = "x86_64")]
     if have_avx2_fma() {
         return "avx2+fma 6x16 (blis)";
@@ -1703,21 +1767,36 @@ mod avx2 {
         super::small_m::<Avx2>(m, n, k, alpha, a, b, beta, c, rsc, csc)
     }
 
-    /// Packs one full 16-column panel of `B = Wᵀ`: `dst[p·16 + j] =
-    /// src[j·cs + p]` for `p < kc`, `j < 16` (column `j` of B is the
-    /// contiguous row `j` of W), 8 × 8 blocks transposed in registers.
+    /// Packs one 16-column panel of `B = Wᵀ` with `nr ≤ 16` real columns:
+    /// `dst[p·16 + j] = src[j·cs + p]` for `p < kc`, `j < nr`, and 0 for
+    /// `nr ≤ j < 16` (column `j` of B is the contiguous row `j` of W), 8 × 8
+    /// blocks transposed in registers (missing rows are zero vectors: a
+    /// partial panel, e.g. `xᵀ` of 13 tokens, costs what a full one does
+    /// instead of a scalar copy per element).
     ///
     /// # Safety
-    /// AVX2 present; `src[j·cs + p]` readable for `j < 16, p < kc`; `dst`
-    /// writable for `kc·16` floats.
+    /// AVX2 present; `1 ≤ nr ≤ 16`; `src[j·cs + p]` readable for `j < nr,
+    /// p < kc`; `dst` writable for `kc·16` floats.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pack_bt_panel(dst: *mut f32, src: *const f32, cs: usize, kc: usize) {
+    pub(super) unsafe fn pack_bt_panel(
+        dst: *mut f32,
+        src: *const f32,
+        cs: usize,
+        kc: usize,
+        nr: usize,
+    ) {
         let mut p = 0;
         while p + 8 <= kc {
             for h in 0..2 {
-                // SAFETY: rows j = 8h + r < 16, depth p..p+8 ≤ kc (caller).
-                let r: [__m256; 8] = core::array::from_fn(|i| unsafe {
-                    _mm256_loadu_ps(src.add((8 * h + i) * cs + p))
+                // Rows ≥ nr are zero vectors, never read.
+                let r: [__m256; 8] = core::array::from_fn(|i| {
+                    if 8 * h + i < nr {
+                        // SAFETY: row j = 8h + i < nr, depth p..p+8 ≤ kc:
+                        // readable (the caller's contract).
+                        unsafe { _mm256_loadu_ps(src.add((8 * h + i) * cs + p)) }
+                    } else {
+                        _mm256_setzero_ps()
+                    }
                 });
                 // 8 × 8 transpose: unpack pairs, shuffle quads, swap halves.
                 let t0 = _mm256_unpacklo_ps(r[0], r[1]);
@@ -1755,8 +1834,8 @@ mod avx2 {
         }
         while p < kc {
             for j in 0..NR {
-                // SAFETY: j < 16, p < kc (caller).
-                unsafe { *dst.add(p * NR + j) = *src.add(j * cs + p) };
+                // SAFETY: j < nr reads src (caller), p < kc; the row is in dst.
+                unsafe { *dst.add(p * NR + j) = if j < nr { *src.add(j * cs + p) } else { 0.0 } };
             }
             p += 1;
         }
@@ -1851,26 +1930,6 @@ mod avx2 {
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
         }
         let mut acc = [[_mm256_setzero_ps(); NV]; M];
-        let mut ap = a.ptr;
-        let mut bp = b.ptr;
-        macro_rules! step {
-            ($u:expr) => {{
-                let mut bv = [_mm256_setzero_ps(); NV];
-                unroll!(v < NV => {
-                    // SAFETY: step p + $u < kc: vector v < NV = ⌈nr/8⌉ of
-                    // that step is readable (the caller's contract).
-                    bv[v] = unsafe { _mm256_loadu_ps(bp.wrapping_add($u * bks + boff(v))) };
-                });
-                unroll!(r < M => {
-                    // SAFETY: A(r, p + $u) with r < M = mr, p + $u < kc is
-                    // readable (the caller's contract).
-                    let x = _mm256_set1_ps(unsafe { *ap.wrapping_add(r * ars + $u * aks) });
-                    unroll!(v < NV => {
-                        acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
-                    });
-                });
-            }};
-        }
         // A pre-packed B streams from memory once per forward: the first
         // tile of each run (the one that brings this panel in) prefetches
         // the next panel into L2, one line (one depth step of 16 floats) per
@@ -1879,27 +1938,66 @@ mod avx2 {
         // L1 (`T0`) only 77–100, and hot panels lost up to 10 %: the next
         // panel evicts the current one's lines).
         let pf = if PB && first { b.pf } else { 0 };
-        let mut p = 0;
-        while p + 4 <= kc {
-            if pf != 0 {
-                unroll!(u < 4 => {
-                    let at = bp.wrapping_add(pf + u * NR);
-                    _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
-                });
-            }
-            step!(0);
-            step!(1);
-            step!(2);
-            step!(3);
-            ap = ap.wrapping_add(4 * aks);
-            bp = bp.wrapping_add(4 * bks);
-            p += 4;
+        // The depth loop for A strides `($ars, $aks)`: instantiated with the
+        // unit stride as a constant where it is one, so that each broadcast
+        // is one load at a constant offset from a base or index register
+        // (with both strides at run time every broadcast cost an address
+        // computation, as many instructions as the FMAs).
+        macro_rules! depth {
+            ($ars:expr, $aks:expr) => {{
+                let (ars, aks): (usize, usize) = ($ars, $aks);
+                let mut ap = a.ptr;
+                let mut bp = b.ptr;
+                macro_rules! step {
+                    ($u:expr) => {{
+                        let mut bv = [_mm256_setzero_ps(); NV];
+                        unroll!(v < NV => {
+                            // SAFETY: step p + $u < kc: vector v < NV = ⌈nr/8⌉ of
+                            // that step is readable (the caller's contract).
+                            bv[v] = unsafe { _mm256_loadu_ps(bp.wrapping_add($u * bks + boff(v))) };
+                        });
+                        unroll!(r < M => {
+                            // SAFETY: A(r, p + $u) with r < M = mr, p + $u < kc is
+                            // readable (the caller's contract).
+                            let x = _mm256_set1_ps(unsafe { *ap.wrapping_add(r * ars + $u * aks) });
+                            unroll!(v < NV => {
+                                acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+                            });
+                        });
+                    }};
+                }
+                let mut p = 0;
+                while p + 4 <= kc {
+                    if pf != 0 {
+                        unroll!(u < 4 => {
+                            let at = bp.wrapping_add(pf + u * NR);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        });
+                    }
+                    step!(0);
+                    step!(1);
+                    step!(2);
+                    step!(3);
+                    ap = ap.wrapping_add(4 * aks);
+                    bp = bp.wrapping_add(4 * bks);
+                    p += 4;
+                }
+                while p < kc {
+                    step!(0);
+                    ap = ap.wrapping_add(aks);
+                    bp = bp.wrapping_add(bks);
+                    p += 1;
+                }
+            }};
         }
-        while p < kc {
-            step!(0);
-            ap = ap.wrapping_add(aks);
-            bp = bp.wrapping_add(bks);
-            p += 1;
+        if PA {
+            depth!(1, MR)
+        } else if ars == 1 {
+            depth!(1, aks)
+        } else if aks == 1 {
+            depth!(ars, 1)
+        } else {
+            depth!(ars, aks)
         }
         let va = _mm256_set1_ps(alpha);
         let vb = _mm256_set1_ps(beta);
@@ -2266,6 +2364,474 @@ mod avx2 {
                 3 => sweep!(3, 2),
                 _ => sweep!(4, 2),
             }
+        }
+    }
+}
+
+// ───────────────────────────── AVX-512 kernels ─────────────────────────────
+
+/// The same driver and tile shapes on 512-bit registers (AVX-512F), where
+/// the CPU has them. A tile row of 16 columns is one `zmm` instead of two
+/// `ymm`, with masked loads and stores at the edges. On Zen 4 a `zmm` FMA
+/// issues once per cycle (two 256-bit halves) with a 4-cycle latency, so
+/// the peak is the AVX2 one but **4** independent accumulators reach it
+/// instead of 8 (measured: 4 and 8 zmm chains 117 and 117 GFLOP/s, 12 ymm
+/// chains 112–115): a 6 × 16 tile has 6, a 2 × 32 or 1 × 64 edge tile 4 —
+/// the partial tiles of the few-token expert products no longer wait on the
+/// FMA latency, and each step issues 1 B load + 6 FMAs with an embedded
+/// broadcast instead of 2 + 6 + 12 instructions.
+///
+/// Tiles of at most 8 columns (the `x·Wᵀ` route's 6 × 8, decoding tails) run
+/// the AVX2 kernel: half a `zmm` would waste half of each FMA. Every C
+/// element is still one FMA chain in depth order with the AVX2 epilogue, so
+/// both paths give the same bits (tested).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::Avx2;
+    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR};
+    use core::arch::x86_64::*;
+
+    pub(super) struct Avx512;
+
+    /// `for $i in 0..$n` with `$n ≤ 8` unrolled textually (see `avx2`).
+    macro_rules! unroll {
+        ($i:ident < $n:expr => $body:block) => {
+            unroll!(@ $i, $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
+        };
+        (@ $i:ident, $n:expr, $body:block, $($l:literal),*) => {
+            $(
+                if $l < $n {
+                    let $i: usize = $l;
+                    $body
+                }
+            )*
+        };
+    }
+
+    /// [`super::run`] with the AVX-512 kernels.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn run(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        // SAFETY: forwarded contract (AVX-512F, AVX2, FMA present).
+        unsafe { super::run::<Avx512>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+    }
+
+    /// [`super::blocked`] for `Avx512` in its own frame (see `avx2`).
+    ///
+    /// # Safety
+    /// As [`run`]; operand bounds were checked.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blocked_avx512<const ACAP: usize, const BCAP: usize>(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        super::blocked::<Avx512, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    /// The tiles of one block, compiled for AVX-512 so the kernels inline.
+    ///
+    /// # Safety
+    /// As [`run`]; the contract of [`Arch::block`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block_avx512(blk: &Block) {
+        // SAFETY: forwarded contract.
+        unsafe { super::block_tiles::<Avx512>(blk) }
+    }
+
+    /// [`super::small_m`] for `Avx512` in its own frame.
+    ///
+    /// # Safety
+    /// As [`run`]; operand bounds were checked.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn small_m_avx512(
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: Op,
+        b: BSide,
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+        csc: usize,
+    ) {
+        super::small_m::<Avx512>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+    }
+
+    /// Mask of the first `lanes` (1..=16) lanes.
+    #[inline(always)]
+    fn mask16(lanes: usize) -> __mmask16 {
+        if lanes >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << lanes) - 1) as __mmask16
+        }
+    }
+
+    /// The `M × 16·NZ` micro-kernel over a run of tiles (see `avx2::kern`).
+    ///
+    /// # Safety
+    /// As [`Arch::tile`] with `mr = M`, `⌈nr/16⌉ = NZ`, `nr > 8`, on a CPU
+    /// with AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kern<const M: usize, const NZ: usize, const PA: bool, const PB: bool>(
+        nr: usize,
+        kc: usize,
+        a0: ASrc,
+        b0: BSrc,
+        c0: CDst,
+        alpha: f32,
+        beta: f32,
+        run: Run,
+    ) {
+        for t in 0..run.n {
+            let a = ASrc {
+                ptr: a0.ptr.wrapping_add(t * run.da),
+                ..a0
+            };
+            let b = BSrc {
+                ptr: b0.ptr.wrapping_add(t * run.db),
+                ..b0
+            };
+            let c = CDst {
+                ptr: c0.ptr.wrapping_add(t * c0.nx),
+                ..c0
+            };
+            // SAFETY: the caller's contract holds for every tile of the run.
+            unsafe { kern_body::<M, NZ, PA, PB>(nr, kc, a, b, c, alpha, beta, t == 0) };
+        }
+    }
+
+    /// One tile of [`kern`]: `avx2::kern_body` on 16-lane vectors. The B
+    /// vector `z` of a depth step is the 16 floats at `z·ps` (the two 8-float
+    /// vectors `2z`, `2z + 1` of [`BSrc`]); its last one is loaded and
+    /// stored with a mask of the tile's remaining columns, so no lane beyond
+    /// `nr` is read from B or touched in C (masked-off lanes never fault).
+    ///
+    /// # Safety
+    /// As [`kern`] for a single tile.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kern_body<const M: usize, const NZ: usize, const PA: bool, const PB: bool>(
+        nr: usize,
+        kc: usize,
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        first: bool,
+    ) {
+        let (ars, aks) = if PA { (1, MR) } else { (a.rs, a.ks) };
+        let bks = if PB { NR } else { b.ks };
+        let ps = b.ps;
+        let mut bm = [0 as __mmask16; NZ];
+        unroll!(z < NZ => {
+            bm[z] = mask16(nr - 16 * z); // ≥ 1 lane since NZ = ⌈nr/16⌉
+        });
+        // C lines of this tile and the next (as in `avx2::kern_body`).
+        if first {
+            for r in 0..M {
+                let row = c.ptr.wrapping_add(r * c.rs);
+                _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
+            }
+        }
+        for r in 0..M {
+            let next = c.ptr.wrapping_add(r * c.rs + c.nx);
+            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
+        }
+        let mut acc = [[_mm512_setzero_ps(); NZ]; M];
+        let pf = if PB && first { b.pf } else { 0 };
+        // The depth loop for A strides `($ars, $aks)`, the unit one as a
+        // constant (see `avx2::kern_body`).
+        macro_rules! depth {
+            ($ars:expr, $aks:expr) => {{
+                let (ars, aks): (usize, usize) = ($ars, $aks);
+                let mut ap = a.ptr;
+                let mut bp = b.ptr;
+                macro_rules! step {
+                    ($u:expr) => {{
+                        let mut bv = [_mm512_setzero_ps(); NZ];
+                        unroll!(z < NZ => {
+                            // SAFETY: step p + $u < kc: the lanes < nr − 16z of
+                            // vector z are columns < nr of that step, readable (the
+                            // caller's contract: its 8-float vectors v < ⌈nr/8⌉ are);
+                            // the masked-off lanes are not accessed.
+                            bv[z] = unsafe {
+                                _mm512_maskz_loadu_ps(bm[z], bp.wrapping_add($u * bks + z * ps))
+                            };
+                        });
+                        unroll!(r < M => {
+                            // SAFETY: A(r, p + $u) with r < M = mr, p + $u < kc is
+                            // readable (the caller's contract).
+                            let x = _mm512_set1_ps(unsafe { *ap.wrapping_add(r * ars + $u * aks) });
+                            unroll!(z < NZ => {
+                                acc[r][z] = _mm512_fmadd_ps(x, bv[z], acc[r][z]);
+                            });
+                        });
+                    }};
+                }
+                let mut p = 0;
+                while p + 4 <= kc {
+                    if pf != 0 {
+                        unroll!(u < 4 => {
+                            let at = bp.wrapping_add(pf + u * NR);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        });
+                    }
+                    step!(0);
+                    step!(1);
+                    step!(2);
+                    step!(3);
+                    ap = ap.wrapping_add(4 * aks);
+                    bp = bp.wrapping_add(4 * bks);
+                    p += 4;
+                }
+                while p < kc {
+                    step!(0);
+                    ap = ap.wrapping_add(aks);
+                    bp = bp.wrapping_add(bks);
+                    p += 1;
+                }
+            }};
+        }
+        if PA {
+            depth!(1, MR)
+        } else if ars == 1 {
+            depth!(1, aks)
+        } else if aks == 1 {
+            depth!(ars, 1)
+        } else {
+            depth!(ars, aks)
+        }
+        // The epilogue of `avx2::kern_body`, lane for lane: `y = α·acc`,
+        // `c + acc` for `α = β = 1`, else `fma(β, c, α·acc)`.
+        let va = _mm512_set1_ps(alpha);
+        let vb = _mm512_set1_ps(beta);
+        let accumulate = alpha == 1.0 && beta == 1.0;
+        if c.cs == 1 {
+            unroll!(r < M => {
+                let row = c.ptr.wrapping_add(r * c.rs);
+                unroll!(z < NZ => {
+                    let dst = row.wrapping_add(16 * z);
+                    let mk = bm[z];
+                    let x = _mm512_mul_ps(va, acc[r][z]);
+                    // SAFETY: the lanes of `mk` are C[r, 16z + l] with
+                    // 16z + l < nr, in the tile and contiguous (cs = 1):
+                    // writable, readable if β ≠ 0; masked-off lanes are
+                    // never accessed.
+                    unsafe {
+                        let y = if beta == 0.0 {
+                            x
+                        } else if accumulate {
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dst), acc[r][z])
+                        } else {
+                            _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk, dst), x)
+                        };
+                        _mm512_mask_storeu_ps(dst, mk, y);
+                    }
+                });
+            });
+        } else {
+            // Strided C: gather the row into a buffer, same arithmetic, scatter.
+            unroll!(r < M => {
+                unroll!(z < NZ => {
+                    let lanes = (nr - 16 * z).min(16);
+                    let mut t = [0.0f32; 16];
+                    let base = c.ptr.wrapping_add(r * c.rs + 16 * z * c.cs);
+                    if beta != 0.0 {
+                        for l in 0..lanes {
+                            // SAFETY: C[r, 16z + l], 16z + l < nr, is in the tile.
+                            t[l] = unsafe { *base.wrapping_add(l * c.cs) };
+                        }
+                    }
+                    // SAFETY: `t` is a local 16-float array.
+                    unsafe {
+                        let x = _mm512_mul_ps(va, acc[r][z]);
+                        let y = if beta == 0.0 {
+                            x
+                        } else {
+                            _mm512_fmadd_ps(vb, _mm512_loadu_ps(t.as_ptr()), x)
+                        };
+                        _mm512_storeu_ps(t.as_mut_ptr(), y);
+                    }
+                    for l in 0..lanes {
+                        // SAFETY: C[r, 16z + l], 16z + l < nr, is in the tile.
+                        unsafe { *base.wrapping_add(l * c.cs) = t[l] };
+                    }
+                });
+            });
+        }
+    }
+
+    /// Dispatch on `(mr, ⌈nr/16⌉)` for fixed packing flags (`nr > 8`).
+    ///
+    /// # Safety
+    /// As [`Arch::tile`], with AVX-512F present and `nr > 8`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_pp<const PA: bool, const PB: bool>(
+        mr: usize,
+        nr: usize,
+        kc: usize,
+        a: ASrc,
+        b: BSrc,
+        c: CDst,
+        alpha: f32,
+        beta: f32,
+        run: Run,
+    ) {
+        let nz = nr.div_ceil(16);
+        macro_rules! go {
+            ($m:literal, $z:literal) => {
+                // SAFETY: forwarded contract; (mr, nz) = ($m, $z) matched.
+                unsafe { kern::<$m, $z, PA, PB>(nr, kc, a, b, c, alpha, beta, run) }
+            };
+        }
+        match (mr, nz) {
+            (6, 1) => go!(6, 1),
+            (5, 1) => go!(5, 1),
+            (4, 1) => go!(4, 1),
+            (3, 2) => go!(3, 2),
+            (3, 1) => go!(3, 1),
+            (2, 2) => go!(2, 2),
+            (2, 1) => go!(2, 1),
+            (1, 4) => go!(1, 4),
+            (1, 2) => go!(1, 2),
+            (1, 1) => go!(1, 1),
+            _ => unreachable!("gemm: no {mr}x{nr} AVX-512 micro-kernel"),
+        }
+    }
+
+    impl Arch for Avx512 {
+        fn wide_nv(mr: usize) -> usize {
+            Avx2::wide_nv(mr)
+        }
+
+        #[inline(always)]
+        unsafe fn block(blk: &Block) {
+            // SAFETY: forwarded contract (AVX-512F present).
+            unsafe { block_avx512(blk) }
+        }
+
+        #[inline(always)]
+        unsafe fn blocked_tier<const ACAP: usize, const BCAP: usize>(
+            m: usize,
+            n: usize,
+            k: usize,
+            alpha: f32,
+            a: Op,
+            b: BSide,
+            beta: f32,
+            c: &mut [f32],
+            rsc: usize,
+            csc: usize,
+        ) {
+            // SAFETY: forwarded contract (AVX-512F present, bounds checked).
+            unsafe { blocked_avx512::<ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+        }
+
+        #[inline(always)]
+        unsafe fn small_m_frame(
+            m: usize,
+            n: usize,
+            k: usize,
+            alpha: f32,
+            a: Op,
+            b: BSide,
+            beta: f32,
+            c: &mut [f32],
+            rsc: usize,
+            csc: usize,
+        ) {
+            // SAFETY: forwarded contract (AVX-512F present, bounds checked).
+            unsafe { small_m_avx512(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+        }
+
+        #[inline(always)]
+        unsafe fn tile(
+            mr: usize,
+            nr: usize,
+            kc: usize,
+            a: ASrc,
+            b: BSrc,
+            c: CDst,
+            alpha: f32,
+            beta: f32,
+            pa: bool,
+            pb: bool,
+            run: Run,
+        ) {
+            if nr <= 8 {
+                // SAFETY: forwarded contract; AVX-512F implies the AVX2 and
+                // FMA this implementor was selected with.
+                return unsafe { Avx2::tile(mr, nr, kc, a, b, c, alpha, beta, pa, pb, run) };
+            }
+            // `Avx512` is only used after AVX-512F detection; each arm
+            // forwards the contract of `Arch::tile` unchanged (nr > 8).
+            match (pa, pb) {
+                // SAFETY: forwarded contract; A and B are packed.
+                (true, true) => unsafe {
+                    tile_pp::<true, true>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; A packed, B in place.
+                (true, false) => unsafe {
+                    tile_pp::<true, false>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; A in place, B packed.
+                (false, true) => unsafe {
+                    tile_pp::<false, true>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+                // SAFETY: forwarded contract; both in place.
+                (false, false) => unsafe {
+                    tile_pp::<false, false>(mr, nr, kc, a, b, c, alpha, beta, run)
+                },
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn dots(
+            mr: usize,
+            n: usize,
+            k: usize,
+            x: Op,
+            w: Op,
+            c: &mut [f32],
+            cd: CDst,
+            alpha: f32,
+            beta: f32,
+        ) {
+            // The AVX2 GEMV: the same bits on both paths.
+            Avx2::dots(mr, n, k, x, w, c, cd, alpha, beta)
         }
     }
 }
