@@ -11,7 +11,7 @@
 //! * [`harness`] — `moe bench` and its child processes (`bench-one`,
 //!   `cold-start`): scenarios, measurement, statistics, the JSON schema, and in
 //!   [`harness::sys`] the tool's only `unsafe` (getrusage, getloadavg, uname,
-//!   the counting allocator) besides [`io::mmap`] (`Mmap::map`, `madvise`); the rest
+//!   the counting allocator, OpenBLAS's core name) besides [`io::mmap`] (`Mmap::map`, `madvise`); the rest
 //!   of the crate denies `unsafe_code`.
 //! * [`report`] — `moe report`: the checked Markdown report and the SVG plots
 //!   (whose chart code also draws `moe train`'s loss plot).

@@ -59,6 +59,30 @@ pub fn collect(s: RunSettings) -> Metadata {
         openblas_env: std::env::vars()
             .filter(|(k, _)| k.starts_with("OPENBLAS_"))
             .collect::<BTreeMap<_, _>>(),
+        cpu_simd: cpu_simd(),
+        blas_core: super::sys::openblas_corename(),
+    }
+}
+
+/// The SIMD extensions the kernels dispatch on that this CPU has.
+pub fn cpu_simd() -> Vec<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut v = Vec::new();
+        if std::is_x86_feature_detected!("avx2") {
+            v.push("avx2".to_owned());
+        }
+        if std::is_x86_feature_detected!("fma") {
+            v.push("fma".to_owned());
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            v.push("avx512f".to_owned());
+        }
+        v
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
     }
 }
 

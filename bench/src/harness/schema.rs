@@ -67,6 +67,16 @@ pub struct Metadata {
     pub isolation: String,
     /// Every `OPENBLAS_*` environment variable that was set, unchanged.
     pub openblas_env: BTreeMap<String, String>,
+    /// The SIMD extensions the kernels may use on this CPU, detected at run
+    /// time (`avx2`, `fma`, `avx512f`; empty elsewhere): the same binary
+    /// runs the AVX-512 GEMM on one VM and the AVX2 one on another.
+    #[serde(default)]
+    pub cpu_simd: Vec<String>,
+    /// The core type whose kernels the linked BLAS chose
+    /// (`openblas_get_corename()`, e.g. `Cooperlake` = its AVX-512 kernels),
+    /// `null` without the `openblas` feature.
+    #[serde(default)]
+    pub blas_core: Option<String>,
 }
 
 /// One scenario's measurements.

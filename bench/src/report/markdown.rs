@@ -146,6 +146,8 @@ impl Report<'_> {
             "build_profile",
             "isolation",
             "openblas_env",
+            "cpu_simd",
+            "blas_core",
             "schema_version",
         ]
         .iter()

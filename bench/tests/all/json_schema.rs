@@ -205,6 +205,15 @@ fn check_metadata(m: &Value, isolation: &str) {
     assert!(uint(m, "logical_cpus") >= 1);
     assert!(m["load_average"].is_array());
     assert!(m["openblas_env"].is_object());
+    // The SIMD extensions this CPU has, as the kernels detect them.
+    let simd = m["cpu_simd"].as_array().expect("metadata.cpu_simd");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        simd.iter().any(|x| x == "avx2"),
+        std::is_x86_feature_detected!("avx2"),
+        "cpu_simd {simd:?}"
+    );
+    assert!(m["blas_core"].is_null() || m["blas_core"].is_string());
     assert!(m["git_dirty"].is_boolean() || m["git_dirty"].is_null());
     assert_eq!(string(m, "isolation"), isolation);
 }
