@@ -76,6 +76,14 @@
 //! copied to a padded panel (the kernel never loads past the operand). At
 //! 64³ nothing is packed at all.
 //!
+//! # AVX-512
+//!
+//! Where the CPU has AVX-512F the same driver runs the `avx512` kernels: a
+//! 16-column tile row is one `zmm`, edges are `k`-masked. On Zen 4 this does
+//! not raise the FLOP peak (a `zmm` FMA is two 256-bit halves) but halves the
+//! accumulators the FMA latency needs (4 instead of 8), which is what the
+//! few-token tiles lacked, and the instructions per step.
+//!
 //! # Special shapes
 //!
 //! * `m ≤ 4` (decoding): A is read in place (no packing), the tile keeps its
@@ -85,6 +93,9 @@
 //!   GEMV that reads each weight once, no packing).
 //! * `x·Wᵀ` with `4 < m ≤ 16` (not pre-packed) is computed as
 //!   `Cᵀ = W·xᵀ`: W read in place, only xᵀ (one 16-column panel) packed.
+//! * A partial last row band (`m mod 6` = 1–3 rows, e.g. the 6 + 2 rows of 8
+//!   tokens) takes the same wide tiles over its whole panels instead of
+//!   16-column tiles with 2–6 accumulators.
 //! * Depth-16 weight gradients `dW += dYᵀ·X`: `k ≤ KC`, so every C tile is
 //!   read and written exactly once per call, after all 16 FMA steps done in
 //!   registers. For depths ≤ `SHORT_K` = 32 the C traffic dominates, so the
@@ -104,7 +115,9 @@
 //! the shape, never on timing or alignment, so the same inputs give the same
 //! bits on the same machine and dispatch path. The AVX2 path uses FMA, the
 //! portable path separate multiply and add, so the two paths are *not*
-//! bit-identical to each other.
+//! bit-identical to each other. The AVX-512 path (`avx512`, where the CPU has
+//! AVX-512F) runs the same tiles and operations as the AVX2 one on 16-lane
+//! registers: the same bits.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::mem::MaybeUninit;
