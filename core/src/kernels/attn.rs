@@ -1,0 +1,573 @@
+//! Attention's per-row kernels (E10, E33) in explicit AVX2, bit-identical to
+//! the portable loops of [`crate::attention`].
+//!
+//! For one query row `q: [d]` over `nk` keys/values (rows of a strided
+//! store, `k_j = k[j·stride ..][..d]`):
+//! ```text
+//! scores:  s_j = fold(lanes(q·k_j)) · scale   (dot_body's 8 lane partials, then its fold)
+//! softmax: p = exp(s − max s) / Σ exp(s − max s)   (softmax::forward_row's three sweeps)
+//! pv:      o = Σ_j p_j v_j, from 0, in key order    (the portable PV loop)
+//! ```
+//! Every value is computed by the same IEEE operations in the same order as
+//! the portable code (no FMA contraction, no reassociation); only the
+//! vectorisation differs:
+//! * scores are taken 8 keys at a time, each key's 8 lane partials in one
+//!   register (`acc_j[l] = Σ_m q[8m+l]·k_j[8m+l]`, the tail `d mod 8` as a
+//!   masked load whose other lanes add `+0·+0`), then the 8 registers are
+//!   transposed while folding (`((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))` per
+//!   key), so the 8 scores come out in one register;
+//! * the softmax's tail lanes (`nk mod 8`) are masked: `−∞` for the max,
+//!   `+0` for the sum (a lane sum is never `−0`, so adding `+0` changes
+//!   nothing);
+//! * `exp` is [`super::exp`]'s operation sequence on 8 lanes.
+//!
+//! The autovectoriser had left the portable forms scalar (the `[[f32; 8]; 8]`
+//! score accumulators lived on the stack, one `vmulss`/`vaddss`/`vmovss` per
+//! element) and ran every row's `exp` tail as scalar code.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use imp::Avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use core::arch::x86_64::*;
+
+    /// A token that this thread's elementwise kernels run on AVX2 + FMA
+    /// ([`super::super::cpu::elementwise_avx2`]); only [`Avx2::new`] makes one,
+    /// so holding it proves the CPU has the features the kernels need.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Avx2(());
+
+    /// `Err` text of the bounds checks (a caller bug, never user input: the
+    /// callers size every slice from checked shapes).
+    const SHORT: &str = "attention row kernel: slice shorter than its shape";
+
+    impl Avx2 {
+        /// The token, if this thread's elementwise kernels take the AVX2 path.
+        #[inline]
+        pub(crate) fn new() -> Option<Self> {
+            super::super::cpu::elementwise_avx2().then_some(Avx2(()))
+        }
+
+        /// Runs `f` inside the AVX2 + FMA instance (so that the row kernels
+        /// it calls inline into one function).
+        #[inline(always)]
+        pub(crate) fn run<R>(self, f: impl FnOnce() -> R) -> R {
+            // SAFETY: an `Avx2` exists only if AVX2 and FMA were detected on
+            // this CPU (`new`), `clone`'s only requirement.
+            unsafe { clone(f) }
+        }
+
+        /// `out[j] = (q·k_j) · scale` for `j < out.len()`, `k_j = k[j·stride..][..q.len()]`,
+        /// bit-identical to `dot_body(q, k_j) * scale`.
+        ///
+        /// # Panics
+        /// If `k` is shorter than the last key's row.
+        #[inline(always)]
+        pub(crate) fn scores(
+            self,
+            out: &mut [f32],
+            q: &[f32],
+            k: &[f32],
+            stride: usize,
+            scale: f32,
+        ) {
+            let nk = out.len();
+            if nk == 0 {
+                return;
+            }
+            assert!(
+                (nk - 1)
+                    .checked_mul(stride)
+                    .and_then(|x| x.checked_add(q.len()))
+                    .is_some_and(|end| end <= k.len()),
+                "{SHORT}"
+            );
+            // SAFETY: the token proves AVX2 + FMA; key rows `j < nk` end at
+            // `(nk−1)·stride + d ≤ k.len()` (checked above), `out` and `q`
+            // are read/written within their lengths.
+            unsafe { scores(out, q, k.as_ptr(), stride, scale) }
+        }
+
+        /// `softmax::forward_row` (E1 in place on `x`, same operations, same
+        /// order) that also returns the row max `m` and `u = 1/Σ exp(x − m)`
+        /// as `flash::softmax_stats` does: `(ok, m, u)`, `ok = false` for a
+        /// row that is not a distribution (NaN: row set to NaN, `m = u = NaN`;
+        /// all `−∞`: row set to `0`, `u = 0`; a `+∞`: `m = +∞`).
+        #[inline(always)]
+        pub(crate) fn softmax(self, x: &mut [f32]) -> (bool, f32, f32) {
+            // SAFETY: the token proves AVX2 + FMA; `x` is read/written within
+            // its length.
+            let (max, nan) = unsafe { max_nan(x) };
+            if nan {
+                x.iter_mut().for_each(|v| *v = f32::NAN);
+                return (false, f32::NAN, f32::NAN);
+            }
+            if max == f32::NEG_INFINITY {
+                x.iter_mut().for_each(|v| *v = 0.0);
+                return (false, max, 0.0);
+            }
+            // SAFETY: as above.
+            let sum = unsafe { exp_shift_sum(x, max) };
+            let inv = 1.0 / sum;
+            // SAFETY: as above.
+            unsafe { scale(x, inv) };
+            (max.is_finite(), max, inv)
+        }
+
+        /// `o = Σ_j p_j v_j` over `j < p.len()` from `0`, in key order
+        /// (`v_j = v[j·stride..][..o.len()]`); overwrites `o`.
+        ///
+        /// # Panics
+        /// If `v` is shorter than the last value's row.
+        #[inline(always)]
+        pub(crate) fn pv(self, o: &mut [f32], p: &[f32], v: &[f32], stride: usize) {
+            let nk = p.len();
+            if nk > 0 {
+                assert!(
+                    (nk - 1)
+                        .checked_mul(stride)
+                        .and_then(|x| x.checked_add(o.len()))
+                        .is_some_and(|end| end <= v.len()),
+                    "{SHORT}"
+                );
+            }
+            // SAFETY: the token proves AVX2 + FMA; value rows `j < nk` end at
+            // `(nk−1)·stride + d ≤ v.len()` (checked above; none is read
+            // when `nk = 0`), `o` and `p` are accessed within their lengths.
+            unsafe { pv(o, p, v.as_ptr(), stride) }
+        }
+
+        /// [`super::super::exp`] on 8 lanes (test hook for the bit-identity test).
+        #[cfg(test)]
+        pub(crate) fn exp8(self, x: [f32; 8]) -> [f32; 8] {
+            let mut out = [0.0f32; 8];
+            // SAFETY: the token proves AVX2 + FMA; both arrays hold 8 floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp8(_mm256_loadu_ps(x.as_ptr()))) };
+            out
+        }
+    }
+
+    /// The AVX2 + FMA instance of [`Avx2::run`]'s closure.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn clone<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    /// Lanes `l < n` set (all ones), the others clear; `n ≤ 8`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn first_lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// [`Avx2::scores`] on raw parts.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `k + j·stride .. + q.len()` readable for `j < out.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn scores(out: &mut [f32], q: &[f32], k: *const f32, stride: usize, scale: f32) {
+        let (nk, d) = (out.len(), q.len());
+        let (full, r) = (d / 8 * 8, d % 8);
+        let tail = first_lanes(r);
+        // q's tail in the lanes l < r, +0 elsewhere.
+        // SAFETY: the masked load reads only q[full + l], l < r, inside `q`.
+        let qt = unsafe { _mm256_maskload_ps(q.as_ptr().add(full), tail) };
+        let sc = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j < nk {
+            let n = (nk - j).min(8);
+            // Keys j .. j + n; the lanes past n repeat the last key (read,
+            // computed, not stored).
+            let mut kp = [k; 8];
+            for (jj, p) in kp.iter_mut().enumerate() {
+                // SAFETY: j + min(jj, n − 1) < nk, a key row inside `k`.
+                *p = unsafe { k.add((j + jj.min(n - 1)) * stride) };
+            }
+            // SAFETY: each kp[jj] is a key row of d readable floats.
+            let s = unsafe { dot8(q, full, r, qt, tail, &kp) };
+            let s = _mm256_mul_ps(s, sc);
+            if n == 8 {
+                // SAFETY: out[j .. j + 8] is inside `out` (j + 8 ≤ nk).
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j), s) };
+            } else {
+                let mut tmp = [0.0f32; 8];
+                // SAFETY: `tmp` holds 8 floats.
+                unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), s) };
+                out[j..j + n].copy_from_slice(&tmp[..n]);
+            }
+            j += n;
+        }
+    }
+
+    /// The 8 dot products `q·k_jj` (`k_jj = kp[jj][..d]`, `d = full + r`), in
+    /// `dot_body`'s order: lane `l` of key `jj` sums `q[8m+l]·k_jj[8m+l]`
+    /// over `m`, the tail element `full + l` last; then per key the fold
+    /// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`. Lane `jj` of the result is
+    /// key `jj`'s dot product.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `q[..d]` and every `kp[jj][..d]` readable; `qt` is
+    /// `q[full..]` in lanes `l < r` and `+0` elsewhere, `tail` the mask of
+    /// those lanes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot8(
+        q: &[f32],
+        full: usize,
+        r: usize,
+        qt: __m256,
+        tail: __m256i,
+        kp: &[*const f32; 8],
+    ) -> __m256 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut m = 0;
+        while m < full {
+            // SAFETY: m + 8 ≤ full ≤ d = q.len().
+            let qm = unsafe { _mm256_loadu_ps(q.as_ptr().add(m)) };
+            for jj in 0..8 {
+                // SAFETY: k_jj[m .. m + 8] is inside its row of d floats.
+                let kv = unsafe { _mm256_loadu_ps(kp[jj].add(m)) };
+                acc[jj] = _mm256_add_ps(acc[jj], _mm256_mul_ps(qm, kv));
+            }
+            m += 8;
+        }
+        if r > 0 {
+            for jj in 0..8 {
+                // SAFETY: the masked load reads only k_jj[full + l], l < r,
+                // inside its row; the other lanes read as +0 (and `qt` is +0
+                // there: they add +0·+0 = +0, which leaves a lane sum, never
+                // −0, unchanged).
+                let kv = unsafe { _mm256_maskload_ps(kp[jj].add(full), tail) };
+                acc[jj] = _mm256_add_ps(acc[jj], _mm256_mul_ps(qt, kv));
+            }
+        }
+        fold8(&acc)
+    }
+
+    /// Per register `a = acc[jj]`, `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`,
+    /// as lane `jj` of the result.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fold8(acc: &[__m256; 8]) -> __m256 {
+        // x_p: low half = key p's [a0+a4, a1+a5, a2+a6, a3+a7], high half key p+4's.
+        let x = |p: usize| {
+            let (a, b) = (acc[p], acc[p + 4]);
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            )
+        };
+        let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3));
+        // y: per half [s0+s2, s1+s3] of two keys.
+        let y = |a: __m256, b: __m256| {
+            _mm256_add_ps(
+                _mm256_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm256_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        };
+        let (y0, y1) = (y(x0, x1), y(x2, x3));
+        // (s0+s2) + (s1+s3), keys 0..3 in the low half, 4..7 in the high half.
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(y0, y1),
+            _mm256_shuffle_ps::<0b11_01_11_01>(y0, y1),
+        )
+    }
+
+    /// `rows::max_nan` on 8 lanes: lane `l` keeps `if x > m {x} else {m}` over
+    /// `x[8j + l]` (the tail's missing lanes are `−∞`), then the lanes in
+    /// order with the same select; and whether any element is NaN.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn max_nan(x: &[f32]) -> (f32, bool) {
+        let (n, p) = (x.len(), x.as_ptr());
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (mut mx, mut nan) = (ninf, _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: x[i .. i + 8] is inside `x`.
+            let v = unsafe { _mm256_loadu_ps(p.add(i)) };
+            // max_ps(v, m) = if v > m {v} else {m} (NaN v keeps m).
+            mx = _mm256_max_ps(v, mx);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            i += 8;
+        }
+        if i < n {
+            let mk = first_lanes(n - i);
+            // SAFETY: the masked load reads only x[i + l], l < n − i.
+            let v = unsafe { _mm256_maskload_ps(p.add(i), mk) };
+            let v = _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(mk));
+            mx = _mm256_max_ps(v, mx);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mx) };
+        let mut m = lanes[0];
+        for &v in &lanes[1..] {
+            m = if v > m { v } else { m };
+        }
+        (m, _mm256_movemask_ps(nan) != 0)
+    }
+
+    /// `x_i ← exp(x_i − max)` and `Σ_i x_i` in 8 lanes (lane `l` sums
+    /// `x[8j + l]`, tail lanes add `+0`), folded as `rows::fold` — the sum
+    /// `rows::exp_shift_sum_inplace` returns.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn exp_shift_sum(x: &mut [f32], max: f32) -> f32 {
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        let mv = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: x[i .. i + 8] is inside `x`.
+            let e = exp8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(p.add(i)) }, mv));
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(p.add(i), e) };
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        if i < n {
+            let mk = first_lanes(n - i);
+            // SAFETY: the masked load/store touch only x[i + l], l < n − i.
+            let e = exp8(_mm256_sub_ps(
+                unsafe { _mm256_maskload_ps(p.add(i), mk) },
+                mv,
+            ));
+            // SAFETY: as above.
+            unsafe { _mm256_maskstore_ps(p.add(i), mk, e) };
+            acc = _mm256_add_ps(acc, _mm256_and_ps(e, _mm256_castsi256_ps(mk)));
+        }
+        fold(acc)
+    }
+
+    /// `x_i ← x_i · a`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn scale(x: &mut [f32], a: f32) {
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: x[i .. i + 8] is inside `x`.
+            unsafe { _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), av)) };
+            i += 8;
+        }
+        for v in &mut x[i..] {
+            *v *= a;
+        }
+    }
+
+    /// `rows::fold` of one register: `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fold(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
+    }
+
+    /// [`super::super::exp`] on 8 lanes, the same operations in the same order:
+    /// clamp to `[LO, HI]` by two selects (NaN passes), `t = xc·log₂e + 1.5·2²³`,
+    /// `n = t − 1.5·2²³`, `r = (xc − n·ln2_hi) − n·ln2_lo`, the degree-7 Horner
+    /// polynomial (multiply, then add), `2ⁿ` as two exponent-field factors
+    /// from `t`'s bits, `y = (p·s1)·s2`; then `+∞` above `HI`, `0` below `LO`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp8(x: __m256) -> __m256 {
+        const LOG2E: f32 = core::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const HI: f32 = 88.722_83;
+        const LO: f32 = -87.336_55;
+        const ROUND: f32 = 12_582_912.0;
+        const C: [f32; 7] = [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ];
+        let (lo, hi) = (_mm256_set1_ps(LO), _mm256_set1_ps(HI));
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+        let above = _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi);
+        // if x < LO {LO} else if x > HI {HI} else {x}
+        let xc = _mm256_blendv_ps(_mm256_blendv_ps(x, hi, above), lo, below);
+        let round = _mm256_set1_ps(ROUND);
+        let t = _mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)), round);
+        let n = _mm256_sub_ps(t, round);
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+        );
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        for c in C {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+        }
+        let ni = _mm256_sub_epi32(
+            _mm256_castps_si256(t),
+            _mm256_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let half = _mm256_srai_epi32::<1>(ni);
+        let bias = _mm256_set1_epi32(127);
+        let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
+        let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias));
+        let y = _mm256_mul_ps(
+            _mm256_mul_ps(p, _mm256_castsi256_ps(s1)),
+            _mm256_castsi256_ps(s2),
+        );
+        // if x > HI {+∞} else if x < LO {0} else {y}
+        let y = _mm256_andnot_ps(below, y);
+        _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), above)
+    }
+
+    /// [`Avx2::pv`] on raw parts: `o[c] = Σ_j p_j·v_j[c]` from `+0`, `j` in
+    /// order; four, two or one 8-float column blocks per pass over the keys
+    /// (independent sums, more of them in flight), the last `d mod 8`
+    /// columns by masked loads/stores.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `v + j·stride .. + o.len()` readable for `j < p.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pv(o: &mut [f32], p: &[f32], v: *const f32, stride: usize) {
+        let d = o.len();
+        let op = o.as_mut_ptr();
+        let mut c = 0;
+        while c + 32 <= d {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (j, &pj) in p.iter().enumerate() {
+                let pv = _mm256_set1_ps(pj);
+                // SAFETY: v_j[c .. c + 32] is inside value row j (c + 32 ≤ d).
+                let vj = unsafe { v.add(j * stride + c) };
+                for (b, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    let x = unsafe { _mm256_loadu_ps(vj.add(8 * b)) };
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
+                }
+            }
+            for (b, a) in acc.iter().enumerate() {
+                // SAFETY: o[c + 8b .. c + 8b + 8] is inside `o`.
+                unsafe { _mm256_storeu_ps(op.add(c + 8 * b), *a) };
+            }
+            c += 32;
+        }
+        if c + 16 <= d {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for (j, &pj) in p.iter().enumerate() {
+                let pv = _mm256_set1_ps(pj);
+                // SAFETY: v_j[c .. c + 16] is inside value row j.
+                let vj = unsafe { v.add(j * stride + c) };
+                for (b, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    let x = unsafe { _mm256_loadu_ps(vj.add(8 * b)) };
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, x));
+                }
+            }
+            for (b, a) in acc.iter().enumerate() {
+                // SAFETY: o[c + 8b .. c + 8b + 8] is inside `o`.
+                unsafe { _mm256_storeu_ps(op.add(c + 8 * b), *a) };
+            }
+            c += 16;
+        }
+        if c + 8 <= d {
+            let mut acc = _mm256_setzero_ps();
+            for (j, &pj) in p.iter().enumerate() {
+                // SAFETY: v_j[c .. c + 8] is inside value row j.
+                let x = unsafe { _mm256_loadu_ps(v.add(j * stride + c)) };
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(pj), x));
+            }
+            // SAFETY: o[c .. c + 8] is inside `o`.
+            unsafe { _mm256_storeu_ps(op.add(c), acc) };
+            c += 8;
+        }
+        if c < d {
+            let mk = first_lanes(d - c);
+            let mut acc = _mm256_setzero_ps();
+            for (j, &pj) in p.iter().enumerate() {
+                // SAFETY: the masked load reads only v_j[c + l], l < d − c.
+                let x = unsafe { _mm256_maskload_ps(v.add(j * stride + c), mk) };
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(pj), x));
+            }
+            // SAFETY: the masked store writes only o[c + l], l < d − c.
+            unsafe { _mm256_maskstore_ps(op.add(c), mk, acc) };
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::Avx2;
+
+    /// `exp8` is `exp` bit for bit, lane by lane, over a dense sweep and the
+    /// special values.
+    #[test]
+    fn exp8_is_exp_bit_for_bit() {
+        let Some(k) = Avx2::new() else { return };
+        let mut xs: alloc::vec::Vec<f32> = alloc::vec![
+            0.0,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+            88.722_83,
+            88.722_84,
+            -87.336_55,
+            -87.336_56,
+            -100.0,
+            100.0,
+            f32::MAX,
+            f32::MIN,
+        ];
+        let mut x = -90.0f32;
+        while x < 90.0 {
+            xs.push(x);
+            x += 0.000_731;
+        }
+        for bits in (0u32..=u32::MAX).step_by(65_537) {
+            xs.push(f32::from_bits(bits));
+        }
+        while xs.len() % 8 != 0 {
+            xs.push(0.5);
+        }
+        for c in xs.chunks_exact(8) {
+            let x: [f32; 8] = c.try_into().unwrap_or([0.0; 8]);
+            let got = k.exp8(x);
+            for l in 0..8 {
+                let want = super::super::exp(x[l]);
+                assert!(
+                    got[l].to_bits() == want.to_bits() || (got[l].is_nan() && want.is_nan()),
+                    "exp({:e}) = {:e} (want {:e})",
+                    x[l],
+                    got[l],
+                    want
+                );
+            }
+        }
+    }
+}
