@@ -30,6 +30,7 @@ pub(crate) use imp::Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
+    use super::super::rows::avx2::exp8;
     use core::arch::x86_64::*;
 
     /// A token that this thread's elementwise kernels run on AVX2 + FMA
@@ -383,62 +384,6 @@ mod imp {
         let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
         let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)))
-    }
-
-    /// [`super::super::exp`] on 8 lanes, the same operations in the same order:
-    /// clamp to `[LO, HI]` by two selects (NaN passes), `t = xc·log₂e + 1.5·2²³`,
-    /// `n = t − 1.5·2²³`, `r = (xc − n·ln2_hi) − n·ln2_lo`, the degree-7 Horner
-    /// polynomial (multiply, then add), `2ⁿ` as two exponent-field factors
-    /// from `t`'s bits, `y = (p·s1)·s2`; then `+∞` above `HI`, `0` below `LO`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn exp8(x: __m256) -> __m256 {
-        const LOG2E: f32 = core::f32::consts::LOG2_E;
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        const HI: f32 = 88.722_83;
-        const LO: f32 = -87.336_55;
-        const ROUND: f32 = 12_582_912.0;
-        const C: [f32; 7] = [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ];
-        let (lo, hi) = (_mm256_set1_ps(LO), _mm256_set1_ps(HI));
-        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
-        let above = _mm256_cmp_ps::<_CMP_GT_OQ>(x, hi);
-        // if x < LO {LO} else if x > HI {HI} else {x}
-        let xc = _mm256_blendv_ps(_mm256_blendv_ps(x, hi, above), lo, below);
-        let round = _mm256_set1_ps(ROUND);
-        let t = _mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)), round);
-        let n = _mm256_sub_ps(t, round);
-        let r = _mm256_sub_ps(
-            _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
-            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
-        );
-        let mut p = _mm256_set1_ps(1.0 / 5040.0);
-        for c in C {
-            p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
-        }
-        let ni = _mm256_sub_epi32(
-            _mm256_castps_si256(t),
-            _mm256_set1_epi32(ROUND.to_bits() as i32),
-        );
-        let half = _mm256_srai_epi32::<1>(ni);
-        let bias = _mm256_set1_epi32(127);
-        let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
-        let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias));
-        let y = _mm256_mul_ps(
-            _mm256_mul_ps(p, _mm256_castsi256_ps(s1)),
-            _mm256_castsi256_ps(s2),
-        );
-        // if x > HI {+∞} else if x < LO {0} else {y}
-        let y = _mm256_andnot_ps(below, y);
-        _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), above)
     }
 
     /// [`Avx2::pv`] on raw parts: `o[c] = Σ_j p_j·v_j[c]` from `+0`, `j` in
