@@ -370,13 +370,19 @@ fn attend_heads_avx2(
                 &mut probs[..keys]
             };
             let s = &mut prow[j0..keys];
-            k.scores(s, qi, &kvs.k[j0 * stride + ko..], stride, scale);
-            // A row keeps at least its own key: not a distribution is an error.
-            if !k.softmax(s).0 && bad.is_none() {
-                bad = Some(hh * t + i);
-            }
+            let (kj, vj) = (&kvs.k[j0 * stride + ko..], &kvs.v[j0 * stride + vo..]);
             let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
-            k.pv(oi, s, &kvs.v[j0 * stride + vo..], stride);
+            let p_out = if save { Some(&mut *s) } else { None };
+            if k.row_small(oi, p_out, qi, kj, vj, stride, keys - j0, scale)
+                .is_none()
+            {
+                k.scores(s, qi, kj, stride, scale);
+                // A row keeps at least its own key: not a distribution is an error.
+                if !k.softmax(s).0 && bad.is_none() {
+                    bad = Some(hh * t + i);
+                }
+                k.pv(oi, s, vj, stride);
+            }
             if save {
                 prow[..j0].iter_mut().for_each(|x| *x = 0.0);
                 prow[keys..].iter_mut().for_each(|x| *x = 0.0);

@@ -137,16 +137,23 @@ fn forward_body_avx2(
                 let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
                 let first = (rows + ks.start) * q;
                 let prow = &mut row[ks];
-                k.scores(prow, qi, &qkv[first + ko..], q, scale);
-                let (ok, m, u) = k.softmax(prow);
+                let (kj, vj) = (&qkv[first + ko..], &qkv[first + vo..]);
+                let oi = &mut att[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
                 let at = (bi * h + hh) * t + i;
-                if !ok && bad.is_none() {
-                    bad = Some(at);
-                }
+                let (m, u) = match k.row_small(oi, None, qi, kj, vj, q, prow.len(), scale) {
+                    Some(mu) => mu,
+                    None => {
+                        k.scores(prow, qi, kj, q, scale);
+                        let (ok, m, u) = k.softmax(prow);
+                        if !ok && bad.is_none() {
+                            bad = Some(at);
+                        }
+                        k.pv(oi, prow, vj, q);
+                        (m, u)
+                    }
+                };
                 row_max[at] = m;
                 row_inv[at] = u;
-                let oi = &mut att[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
-                k.pv(oi, prow, &qkv[first + vo..], q);
             }
         }
     }

@@ -30,7 +30,7 @@ pub(crate) use imp::Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::super::rows::avx2::exp8;
+    use super::super::rows::avx2::{exp8, exp8n};
     use core::arch::x86_64::*;
 
     /// A token that this thread's elementwise kernels run on AVX2 + FMA
@@ -42,6 +42,9 @@ mod imp {
     /// `Err` text of the bounds checks (a caller bug, never user input: the
     /// callers size every slice from checked shapes).
     const SHORT: &str = "attention row kernel: slice shorter than its shape";
+
+    /// Keys up to which [`Avx2::row_small`] keeps a row in registers (four).
+    pub(crate) const SMALL: usize = 32;
 
     impl Avx2 {
         /// The token, if this thread's elementwise kernels take the AVX2 path.
@@ -139,6 +142,58 @@ mod imp {
             unsafe { pv(o, p, v.as_ptr(), stride) }
         }
 
+        /// One query row of `nk ≤ SMALL` keys (`k_j`, `v_j` at `j·stride`) on
+        /// registers: the scores ([`Avx2::scores`]), the softmax
+        /// ([`Avx2::softmax`]) and the PV product ([`Avx2::pv`]) with no pass
+        /// over memory in between (and no narrow store re-read as a vector) —
+        /// the same operations in the same order, so the same bits.
+        /// Writes `o` and, with `p_out: [nk]`, the probabilities; returns the
+        /// row's `(m, u)`. Returns `None` (nothing written) when `nk = 0` or
+        /// `nk > SMALL`, or the row is not an ordinary distribution (a NaN
+        /// score or a non-finite max): the caller then takes the three-step
+        /// path, which handles those rows.
+        ///
+        /// # Panics
+        /// If `k` or `v` is shorter than the last key's or value's row.
+        #[allow(clippy::too_many_arguments)]
+        // reason: one row's operands: output, probabilities, q, keys, values, their stride, key count, scale
+        #[inline(always)]
+        pub(crate) fn row_small(
+            self,
+            o: &mut [f32],
+            p_out: Option<&mut [f32]>,
+            q: &[f32],
+            k: &[f32],
+            v: &[f32],
+            stride: usize,
+            nk: usize,
+            scale: f32,
+        ) -> Option<(f32, f32)> {
+            if nk == 0 || nk > SMALL {
+                return None;
+            }
+            let end = (nk - 1).checked_mul(stride);
+            let fits =
+                |len: usize, w: usize| end.and_then(|e| e.checked_add(w)).is_some_and(|e| e <= len);
+            assert!(fits(k.len(), q.len()) && fits(v.len(), o.len()), "{SHORT}");
+            if let Some(p) = &p_out {
+                assert!(p.len() == nk, "{SHORT}");
+            }
+            // SAFETY: the token proves AVX2 + FMA; key rows `j < nk` end at
+            // `(nk−1)·stride + d ≤ k.len()` and value rows at
+            // `(nk−1)·stride + o.len() ≤ v.len()` (checked above); `p_out`
+            // holds `nk` floats.
+            unsafe {
+                let (kp, vp) = (k.as_ptr(), v.as_ptr());
+                match nk.div_ceil(8) {
+                    1 => row_small::<1>(o, p_out, q, kp, vp, stride, nk, scale),
+                    2 => row_small::<2>(o, p_out, q, kp, vp, stride, nk, scale),
+                    3 => row_small::<3>(o, p_out, q, kp, vp, stride, nk, scale),
+                    _ => row_small::<4>(o, p_out, q, kp, vp, stride, nk, scale),
+                }
+            }
+        }
+
         /// [`super::super::exp`] on 8 lanes (test hook for the bit-identity test).
         #[cfg(test)]
         pub(crate) fn exp8(self, x: [f32; 8]) -> [f32; 8] {
@@ -207,6 +262,93 @@ mod imp {
             }
             j += n;
         }
+    }
+
+    /// [`Avx2::row_small`] with `NB = ⌈nk/8⌉` score registers.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `1 ≤ nk ≤ 8·NB`, `nk > 8·(NB−1)`; key rows
+    /// `k + j·stride .. + q.len()` and value rows `v + j·stride .. + o.len()`
+    /// readable for `j < nk`; `p_out`, if any, holds `nk` floats.
+    #[allow(clippy::too_many_arguments)] // reason: [`Avx2::row_small`]'s operands on raw parts
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn row_small<const NB: usize>(
+        o: &mut [f32],
+        p_out: Option<&mut [f32]>,
+        q: &[f32],
+        k: *const f32,
+        v: *const f32,
+        stride: usize,
+        nk: usize,
+        scale: f32,
+    ) -> Option<(f32, f32)> {
+        let d = q.len();
+        let (full, r) = (d / 8 * 8, d % 8);
+        let tail = first_lanes(r);
+        // SAFETY: the masked load reads only q[full + l], l < r, inside `q`.
+        let qt = unsafe { _mm256_maskload_ps(q.as_ptr().add(full), tail) };
+        let sc = _mm256_set1_ps(scale);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        // Scores, 8 keys per register; the lanes past nk are −∞ (they leave
+        // the max alone and give exp = +0, which leaves the sum alone).
+        let mut s = [ninf; NB];
+        for (b, sb) in s.iter_mut().enumerate() {
+            let j = 8 * b;
+            let n = (nk - j).min(8);
+            let mut kp = [k; 8];
+            for (jj, p) in kp.iter_mut().enumerate() {
+                // SAFETY: j + min(jj, n − 1) < nk, a key row.
+                *p = unsafe { k.add((j + jj.min(n - 1)) * stride) };
+            }
+            // SAFETY: each kp[jj] is a key row of d readable floats.
+            let x = _mm256_mul_ps(unsafe { dot8(q, full, r, qt, tail, &kp) }, sc);
+            *sb = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(first_lanes(n)));
+        }
+        // rows::max_nan: lane maxima in register order, then the lanes in order.
+        let (mut mx, mut nan) = (ninf, _mm256_setzero_ps());
+        for &sb in &s {
+            mx = _mm256_max_ps(sb, mx);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(sb, sb));
+        }
+        if _mm256_movemask_ps(nan) != 0 {
+            return None;
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mx) };
+        let mut m = lanes[0];
+        for &x in &lanes[1..] {
+            m = if x > m { x } else { m };
+        }
+        if !m.is_finite() {
+            return None;
+        }
+        // exp(s − m), its 8-lane sum in register order, the fold, 1/Σ, scale.
+        let mv = _mm256_set1_ps(m);
+        let mut x = [ninf; NB];
+        for (xb, &sb) in x.iter_mut().zip(&s) {
+            *xb = _mm256_sub_ps(sb, mv);
+        }
+        let e = exp8n(x);
+        let mut acc = _mm256_setzero_ps();
+        for &eb in &e {
+            acc = _mm256_add_ps(acc, eb);
+        }
+        let inv = 1.0 / fold(acc);
+        let iv = _mm256_set1_ps(inv);
+        let mut buf = [0.0f32; SMALL];
+        for (b, &eb) in e.iter().enumerate() {
+            // SAFETY: 8b + 8 ≤ 8·NB ≤ SMALL floats of `buf`.
+            unsafe { _mm256_storeu_ps(buf.as_mut_ptr().add(8 * b), _mm256_mul_ps(eb, iv)) };
+        }
+        let p = &buf[..nk];
+        if let Some(out) = p_out {
+            out.copy_from_slice(p);
+        }
+        // SAFETY: value rows j < nk = p.len() are readable (the caller's contract).
+        unsafe { pv(o, p, v, stride) };
+        Some((m, inv))
     }
 
     /// The 8 dot products `q·k_jj` (`k_jj = kp[jj][..d]`, `d = full + r`), in
