@@ -357,35 +357,69 @@ fn attend_heads_avx2(
     let scale = 1.0 / libm::sqrtf(d as f32);
     let stride = kvs.stride;
     let mut bad: Option<usize> = None;
-    for hh in 0..h {
-        let g = hh / group;
+    // Per KV head and position, its query heads two at a time (the same keys
+    // and values; independent chains interleaved), a lone head by itself.
+    for g in 0..kv {
         let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
         for i in 0..t {
             let keys = pos0 + i + 1; // causal: positions j0 ..= pos0 + i
             let j0 = dm.first_key(pos0 + i); // sliding window: j > pos − W
-            let qi = &qkv_rows[i * q + hh * d..i * q + hh * d + d];
-            let prow = if save {
-                &mut probs[(hh * t + i) * t..(hh * t + i + 1) * t]
-            } else {
-                &mut probs[..keys]
-            };
-            let s = &mut prow[j0..keys];
             let (kj, vj) = (&kvs.k[j0 * stride + ko..], &kvs.v[j0 * stride + vo..]);
-            let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
-            let p_out = if save { Some(&mut *s) } else { None };
-            if k.row_small(oi, p_out, qi, kj, vj, stride, keys - j0, scale)
-                .is_none()
-            {
-                k.scores(s, qi, kj, stride, scale);
-                // A row keeps at least its own key: not a distribution is an error.
-                if !k.softmax(s).0 && bad.is_none() {
-                    bad = Some(hh * t + i);
+            let mut hh = g * group;
+            while hh < (g + 1) * group {
+                let q_of = |hh: usize| &qkv_rows[i * q + hh * d..i * q + hh * d + d];
+                if hh + 1 < (g + 1) * group {
+                    // Output rows of heads hh and hh + 1 (adjacent in att).
+                    let (oa, ob) = att[i * hd + hh * d..i * hd + hh * d + 2 * d].split_at_mut(d);
+                    let p_out = if save {
+                        let (a, b) = probs.split_at_mut(((hh + 1) * t + i) * t);
+                        let pa = &mut a[(hh * t + i) * t..(hh * t + i + 1) * t][j0..keys];
+                        Some([pa, &mut b[j0..keys]])
+                    } else {
+                        None
+                    };
+                    let two = [q_of(hh), q_of(hh + 1)];
+                    let nk = keys - j0;
+                    if k.rows_small2([oa, ob], p_out, two, kj, vj, stride, nk, scale)
+                        .is_some()
+                    {
+                        if save {
+                            for hx in [hh, hh + 1] {
+                                let prow = &mut probs[(hx * t + i) * t..(hx * t + i + 1) * t];
+                                prow[..j0].iter_mut().for_each(|x| *x = 0.0);
+                                prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+                            }
+                        }
+                        hh += 2;
+                        continue;
+                    }
                 }
-                k.pv(oi, s, vj, stride);
-            }
-            if save {
-                prow[..j0].iter_mut().for_each(|x| *x = 0.0);
-                prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+                let qi = q_of(hh);
+                let prow = if save {
+                    &mut probs[(hh * t + i) * t..(hh * t + i + 1) * t]
+                } else {
+                    &mut probs[..keys]
+                };
+                let s = &mut prow[j0..keys];
+                let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
+                let p_out = if save { Some(&mut *s) } else { None };
+                if k.row_small(oi, p_out, qi, kj, vj, stride, keys - j0, scale)
+                    .is_none()
+                {
+                    k.scores(s, qi, kj, stride, scale);
+                    // A row keeps at least its own key: not a distribution is
+                    // an error, reported at the first (smallest) row index.
+                    if !k.softmax(s).0 {
+                        let at = hh * t + i;
+                        bad = Some(bad.map_or(at, |b| b.min(at)));
+                    }
+                    k.pv(oi, s, vj, stride);
+                }
+                if save {
+                    prow[..j0].iter_mut().for_each(|x| *x = 0.0);
+                    prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                hh += 1;
             }
         }
     }

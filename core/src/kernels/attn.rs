@@ -194,6 +194,60 @@ mod imp {
             }
         }
 
+        /// [`Avx2::row_small`] for two query rows `qa`, `qb` over the same
+        /// keys and values (two heads of one KV group at one position): their
+        /// chains interleaved (one `exp` over both rows' registers, the PV sums
+        /// of both rows in one pass over the values), each row's values the
+        /// same bits as alone. Returns `None` (nothing written) where
+        /// `row_small` would for either row.
+        ///
+        /// # Panics
+        /// As [`Avx2::row_small`].
+        #[allow(clippy::too_many_arguments)] // reason: two rows' operands and the shared keys/values
+        #[inline(always)]
+        pub(crate) fn rows_small2(
+            self,
+            o: [&mut [f32]; 2],
+            p_out: Option<[&mut [f32]; 2]>,
+            q: [&[f32]; 2],
+            k: &[f32],
+            v: &[f32],
+            stride: usize,
+            nk: usize,
+            scale: f32,
+        ) -> Option<[(f32, f32); 2]> {
+            if nk == 0 || nk > SMALL {
+                return None;
+            }
+            let d = q[0].len();
+            let end = (nk - 1).checked_mul(stride);
+            let fits =
+                |len: usize, w: usize| end.and_then(|e| e.checked_add(w)).is_some_and(|e| e <= len);
+            assert!(
+                q[1].len() == d
+                    && o[0].len() == o[1].len()
+                    && fits(k.len(), d)
+                    && fits(v.len(), o[0].len()),
+                "{SHORT}"
+            );
+            if let Some(p) = &p_out {
+                assert!(p[0].len() == nk && p[1].len() == nk, "{SHORT}");
+            }
+            // SAFETY: the token proves AVX2 + FMA; key rows `j < nk` end at
+            // `(nk−1)·stride + d ≤ k.len()` and value rows at
+            // `(nk−1)·stride + o.len() ≤ v.len()` (checked above, for both
+            // rows' equal widths); each `p_out` holds `nk` floats.
+            unsafe {
+                let (kp, vp) = (k.as_ptr(), v.as_ptr());
+                match nk.div_ceil(8) {
+                    1 => rows_small2::<1, 2>(o, p_out, q, kp, vp, stride, nk, scale),
+                    2 => rows_small2::<2, 4>(o, p_out, q, kp, vp, stride, nk, scale),
+                    3 => rows_small2::<3, 6>(o, p_out, q, kp, vp, stride, nk, scale),
+                    _ => rows_small2::<4, 8>(o, p_out, q, kp, vp, stride, nk, scale),
+                }
+            }
+        }
+
         /// [`super::super::exp`] on 8 lanes (test hook for the bit-identity test).
         #[cfg(test)]
         pub(crate) fn exp8(self, x: [f32; 8]) -> [f32; 8] {
@@ -349,6 +403,162 @@ mod imp {
         // SAFETY: value rows j < nk = p.len() are readable (the caller's contract).
         unsafe { pv(o, p, v, stride) };
         Some((m, inv))
+    }
+
+    /// [`Avx2::rows_small2`] with `NB = ⌈nk/8⌉` score registers per row and
+    /// `N2 = 2·NB`.
+    ///
+    /// # Safety
+    /// As [`row_small`], for both rows (`q[0]`, `q[1]` of one width `d`,
+    /// `o[0]`, `o[1]` of one width).
+    #[allow(clippy::too_many_arguments)] // reason: [`Avx2::rows_small2`]'s operands on raw parts
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn rows_small2<const NB: usize, const N2: usize>(
+        o: [&mut [f32]; 2],
+        p_out: Option<[&mut [f32]; 2]>,
+        q: [&[f32]; 2],
+        k: *const f32,
+        v: *const f32,
+        stride: usize,
+        nk: usize,
+        scale: f32,
+    ) -> Option<[(f32, f32); 2]> {
+        let d = q[0].len();
+        let (full, r) = (d / 8 * 8, d % 8);
+        let tail = first_lanes(r);
+        // SAFETY: the masked loads read only q[row][full + l], l < r.
+        let qt = unsafe {
+            [
+                _mm256_maskload_ps(q[0].as_ptr().add(full), tail),
+                _mm256_maskload_ps(q[1].as_ptr().add(full), tail),
+            ]
+        };
+        let sc = _mm256_set1_ps(scale);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        // Both rows' scores: registers 0..NB row a, NB..2NB row b.
+        let mut s = [ninf; N2];
+        for b in 0..NB {
+            let j = 8 * b;
+            let n = (nk - j).min(8);
+            let mut kp = [k; 8];
+            for (jj, p) in kp.iter_mut().enumerate() {
+                // SAFETY: j + min(jj, n − 1) < nk, a key row.
+                *p = unsafe { k.add((j + jj.min(n - 1)) * stride) };
+            }
+            let live = _mm256_castsi256_ps(first_lanes(n));
+            for row in 0..2 {
+                // SAFETY: each kp[jj] is a key row of d readable floats.
+                let x = _mm256_mul_ps(unsafe { dot8(q[row], full, r, qt[row], tail, &kp) }, sc);
+                s[row * NB + b] = _mm256_blendv_ps(ninf, x, live);
+            }
+        }
+        let mut m = [0.0f32; 2];
+        for row in 0..2 {
+            let (mut mx, mut nan) = (ninf, _mm256_setzero_ps());
+            for &sb in &s[row * NB..(row + 1) * NB] {
+                mx = _mm256_max_ps(sb, mx);
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(sb, sb));
+            }
+            if _mm256_movemask_ps(nan) != 0 {
+                return None;
+            }
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mx) };
+            let mut mr = lanes[0];
+            for &x in &lanes[1..] {
+                mr = if x > mr { x } else { mr };
+            }
+            if !mr.is_finite() {
+                return None;
+            }
+            m[row] = mr;
+        }
+        let mut x = [ninf; N2];
+        for (i, xi) in x.iter_mut().enumerate() {
+            *xi = _mm256_sub_ps(s[i], _mm256_set1_ps(m[i / NB]));
+        }
+        let e = exp8n(x);
+        let mut inv = [0.0f32; 2];
+        let mut buf = [[0.0f32; SMALL]; 2];
+        for row in 0..2 {
+            let mut acc = _mm256_setzero_ps();
+            for &eb in &e[row * NB..(row + 1) * NB] {
+                acc = _mm256_add_ps(acc, eb);
+            }
+            inv[row] = 1.0 / fold(acc);
+            let iv = _mm256_set1_ps(inv[row]);
+            for b in 0..NB {
+                // SAFETY: 8b + 8 ≤ 8·NB ≤ SMALL floats of `buf[row]`.
+                unsafe {
+                    _mm256_storeu_ps(
+                        buf[row].as_mut_ptr().add(8 * b),
+                        _mm256_mul_ps(e[row * NB + b], iv),
+                    )
+                };
+            }
+        }
+        if let Some([pa, pb]) = p_out {
+            pa.copy_from_slice(&buf[0][..nk]);
+            pb.copy_from_slice(&buf[1][..nk]);
+        }
+        // SAFETY: value rows j < nk are readable (the caller's contract).
+        unsafe { pv2(o, [&buf[0][..nk], &buf[1][..nk]], v, stride) };
+        Some([(m[0], inv[0]), (m[1], inv[1])])
+    }
+
+    /// [`pv`] of two rows over the same values (`p[0]`, `p[1]` of one length,
+    /// `o[0]`, `o[1]` of one width): each value block is loaded once and feeds
+    /// both rows' sums, each sum still from `+0` in key order.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `v + j·stride .. + o[0].len()` readable for `j < p[0].len()`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn pv2(o: [&mut [f32]; 2], p: [&[f32]; 2], v: *const f32, stride: usize) {
+        let d = o[0].len();
+        let nk = p[0].len();
+        let op = [o[0].as_mut_ptr(), o[1].as_mut_ptr()];
+        let mut c = 0;
+        while c + 16 <= d {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for j in 0..nk {
+                let (pa, pb) = (_mm256_set1_ps(p[0][j]), _mm256_set1_ps(p[1][j]));
+                // SAFETY: v_j[c .. c + 16] is inside value row j (c + 16 ≤ d).
+                let (x0, x1) = unsafe {
+                    let vj = v.add(j * stride + c);
+                    (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)))
+                };
+                acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(pa, x0));
+                acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(pa, x1));
+                acc[2] = _mm256_add_ps(acc[2], _mm256_mul_ps(pb, x0));
+                acc[3] = _mm256_add_ps(acc[3], _mm256_mul_ps(pb, x1));
+            }
+            // SAFETY: o[row][c .. c + 16] is inside each output row.
+            unsafe {
+                _mm256_storeu_ps(op[0].add(c), acc[0]);
+                _mm256_storeu_ps(op[0].add(c + 8), acc[1]);
+                _mm256_storeu_ps(op[1].add(c), acc[2]);
+                _mm256_storeu_ps(op[1].add(c + 8), acc[3]);
+            }
+            c += 16;
+        }
+        while c < d {
+            let mk = first_lanes((d - c).min(8));
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for j in 0..nk {
+                // SAFETY: the masked load reads only v_j[c + l], l < min(8, d − c).
+                let x = unsafe { _mm256_maskload_ps(v.add(j * stride + c), mk) };
+                acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(_mm256_set1_ps(p[0][j]), x));
+                acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(_mm256_set1_ps(p[1][j]), x));
+            }
+            for row in 0..2 {
+                // SAFETY: the masked store writes only o[row][c + l], l < min(8, d − c).
+                unsafe { _mm256_maskstore_ps(op[row].add(c), mk, acc[row]) };
+            }
+            c += 8;
+        }
     }
 
     /// The 8 dot products `q·k_jj` (`k_jj = kp[jj][..d]`, `d = full + r`), in
