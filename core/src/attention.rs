@@ -335,9 +335,13 @@ fn attend_heads(
 
 /// [`attend_heads`] on the AVX2 row kernels ([`Avx2`]): per query row the
 /// scores `s·q_i·k_j` (`j0 ≤ j ≤ pos0 + i`) straight from the key rows (no
-/// `Kᵀ` copy), the softmax in place, then `o_i = Σ_j P_ij v_j` — the same
-/// operations in the same order as the portable loops, so the same bits.
-/// Without `save` the score row is scratch and is not zero-padded.
+/// `Kᵀ` copy), the softmax, then `o_i = Σ_j P_ij v_j` — the same operations
+/// in the same order as the portable loops, so the same bits. Rows of up to
+/// 32 keys (`kernels::attn::SMALL`) stay in registers, two query heads of one
+/// KV head at a time (same keys and values, independent chains); longer or
+/// non-finite rows take the three-step path. Rows run in (KV head, position, head) order, so the
+/// bad row reported is the smallest index, as in [`attend_heads`]. Without
+/// `save` the score row is scratch and is not zero-padded.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)] // reason: [`attend_heads`]' arguments and the token
 #[inline(always)]
