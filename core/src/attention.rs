@@ -21,6 +21,8 @@ pub mod flash;
 
 use crate::config::Dims;
 use crate::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::attn::Avx2;
 use crate::kernels::{axpy_body, dot_body, softmax, vectorized};
 use crate::kv_cache::KvSource;
 
@@ -208,6 +210,13 @@ pub fn attend(
     let last = (pos0 + t - 1) * kvs.stride;
     need("kvs.k", kvs.k.len(), last + kvs.k_off + kv * d)?;
     need("kvs.v", kvs.v.len(), last + kvs.v_off + kv * d)?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2::new() {
+        return scores_status(k.run(
+            #[inline(always)]
+            || attend_heads_avx2(k, att, probs, save, qkv_rows, &kvs, pos0, dm),
+        ));
+    }
     scores_status(vectorized(
         #[inline(always)]
         || attend_heads(att, probs, save, qkv_rows, &kvs, pos0, dm),
@@ -318,6 +327,103 @@ fn attend_heads(
                     let at = j * kvs.stride + vo + c0;
                     axpy_body(tail, prow[j], &kvs.v[at..at + (d - c0)]);
                 }
+            }
+        }
+    }
+    bad
+}
+
+/// [`attend_heads`] on the AVX2 row kernels ([`Avx2`]): per query row the
+/// scores `s·q_i·k_j` (`j0 ≤ j ≤ pos0 + i`) straight from the key rows (no
+/// `Kᵀ` copy), the softmax, then `o_i = Σ_j P_ij v_j` — the same operations
+/// in the same order as the portable loops, so the same bits. Rows of up to
+/// 32 keys (`kernels::attn::SMALL`) stay in registers, two query heads of one
+/// KV head at a time (same keys and values, independent chains); longer or
+/// non-finite rows take the three-step path. Rows run in (KV head, position, head) order, so the
+/// bad row reported is the smallest index, as in [`attend_heads`]. Without
+/// `save` the score row is scratch and is not zero-padded.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)] // reason: [`attend_heads`]' arguments and the token
+#[inline(always)]
+fn attend_heads_avx2(
+    k: Avx2,
+    att: &mut [f32],
+    probs: &mut [f32],
+    save: bool,
+    qkv_rows: &[f32],
+    kvs: &KvSource,
+    pos0: usize,
+    dm: &Dims,
+) -> Option<usize> {
+    let (t, h, kv, d, q) = (dm.t, dm.h, dm.kv, dm.d, dm.q);
+    let hd = h * d;
+    let group = h / kv;
+    let scale = 1.0 / libm::sqrtf(d as f32);
+    let stride = kvs.stride;
+    let mut bad: Option<usize> = None;
+    // Per KV head and position, its query heads two at a time (the same keys
+    // and values; independent chains interleaved), a lone head by itself.
+    for g in 0..kv {
+        let (ko, vo) = (kvs.k_off + g * d, kvs.v_off + g * d);
+        for i in 0..t {
+            let keys = pos0 + i + 1; // causal: positions j0 ..= pos0 + i
+            let j0 = dm.first_key(pos0 + i); // sliding window: j > pos − W
+            let (kj, vj) = (&kvs.k[j0 * stride + ko..], &kvs.v[j0 * stride + vo..]);
+            let mut hh = g * group;
+            while hh < (g + 1) * group {
+                let q_of = |hh: usize| &qkv_rows[i * q + hh * d..i * q + hh * d + d];
+                if hh + 1 < (g + 1) * group {
+                    // Output rows of heads hh and hh + 1 (adjacent in att).
+                    let (oa, ob) = att[i * hd + hh * d..i * hd + hh * d + 2 * d].split_at_mut(d);
+                    let p_out = if save {
+                        let (a, b) = probs.split_at_mut(((hh + 1) * t + i) * t);
+                        let pa = &mut a[(hh * t + i) * t..(hh * t + i + 1) * t][j0..keys];
+                        Some([pa, &mut b[j0..keys]])
+                    } else {
+                        None
+                    };
+                    let two = [q_of(hh), q_of(hh + 1)];
+                    let nk = keys - j0;
+                    if k.rows_small2([oa, ob], p_out, two, kj, vj, stride, nk, scale)
+                        .is_some()
+                    {
+                        if save {
+                            for hx in [hh, hh + 1] {
+                                let prow = &mut probs[(hx * t + i) * t..(hx * t + i + 1) * t];
+                                prow[..j0].iter_mut().for_each(|x| *x = 0.0);
+                                prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+                            }
+                        }
+                        hh += 2;
+                        continue;
+                    }
+                }
+                let qi = q_of(hh);
+                let prow = if save {
+                    &mut probs[(hh * t + i) * t..(hh * t + i + 1) * t]
+                } else {
+                    &mut probs[..keys]
+                };
+                let s = &mut prow[j0..keys];
+                let oi = &mut att[i * hd + hh * d..i * hd + hh * d + d];
+                let p_out = if save { Some(&mut *s) } else { None };
+                if k.row_small(oi, p_out, qi, kj, vj, stride, keys - j0, scale)
+                    .is_none()
+                {
+                    k.scores(s, qi, kj, stride, scale);
+                    // A row keeps at least its own key: not a distribution is
+                    // an error, reported at the first (smallest) row index.
+                    if !k.softmax(s).0 {
+                        let at = hh * t + i;
+                        bad = Some(bad.map_or(at, |b| b.min(at)));
+                    }
+                    k.pv(oi, s, vj, stride);
+                }
+                if save {
+                    prow[..j0].iter_mut().for_each(|x| *x = 0.0);
+                    prow[keys..].iter_mut().for_each(|x| *x = 0.0);
+                }
+                hh += 1;
             }
         }
     }

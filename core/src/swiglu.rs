@@ -58,17 +58,7 @@ impl SwiGLU<'_> {
         let (c, f) = (self.c, self.f);
         let (p13, p2) = packed.unzip();
         linear::forward_packed(h13, xg, self.w13, p13, m, c, 2 * f, Accum::Set);
-        kernels::vectorized(
-            #[inline(always)]
-            || {
-                for (a, hr) in act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f)) {
-                    let (h1, h3) = hr.split_at(f);
-                    for i in 0..f {
-                        a[i] = silu(h1[i]) * h3[i];
-                    }
-                }
-            },
-        );
+        kernels::rows::silu_mul_rows(act, h13, f);
         linear::forward_packed(y, act, self.w2, p2, m, f, c, Accum::Set);
     }
 

@@ -24,6 +24,8 @@ use core::ops::Range;
 
 use crate::config::Dims;
 use crate::error::{Error, Result};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::attn::Avx2;
 use crate::kernels::{axpy_body, dot_body, exp, rows, softmax, vectorized};
 
 /// The keys query `i` (position `i` of its sequence) attends to:
@@ -94,10 +96,68 @@ pub fn forward(
     need("row", row.len(), t)?;
     need("row_max", row_max.len(), b * h * t)?;
     need("row_inv", row_inv.len(), b * h * t)?;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = Avx2::new() {
+        return super::scores_status(k.run(
+            #[inline(always)]
+            || forward_body_avx2(k, att, row, row_max, row_inv, qkv, dm),
+        ));
+    }
     super::scores_status(vectorized(
         #[inline(always)]
         || forward_body(att, row, row_max, row_inv, qkv, dm),
     ))
+}
+
+/// [`forward_body`] on the AVX2 row kernels ([`Avx2`]: the same operations
+/// in the same order, so the same bits); returns the first non-finite row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn forward_body_avx2(
+    k: Avx2,
+    att: &mut [f32],
+    row: &mut [f32],
+    row_max: &mut [f32],
+    row_inv: &mut [f32],
+    qkv: &[f32],
+    dm: &Dims,
+) -> Option<usize> {
+    let (b, t, h, kv, d, q) = (dm.b, dm.t, dm.h, dm.kv, dm.d, dm.q);
+    let hd = h * d;
+    let group = h / kv;
+    let scale = 1.0 / libm::sqrtf(d as f32);
+    let mut bad: Option<usize> = None;
+    for bi in 0..b {
+        let rows = bi * t;
+        for hh in 0..h {
+            let g = hh / group;
+            let (qo, ko, vo) = (hh * d, hd + g * d, hd + kv * d + g * d);
+            for i in 0..t {
+                let ks = keys(dm, i);
+                let qi = &qkv[(rows + i) * q + qo..(rows + i) * q + qo + d];
+                let first = (rows + ks.start) * q;
+                let prow = &mut row[ks];
+                let (kj, vj) = (&qkv[first + ko..], &qkv[first + vo..]);
+                let oi = &mut att[(rows + i) * hd + qo..(rows + i) * hd + qo + d];
+                let at = (bi * h + hh) * t + i;
+                let (m, u) = match k.row_small(oi, None, qi, kj, vj, q, prow.len(), scale) {
+                    Some(mu) => mu,
+                    None => {
+                        k.scores(prow, qi, kj, q, scale);
+                        let (ok, m, u) = k.softmax(prow);
+                        if !ok && bad.is_none() {
+                            bad = Some(at);
+                        }
+                        k.pv(oi, prow, vj, q);
+                        (m, u)
+                    }
+                };
+                row_max[at] = m;
+                row_inv[at] = u;
+            }
+        }
+    }
+    bad
 }
 
 /// [`forward`]'s loops on checked slices, inside one [`vectorized`] instance

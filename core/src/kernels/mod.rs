@@ -4,6 +4,7 @@
 //! `// SAFETY:` comment.
 
 pub mod adamw;
+pub(crate) mod attn;
 pub mod bf16;
 pub mod cpu;
 pub mod gemm;

@@ -97,8 +97,36 @@ pub(crate) fn sum_sq_rows(out: &mut [f32], x: &[f32], c: usize) {
     }
 }
 
+/// E8's gate, `act[r][i] = silu(h1[r][i]) · h3[r][i]` for the rows of
+/// `act: [m, f]` and `h13: [m, 2f]` (row `[h1 | h3]`). On the AVX2 path four
+/// registers go through `exp` together (the same operations, so the same
+/// bits as the portable loop).
+///
+/// # Panics
+/// If `f = 0`.
+#[inline]
+pub(crate) fn silu_mul_rows(act: &mut [f32], h13: &[f32], f: usize) {
+    let rows = act.chunks_exact_mut(f).zip(h13.chunks_exact(2 * f));
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu::elementwise_avx2() {
+        for (a, hr) in rows {
+            let (h1, h3) = hr.split_at(f);
+            // SAFETY: `elementwise_avx2()` is true only when AVX2 and FMA were
+            // detected on this CPU; `h1` and `h3` hold `f = a.len()` floats.
+            unsafe { avx2::silu_mul(a, h1, h3) };
+        }
+        return;
+    }
+    for (a, hr) in rows {
+        let (h1, h3) = hr.split_at(f);
+        for i in 0..f {
+            a[i] = super::silu(h1[i]) * h3[i];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use core::arch::x86_64::*;
 
     /// [`super::sum_sq`] in one `ymm`: lane `l` sums `x[8j + l]²`, the tail
@@ -132,6 +160,139 @@ mod avx2 {
             acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
         }
         fold(acc)
+    }
+
+    /// [`super::super::exp`] on 8 lanes, the same operations in the same order:
+    /// clamp to `[LO, HI]` by two selects (NaN passes), `t = xc·log₂e + 1.5·2²³`,
+    /// `n = t − 1.5·2²³`, `r = (xc − n·ln2_hi) − n·ln2_lo`, the degree-7 Horner
+    /// polynomial (multiply, then add), `2ⁿ` as two exponent-field factors
+    /// from `t`'s bits, `y = (p·s1)·s2`; then `+∞` above `HI`, `0` below `LO`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(in crate::kernels) fn exp8(x: __m256) -> __m256 {
+        exp8n([x])[0]
+    }
+
+    /// [`exp8`] of `N` registers, written step by step across them: the `N`
+    /// dependency chains (about 25 operations each) are interleaved in program
+    /// order, so the out-of-order window holds independent work instead of
+    /// one chain's waiting operations.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(in crate::kernels) fn exp8n<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+        const LOG2E: f32 = core::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const HI: f32 = 88.722_83;
+        const LO: f32 = -87.336_55;
+        const ROUND: f32 = 12_582_912.0;
+        const C: [f32; 7] = [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ];
+        let (lo, hi) = (_mm256_set1_ps(LO), _mm256_set1_ps(HI));
+        let round = _mm256_set1_ps(ROUND);
+        let z = _mm256_setzero_ps();
+        let (mut below, mut above, mut t, mut r) = ([z; N], [z; N], [z; N], [z; N]);
+        for i in 0..N {
+            below[i] = _mm256_cmp_ps::<_CMP_LT_OQ>(x[i], lo);
+            above[i] = _mm256_cmp_ps::<_CMP_GT_OQ>(x[i], hi);
+            // if x < LO {LO} else if x > HI {HI} else {x}
+            let xc = _mm256_blendv_ps(_mm256_blendv_ps(x[i], hi, above[i]), lo, below[i]);
+            t[i] = _mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)), round);
+            let n = _mm256_sub_ps(t[i], round);
+            r[i] = _mm256_sub_ps(
+                _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+                _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+            );
+        }
+        let mut p = [_mm256_set1_ps(1.0 / 5040.0); N];
+        for c in C {
+            for i in 0..N {
+                p[i] = _mm256_add_ps(_mm256_mul_ps(p[i], r[i]), _mm256_set1_ps(c));
+            }
+        }
+        let bias = _mm256_set1_epi32(127);
+        let mut out = [z; N];
+        for i in 0..N {
+            let ni = _mm256_sub_epi32(
+                _mm256_castps_si256(t[i]),
+                _mm256_set1_epi32(ROUND.to_bits() as i32),
+            );
+            let half = _mm256_srai_epi32::<1>(ni);
+            let s1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(half, bias));
+            let s2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias));
+            let y = _mm256_mul_ps(
+                _mm256_mul_ps(p[i], _mm256_castsi256_ps(s1)),
+                _mm256_castsi256_ps(s2),
+            );
+            // if x > HI {+∞} else if x < LO {0} else {y}
+            let y = _mm256_andnot_ps(below[i], y);
+            out[i] = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), above[i]);
+        }
+        out
+    }
+
+    /// E8's gate on one row, `a_i = (z_i · (1 / (1 + exp(−z_i)))) · h3_i` with
+    /// `z = h1` — `silu(z) · h3` in [`super::super::silu`]'s operations — four
+    /// registers at a time ([`exp8n`]), the tail `len mod 8` masked.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `h1`, `h3` at least as long as `a`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn silu_mul(a: &mut [f32], h1: &[f32], h3: &[f32]) {
+        let n = a.len();
+        debug_assert!(h1.len() >= n && h3.len() >= n);
+        let (ap, p1, p3) = (a.as_mut_ptr(), h1.as_ptr(), h3.as_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let sign = _mm256_set1_ps(-0.0);
+        let mut i = 0;
+        while i + 32 <= n {
+            let mut z = [_mm256_setzero_ps(); 4];
+            for (b, zb) in z.iter_mut().enumerate() {
+                // SAFETY: h1[i + 8b .. i + 8b + 8] is inside `h1` (i + 32 ≤ n).
+                *zb = unsafe { _mm256_loadu_ps(p1.add(i + 8 * b)) };
+            }
+            let e = exp8n([
+                _mm256_xor_ps(z[0], sign),
+                _mm256_xor_ps(z[1], sign),
+                _mm256_xor_ps(z[2], sign),
+                _mm256_xor_ps(z[3], sign),
+            ]);
+            for b in 0..4 {
+                let s = _mm256_div_ps(one, _mm256_add_ps(one, e[b]));
+                // SAFETY: h3 and a at i + 8b .. i + 8b + 8 are inside them.
+                let y = _mm256_mul_ps(_mm256_mul_ps(z[b], s), unsafe {
+                    _mm256_loadu_ps(p3.add(i + 8 * b))
+                });
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(ap.add(i + 8 * b), y) };
+            }
+            i += 32;
+        }
+        while i < n {
+            let mk = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32((n - i).min(8) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            // SAFETY: the masked loads/store touch only index i + l < n of
+            // each slice (lanes l < min(8, n − i)).
+            let z = unsafe { _mm256_maskload_ps(p1.add(i), mk) };
+            let s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(z, sign))));
+            // SAFETY: as above.
+            let y = _mm256_mul_ps(_mm256_mul_ps(z, s), unsafe {
+                _mm256_maskload_ps(p3.add(i), mk)
+            });
+            // SAFETY: as above.
+            unsafe { _mm256_maskstore_ps(ap.add(i), mk, y) };
+            i += 8;
+        }
     }
 
     /// [`super::fold`] of one register: `[a0+a4, a1+a5, a2+a6, a3+a7]`, then
