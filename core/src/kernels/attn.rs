@@ -849,7 +849,7 @@ mod tests {
         for bits in (0u32..=u32::MAX).step_by(65_537) {
             xs.push(f32::from_bits(bits));
         }
-        while xs.len() % 8 != 0 {
+        while !xs.len().is_multiple_of(8) {
             xs.push(0.5);
         }
         for c in xs.chunks_exact(8) {
