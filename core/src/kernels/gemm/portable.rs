@@ -1937,9 +1937,14 @@ mod avx2 {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
             }
         }
+        // With contiguous rows (`cs = 1`, at most 64 B apart) the next
+        // tile's first line is this tile's last one or the line of its own
+        // last element, so that line alone is fetched.
         for r in 0..M {
             let next = c.ptr.wrapping_add(r * c.rs + c.nx);
-            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            if c.cs != 1 {
+                _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            }
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
         }
         let mut acc = [[_mm256_setzero_ps(); NV]; M];
@@ -2577,9 +2582,14 @@ mod avx512 {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
             }
         }
+        // With contiguous rows (`cs = 1`, at most 64 B apart) the next
+        // tile's first line is this tile's last one or the line of its own
+        // last element, so that line alone is fetched.
         for r in 0..M {
             let next = c.ptr.wrapping_add(r * c.rs + c.nx);
-            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            if c.cs != 1 {
+                _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
+            }
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
         }
         let mut acc = [[_mm512_setzero_ps(); NZ]; M];
