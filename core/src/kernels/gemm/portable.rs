@@ -1678,30 +1678,32 @@ impl Arch for Portable {
 
 // ───────────────────────────── AVX2 + FMA kernels ─────────────────────────────
 
+/// `for $i in 0..$n` with `$n ≤ 8` unrolled textually, so that every
+/// accumulator index is a literal and LLVM keeps the tile in registers (a
+/// loop it declines to unroll would index `acc` dynamically and force the
+/// whole tile to the stack after every FMA). Used by the `avx2` and `avx512`
+/// kernels.
+#[cfg(target_arch = "x86_64")]
+macro_rules! unroll {
+    ($i:ident < $n:expr => $body:block) => {
+        unroll!(@ $i, $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
+    };
+    (@ $i:ident, $n:expr, $body:block, $($l:literal),*) => {
+        $(
+            if $l < $n {
+                let $i: usize = $l;
+                $body
+            }
+        )*
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR};
     use core::arch::x86_64::*;
 
     pub(super) struct Avx2;
-
-    /// `for $i in 0..$n` with `$n ≤ 8` unrolled textually, so that every
-    /// accumulator index is a literal and LLVM keeps the tile in registers
-    /// (a loop it declines to unroll would index `acc` dynamically and force
-    /// the whole tile to the stack after every FMA).
-    macro_rules! unroll {
-        ($i:ident < $n:expr => $body:block) => {
-            unroll!(@ $i, $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
-        };
-        (@ $i:ident, $n:expr, $body:block, $($l:literal),*) => {
-            $(
-                if $l < $n {
-                    let $i: usize = $l;
-                    $body
-                }
-            )*
-        };
-    }
 
     /// The whole driver compiled with AVX2+FMA enabled (packing loops too).
     ///
@@ -2410,21 +2412,6 @@ mod avx512 {
     use core::arch::x86_64::*;
 
     pub(super) struct Avx512;
-
-    /// `for $i in 0..$n` with `$n ≤ 8` unrolled textually (see `avx2`).
-    macro_rules! unroll {
-        ($i:ident < $n:expr => $body:block) => {
-            unroll!(@ $i, $n, $body, 0, 1, 2, 3, 4, 5, 6, 7)
-        };
-        (@ $i:ident, $n:expr, $body:block, $($l:literal),*) => {
-            $(
-                if $l < $n {
-                    let $i: usize = $l;
-                    $body
-                }
-            )*
-        };
-    }
 
     /// [`super::run`] with the AVX-512 kernels.
     ///
