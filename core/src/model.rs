@@ -1041,6 +1041,16 @@ impl MoETransformer {
         }
         loss::aux_grad_coef(g.aux_f, alpha, rows);
         self.backward_pass(acts, rope_table, grads, tokens)?;
+        // Finite logits and loss do not imply finite gradients (e.g. a weight
+        // near f32::MAX overflows only in backward): one vectorised scan of
+        // the whole buffer, once per call, so that Ok never carries NaN/Inf.
+        // (The trainer checks its reduced sum instead: phase D's `Σ g²`.)
+        if let Some(index) = first_non_finite(grads) {
+            return Err(Error::NonFinite {
+                what: "gradients",
+                index,
+            });
+        }
         Ok(Losses {
             loss: total,
             ce,
@@ -1051,7 +1061,10 @@ impl MoETransformer {
     /// E32 after the loss head — the backward pass proper, in exact reverse
     /// order of `forward_acts`, from `dlogits` (E15, written over the
     /// logits) and the E31 coefficients `α·e·f_e/R` (already in `aux_f`).
-    /// Accumulates into `grads: [P]`; `Err` if a gradient is not finite.
+    /// Accumulates into `grads: [P]`. It does not scan `grads`: every caller
+    /// must (`loss_and_grad` scans them; the trainer's phase D tests the
+    /// `Σ g²` of the reduced sum, which is finite iff every `g_m` and every
+    /// sum is).
     pub(crate) fn backward_pass(
         &self,
         acts: Acts,
@@ -1167,15 +1180,6 @@ impl MoETransformer {
         }
         // forward: x = E[tokens]
         embedding::backward(&mut grads[lay.embed.clone()], g.dresid, tokens, c)?;
-        // Finite logits and loss do not imply finite gradients (e.g. a weight
-        // near f32::MAX overflows only in backward): one vectorised scan of
-        // the whole buffer, once per call, so that Ok never carries NaN/Inf.
-        if let Some(index) = first_non_finite(grads) {
-            return Err(Error::NonFinite {
-                what: "gradients",
-                index,
-            });
-        }
         Ok(())
     }
 }

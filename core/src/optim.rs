@@ -570,15 +570,11 @@ pub(crate) fn grad_stats(grads: &[f32]) -> (bool, f32) {
     (bad, max)
 }
 
-/// E17 — `Σ g²` of `grads` in f64 (four interleaved partial sums, as
-/// [`global_norm`], without the square root).
+/// E17 — `Σ g²` of `grads` in f64: 16 interleaved partial sums folded by
+/// halving (`kernels::rows::sum_sq_f64`; a fixed order, so deterministic).
+/// [`global_norm`] is its square root.
 pub(crate) fn sum_sq(grads: &[f32]) -> f64 {
-    // The same f64 mul and add per lane on both paths (no contraction): the
-    // AVX2 instance computes the four partial sums in one register.
-    crate::kernels::vectorized(
-        #[inline(always)]
-        || sum_sq_body(grads),
-    )
+    crate::kernels::rows::sum_sq_f64(grads)
 }
 
 /// `a ← a + b`, `b ← 0`, returning [`sum_sq`]`(a)` of the sums — the last
@@ -586,47 +582,7 @@ pub(crate) fn sum_sq(grads: &[f32]) -> f64 {
 /// sweep, bit-identical to the add, the zeroing and then [`sum_sq`] (the same
 /// values summed in the same lanes and order).
 pub(crate) fn add_zero_sum_sq(a: &mut [f32], b: &mut [f32]) -> f64 {
-    crate::kernels::vectorized(
-        #[inline(always)]
-        || {
-            let n = a.len().min(b.len());
-            let (a, b) = (&mut a[..n], &mut b[..n]);
-            let mut acc = [0.0f64; 4];
-            let mut ac = a.chunks_exact_mut(4);
-            let mut bc = b.chunks_exact_mut(4);
-            for (x, y) in (&mut ac).zip(&mut bc) {
-                for l in 0..4 {
-                    x[l] += y[l];
-                    y[l] = 0.0;
-                    acc[l] += (x[l] as f64) * (x[l] as f64);
-                }
-            }
-            let (ar, br) = (ac.into_remainder(), bc.into_remainder());
-            for (l, (x, y)) in ar.iter_mut().zip(br.iter_mut()).enumerate() {
-                *x += *y;
-                *y = 0.0;
-                acc[l] += (*x as f64) * (*x as f64);
-            }
-            (acc[0] + acc[2]) + (acc[1] + acc[3])
-        },
-    )
-}
-
-/// [`sum_sq`]'s loop.
-#[inline(always)]
-fn sum_sq_body(grads: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let chunks = grads.chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..4 {
-            acc[l] += (c[l] as f64) * (c[l] as f64);
-        }
-    }
-    for (l, &g) in rest.iter().enumerate() {
-        acc[l] += (g as f64) * (g as f64);
-    }
-    (acc[0] + acc[2]) + (acc[1] + acc[3])
+    crate::kernels::rows::add_zero_sum_sq_f64(a, b)
 }
 
 /// `sqrt(f32::MAX)`: a gradient at least this large (after scaling) would
@@ -716,7 +672,7 @@ impl LrSchedule {
 
 /// E17 — global L2 norm of `grads` (accumulated in f64).
 pub fn global_norm(grads: &[f32]) -> f32 {
-    // Four interleaved f64 partial sums (vectorises; a fixed order, so deterministic).
+    // 16 interleaved f64 partial sums (a fixed order, so deterministic).
     libm::sqrt(sum_sq(grads)) as f32
 }
 
@@ -741,4 +697,77 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
         grads.iter_mut().for_each(|g| *g *= coef);
     }
     norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    /// Deterministic values with a wide spread of magnitudes and signs.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let m = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                m * [1e-3f32, 1.0, 3e4][(s % 3) as usize]
+            })
+            .collect()
+    }
+
+    /// The documented order, written out plainly: lane `i mod 16`, then
+    /// halving 8, 4, 2, 1.
+    fn oracle(g: &[f32]) -> f64 {
+        let mut lanes = [0.0f64; 16];
+        for (i, &x) in g.iter().enumerate() {
+            lanes[i % 16] += (x as f64) * (x as f64);
+        }
+        for w in [8, 4, 2, 1] {
+            for l in 0..w {
+                lanes[l] += lanes[l + w];
+            }
+        }
+        lanes[0]
+    }
+
+    #[test]
+    fn sum_sq_is_the_documented_lane_order_bit_for_bit() {
+        for n in (0..100).chain([1000, 4099]) {
+            let g = values(n, n as u32);
+            assert_eq!(sum_sq(&g).to_bits(), oracle(&g).to_bits(), "n {n}");
+            #[cfg(feature = "std")]
+            {
+                let portable = crate::kernels::cpu::with_portable_elementwise(|| sum_sq(&g));
+                assert_eq!(portable.to_bits(), oracle(&g).to_bits(), "portable n {n}");
+            }
+        }
+        // Exact on small integers: Σ_{i<n} (i mod 7)² in closed form.
+        let g: Vec<f32> = (0..7000).map(|i| (i % 7) as f32).collect();
+        assert_eq!(sum_sq(&g), 1000.0 * 91.0);
+    }
+
+    #[test]
+    fn add_zero_sum_sq_is_the_add_then_sum_sq() {
+        for n in (0..70).chain([1000, 4099]) {
+            let (mut a, mut b) = (values(n, 3 * n as u32), values(n, 7 * n as u32 + 1));
+            let sums: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            let (mut a2, mut b2) = (a.clone(), b.clone());
+            let sq = add_zero_sum_sq(&mut a, &mut b);
+            assert_eq!(sq.to_bits(), oracle(&sums).to_bits(), "n {n}");
+            assert!(a.iter().zip(&sums).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(b.iter().all(|&y| y.to_bits() == 0));
+            #[cfg(feature = "std")]
+            {
+                let sq2 = crate::kernels::cpu::with_portable_elementwise(|| {
+                    add_zero_sum_sq(&mut a2, &mut b2)
+                });
+                assert_eq!(sq2.to_bits(), sq.to_bits(), "portable n {n}");
+                assert_eq!(a2, a);
+                assert!(b2.iter().all(|&y| y.to_bits() == 0));
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! C  per micro-batch m: backward into g_m                              parallel over m
 //! D  per parameter range: g_0 += g_1, g_2 += g_3, g_0 += g_2 (a fixed   parallel over ranges
 //!    tree over m; each g_m, m ≥ 1, is zeroed as it is read), Σ g² in f64
+//!    (the step's one finiteness test of its gradients)
 //! E  AdamW + clipping scale + g_0 ← 0, one pass per parameter range     parallel over ranges
 //! ```
 //!
@@ -632,6 +633,10 @@ impl Trainer {
         }
         pool.for_each_mut(&mut ranges, |_, r| r.reduce(parts));
         let sq = ranges.iter().fold(0.0f64, |acc, r| acc + r.sum_sq);
+        // The only finiteness test of this step's gradients (the backward
+        // does not scan its micro-batch's buffer): a sum of f32 squares in f64
+        // is finite iff every reduced g is, and a reduced g is finite only if
+        // every g_m added into it is (an Inf or NaN term stays non-finite).
         if !sq.is_finite() {
             if let Some(index) = crate::kernels::first_non_finite(grads) {
                 return Err(Error::NonFinite {

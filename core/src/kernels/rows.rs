@@ -72,6 +72,64 @@ pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     fold(acc)
 }
 
+/// Lanes of [`sum_sq_f64`]: 16 interleaved f64 partial sums, `acc[l] +=
+/// x_i²` for `i ≡ l (mod 16)` (the tail `x[16J + l]` joins lane `l`). On the
+/// AVX2 path they are four independent `ymm` chains: with one chain of four
+/// lanes the pass was bound by the latency of `vaddpd` (one element per
+/// cycle ≈ 11 GB/s, below DRAM bandwidth), and from the scalar form LLVM
+/// built 2-lane `vinsertps` chains.
+pub(crate) const F64_LANES: usize = 16;
+
+/// The fold of [`sum_sq_f64`]'s partial sums by halving: `acc[l] += acc[l + w]`
+/// for `w = 8, 4, 2, 1`, then `acc[0]`.
+#[inline(always)]
+fn fold_f64(mut acc: [f64; F64_LANES]) -> f64 {
+    let mut w = F64_LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// `Σ_i x_i²` in f64 ([`F64_LANES`] lanes, [`fold_f64`] order): each term is
+/// `widen(x)·widen(x)` rounded, then added (no contraction) — the same bits on
+/// every path.
+pub(crate) fn sum_sq_f64(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu::elementwise_avx2() {
+        // SAFETY: `elementwise_avx2()` is true only when AVX2 and FMA were
+        // detected on this CPU, `avx2::sum_sq_f64`'s only requirement.
+        return unsafe { avx2::sum_sq_f64(x) };
+    }
+    let mut acc = [0.0f64; F64_LANES];
+    for (i, &v) in x.iter().enumerate() {
+        acc[i % F64_LANES] += (v as f64) * (v as f64);
+    }
+    fold_f64(acc)
+}
+
+/// `a ← a + b` (f32), `b ← 0`, returning [`sum_sq_f64`]`(a)` of the sums in
+/// the same sweep (bit-identical to the three passes) over `min(len)` elements.
+pub(crate) fn add_zero_sum_sq_f64(a: &mut [f32], b: &mut [f32]) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&mut a[..n], &mut b[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu::elementwise_avx2() {
+        // SAFETY: as in `sum_sq_f64`; `b` has `a`'s length.
+        return unsafe { avx2::add_zero_sum_sq_f64(a, b) };
+    }
+    let mut acc = [0.0f64; F64_LANES];
+    for (i, (x, y)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+        *x += *y;
+        *y = 0.0;
+        acc[i % F64_LANES] += (*x as f64) * (*x as f64);
+    }
+    fold_f64(acc)
+}
+
 /// `out[r] = Σ_i x[r·c + i]²` ([`sum_sq`]) for the rows `r < out.len()` that
 /// `x` holds in full. On the AVX2 path the 8 lanes are explicit registers —
 /// the same operations in the same order, so the same bits: from the scalar
@@ -160,6 +218,91 @@ pub(super) mod avx2 {
             acc = _mm256_add_ps(acc, _mm256_mul_ps(v, v));
         }
         fold(acc)
+    }
+
+    /// [`super::sum_sq_f64`]: lanes `4j..4j + 4` of the 16 are register `j`,
+    /// fed by `x[16i + 4j + q]`; the tail joins lanes `0..` in scalar code;
+    /// then the portable fold. The same widening, f64 mul and f64 add per
+    /// element as the portable loop.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn sum_sq_f64(x: &[f32]) -> f64 {
+        // SAFETY: `x.len()` floats from its start are readable; nothing is written.
+        unsafe { sum_sq_f64_body(x.len(), x.as_ptr(), None) }
+    }
+
+    /// [`super::add_zero_sum_sq_f64`]: `a ← a + b`, `b ← 0` element by
+    /// element (f32 add), then as [`sum_sq_f64`] over the sums.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; `b` has `a`'s length.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn add_zero_sum_sq_f64(a: &mut [f32], b: &mut [f32]) -> f64 {
+        debug_assert_eq!(a.len(), b.len());
+        let pa = a.as_mut_ptr();
+        // SAFETY: `a` and `b` are distinct `&mut` slices of `a.len()` floats
+        // each (the caller's contract); both are read and written only
+        // through these pointers while the body runs.
+        unsafe { sum_sq_f64_body(a.len(), pa, Some((pa, b.as_mut_ptr()))) }
+    }
+
+    /// The loop of both: reads `src[..n]`; with `add = Some((a, b))` (and
+    /// `src == a`) first stores `a[k] + b[k]` into `a[k]` and `0` into `b[k]`.
+    ///
+    /// # Safety
+    /// AVX2; `src[..n]` readable; with `add`, `a == src` and `b` are writable
+    /// for `n` floats and do not overlap.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn sum_sq_f64_body(n: usize, src: *const f32, add: Option<(*mut f32, *mut f32)>) -> f64 {
+        let mut acc = [_mm256_setzero_pd(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (j, r) in acc.iter_mut().enumerate() {
+                let o = i + 4 * j;
+                // SAFETY: floats o..o + 4 ≤ n are in bounds of `src` (and of
+                // `a`, `b`), per the contract above.
+                let v = unsafe {
+                    match add {
+                        Some((a, b)) => {
+                            let s = _mm_add_ps(_mm_loadu_ps(src.add(o)), _mm_loadu_ps(b.add(o)));
+                            _mm_storeu_ps(a.add(o), s);
+                            _mm_storeu_ps(b.add(o), _mm_setzero_ps());
+                            s
+                        }
+                        None => _mm_loadu_ps(src.add(o)),
+                    }
+                };
+                let d = _mm256_cvtps_pd(v);
+                *r = _mm256_add_pd(*r, _mm256_mul_pd(d, d));
+            }
+            i += 16;
+        }
+        let mut lanes = [0.0f64; super::F64_LANES];
+        for (j, r) in acc.iter().enumerate() {
+            // SAFETY: lanes 4j..4j + 4 ≤ 16 of the array.
+            unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * j), *r) };
+        }
+        for (l, k) in (i..n).enumerate() {
+            // SAFETY: k < n, in bounds per the contract above.
+            let v = unsafe {
+                match add {
+                    Some((a, b)) => {
+                        let s = *src.add(k) + *b.add(k);
+                        *a.add(k) = s;
+                        *b.add(k) = 0.0;
+                        s
+                    }
+                    None => *src.add(k),
+                }
+            };
+            lanes[l] += (v as f64) * (v as f64);
+        }
+        super::fold_f64(lanes)
     }
 
     /// [`super::super::exp`] on 8 lanes, the same operations in the same order:

@@ -174,6 +174,70 @@ fn loss_and_grad_never_returns_non_finite_gradients() {
     assert!(!caught.is_empty(), "no alpha overflowed only in backward");
 }
 
+/// The trainer's backward does not scan each micro-batch's gradients; its
+/// phase D tests the `Σ g²` of the reduced sum instead. The same overflow as
+/// above, through `Trainer::compute_gradients` and `train_step` with 1, 2
+/// and 4 micro-batches: every `Ok` has finite gradients (and finite
+/// parameters), and at least one alpha is caught as `NonFinite("gradients")`
+/// — with neither check, the overflowed gradients reach `Ok` (or AdamW).
+#[test]
+fn trainer_never_returns_non_finite_gradients() {
+    use moe_core::parallel::Pool;
+    use moe_core::{TrainConfig, Trainer};
+    let t = toks(17);
+    for micro in [1usize, 2, 4] {
+        let mut caught = Vec::new();
+        for alpha in [1e30f32, 1e36, 1e37, 3e37, 5e37, 1e38, 1.5e38] {
+            let cfg = TrainConfig {
+                aux_alpha: alpha,
+                clip_grad_norm: None,
+                ..TrainConfig::default()
+            };
+            for step in [false, true] {
+                let mut tr = Trainer::with_pool(tiny(), cfg, 4, 4, Pool::single(), micro).unwrap();
+                let r = if step {
+                    tr.train_step(&t[..16], &t[1..], 4, 4).map(|_| ())
+                } else {
+                    tr.compute_gradients(&t[..16], &t[1..], 4, 4, None)
+                        .map(|_| ())
+                };
+                match r {
+                    Ok(()) => {
+                        assert!(
+                            tr.model().params().unwrap().iter().all(|x| x.is_finite()),
+                            "M{micro} alpha {alpha:e}: Ok with non-finite parameters"
+                        );
+                        if !step {
+                            assert!(
+                                tr.grads().iter().all(|x| x.is_finite()),
+                                "M{micro} alpha {alpha:e}: Ok with non-finite gradients"
+                            );
+                        }
+                    }
+                    Err(Error::NonFinite {
+                        what: "gradients",
+                        index,
+                    }) => {
+                        if !step {
+                            assert!(!tr.grads()[index].is_finite(), "M{micro}: index {index}");
+                        }
+                        caught.push(alpha);
+                    }
+                    // The loss, or (a step) AdamW's own guards on finite
+                    // but huge gradients.
+                    Err(Error::NonFinite { what, .. })
+                        if what == "loss" || (step && what.starts_with("AdamW")) => {}
+                    Err(e) => panic!("M{micro} alpha {alpha:e} step {step}: {e:?}"),
+                }
+            }
+        }
+        assert!(
+            !caught.is_empty(),
+            "M{micro}: no alpha overflowed only in backward"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- defect 7
 
 fn one_update(step: u64) -> Vec<f32> {

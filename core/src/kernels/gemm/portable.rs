@@ -74,7 +74,13 @@
 //! multiple of 2–4 KiB, which maps a micro-panel's lines to 1–2 L1 sets
 //! (`l1_friendly`). An in-place B panel with a partial 8-lane vector is
 //! copied to a padded panel (the kernel never loads past the operand). At
-//! 64³ nothing is packed at all.
+//! 64³ nothing is packed at all. An in-place operand spanning more than
+//! 256 KiB (`STREAM_SPAN`: a weight, coming from memory) is prefetched one
+//! micro-panel ahead — B's next panel by the first tile of each run, A's
+//! next rows by a run down a band — since its rows are lines 1–4 KiB apart
+//! that hardware prefetchers do not follow; each run takes the kernel
+//! instance with just the prefetch tests it needs (`PF_NONE`, `PF_B`,
+//! `PF_AB`).
 //!
 //! # AVX-512
 //!
@@ -221,9 +227,10 @@ struct ASrc {
 /// `p` starts at `ptr + p·ks + (v / 2)·ps + (v % 2)·8` (16-column panels
 /// `ps` apart; `ps = 16` for a contiguous in-place row).
 /// `pf`: offset (floats) from `ptr` to the panel that the first tile of a
-/// run prefetches, one line per depth step (the next panel of a pre-packed
-/// weight, which streams from memory), or 0 for none; may point past the
-/// operand (prefetches never fault).
+/// run prefetches into L2 at each depth step (the next panel of a
+/// pre-packed weight, which streams from memory: one line; of an in-place
+/// B: the two lines its 16 floats may touch), or 0 for none; may point past
+/// the operand (prefetches never fault).
 #[derive(Clone, Copy)]
 struct BSrc {
     ptr: *const f32,
@@ -259,11 +266,33 @@ struct Run {
     n: usize,
     da: usize,
     db: usize,
+    /// Tiles prefetch the A rows of the next tile (`da` below; A streams
+    /// from memory, see [`STREAM_SPAN`]).
+    pfa: bool,
 }
 
 impl Run {
-    const ONE: Run = Run { n: 1, da: 0, db: 0 };
+    const ONE: Run = Run {
+        n: 1,
+        da: 0,
+        db: 0,
+        pfa: false,
+    };
 }
+
+/// Prefetch modes of a micro-kernel instance: none; the next B panel
+/// ([`BSrc::pf`]); that and the A rows of the next tile ([`Run::pfa`]).
+const PF_NONE: u8 = 0;
+const PF_B: u8 = 1;
+const PF_AB: u8 = 2;
+
+/// An in-place operand spanning more than this many floats (256 KiB) is
+/// taken to come from memory (a weight; the model's activations of a few
+/// tokens are far smaller), so its next micro-panel is software-prefetched:
+/// its rows are lines `rs` apart, often on separate pages, which hardware
+/// prefetchers do not follow. Below it the prefetches only cost issue slots
+/// (the tiny model's steps were 2–3 % slower with them).
+const STREAM_SPAN: usize = 64 * 1024;
 
 /// One `mc × nc × kc` block of the driver: the inner two loops of BLIS.
 #[derive(Clone, Copy)]
@@ -276,6 +305,8 @@ struct Block {
     a_panel: usize,
     /// A is packed (`a.rs = 1, a.ks = MR`).
     pa: bool,
+    /// A is in place and streams from memory (runs down a band prefetch).
+    a_stream: bool,
     /// B source of the first column panel; panel `q` is `q·b_panel` further.
     b: BSrc,
     b_panel: usize,
@@ -338,6 +369,7 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                     n,
                     da: 0,
                     db: wp * blk.b_panel,
+                    pfa: false,
                 },
                 wp * NR * blk.c.cs,
             )
@@ -347,6 +379,7 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                     n,
                     da: blk.a_panel,
                     db: 0,
+                    pfa: blk.a_stream,
                 },
                 MR * blk.c.rs,
             )
@@ -703,6 +736,7 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
     csc: usize,
 ) {
     let a_inplace = ACAP == 0;
+    let a_span = (m - 1) * a.rs + (k - 1) * a.cs + 1;
     let kc_blk = k.min(KC);
     let mc_blk = round_up(m, MR).min(MC);
     let nc_blk = match b {
@@ -794,15 +828,19 @@ fn blocked<K: Arch, const ACAP: usize, const BCAP: usize>(
                     },
                     a_panel: if a_inplace { MR * a.rs } else { MR * kc },
                     pa: !a_inplace,
+                    a_stream: a_inplace && a_span > STREAM_SPAN,
                     b: BSrc {
                         ptr: bp,
                         ks: bks,
                         ps: NR,
                         // A pre-packed B: the next panel, ahead of its use.
-                        pf: if matches!(b, BSide::Packed(_, true)) {
-                            ps
-                        } else {
-                            0
+                        // In place: the next panel's 16 floats of each depth
+                        // row (rows `ks` apart are separate lines, often
+                        // separate pages, which no hardware prefetcher follows).
+                        pf: match b {
+                            BSide::Packed(_, true) => ps,
+                            BSide::InPlace(op) if op.rs * k > STREAM_SPAN => ps,
+                            _ => 0,
                         },
                     },
                     b_panel: ps,
@@ -1700,7 +1738,7 @@ macro_rules! unroll {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR};
+    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR, PF_AB, PF_B, PF_NONE};
     use core::arch::x86_64::*;
 
     pub(super) struct Avx2;
@@ -1887,6 +1925,8 @@ mod avx2 {
         beta: f32,
         run: Run,
     ) {
+        // Each run takes the kernel instance with only the prefetch tests it
+        // needs (none, B's next panel, or also A's next rows).
         for t in 0..run.n {
             let a = ASrc {
                 ptr: a0.ptr.wrapping_add(t * run.da),
@@ -1900,19 +1940,36 @@ mod avx2 {
                 ptr: c0.ptr.wrapping_add(t * c0.nx),
                 ..c0
             };
+            // The next tile of a run down a band reads the A rows M below.
+            let a_next = run.pfa && t + 1 < run.n;
             // SAFETY: the caller's contract holds for every tile of the run.
-            unsafe { kern_body::<M, NV, PA, PB>(nr, kc, a, b, c, alpha, beta, t == 0) };
+            unsafe {
+                if !PA && run.pfa {
+                    kern_body::<M, NV, PA, PB, PF_AB>(nr, kc, a, b, c, alpha, beta, t == 0, a_next)
+                } else if b0.pf != 0 {
+                    kern_body::<M, NV, PA, PB, PF_B>(nr, kc, a, b, c, alpha, beta, t == 0, false)
+                } else {
+                    kern_body::<M, NV, PA, PB, PF_NONE>(nr, kc, a, b, c, alpha, beta, t == 0, false)
+                }
+            };
         }
     }
 
-    /// One tile of [`kern`] (`first`: the first tile of its run).
+    /// One tile of [`kern`] (`first`: the first tile of its run; `a_next`: a
+    /// next tile in the run reads the A rows `M` below this one's).
     ///
     /// # Safety
     /// As [`kern`] for a single tile.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kern_body<const M: usize, const NV: usize, const PA: bool, const PB: bool>(
+    unsafe fn kern_body<
+        const M: usize,
+        const NV: usize,
+        const PA: bool,
+        const PB: bool,
+        const S: u8,
+    >(
         nr: usize,
         kc: usize,
         a: ASrc,
@@ -1921,6 +1978,7 @@ mod avx2 {
         alpha: f32,
         beta: f32,
         first: bool,
+        a_next: bool,
     ) {
         let (ars, aks) = if PA { (1, MR) } else { (a.rs, a.ks) };
         let bks = if PB { NR } else { b.ks };
@@ -1957,7 +2015,7 @@ mod avx2 {
         // weights, `gemm_shapes` "packed cold": 65–92 → 73–110 GFLOP/s; into
         // L1 (`T0`) only 77–100, and hot panels lost up to 10 %: the next
         // panel evicts the current one's lines).
-        let pf = if PB && first { b.pf } else { 0 };
+        let pf = if S != PF_NONE && first { b.pf } else { 0 };
         // The depth loop for A strides `($ars, $aks)`: instantiated with the
         // unit stride as a constant where it is one, so that each broadcast
         // is one load at a constant offset from a base or index register
@@ -1988,10 +2046,27 @@ mod avx2 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    if pf != 0 {
-                        unroll!(u < 4 => {
-                            let at = bp.wrapping_add(pf + u * NR);
+                    // A in place with depth-contiguous rows (`W` of the
+                    // transposed `Cᵀ = W·xᵀ`) and a next tile in this run
+                    // down the band: each 16 steps, the line of the rows M
+                    // below, which streams from memory like B's next panel
+                    // (`gemm_shapes` "route cold" `x·Wᵀ` of 8 tokens: 26 →
+                    // 59 GFLOP/s; prefetching past a run's last tile cost
+                    // the pre-packed path up to 25 %).
+                    if S == PF_AB && a_next && aks == 1 && p % 16 == 0 {
+                        unroll!(r < M => {
+                            let at = ap.wrapping_add((M + r) * ars);
                             _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        });
+                    }
+                    if S != PF_NONE && pf != 0 {
+                        unroll!(u < 4 => {
+                            let at = bp.wrapping_add(pf + u * bks);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                            if !PB {
+                                // An in-place row's 16 floats may straddle two lines.
+                                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(NR - 1) as *const i8);
+                            }
                         });
                     }
                     step!(0);
@@ -2408,7 +2483,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::avx2::Avx2;
-    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR};
+    use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR, PF_AB, PF_B, PF_NONE};
     use core::arch::x86_64::*;
 
     pub(super) struct Avx512;
@@ -2515,6 +2590,8 @@ mod avx512 {
         beta: f32,
         run: Run,
     ) {
+        // Each run takes the kernel instance with only the prefetch tests it
+        // needs (none, B's next panel, or also A's next rows).
         for t in 0..run.n {
             let a = ASrc {
                 ptr: a0.ptr.wrapping_add(t * run.da),
@@ -2528,8 +2605,18 @@ mod avx512 {
                 ptr: c0.ptr.wrapping_add(t * c0.nx),
                 ..c0
             };
+            // The next tile of a run down a band reads the A rows M below.
+            let a_next = run.pfa && t + 1 < run.n;
             // SAFETY: the caller's contract holds for every tile of the run.
-            unsafe { kern_body::<M, NZ, PA, PB>(nr, kc, a, b, c, alpha, beta, t == 0) };
+            unsafe {
+                if !PA && run.pfa {
+                    kern_body::<M, NZ, PA, PB, PF_AB>(nr, kc, a, b, c, alpha, beta, t == 0, a_next)
+                } else if b0.pf != 0 {
+                    kern_body::<M, NZ, PA, PB, PF_B>(nr, kc, a, b, c, alpha, beta, t == 0, false)
+                } else {
+                    kern_body::<M, NZ, PA, PB, PF_NONE>(nr, kc, a, b, c, alpha, beta, t == 0, false)
+                }
+            };
         }
     }
 
@@ -2544,7 +2631,13 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kern_body<const M: usize, const NZ: usize, const PA: bool, const PB: bool>(
+    unsafe fn kern_body<
+        const M: usize,
+        const NZ: usize,
+        const PA: bool,
+        const PB: bool,
+        const S: u8,
+    >(
         nr: usize,
         kc: usize,
         a: ASrc,
@@ -2553,6 +2646,7 @@ mod avx512 {
         alpha: f32,
         beta: f32,
         first: bool,
+        a_next: bool,
     ) {
         let (ars, aks) = if PA { (1, MR) } else { (a.rs, a.ks) };
         let bks = if PB { NR } else { b.ks };
@@ -2580,7 +2674,7 @@ mod avx512 {
             _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
         }
         let mut acc = [[_mm512_setzero_ps(); NZ]; M];
-        let pf = if PB && first { b.pf } else { 0 };
+        let pf = if S != PF_NONE && first { b.pf } else { 0 };
         // The depth loop for A strides `($ars, $aks)`, the unit one as a
         // constant (see `avx2::kern_body`).
         macro_rules! depth {
@@ -2612,10 +2706,27 @@ mod avx512 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    if pf != 0 {
-                        unroll!(u < 4 => {
-                            let at = bp.wrapping_add(pf + u * NR);
+                    // A in place with depth-contiguous rows (`W` of the
+                    // transposed `Cᵀ = W·xᵀ`) and a next tile in this run
+                    // down the band: each 16 steps, the line of the rows M
+                    // below, which streams from memory like B's next panel
+                    // (`gemm_shapes` "route cold" `x·Wᵀ` of 8 tokens: 26 →
+                    // 59 GFLOP/s; prefetching past a run's last tile cost
+                    // the pre-packed path up to 25 %).
+                    if S == PF_AB && a_next && aks == 1 && p % 16 == 0 {
+                        unroll!(r < M => {
+                            let at = ap.wrapping_add((M + r) * ars);
                             _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                        });
+                    }
+                    if S != PF_NONE && pf != 0 {
+                        unroll!(u < 4 => {
+                            let at = bp.wrapping_add(pf + u * bks);
+                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
+                            if !PB {
+                                // An in-place row's 16 floats may straddle two lines.
+                                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(NR - 1) as *const i8);
+                            }
                         });
                     }
                     step!(0);
