@@ -1736,6 +1736,85 @@ macro_rules! unroll {
     };
 }
 
+/// `_mm_prefetch` of the line holding `p` (hint `H`), for any address.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch<const H: i32>(p: *const f32) {
+    // SAFETY: SSE is part of the x86_64 baseline, so the intrinsic's target
+    // feature is present on every CPU this code runs on; a prefetch is a
+    // hint that never faults and never reads into the program, so any
+    // address (even past an operand, or unmapped) is allowed.
+    unsafe { core::arch::x86_64::_mm_prefetch::<H>(p as *const i8) }
+}
+
+/// The C prefetches at the start of an x86 micro-kernel tile (`M` rows,
+/// `nr` columns): this tile's lines if it is the first of its run (within a
+/// run the previous tile already fetched them), and always the next tile's
+/// (`c.nx` further, in the driver's walking order) — with short depths
+/// (k = 16) a tile's FMAs are too few to hide a C miss. With contiguous
+/// rows (`cs = 1`, at most 64 B apart) the next tile's first line is this
+/// tile's last one or the line of its own last element, so that line alone
+/// is fetched. Prefetches never fault: the next tile may lie past C.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_c<const M: usize>(c: CDst, nr: usize, first: bool) {
+    if first {
+        for r in 0..M {
+            let row = c.ptr.wrapping_add(r * c.rs);
+            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(row);
+            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(row.wrapping_add((nr - 1) * c.cs));
+        }
+    }
+    for r in 0..M {
+        let next = c.ptr.wrapping_add(r * c.rs + c.nx);
+        if c.cs != 1 {
+            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next);
+        }
+        prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next.wrapping_add((nr - 1) * c.cs));
+    }
+}
+
+/// The operand prefetches of an x86 micro-kernel's four depth steps from `p`
+/// (A at `ap`, B at `bp`, both at step `p`), by prefetch mode `S`:
+/// * `PF_AB`, `a_next`, A in place with depth-contiguous rows (`W` of the
+///   transposed `Cᵀ = W·xᵀ`): every 16 steps, the line of the rows `M`
+///   below (the next tile of the run down the band), which streams from
+///   memory (`gemm_shapes` "route cold" `x·Wᵀ` of 8 tokens: 26 → 59
+///   GFLOP/s; prefetching past a run's last tile cost the pre-packed path
+///   up to 25 %);
+/// * `pf ≠ 0` (not `PF_NONE`): B's next panel, `pf` floats on, one line per
+///   step — two for an in-place B (`!PB`), whose 16 floats of a row may
+///   straddle two lines.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // reason: the depth loop's two cursors, their strides and the modes
+fn prefetch_steps<const M: usize, const PB: bool, const S: u8>(
+    ap: *const f32,
+    ars: usize,
+    aks: usize,
+    a_next: bool,
+    bp: *const f32,
+    bks: usize,
+    pf: usize,
+    p: usize,
+) {
+    if S == PF_AB && a_next && aks == 1 && p.is_multiple_of(16) {
+        unroll!(r < M => {
+            let at = ap.wrapping_add((M + r) * ars);
+            prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at);
+        });
+    }
+    if S != PF_NONE && pf != 0 {
+        unroll!(u < 4 => {
+            let at = bp.wrapping_add(pf + u * bks);
+            prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at);
+            if !PB {
+                prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at.wrapping_add(NR - 1));
+            }
+        });
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR, PF_AB, PF_B, PF_NONE};
@@ -1985,28 +2064,7 @@ mod avx2 {
         let ps = b.ps;
         // Offset of B vector v within a depth step.
         let boff = |v: usize| (v / 2) * ps + (v % 2) * 8;
-        // Bring this tile's C lines in while the FMAs run, and the next
-        // tile's (in the driver's walking order): with short depths
-        // (k = 16) a tile's FMAs are too few to hide a C miss. Prefetches
-        // never fault, so the next tile may lie past the end of C.
-        // Within a run the previous tile already prefetched this one.
-        if first {
-            for r in 0..M {
-                let row = c.ptr.wrapping_add(r * c.rs);
-                _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
-            }
-        }
-        // With contiguous rows (`cs = 1`, at most 64 B apart) the next
-        // tile's first line is this tile's last one or the line of its own
-        // last element, so that line alone is fetched.
-        for r in 0..M {
-            let next = c.ptr.wrapping_add(r * c.rs + c.nx);
-            if c.cs != 1 {
-                _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
-            }
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
-        }
+        super::prefetch_c::<M>(c, nr, first);
         let mut acc = [[_mm256_setzero_ps(); NV]; M];
         // A pre-packed B streams from memory once per forward: the first
         // tile of each run (the one that brings this panel in) prefetches
@@ -2046,29 +2104,7 @@ mod avx2 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    // A in place with depth-contiguous rows (`W` of the
-                    // transposed `Cᵀ = W·xᵀ`) and a next tile in this run
-                    // down the band: each 16 steps, the line of the rows M
-                    // below, which streams from memory like B's next panel
-                    // (`gemm_shapes` "route cold" `x·Wᵀ` of 8 tokens: 26 →
-                    // 59 GFLOP/s; prefetching past a run's last tile cost
-                    // the pre-packed path up to 25 %).
-                    if S == PF_AB && a_next && aks == 1 && p % 16 == 0 {
-                        unroll!(r < M => {
-                            let at = ap.wrapping_add((M + r) * ars);
-                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
-                        });
-                    }
-                    if S != PF_NONE && pf != 0 {
-                        unroll!(u < 4 => {
-                            let at = bp.wrapping_add(pf + u * bks);
-                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
-                            if !PB {
-                                // An in-place row's 16 floats may straddle two lines.
-                                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(NR - 1) as *const i8);
-                            }
-                        });
-                    }
+                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, p);
                     step!(0);
                     step!(1);
                     step!(2);
@@ -2655,24 +2691,7 @@ mod avx512 {
         unroll!(z < NZ => {
             bm[z] = mask16(nr - 16 * z); // ≥ 1 lane since NZ = ⌈nr/16⌉
         });
-        // C lines of this tile and the next (as in `avx2::kern_body`).
-        if first {
-            for r in 0..M {
-                let row = c.ptr.wrapping_add(r * c.rs);
-                _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add((nr - 1) * c.cs) as *const i8);
-            }
-        }
-        // With contiguous rows (`cs = 1`, at most 64 B apart) the next
-        // tile's first line is this tile's last one or the line of its own
-        // last element, so that line alone is fetched.
-        for r in 0..M {
-            let next = c.ptr.wrapping_add(r * c.rs + c.nx);
-            if c.cs != 1 {
-                _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
-            }
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add((nr - 1) * c.cs) as *const i8);
-        }
+        super::prefetch_c::<M>(c, nr, first);
         let mut acc = [[_mm512_setzero_ps(); NZ]; M];
         let pf = if S != PF_NONE && first { b.pf } else { 0 };
         // The depth loop for A strides `($ars, $aks)`, the unit one as a
@@ -2706,29 +2725,7 @@ mod avx512 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    // A in place with depth-contiguous rows (`W` of the
-                    // transposed `Cᵀ = W·xᵀ`) and a next tile in this run
-                    // down the band: each 16 steps, the line of the rows M
-                    // below, which streams from memory like B's next panel
-                    // (`gemm_shapes` "route cold" `x·Wᵀ` of 8 tokens: 26 →
-                    // 59 GFLOP/s; prefetching past a run's last tile cost
-                    // the pre-packed path up to 25 %).
-                    if S == PF_AB && a_next && aks == 1 && p % 16 == 0 {
-                        unroll!(r < M => {
-                            let at = ap.wrapping_add((M + r) * ars);
-                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
-                        });
-                    }
-                    if S != PF_NONE && pf != 0 {
-                        unroll!(u < 4 => {
-                            let at = bp.wrapping_add(pf + u * bks);
-                            _mm_prefetch::<_MM_HINT_T1>(at as *const i8);
-                            if !PB {
-                                // An in-place row's 16 floats may straddle two lines.
-                                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(NR - 1) as *const i8);
-                            }
-                        });
-                    }
+                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, p);
                     step!(0);
                     step!(1);
                     step!(2);
