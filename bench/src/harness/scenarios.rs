@@ -100,8 +100,9 @@ pub enum Kind {
     /// then `new_tokens` greedy steps (`Decoder::step` + `pick_token`); the
     /// decoder (workspace + cache) is built outside the timed region.
     Decode { prompt: usize, new_tokens: usize },
-    /// The single-core FMA peak: `iters` rounds of 12 independent 8-lane FMA
-    /// chains (`moe_core::kernels::cpu::fma_peak`).
+    /// The single-core FMA peak: `iters` rounds of 12 independent FMA chains
+    /// of the widest vector the GEMM uses (16 lanes with AVX-512F, else 8;
+    /// `moe_core::kernels::cpu::fma_peak`).
     FmaPeak { iters: u64 },
     /// STREAM-style triad `a[i] = b[i] + s·c[i]` over three arrays of `n`
     /// floats each (≫ L3): 12·n bytes moved per iteration.
@@ -657,7 +658,8 @@ const fn train_prec(profile: Profile, t: usize, precision: moe_core::Precision) 
     }
 }
 
-/// Rounds of `machine_fma_peak` (≈ 1 ms at 90 GFLOP/s).
+/// Rounds of `machine_fma_peak` (8-lane: ≈ 1 ms at 90 GFLOP/s; 16-lane:
+/// ≈ 0.8 ms at 240).
 const FMA_PEAK_ITERS: u64 = 500_000;
 /// Floats per array of `machine_bandwidth`: 3 × 64 MiB, 6× a 32 MiB L3.
 const BANDWIDTH_N: usize = 16 << 20;
@@ -792,7 +794,8 @@ impl Kind {
             Kind::FmaPeak { iters } => json!({
                 "iters": iters,
                 "chains": moe_core::kernels::cpu::PEAK_CHAINS,
-                "lanes": moe_core::kernels::cpu::PEAK_LANES,
+                "lanes": moe_core::kernels::cpu::peak_lanes(),
+                "zmm_full_width": moe_core::kernels::cpu::zmm_full_width(),
             }),
             Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
             Kind::AdamW { n, pass } => json!({
@@ -904,8 +907,9 @@ impl Kind {
             Kind::Softmax { n } => Some(flops::softmax(n)),
             Kind::FmaPeak { iters } => Some(
                 iters
-                    * (moe_core::kernels::cpu::PEAK_CHAINS * moe_core::kernels::cpu::PEAK_LANES * 2)
-                        as u64,
+                    * (moe_core::kernels::cpu::PEAK_CHAINS
+                        * moe_core::kernels::cpu::peak_lanes()
+                        * 2) as u64,
             ),
             Kind::Bandwidth { n } => Some(2 * n as u64),
             Kind::RmsNorm { b, t, c } => Some(flops::rmsnorm(b * t, c)),

@@ -43,6 +43,56 @@ pub fn avx512f() -> bool {
     }
 }
 
+/// Whether this CPU executes a 512-bit FMA at full width (two 16-lane FMA
+/// pipes: the GEMM takes its wide AVX-512 tiles, and the FMA peak is twice
+/// the `ymm` one). False without AVX-512F, and on AMD family 19h (Zen 4),
+/// which splits each `zmm` FMA into two 256-bit halves: there 6 accumulators
+/// cover the latency and the wider tiles measured slower (docs/performance.md,
+/// fifth round). Every other AVX-512F core is taken as full width (AMD family
+/// 1Ah (Zen 5) measured: 238 GFLOP/s with `zmm` against 120 with `ymm`; Intel
+/// server cores have two 512-bit FMA ports). Only speed depends on it: every
+/// tile computes each element as the same FMA chain, so the bits do not.
+/// CPUID is read once per process (it traps to the hypervisor in a VM).
+pub fn zmm_full_width() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => return false,
+        2 => return true,
+        _ => {}
+    }
+    let full = avx512f() && !amd_family(0x19);
+    KNOWN.store(if full { 2 } else { 1 }, Ordering::Relaxed);
+    full
+}
+
+/// Whether the CPU is an AMD one of (display) family `family`.
+#[allow(unused_variables)]
+fn amd_family(family: u32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::__cpuid;
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86_64 CPU; leaves 0 and 1 always
+        // exist (leaf 0 reports the highest leaf, ≥ 1 on any x86_64 CPU).
+        let (l0, l1) = unsafe { (__cpuid(0), __cpuid(1)) };
+        let amd = l0.ebx == u32::from_le_bytes(*b"Auth")
+            && l0.edx == u32::from_le_bytes(*b"enti")
+            && l0.ecx == u32::from_le_bytes(*b"cAMD");
+        let base = (l1.eax >> 8) & 0xF;
+        let display = if base == 0xF {
+            base + ((l1.eax >> 20) & 0xFF)
+        } else {
+            base
+        };
+        amd && display == family
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The kernel path the elementwise kernels take on this CPU (for metadata).
 pub fn elementwise_path() -> &'static str {
     if avx2_fma() {
@@ -127,13 +177,32 @@ pub const PEAK_CHAINS: usize = 12;
 #[doc(hidden)]
 pub const PEAK_LANES: usize = 8;
 
+/// Lanes per chain of [`fma_peak`] on this CPU: 16 (`zmm`) where the GEMM
+/// runs AVX-512 kernels, else [`PEAK_LANES`].
+#[doc(hidden)]
+pub fn peak_lanes() -> usize {
+    if avx512f() {
+        16
+    } else {
+        PEAK_LANES
+    }
+}
+
 /// The machine's single-core FMA peak loop (benchmark `machine_fma_peak`):
-/// `iters` rounds of [`PEAK_CHAINS`] independent 8-lane `acc = acc·x + y`,
-/// i.e. `iters · 12 · 8 · 2` FLOPs; returns the sum of the accumulators (so
-/// the work cannot be removed). AVX2+FMA where available, else the same
-/// recurrence in plain Rust (multiply then add).
+/// `iters` rounds of [`PEAK_CHAINS`] independent `acc = acc·x + y` of
+/// [`peak_lanes`] lanes, i.e. `iters · 12 · lanes · 2` FLOPs; returns the
+/// sum of the accumulators (so the work cannot be removed). The widest FMA
+/// the GEMM uses: AVX-512F `zmm` where present (on a full-width core twice
+/// the `ymm` rate, on a half-width one the same), AVX2+FMA `ymm`, else the
+/// same recurrence in plain Rust (multiply then add).
 #[doc(hidden)]
 pub fn fma_peak(iters: u64, x: f32, y: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512f() {
+        // SAFETY: AVX-512F was detected on this CPU just above, the only
+        // requirement of `fma_peak_avx512`.
+        return unsafe { fma_peak_avx512(iters, x, y) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() {
         // SAFETY: AVX2 and FMA were detected on this CPU just above, the only
@@ -173,4 +242,20 @@ unsafe fn fma_peak_avx2(iters: u64, x: f32, y: f32) -> f32 {
         s += out.iter().sum::<f32>();
     }
     s
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_peak_avx512(iters: u64, x: f32, y: f32) -> f32 {
+    use core::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); PEAK_CHAINS];
+    let (xv, yv) = (_mm512_set1_ps(x), _mm512_set1_ps(y));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, xv, yv);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
 }

@@ -768,8 +768,10 @@ fn blas_backend_matches_portable() {
 // ------------------------------------------- E3 GEMM: the BLIS-style backend
 //
 // `kernels::gemm::portable` directly, on every kernel path (`Path::Auto` is
-// AVX-512F or AVX2+FMA, whichever is best on this CPU, `Path::Avx2` the AVX2
-// kernels even on an AVX-512 CPU, `Path::Portable` the plain-Rust fallback),
+// AVX-512F or AVX2+FMA, whichever is best on this CPU, `Path::Avx512Wide` /
+// `Path::Avx512Narrow` the AVX-512 kernels with the 6 × 32 or the 6 × 16
+// tiles whatever the core, `Path::Avx2` the AVX2 kernels even on an AVX-512
+// CPU, `Path::Portable` the plain-Rust fallback),
 // with every stride layout of A, B and C, pre-packed B, the block boundaries
 // (KC = 256, MC = 144, NC = 512), the small-m and depth-16 special paths.
 // Tolerance: `1e-5·(k+1)·Σ|α·a·b| + |β·c|` against an f64 reference.
@@ -890,7 +892,13 @@ mod blis {
         }
     }
 
-    const PATHS: [Path; 3] = [Path::Auto, Path::Avx2, Path::Portable];
+    const PATHS: [Path; 5] = [
+        Path::Auto,
+        Path::Avx512Wide,
+        Path::Avx512Narrow,
+        Path::Avx2,
+        Path::Portable,
+    ];
 
     #[test]
     fn gemm_small_shapes_all_layouts_both_paths() {
@@ -1031,6 +1039,69 @@ mod blis {
         }
     }
 
+    /// The FMA paths (`Auto`, `Avx512Wide`, `Avx512Narrow`, `Avx2`) give the
+    /// same bits for every shape, the small-`m` one (1–4 rows, whose wide
+    /// tiles span up to 128 columns) included: each chooses other tile
+    /// shapes (6 × 32 bands, 1 × 128 … 5 × 32 edges on a full-width AVX-512
+    /// core) but computes each element as the same FMA chain. On a CPU
+    /// without AVX-512F the AVX-512 paths run the AVX2 kernels (the test
+    /// still checks `Auto` against them).
+    #[test]
+    fn gemm_fma_paths_are_bit_identical_wide_tiles_included() {
+        #[cfg(target_arch = "x86_64")]
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        let ms = [1usize, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 16, 25];
+        let ns = [17usize, 32, 48, 64, 100, 128, 130, 144, 256, 300];
+        let ks = [1usize, 4, 13, 16, 64, 256, 300];
+        let mut rng = Rng(0x5EED_0F_7113);
+        let mut cases = 0;
+        for _ in 0..600 {
+            let (m, n, k) = (
+                ms[rng.below(ms.len())],
+                ns[rng.below(ns.len())],
+                ks[rng.below(ks.len())],
+            );
+            let (ta, tb) = (rng.below(2) == 1, rng.below(2) == 1);
+            let beta = [0.0f32, 1.0, 0.5][rng.below(3)];
+            let packed = rng.below(2) == 0;
+            let (a, rsa, csa) = operand(&mut rng, m, k, ta, 0);
+            let (b, rsb, csb) = operand(&mut rng, k, n, tb, 0);
+            let c0 = rng.vec(m * n);
+            let mut pk = vec![f32::NAN; packed_len(k, n)];
+            pack_b(k, n, &b, rsb, csb, &mut pk);
+            let run = |path: Path| {
+                let mut c = c0.clone();
+                if packed {
+                    gemm_packed_b_on(path, m, n, k, 1.0, &a, rsa, csa, &pk, beta, &mut c, n, 1);
+                } else {
+                    gemm_on(
+                        path, m, n, k, 1.0, &a, rsa, csa, &b, rsb, csb, beta, &mut c, n, 1,
+                    );
+                }
+                c
+            };
+            let want = run(Path::Avx2);
+            for path in [Path::Auto, Path::Avx512Wide, Path::Avx512Narrow] {
+                let got = run(path);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits(),
+                        "{path:?} vs Avx2: m{m} n{n} k{k} ta{ta} tb{tb} β{beta} packed {packed}: \
+                         C[{}, {}] = {g} vs {w}",
+                        i / n,
+                        i % n
+                    );
+                }
+            }
+            cases += 1;
+        }
+        assert_eq!(cases, 600);
+    }
+
     /// The bits of every blocked-driver product (`m ≥ 5`, each orientation,
     /// packed or not) against an independent oracle: each C element is one
     /// chain over the depth, in order, per `KC = 256` block — `acc =
@@ -1074,6 +1145,8 @@ mod blis {
             let c0 = rng.vec(m * n);
             for (path, fma) in [
                 (Path::Auto, fused),
+                (Path::Avx512Wide, fused),
+                (Path::Avx512Narrow, fused),
                 (Path::Avx2, fused),
                 (Path::Portable, false),
             ] {
@@ -1117,7 +1190,7 @@ mod blis {
                 cases += 1;
             }
         }
-        assert_eq!(cases, 4500);
+        assert_eq!(cases, 7500);
     }
 
     #[test]

@@ -331,7 +331,13 @@ fn packed_gemm_matches_on_both_kernel_paths() {
         portable::pack_b(k, n, &w, 1, k, &mut pk);
         for m in [5, 8, 13, 16, 24, 32, 37, 64] {
             let x = values(m * k, 6);
-            for path in [Path::Portable, Path::Avx2, Path::Auto] {
+            for path in [
+                Path::Portable,
+                Path::Avx2,
+                Path::Avx512Narrow,
+                Path::Avx512Wide,
+                Path::Auto,
+            ] {
                 let mut want = vec![0.0; m * n];
                 portable::gemm_on(path, m, n, k, 1.0, &x, k, 1, &w, 1, k, 0.0, &mut want, n, 1);
                 let mut got = vec![f32::NAN; m * n];

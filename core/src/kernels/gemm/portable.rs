@@ -353,8 +353,15 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
                 ptr: blk.b.ptr.wrapping_add(jr / NR * blk.b_panel),
                 // A wide tile's vectors 2q, 2q + 1 are in panel q.
                 ps: if wp == 1 { blk.b.ps } else { blk.b_panel },
-                // Only the BLIS walk's first tile per panel prefetches.
-                pf: if wp == 1 { blk.b.pf } else { 0 },
+                // Only the BLIS walk's first tile per panel (or `wp`
+                // panels) prefetches: the next `wp` panels.
+                pf: if wp == 1 {
+                    blk.b.pf
+                } else if right {
+                    0
+                } else {
+                    wp * blk.b.pf
+                },
                 ..blk.b
             };
             (src, blk.pb)
@@ -425,12 +432,20 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
             tiles(full_n * NR, ir, 1, true, 1);
         }
     };
+    // Full row bands: tiles of `bw` panels over the first `band_cols`
+    // columns (`bw = 1`: 6 × 16 tiles everywhere), 6 × 16 tiles after.
+    let bw = K::band_wp();
+    let band_cols = if bw > 1 { full_n / bw * (bw * NR) } else { 0 };
     if blk.row_walk {
         // Short depth: the C traffic dominates, so walk each row band of C
         // left to right (contiguous lines, few pages).
         for ir in (0..full_m * MR).step_by(MR) {
-            if full_n > 0 {
-                tiles(0, ir, full_n, true, 1);
+            if band_cols > 0 {
+                tiles(0, ir, band_cols / (bw * NR), true, bw);
+            }
+            let rest = full_n - band_cols / NR;
+            if rest > 0 {
+                tiles(band_cols, ir, rest, true, 1);
             }
             if full_n * NR < blk.nc {
                 tiles(full_n * NR, ir, 1, true, 1);
@@ -440,15 +455,20 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
             edge_band();
         }
     } else {
-        // BLIS order: one B micro-panel stays in L1 while the A micro-panels
-        // stream past it.
-        for jr in (0..blk.nc).step_by(NR) {
+        // BLIS order: one B micro-panel (or `bw` of them) stays in L1 while
+        // the A micro-panels stream past it.
+        let mut jr = 0;
+        while jr < blk.nc {
+            let w = if jr < band_cols { bw } else { 1 };
             if full_m > 0 {
-                tiles(jr, 0, full_m, false, 1);
+                tiles(jr, 0, full_m, false, w);
             }
             if er > 0 && wp == 1 {
-                tiles(jr, full_m * MR, 1, false, 1);
+                for q in 0..w {
+                    tiles(jr + q * NR, full_m * MR, 1, false, 1);
+                }
             }
+            jr += w * NR;
         }
         if er > 0 && wp > 1 {
             edge_band();
@@ -461,6 +481,13 @@ trait Arch {
     /// Widest tile (in 8-float vectors) [`Arch::tile`] supports for `mr` rows
     /// (the small-`m` path, and a partial last row band of the blocked one).
     fn wide_nv(mr: usize) -> usize;
+
+    /// Panels (of `NR` columns) per tile in the full row bands: 1 (6 × 16
+    /// tiles), or 2 (6 × 32) where one tile row is one register and the
+    /// FMA latency needs more than 6 accumulators.
+    fn band_wp() -> usize {
+        1
+    }
 
     /// `C[r, j] = α·Σ_{p<kc} A(r, p)·B(p, j) + β·C[r, j]` for `r < mr`,
     /// `j < nr` (C not read when `β = 0`). `pa`/`pb`: A/B are packed panels
@@ -1158,6 +1185,15 @@ pub enum Path {
     /// The plain-Rust kernels, even where AVX2+FMA exist (test hook: checks
     /// the fallback path on an AVX2 machine without a global switch).
     Portable,
+    /// The AVX-512 kernels with the wide tiles (6 × 32 bands; what `Auto`
+    /// runs on a core with full-width 512-bit FMA, see
+    /// [`crate::kernels::cpu::zmm_full_width`]) whatever the core; the AVX2
+    /// (or portable) kernels without AVX-512F. Test hook.
+    Avx512Wide,
+    /// The AVX-512 kernels with the AVX2 tile shapes (what `Auto` runs on a
+    /// core that splits a 512-bit FMA in two halves) whatever the core; the
+    /// AVX2 (or portable) kernels without AVX-512F. Test hook.
+    Avx512Narrow,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1188,9 +1224,20 @@ fn dispatch(
     csc: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if path == Path::Auto && have_avx512() {
+    if matches!(path, Path::Auto | Path::Avx512Wide | Path::Avx512Narrow) && have_avx512() {
+        let wide = match path {
+            Path::Avx512Wide => true,
+            Path::Avx512Narrow => false,
+            _ => crate::kernels::cpu::zmm_full_width(),
+        };
         // SAFETY: AVX-512F (and with it AVX2 and FMA) was detected just above.
-        unsafe { avx512::run(m, n, k, alpha, a, b, beta, c, rsc, csc) };
+        unsafe {
+            if wide {
+                avx512::run::<true>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+            } else {
+                avx512::run::<false>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+            }
+        };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -1207,7 +1254,11 @@ fn dispatch(
 pub fn kernel_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     if have_avx512() {
-        return "avx512f 6x16 (blis; tiles of <= 8 columns avx2+fma)";
+        return if crate::kernels::cpu::zmm_full_width() {
+            "avx512f 6x32 (blis, full-width zmm FMA; tiles of <= 8 columns avx2+fma)"
+        } else {
+            "avx512f 6x16 (blis, half-width zmm FMA; tiles of <= 8 columns avx2+fma)"
+        };
     }
     #[cfg(target_arch = "x86_64")]
     if have_avx2_fma() {
@@ -1758,19 +1809,32 @@ fn prefetch<const H: i32>(p: *const f32) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_c<const M: usize>(c: CDst, nr: usize, first: bool) {
+    use core::arch::x86_64::_MM_HINT_T0 as T0;
     if first {
         for r in 0..M {
             let row = c.ptr.wrapping_add(r * c.rs);
-            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(row);
-            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(row.wrapping_add((nr - 1) * c.cs));
+            prefetch::<T0>(row);
+            if c.cs == 1 {
+                // A wide tile's row spans more than two lines.
+                for j in (16..nr).step_by(16) {
+                    prefetch::<T0>(row.wrapping_add(j));
+                }
+            }
+            prefetch::<T0>(row.wrapping_add((nr - 1) * c.cs));
         }
     }
     for r in 0..M {
         let next = c.ptr.wrapping_add(r * c.rs + c.nx);
         if c.cs != 1 {
-            prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next);
+            prefetch::<T0>(next);
+        } else {
+            // Every line of the next tile's row past its first (which is
+            // this tile's last or the one holding element 15).
+            for j in (16..nr).step_by(16) {
+                prefetch::<T0>(next.wrapping_add(j - 1));
+            }
         }
-        prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(next.wrapping_add((nr - 1) * c.cs));
+        prefetch::<T0>(next.wrapping_add((nr - 1) * c.cs));
     }
 }
 
@@ -1796,6 +1860,8 @@ fn prefetch_steps<const M: usize, const PB: bool, const S: u8>(
     bp: *const f32,
     bks: usize,
     pf: usize,
+    np: usize,
+    ps: usize,
     p: usize,
 ) {
     if S == PF_AB && a_next && aks == 1 && p.is_multiple_of(16) {
@@ -1806,10 +1872,12 @@ fn prefetch_steps<const M: usize, const PB: bool, const S: u8>(
     }
     if S != PF_NONE && pf != 0 {
         unroll!(u < 4 => {
-            let at = bp.wrapping_add(pf + u * bks);
-            prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at);
-            if !PB {
-                prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at.wrapping_add(NR - 1));
+            for q in 0..np {
+                let at = bp.wrapping_add(pf + q * ps + u * bks);
+                prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at);
+                if !PB {
+                    prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(at.wrapping_add(NR - 1));
+                }
             }
         });
     }
@@ -2104,7 +2172,7 @@ mod avx2 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, p);
+                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, NV.div_ceil(2), ps, p);
                     step!(0);
                     step!(1);
                     step!(2);
@@ -2522,7 +2590,13 @@ mod avx512 {
     use super::{ASrc, Arch, BSide, BSrc, Block, CDst, Op, Run, MR, NR, PF_AB, PF_B, PF_NONE};
     use core::arch::x86_64::*;
 
-    pub(super) struct Avx512;
+    /// The AVX-512F kernels. `WIDE`: the tiles for a core that executes a
+    /// 512-bit FMA in one pass (two FMA pipes of 16 lanes need ≥ 8
+    /// independent accumulators): 6 × 32 tiles in the full row bands and
+    /// 8–12-accumulator tiles for 1–5 rows; otherwise (a core that splits a
+    /// `zmm` FMA into two 256-bit halves, where 6 accumulators cover the
+    /// latency) the AVX2 tile shapes on 16-lane registers.
+    pub(super) struct Avx512<const WIDE: bool>;
 
     /// [`super::run`] with the AVX-512 kernels.
     ///
@@ -2530,7 +2604,7 @@ mod avx512 {
     /// The CPU supports AVX-512F, AVX2 and FMA.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn run(
+    pub(super) unsafe fn run<const W: bool>(
         m: usize,
         n: usize,
         k: usize,
@@ -2543,7 +2617,7 @@ mod avx512 {
         csc: usize,
     ) {
         // SAFETY: forwarded contract (AVX-512F, AVX2, FMA present).
-        unsafe { super::run::<Avx512>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+        unsafe { super::run::<Avx512<W>>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
     }
 
     /// [`super::blocked`] for `Avx512` in its own frame (see `avx2`).
@@ -2552,7 +2626,7 @@ mod avx512 {
     /// As [`run`]; operand bounds were checked.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn blocked_avx512<const ACAP: usize, const BCAP: usize>(
+    unsafe fn blocked_avx512<const W: bool, const ACAP: usize, const BCAP: usize>(
         m: usize,
         n: usize,
         k: usize,
@@ -2564,7 +2638,7 @@ mod avx512 {
         rsc: usize,
         csc: usize,
     ) {
-        super::blocked::<Avx512, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+        super::blocked::<Avx512<W>, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc)
     }
 
     /// The tiles of one block, compiled for AVX-512 so the kernels inline.
@@ -2572,9 +2646,9 @@ mod avx512 {
     /// # Safety
     /// As [`run`]; the contract of [`Arch::block`].
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn block_avx512(blk: &Block) {
+    unsafe fn block_avx512<const W: bool>(blk: &Block) {
         // SAFETY: forwarded contract.
-        unsafe { super::block_tiles::<Avx512>(blk) }
+        unsafe { super::block_tiles::<Avx512<W>>(blk) }
     }
 
     /// [`super::small_m`] for `Avx512` in its own frame.
@@ -2583,7 +2657,7 @@ mod avx512 {
     /// As [`run`]; operand bounds were checked.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn small_m_avx512(
+    unsafe fn small_m_avx512<const W: bool>(
         m: usize,
         n: usize,
         k: usize,
@@ -2595,7 +2669,7 @@ mod avx512 {
         rsc: usize,
         csc: usize,
     ) {
-        super::small_m::<Avx512>(m, n, k, alpha, a, b, beta, c, rsc, csc)
+        super::small_m::<Avx512<W>>(m, n, k, alpha, a, b, beta, c, rsc, csc)
     }
 
     /// Mask of the first `lanes` (1..=16) lanes.
@@ -2725,7 +2799,7 @@ mod avx512 {
                 }
                 let mut p = 0;
                 while p + 4 <= kc {
-                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, p);
+                    super::prefetch_steps::<M, PB, S>(ap, ars, aks, a_next, bp, bks, pf, NZ, ps, p);
                     step!(0);
                     step!(1);
                     step!(2);
@@ -2836,13 +2910,19 @@ mod avx512 {
             };
         }
         match (mr, nz) {
+            (6, 2) => go!(6, 2),
             (6, 1) => go!(6, 1),
+            (5, 2) => go!(5, 2),
             (5, 1) => go!(5, 1),
+            (4, 2) => go!(4, 2),
             (4, 1) => go!(4, 1),
+            (3, 4) => go!(3, 4),
             (3, 2) => go!(3, 2),
             (3, 1) => go!(3, 1),
+            (2, 4) => go!(2, 4),
             (2, 2) => go!(2, 2),
             (2, 1) => go!(2, 1),
+            (1, 8) => go!(1, 8),
             (1, 4) => go!(1, 4),
             (1, 2) => go!(1, 2),
             (1, 1) => go!(1, 1),
@@ -2850,15 +2930,31 @@ mod avx512 {
         }
     }
 
-    impl Arch for Avx512 {
+    impl<const W: bool> Arch for Avx512<W> {
         fn wide_nv(mr: usize) -> usize {
-            Avx2::wide_nv(mr)
+            if !W {
+                return Avx2::wide_nv(mr);
+            }
+            // 1 × 128, 2 × 64, 3 × 64, 4 × 32, 5 × 32: 8–12 accumulators.
+            match mr {
+                1 => 16,
+                2 | 3 => 8,
+                _ => 4,
+            }
+        }
+
+        fn band_wp() -> usize {
+            if W {
+                2
+            } else {
+                1
+            }
         }
 
         #[inline(always)]
         unsafe fn block(blk: &Block) {
             // SAFETY: forwarded contract (AVX-512F present).
-            unsafe { block_avx512(blk) }
+            unsafe { block_avx512::<W>(blk) }
         }
 
         #[inline(always)]
@@ -2875,7 +2971,7 @@ mod avx512 {
             csc: usize,
         ) {
             // SAFETY: forwarded contract (AVX-512F present, bounds checked).
-            unsafe { blocked_avx512::<ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+            unsafe { blocked_avx512::<W, ACAP, BCAP>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
         }
 
         #[inline(always)]
@@ -2892,7 +2988,7 @@ mod avx512 {
             csc: usize,
         ) {
             // SAFETY: forwarded contract (AVX-512F present, bounds checked).
-            unsafe { small_m_avx512(m, n, k, alpha, a, b, beta, c, rsc, csc) }
+            unsafe { small_m_avx512::<W>(m, n, k, alpha, a, b, beta, c, rsc, csc) }
         }
 
         #[inline(always)]
