@@ -1339,12 +1339,35 @@ fn run_fma_peak(iters: u64, o: &RunOpts) -> Result<Outcome, Error> {
         black_box(out);
         Ok(())
     })?;
+    // Where the peak loop ran on 16-lane `zmm`, also the 8-lane `ymm` rate
+    // (the AVX2 peak, which the targets were first written against):
+    // `extra.ymm_gflops`, the median of as many trials.
+    let lanes = moe_core::kernels::cpu::peak_lanes();
+    let extra = if lanes > moe_core::kernels::cpu::PEAK_LANES {
+        let ymm = measure::run(o.warmup.min(2), o.trials, |p| {
+            let s = p.start();
+            let r = moe_core::kernels::cpu::fma_peak_ymm(
+                black_box(iters),
+                black_box(0.999_999),
+                black_box(1e-7),
+            );
+            p.stop(s);
+            black_box(r);
+            Ok(())
+        })?;
+        let ns: Vec<u64> = ymm.trials.iter().map(|t| t.wall_ns).collect();
+        let flops = iters * (moe_core::kernels::cpu::PEAK_CHAINS * 8 * 2) as u64;
+        let med = crate::harness::stats::median_u64(&ns).max(1);
+        Some(json!({ "lanes": lanes, "ymm_gflops": flops as f64 / med as f64 }))
+    } else {
+        Some(json!({ "lanes": lanes }))
+    };
     Ok(Outcome {
         m: meas,
         numerical: Numerical::of(&[out]),
         arena_bytes: 0,
         peak_rss_bytes: None,
-        extra: None,
+        extra,
     })
 }
 

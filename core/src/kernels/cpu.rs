@@ -66,12 +66,26 @@ pub fn zmm_full_width() -> bool {
     full
 }
 
+/// The display family of CPUID leaf 1's `eax`: the base family (bits
+/// 8–11), plus the extended family (bits 20–27) when the base is 0xF.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const fn display_family(eax: u32) -> u32 {
+    let base = (eax >> 8) & 0xF;
+    if base == 0xF {
+        base + ((eax >> 20) & 0xFF)
+    } else {
+        base
+    }
+}
+
 /// Whether the CPU is an AMD one of (display) family `family`.
 #[allow(unused_variables)]
 fn amd_family(family: u32) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::__cpuid;
+        // `__cpuid` is a safe intrinsic in current Rust, an `unsafe fn` in
+        // older ones (MSRV 1.89), hence the block and the allow.
         #[allow(unused_unsafe)]
         // SAFETY: CPUID exists on every x86_64 CPU; leaves 0 and 1 always
         // exist (leaf 0 reports the highest leaf, ≥ 1 on any x86_64 CPU).
@@ -79,13 +93,7 @@ fn amd_family(family: u32) -> bool {
         let amd = l0.ebx == u32::from_le_bytes(*b"Auth")
             && l0.edx == u32::from_le_bytes(*b"enti")
             && l0.ecx == u32::from_le_bytes(*b"cAMD");
-        let base = (l1.eax >> 8) & 0xF;
-        let display = if base == 0xF {
-            base + ((l1.eax >> 20) & 0xFF)
-        } else {
-            base
-        };
-        amd && display == family
+        amd && display_family(l1.eax) == family
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -209,6 +217,24 @@ pub fn fma_peak(iters: u64, x: f32, y: f32) -> f32 {
         // requirement of `fma_peak_avx2`.
         return unsafe { fma_peak_avx2(iters, x, y) };
     }
+    fma_peak_portable(iters, x, y)
+}
+
+/// [`fma_peak`] on 8-lane `ymm` chains even where AVX-512F exists (the
+/// AVX2 peak, `iters · 12 · 8 · 2` FLOPs; the portable loop without AVX2).
+#[doc(hidden)]
+pub fn fma_peak_ymm(iters: u64, x: f32, y: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above, the only
+        // requirement of `fma_peak_avx2`.
+        return unsafe { fma_peak_avx2(iters, x, y) };
+    }
+    fma_peak_portable(iters, x, y)
+}
+
+/// The portable recurrence of [`fma_peak`] (multiply then add, 8 lanes).
+fn fma_peak_portable(iters: u64, x: f32, y: f32) -> f32 {
     let mut acc = [[0.0f32; PEAK_LANES]; PEAK_CHAINS];
     for _ in 0..iters {
         for a in acc.iter_mut() {
@@ -258,4 +284,27 @@ unsafe fn fma_peak_avx512(iters: u64, x: f32, y: f32) -> f32 {
         }
     }
     acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_family_decodes_known_cpuid_signatures() {
+        // EPYC 9004 (Zen 4), EPYC 9005 (Zen 5), EPYC 7003 (Zen 3), a
+        // Skylake-SP Xeon (family 6: no extended family added).
+        assert_eq!(display_family(0x00A1_0F11), 0x19);
+        assert_eq!(display_family(0x00B0_0F21), 0x1A);
+        assert_eq!(display_family(0x00A0_0F11), 0x19);
+        assert_eq!(display_family(0x0005_0654), 6);
+    }
+
+    #[test]
+    fn full_width_zmm_needs_avx512f_and_is_stable() {
+        let w = zmm_full_width();
+        assert!(!w || avx512f());
+        assert_eq!(zmm_full_width(), w, "the cached answer must not change");
+        assert_eq!(peak_lanes(), if avx512f() { 16 } else { PEAK_LANES });
+    }
 }
