@@ -164,6 +164,17 @@ const fn panel_wins(m: usize, n: usize, k: usize) -> bool {
     small > 8 && small <= 64 && large >= 128 && k >= 64 && (little_padding || k > 256)
 }
 
+/// On a core with full-width 512-bit FMA the BLIS driver's 6 × 32 `zmm`
+/// tiles beat [`panel`]'s 6 × 16 AVX2 ones on every [`panel_wins`] shape
+/// (`gemm_shapes` s256, `x·Wᵀ` of 64 tokens × `W[384, 256]`: 113 → 205
+/// GFLOP/s). Only products with `k ≤ KC = 256` are moved, where both give
+/// the same bits (`gemm_routing_boundaries_match_reference_and_blis_bits`):
+/// a model's results stay the same on every machine.
+#[inline]
+fn blis_wide_wins(k: usize) -> bool {
+    k <= portable::KC && crate::kernels::cpu::zmm_full_width()
+}
+
 /// E3 — `C[m,n] = α·op(A)[m,k]·op(B)[k,n] + β·C` with the default backend.
 ///
 /// # Panics
@@ -221,7 +232,9 @@ pub fn gemm_with(
     a.check(m, k, "A");
     b.check(k, n, "B");
     match backend {
-        Backend::Portable if panel_wins(m, n, k) => panel::gemm(m, n, k, alpha, a, b, beta, c, ldc),
+        Backend::Portable if panel_wins(m, n, k) && !blis_wide_wins(k) => {
+            panel::gemm(m, n, k, alpha, a, b, beta, c, ldc)
+        }
         Backend::Portable => portable::gemm(
             m, n, k, alpha, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, c, ldc, 1,
         ),
