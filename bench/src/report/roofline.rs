@@ -138,9 +138,17 @@ pub fn section(o: &mut String, runs: &[Run], plot_link: Option<String>) {
          L3, so its bandwidth term uses DRAM bandwidth it does not need.\n"
     );
     for (r, (peak, bw)) in with {
+        // A 16-lane peak loop also timed the 8-lane one (`extra.ymm_gflops`).
+        let ymm = match r.get("machine_fma_peak", &["extra", "ymm_gflops"]) {
+            Some(y) if y.is_finite() && y > 0.0 => format!(
+                " (16-lane `zmm` FMA chains, the widest the GEMM uses; 8-lane `ymm` chains \
+                 {y:.1} GFLOP/s in the same run)"
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "**{}**: FMA peak {peak:.1} GFLOP/s, bandwidth {bw:.1} GB/s.\n",
+            "**{}**: FMA peak {peak:.1} GFLOP/s{ymm}, bandwidth {bw:.1} GB/s.\n",
             r.name
         );
         let _ = writeln!(
