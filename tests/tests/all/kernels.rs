@@ -1231,8 +1231,22 @@ mod dispatch_paths {
     use moe_core::swiglu::SwiGLU;
     use moe_core::{loss, rmsnorm};
 
+    /// The bits of `x`, every NaN as the one canonical quiet NaN: Rust leaves
+    /// the sign and payload of a NaN computed from NaN inputs unspecified
+    /// (RFC 3514; LLVM may commute `a·b`, and x86 returns the first
+    /// operand's NaN), so two instances of the same operations agree on
+    /// every other value bit for bit and on *where* the NaNs are, not on
+    /// their payloads.
     fn bits(x: &[f32]) -> Vec<u32> {
-        x.iter().map(|v| v.to_bits()).collect()
+        x.iter()
+            .map(|v| {
+                if v.is_nan() {
+                    f32::NAN.to_bits()
+                } else {
+                    v.to_bits()
+                }
+            })
+            .collect()
     }
 
     /// Runs `f` on the auto-selected path and on the forced portable path and
