@@ -421,6 +421,8 @@ mod tests {
                 #[cfg(feature = "openblas")]
                 "kernel_matmul_openblas",
                 #[cfg(feature = "openblas")]
+                "machine_peak_portable",
+                #[cfg(feature = "openblas")]
                 "machine_peak_openblas",
             ]
         );

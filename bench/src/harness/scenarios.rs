@@ -490,6 +490,19 @@ pub const SCENARIOS: &[Scenario] = &[
             k: 64,
         },
     ),
+    // Our GEMM at 1024³ in the same run (`machine_peak` is the default
+    // backend, CBLAS in this build).
+    #[cfg(feature = "openblas")]
+    s(
+        "machine_peak_portable",
+        "compiler",
+        Kind::Matmul {
+            backend: Backend::Portable,
+            m: 1024,
+            n: 1024,
+            k: 1024,
+        },
+    ),
     #[cfg(feature = "openblas")]
     s(
         "machine_peak_openblas",

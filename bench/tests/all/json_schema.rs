@@ -49,6 +49,8 @@ const IDS: &[&str] = &[
     #[cfg(feature = "openblas")]
     "kernel_matmul_openblas",
     #[cfg(feature = "openblas")]
+    "machine_peak_portable",
+    #[cfg(feature = "openblas")]
     "machine_peak_openblas",
     "dispatch_warm_heap",
     "mem_train_step_heap",
