@@ -52,6 +52,20 @@
 //!   A is repacked `⌈n/NC⌉` times: 1 copy per 2·NC = 1024 FLOPs, < 1 % of
 //!   the time at 1024³.
 //!
+//! # AVX-512 (32 `zmm` registers)
+//!
+//! The panels stay `MR × NR = 6 × 16` (so pre-packed weights are the same on
+//! every path); a 16-column tile row is one `zmm`. On a core that splits a
+//! 512-bit FMA into two 256-bit halves (AMD Zen 4) the 6 accumulators of a
+//! 6 × 16 tile cover the latency and the AVX2 tile shapes are kept. On a
+//! full-width core (Zen 5, Intel server cores: two 16-lane FMA pipes of
+//! latency 4, so ≥ 8 chains; `kernels::cpu::zmm_full_width`) the full row
+//! bands take 6 × 32 tiles over two adjacent panels — 12 accumulators, 2 B
+//! vectors, 6 broadcasts per 12 FMAs, 20 of the 32 registers — and a band
+//! of 1–5 rows 1 × 128, 2 × 64, 3 × 64, 4 × 32 or 5 × 32 tiles (8–12
+//! accumulators). The two B panels of a 6 × 32 tile (2 × 16 KiB at
+//! `KC = 256`) fit Zen 5's 48 KiB L1d beside the streaming A panel.
+//!
 //! Packing buffers are fixed-size `MaybeUninit` arrays on the stack (never
 //! zero-filled), in tiers so that a call only touches — and stack-probes —
 //! the pages it needs: 32 KiB for 64³, up to 656 KiB (A 144 KiB + B
