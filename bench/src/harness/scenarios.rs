@@ -1369,7 +1369,8 @@ fn run_fma_peak(iters: u64, o: &RunOpts) -> Result<Outcome, Error> {
             Ok(())
         })?;
         let ns: Vec<u64> = ymm.trials.iter().map(|t| t.wall_ns).collect();
-        let flops = iters * (moe_core::kernels::cpu::PEAK_CHAINS * 8 * 2) as u64;
+        let flops = iters
+            * (moe_core::kernels::cpu::PEAK_CHAINS * moe_core::kernels::cpu::PEAK_LANES * 2) as u64;
         let med = crate::harness::stats::median_u64(&ns).max(1);
         Some(json!({ "lanes": lanes, "ymm_gflops": flops as f64 / med as f64 }))
     } else {

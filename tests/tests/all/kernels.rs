@@ -798,6 +798,23 @@ mod blis {
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
+        /// One random product: a shape from the lists, the orientations of
+        /// A and B, and β ∈ {0, 1, 0.5} (drawn in that order).
+        fn case(
+            &mut self,
+            ms: &[usize],
+            ns: &[usize],
+            ks: &[usize],
+        ) -> ((usize, usize, usize), (bool, bool), f32) {
+            let (m, n, k) = (
+                ms[self.below(ms.len())],
+                ns[self.below(ns.len())],
+                ks[self.below(ks.len())],
+            );
+            let (ta, tb) = (self.below(2) == 1, self.below(2) == 1);
+            let beta = [0.0f32, 1.0, 0.5][self.below(3)];
+            ((m, n, k), (ta, tb), beta)
+        }
     }
 
     /// Storage for an `op()` of shape `[r, c]` with `pad` extra floats per
@@ -1060,13 +1077,7 @@ mod blis {
         let mut rng = Rng(0x005E_ED0F_7113);
         let mut cases = 0;
         for _ in 0..600 {
-            let (m, n, k) = (
-                ms[rng.below(ms.len())],
-                ns[rng.below(ns.len())],
-                ks[rng.below(ks.len())],
-            );
-            let (ta, tb) = (rng.below(2) == 1, rng.below(2) == 1);
-            let beta = [0.0f32, 1.0, 0.5][rng.below(3)];
+            let ((m, n, k), (ta, tb), beta) = rng.case(&ms, &ns, &ks);
             let packed = rng.below(2) == 0;
             let (a, rsa, csa) = operand(&mut rng, m, k, ta, 0);
             let (b, rsb, csb) = operand(&mut rng, k, n, tb, 0);
@@ -1129,13 +1140,7 @@ mod blis {
         let mut rng = Rng(2026);
         let mut cases = 0;
         for _ in 0..1500 {
-            let (m, n, k) = (
-                ms[rng.below(ms.len())],
-                ns[rng.below(ns.len())],
-                ks[rng.below(ks.len())],
-            );
-            let (ta, tb) = (rng.below(2) == 1, rng.below(2) == 1);
-            let beta = [0.0f32, 1.0, 0.5][rng.below(3)];
+            let ((m, n, k), (ta, tb), beta) = rng.case(&ms, &ns, &ks);
             let packed = rng.below(3) == 0;
             let colmajor = rng.below(4) == 0;
             let (pa, pb) = (rng.below(2), rng.below(2));

@@ -154,14 +154,21 @@ impl<'a> Mat<'a> {
 /// example, interleaved; docs/performance.md). Deeper products (`k = 1024`,
 /// whose transposed packing reads 4 KiB-strided rows) stay on `panel`.
 /// Decoding (`m ≤ 8`), depth-16 weight gradients, the `[t, t]` attention
-/// products and large problems take the BLIS driver. A pure function of the
-/// shape, so the summation order (and the bits) stay fixed per shape.
+/// products and large problems take the BLIS driver. On a core with
+/// full-width 512-bit FMA the BLIS driver wins every `k ≤ 256` shape too
+/// ([`blis_wide_wins`]), where both give the same bits; so the bits depend
+/// on the shape alone, the CPU choosing only the speed.
 #[inline]
-const fn panel_wins(m: usize, n: usize, k: usize) -> bool {
+fn panel_wins(m: usize, n: usize, k: usize) -> bool {
     let (small, large) = if m < n { (m, n) } else { (n, m) };
     let cols = small.div_ceil(16) * 16;
     let little_padding = 8 * (cols - small) <= cols;
-    small > 8 && small <= 64 && large >= 128 && k >= 64 && (little_padding || k > 256)
+    small > 8
+        && small <= 64
+        && large >= 128
+        && k >= 64
+        && (little_padding || k > 256)
+        && !blis_wide_wins(k)
 }
 
 /// On a core with full-width 512-bit FMA the BLIS driver's 6 × 32 `zmm`
@@ -232,9 +239,7 @@ pub fn gemm_with(
     a.check(m, k, "A");
     b.check(k, n, "B");
     match backend {
-        Backend::Portable if panel_wins(m, n, k) && !blis_wide_wins(k) => {
-            panel::gemm(m, n, k, alpha, a, b, beta, c, ldc)
-        }
+        Backend::Portable if panel_wins(m, n, k) => panel::gemm(m, n, k, alpha, a, b, beta, c, ldc),
         Backend::Portable => portable::gemm(
             m, n, k, alpha, a.data, a.rs, a.cs, b.data, b.rs, b.cs, beta, c, ldc, 1,
         ),
