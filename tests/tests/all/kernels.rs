@@ -1304,6 +1304,43 @@ mod dispatch_paths {
                 first_non_finite(&bad)
             );
         }
+        // RMSNorm forward over row counts around the 8-row blocks and widths
+        // around the 8-lane chunks; rstd checked against the documented
+        // order (lane l sums x[8j + l]², folded ((a0+a4)+(a2+a6)) +
+        // ((a1+a5)+(a3+a7)), then 1/√(Σ/c + eps)), written out here.
+        for &rows in &[1usize, 7, 8, 9, 16, 17, 64, 65] {
+            for &c in &[1usize, 3, 8, 13, 64, 100] {
+                let mut x = rand_vec(&mut g, rows * c, 3.0);
+                if rows > 8 {
+                    x[8 * c + c / 2] = f32::NAN;
+                    x[c - 1] = f32::INFINITY;
+                }
+                let w = rand_vec(&mut g, c, 1.0);
+                let eps = 1e-6f32;
+                let want: Vec<f32> = x
+                    .chunks_exact(c)
+                    .map(|xr| {
+                        let mut a = [0.0f32; 8];
+                        for (i, &v) in xr.iter().enumerate() {
+                            a[i % 8] += v * v;
+                        }
+                        let ss = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+                        1.0 / (ss / c as f32 + eps).sqrt()
+                    })
+                    .collect();
+                let run = || {
+                    let (mut y, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows]);
+                    rmsnorm::forward(&mut y, &mut rstd, &x, &w, eps);
+                    [rstd, y].concat()
+                };
+                assert_eq!(
+                    bits(&run()[..rows]),
+                    bits(&want),
+                    "rmsnorm rstd, rows {rows}, c {c}"
+                );
+                same_bits(&format!("rmsnorm rows {rows} c {c}"), run);
+            }
+        }
         // RMSNorm forward/backward, SwiGLU forward/backward, CE row, RoPE.
         let (rows, c, f, v) = (6usize, 64usize, 96usize, 1000usize);
         let x = rand_vec(&mut g, rows * c, 2.0);
