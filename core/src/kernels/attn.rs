@@ -30,7 +30,7 @@ pub(crate) use imp::Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::super::rows::avx2::{exp8, exp8n};
+    use super::super::rows::avx2::{exp8, exp8n, first_lanes};
     use core::arch::x86_64::*;
 
     /// A token that this thread's elementwise kernels run on AVX2 + FMA
@@ -266,16 +266,6 @@ mod imp {
     #[inline]
     unsafe fn clone<R>(f: impl FnOnce() -> R) -> R {
         f()
-    }
-
-    /// Lanes `l < n` set (all ones), the others clear; `n ≤ 8`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn first_lanes(n: usize) -> __m256i {
-        _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(n as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        )
     }
 
     /// [`Avx2::scores`] on raw parts.

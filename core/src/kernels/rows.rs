@@ -342,6 +342,17 @@ pub(super) mod avx512 {
 pub(super) mod avx2 {
     use core::arch::x86_64::*;
 
+    /// Lanes `l < n` set (all ones), the others clear; `n ≤ 8`: the mask of
+    /// a row's tail for masked loads and stores (here and in `attn`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(in crate::kernels) fn first_lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
     /// [`super::sum_sq`] in one `ymm`: lane `l` sums `x[8j + l]²`, the tail
     /// `x[8J + l]` joins lane `l` (a masked load: the other lanes add `+0·+0`,
     /// leaving their sums, which are ≥ +0, unchanged), folded as
@@ -363,10 +374,7 @@ pub(super) mod avx2 {
             i += 8;
         }
         if i < n {
-            let mk = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((n - i) as i32),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            );
+            let mk = first_lanes(n - i);
             // SAFETY: the masked load touches only lanes l < n − i, i.e.
             // x[i + l] inside `x`; masked-off lanes read as +0 without access.
             let v = unsafe { _mm256_maskload_ps(p.add(i), mk) };
@@ -403,10 +411,7 @@ pub(super) mod avx2 {
             i += 8;
         }
         if i < c {
-            let mk = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((c - i) as i32),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            );
+            let mk = first_lanes(c - i);
             for (q, a) in acc.iter_mut().enumerate() {
                 // SAFETY: lanes l < c − i only, x[q·c + i + l] inside `x`;
                 // masked-off lanes read as +0 (sums ≥ +0 stay unchanged).
@@ -642,10 +647,7 @@ pub(super) mod avx2 {
             i += 32;
         }
         while i < n {
-            let mk = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((n - i).min(8) as i32),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            );
+            let mk = first_lanes((n - i).min(8));
             // SAFETY: the masked loads/store touch only index i + l < n of
             // each slice (lanes l < min(8, n − i)).
             let z = unsafe { _mm256_maskload_ps(p1.add(i), mk) };
