@@ -115,7 +115,8 @@
 //!   `Cᵀ = W·xᵀ`: W read in place, only xᵀ (one 16-column panel) packed.
 //! * A partial last row band (`m mod 6` = 1–3 rows, e.g. the 6 + 2 rows of 8
 //!   tokens) takes the same wide tiles over its whole panels instead of
-//!   16-column tiles with 2–6 accumulators.
+//!   16-column tiles with 2–6 accumulators; in the BLIS walk each follows
+//!   the panels it reads while they are still in L1/L2.
 //! * Depth-16 weight gradients `dW += dYᵀ·X`: `k ≤ KC`, so every C tile is
 //!   read and written exactly once per call, after all 16 FMA steps done in
 //!   registers. For depths ≤ `SHORT_K` = 32 the C traffic dominates, so the
@@ -470,22 +471,33 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
         }
     } else {
         // BLIS order: one B micro-panel (or `bw` of them) stays in L1 while
-        // the A micro-panels stream past it.
+        // the A micro-panels stream past it. The partial band's tiles follow
+        // the panels they read while those are still in L1/L2: a wide tile
+        // right after the last of its `wp` panels, a 16-column one right
+        // after its panel. (Walking the partial band after the whole block
+        // read a pre-packed weight twice — the second time from L3 once it
+        // outgrew L2: `w13` of 25 tokens, 2 MiB.)
+        let ir = full_m * MR;
         let mut jr = 0;
+        let mut wide_done = 0;
         while jr < blk.nc {
             let w = if jr < band_cols { bw } else { 1 };
             if full_m > 0 {
                 tiles(jr, 0, full_m, false, w);
             }
-            if er > 0 && wp == 1 {
-                for q in 0..w {
-                    tiles(jr + q * NR, full_m * MR, 1, false, 1);
-                }
-            }
             jr += w * NR;
-        }
-        if er > 0 && wp > 1 {
-            edge_band();
+            if er == 0 {
+                continue;
+            }
+            while wide_done + wp * NR <= jr.min(wide_cols) {
+                tiles(wide_done, ir, 1, true, wp);
+                wide_done += wp * NR;
+            }
+            let mut q = (jr - w * NR).max(wide_cols);
+            while q < jr.min(blk.nc) {
+                tiles(q, ir, 1, wp > 1, 1);
+                q += NR;
+            }
         }
     }
 }
