@@ -13,6 +13,9 @@
 //! `fraction = limit / achieved` (1 = at the limit). The tiny model's state
 //! (8.7 MB) fits in L3, so its DRAM-bandwidth term overstates its memory time
 //! (its limit is generous, its fraction optimistic on the memory side).
+//!
+//! Below each run's table, `kernel_rmsnorm` against its FLOP limit alone
+//! (`achieved ÷ (FLOPs / peak)`; its operands sit in L1).
 
 use std::fmt::Write as _;
 
@@ -115,6 +118,29 @@ pub fn rows(run: &Run) -> Vec<Roof> {
         .collect()
 }
 
+/// The row kernels the section holds against the FLOP limit alone (the
+/// issue's `kernel_rmsnorm` target: within 3× of `FLOPs / peak`). Not
+/// `kernel_softmax`: its conventional 5 FLOPs per element do not count the
+/// ~50 instructions of a vector `exp`, so its ratio would say nothing.
+pub const KERNEL_IDS: [&str; 1] = ["kernel_rmsnorm"];
+
+/// `(id, FLOPs, achieved ns, FLOP-limit ns)` of each [`KERNEL_IDS`] entry of
+/// `run` (empty without both machine limits). Their operands sit in L1, so
+/// no bandwidth term applies.
+pub fn kernel_rows(run: &Run) -> Vec<(&'static str, f64, f64, f64)> {
+    let Some((peak, _)) = limits(run) else {
+        return Vec::new();
+    };
+    KERNEL_IDS
+        .iter()
+        .filter_map(|&id| {
+            let achieved_ns = run.median(id).filter(|&t| t > 0.0)?;
+            let flops = run.gflops(id)? * achieved_ns;
+            Some((id, flops, achieved_ns, flops / peak))
+        })
+        .collect()
+}
+
 /// The Markdown section (nothing when no run has both machine limits).
 pub fn section(o: &mut String, runs: &[Run], plot_link: Option<String>) {
     let with: Vec<(&Run, (f64, f64))> = runs
@@ -172,6 +198,23 @@ pub fn section(o: &mut String, runs: &[Run], plot_link: Option<String>) {
             );
         }
         let _ = writeln!(o);
+        let kernels = kernel_rows(r);
+        if !kernels.is_empty() {
+            let _ = writeln!(
+                o,
+                "| row kernel | FLOP | achieved | FLOP limit | achieved ÷ limit |\n|---|---:|---:|---:|---:|"
+            );
+            for (id, flops, achieved_ns, flop_ns) in kernels {
+                let _ = writeln!(
+                    o,
+                    "| `{id}` | {flops:.0} | {} | {} | {:.2}× |",
+                    crate::fmt::fmt_ns(achieved_ns),
+                    crate::fmt::fmt_ns(flop_ns),
+                    achieved_ns / flop_ns
+                );
+            }
+            let _ = writeln!(o);
+        }
     }
     if let Some(link) = plot_link {
         let _ = writeln!(

@@ -421,3 +421,35 @@ fn a_twin_speedup_is_recomputed_from_the_two_medians() {
     assert!(twin_note(&make(2.0, "dispatch_warm")));
     assert!(twin_note(&make(0.5, "no_such_id")));
 }
+
+#[test]
+fn roofline_holds_row_kernels_against_the_flop_limit() {
+    // The committed run: the expected ratio from its raw fields (the
+    // harness's own `derived.gflops` of the peak loop, the 16,640 FLOPs of
+    // docs/flops.md), not from the report's figures.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/rust.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let raw = |id: &str, f: &dyn Fn(&Value) -> f64| {
+        f(v["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap())
+    };
+    let peak = raw("machine_fma_peak", &|s| {
+        s["derived"]["gflops"].as_f64().unwrap()
+    });
+    let median = raw("kernel_rmsnorm", &|s| s["median_ns"].as_f64().unwrap());
+    let ratio = median / (16_640.0 / peak);
+    let md = render_texts(&[("rust.json", &text)]).unwrap();
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| `kernel_rmsnorm` | 16640 |"))
+        .unwrap_or_else(|| panic!("no kernel_rmsnorm roofline row"));
+    assert!(
+        row.ends_with(&format!("| {ratio:.2}× |")),
+        "{row} vs {ratio:.2}"
+    );
+}
