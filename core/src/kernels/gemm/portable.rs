@@ -340,87 +340,98 @@ struct Block {
     row_walk: bool,
 }
 
+/// `n` tiles of `wp` panels (`wp·NR` columns; 1: one panel, cut at the
+/// block's edge) from (ir, jr) on, stepping right (row walk) or down.
+///
+/// # Safety
+/// As [`Arch::block`] for `blk`; (ir, jr) is a tile origin of the block,
+/// and the `n` tiles are full ones (same mr, nr) that are not the edge copy
+/// unless `n = 1`; a wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans
+/// `wp` whole panels before the edge copy.
+#[inline(always)]
+unsafe fn tile_run<K: Arch>(blk: &Block, jr: usize, ir: usize, n: usize, right: bool, wp: usize) {
+    let nr = if wp == 1 {
+        NR.min(blk.nc - jr)
+    } else {
+        wp * NR
+    };
+    let mr = MR.min(blk.mc - ir);
+    let (b, pb) = if jr == blk.edge {
+        let src = BSrc {
+            ptr: blk.edge_ptr,
+            ks: NR,
+            ps: NR,
+            pf: 0,
+        };
+        (src, true)
+    } else {
+        let src = BSrc {
+            ptr: blk.b.ptr.wrapping_add(jr / NR * blk.b_panel),
+            // A wide tile's vectors 2q, 2q + 1 are in panel q.
+            ps: if wp == 1 { blk.b.ps } else { blk.b_panel },
+            // Only the BLIS walk's first tile per panel (or `wp`
+            // panels) prefetches: the next `wp` panels.
+            pf: if wp == 1 {
+                blk.b.pf
+            } else if right {
+                0
+            } else {
+                wp * blk.b.pf
+            },
+            ..blk.b
+        };
+        (src, blk.pb)
+    };
+    let a = ASrc {
+        ptr: blk.a.ptr.wrapping_add(ir / MR * blk.a_panel),
+        ..blk.a
+    };
+    let (run, nx) = if right {
+        (
+            Run {
+                n,
+                da: 0,
+                db: wp * blk.b_panel,
+                pfa: false,
+            },
+            wp * NR * blk.c.cs,
+        )
+    } else {
+        (
+            Run {
+                n,
+                da: blk.a_panel,
+                db: 0,
+                pfa: blk.a_stream,
+            },
+            MR * blk.c.rs,
+        )
+    };
+    let c = CDst {
+        nx,
+        ..blk.c.at(ir, jr)
+    };
+    // SAFETY: the caller's contract: the block's (`Arch::block`) covers
+    // every tile (ir, jr) with ir < mc, jr < nc; a run only spans full
+    // tiles (same mr, nr) that are not the edge copy, stepping by `wp`
+    // panels; a wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans `wp`
+    // whole panels before the edge copy, each `b_panel` apart.
+    unsafe {
+        K::tile(
+            mr, nr, blk.kc, a, b, c, blk.alpha, blk.beta, blk.pa, pb, run,
+        )
+    };
+}
+
 /// The tiles of one block.
 ///
 /// # Safety
 /// As [`Arch::block`].
 #[inline(always)]
 unsafe fn block_tiles<K: Arch>(blk: &Block) {
-    // `n` tiles of `wp` panels (`wp·NR` columns; 1: one panel, cut at the
-    // block's edge) from (ir, jr) on, stepping right (row walk) or down.
-    let tiles = |jr: usize, ir: usize, n: usize, right: bool, wp: usize| {
-        let nr = if wp == 1 {
-            NR.min(blk.nc - jr)
-        } else {
-            wp * NR
-        };
-        let mr = MR.min(blk.mc - ir);
-        let (b, pb) = if jr == blk.edge {
-            let src = BSrc {
-                ptr: blk.edge_ptr,
-                ks: NR,
-                ps: NR,
-                pf: 0,
-            };
-            (src, true)
-        } else {
-            let src = BSrc {
-                ptr: blk.b.ptr.wrapping_add(jr / NR * blk.b_panel),
-                // A wide tile's vectors 2q, 2q + 1 are in panel q.
-                ps: if wp == 1 { blk.b.ps } else { blk.b_panel },
-                // Only the BLIS walk's first tile per panel (or `wp`
-                // panels) prefetches: the next `wp` panels.
-                pf: if wp == 1 {
-                    blk.b.pf
-                } else if right {
-                    0
-                } else {
-                    wp * blk.b.pf
-                },
-                ..blk.b
-            };
-            (src, blk.pb)
-        };
-        let a = ASrc {
-            ptr: blk.a.ptr.wrapping_add(ir / MR * blk.a_panel),
-            ..blk.a
-        };
-        let (run, nx) = if right {
-            (
-                Run {
-                    n,
-                    da: 0,
-                    db: wp * blk.b_panel,
-                    pfa: false,
-                },
-                wp * NR * blk.c.cs,
-            )
-        } else {
-            (
-                Run {
-                    n,
-                    da: blk.a_panel,
-                    db: 0,
-                    pfa: blk.a_stream,
-                },
-                MR * blk.c.rs,
-            )
-        };
-        let c = CDst {
-            nx,
-            ..blk.c.at(ir, jr)
-        };
-        // SAFETY: the block's contract (`Arch::block`) covers every tile
-        // (ir, jr) with ir < mc, jr < nc; a run only spans full tiles (same
-        // mr, nr) that are not the edge copy, stepping by `wp` panels; a
-        // wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans `wp` whole
-        // panels before the edge copy, each `b_panel` apart.
-        unsafe {
-            K::tile(
-                mr, nr, blk.kc, a, b, c, blk.alpha, blk.beta, blk.pa, pb, run,
-            )
-        };
-    };
+    // SAFETY: every call below names a tile origin of the block with a run
+    // of full tiles (or one tile), as `tile_run` requires.
+    let tiles = |jr, ir, n, right, wp| unsafe { tile_run::<K>(blk, jr, ir, n, right, wp) };
     // Full panels that can be run together (the edge copy is never full).
     let full_n = blk.nc / NR;
     let full_m = blk.mc / MR;
@@ -432,16 +443,16 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
     let er = blk.mc - full_m * MR;
     let wp = if er > 0 { 8 * K::wide_nv(er) / NR } else { 1 };
     let wide_cols = if wp > 1 { full_n / wp * (wp * NR) } else { 0 };
-    // The edge band: wide tiles, then whole panels, then the partial one
-    // (the only one that may be an edge copy).
-    let edge_band = || {
-        let ir = full_m * MR;
-        if wide_cols > 0 {
-            tiles(0, ir, wide_cols / (wp * NR), true, wp);
+    // One row band left to right: tiles of `w` panels over the first
+    // `w_cols` columns, then whole panels, then the partial one (the only
+    // one that may be an edge copy).
+    let band = |ir: usize, w: usize, w_cols: usize| {
+        if w_cols > 0 {
+            tiles(0, ir, w_cols / (w * NR), true, w);
         }
-        let rest = full_n - wide_cols / NR;
+        let rest = full_n - w_cols / NR;
         if rest > 0 {
-            tiles(wide_cols, ir, rest, true, 1);
+            tiles(w_cols, ir, rest, true, 1);
         }
         if full_n * NR < blk.nc {
             tiles(full_n * NR, ir, 1, true, 1);
@@ -455,19 +466,10 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
         // Short depth: the C traffic dominates, so walk each row band of C
         // left to right (contiguous lines, few pages).
         for ir in (0..full_m * MR).step_by(MR) {
-            if band_cols > 0 {
-                tiles(0, ir, band_cols / (bw * NR), true, bw);
-            }
-            let rest = full_n - band_cols / NR;
-            if rest > 0 {
-                tiles(band_cols, ir, rest, true, 1);
-            }
-            if full_n * NR < blk.nc {
-                tiles(full_n * NR, ir, 1, true, 1);
-            }
+            band(ir, bw, band_cols);
         }
         if er > 0 {
-            edge_band();
+            band(full_m * MR, wp, wide_cols);
         }
     } else {
         // BLIS order: one B micro-panel (or `bw` of them) stays in L1 while
