@@ -122,9 +122,13 @@
 //!   registers. For depths ≤ `SHORT_K` = 32 the C traffic dominates, so the
 //!   two inner loops are swapped to walk each 6-row band of C left to right
 //!   (contiguous lines, few pages), the kernel prefetches the *next* tile's C
-//!   lines, and a whole band is one kernel call (a `Run` of tiles) so no
-//!   per-tile call overhead remains. `C += A·B` (`α = β = 1`) stores
-//!   `c + acc` directly (the same bits as the general form).
+//!   lines, and a whole band is one kernel dispatch (a `Run` of tiles; on
+//!   AVX2 each tile is then one plain call of the tile body, cheaper than
+//!   the loop-carried addresses of an inlined one). The store form
+//!   (`β = 0`; `C += A·B` with `α = β = 1`, stored as `c + acc`; general) is
+//!   picked once per whole tile, not per vector: with 4–16 depth steps a
+//!   tile has only 48–192 FMAs to carry it (the same bits as the general
+//!   form).
 //! * Column-major C (`rsc = 1`) is computed as `Cᵀ = op(B)ᵀ·op(A)ᵀ` so that
 //!   stores stay contiguous.
 //!
@@ -2133,10 +2137,19 @@ mod avx2 {
     /// One tile of [`kern`] (`first`: the first tile of its run; `a_next`: a
     /// next tile in the run reads the A rows `M` below this one's).
     ///
+    /// Its own function, called once per tile: inlined into [`kern`]'s loop
+    /// over a run, LLVM kept every row and prefetch address of the tile as
+    /// a loop-carried pointer (~40 of them, spilled to the stack and bumped
+    /// by a read-modify-write per tile), which cost a short-depth tile more
+    /// than the call does (callgrind, `dW += dYᵀ·X` of 512 × 64 × 4: 14.8 →
+    /// 11.4 M instructions per 100 products together with the whole-tile
+    /// store below; for the deep tiles of a forward the call is < 1 % of a
+    /// tile's 256 depth steps).
+    ///
     /// # Safety
     /// As [`kern`] for a single tile.
     #[target_feature(enable = "avx2,fma")]
-    #[inline]
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn kern_body<
         const M: usize,
@@ -2229,7 +2242,42 @@ mod avx2 {
         let va = _mm256_set1_ps(alpha);
         let vb = _mm256_set1_ps(beta);
         let accumulate = alpha == 1.0 && beta == 1.0;
-        if c.cs == 1 {
+        // A whole tile (every vector 8 lanes) with contiguous rows: the store
+        // form is chosen once per tile, not per vector — with short depths
+        // (k = 4–16 weight gradients) the per-vector `beta`/`accumulate`
+        // tests were ~80 of a tile's ~420 instructions (callgrind). Each
+        // form is the general one's arithmetic for its case, so the bits do
+        // not change.
+        macro_rules! whole_rows {
+            (|$dst:ident, $a:ident| $y:expr) => {
+                unroll!(r < M => {
+                    let row = c.ptr.wrapping_add(r * c.rs);
+                    unroll!(v < NV => {
+                        let $dst = row.wrapping_add(8 * v);
+                        let $a = acc[r][v];
+                        // SAFETY: C[r, 8v..8v+8] is in the tile (8·NV = nr)
+                        // and contiguous (cs = 1): writable, and readable
+                        // where the form reads it (β ≠ 0).
+                        unsafe { _mm256_storeu_ps($dst, $y) };
+                    });
+                });
+            };
+        }
+        if c.cs == 1 && nr == 8 * NV {
+            if beta == 0.0 {
+                whole_rows!(|dst, a| _mm256_mul_ps(va, a));
+            } else if accumulate {
+                // C += A·B: the same bits as the general form (1·acc is
+                // exact, fma(1, c, acc) = c + acc).
+                whole_rows!(|dst, a| _mm256_add_ps(_mm256_loadu_ps(dst), a));
+            } else {
+                whole_rows!(|dst, a| _mm256_fmadd_ps(
+                    vb,
+                    _mm256_loadu_ps(dst),
+                    _mm256_mul_ps(va, a)
+                ));
+            }
+        } else if c.cs == 1 {
             unroll!(r < M => {
                 let row = c.ptr.wrapping_add(r * c.rs);
                 unroll!(v < NV => {
