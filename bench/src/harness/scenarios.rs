@@ -102,8 +102,10 @@ pub enum Kind {
     Decode { prompt: usize, new_tokens: usize },
     /// The single-core FMA peak: `iters` rounds of 12 independent FMA chains
     /// of the widest vector the GEMM uses (16 lanes with AVX-512F, else 8;
-    /// `moe_core::kernels::cpu::fma_peak`).
-    FmaPeak { iters: u64 },
+    /// `moe_core::kernels::cpu::fma_peak`). `lanes`: that width as a run
+    /// file records it (`params.lanes`, read back by the report); `None` =
+    /// this CPU's (`peak_lanes`), which is what a run measures.
+    FmaPeak { iters: u64, lanes: Option<usize> },
     /// STREAM-style triad `a[i] = b[i] + s·c[i]` over three arrays of `n`
     /// floats each (≫ L3): 12·n bytes moved per iteration.
     Bandwidth { n: usize },
@@ -434,6 +436,7 @@ pub const SCENARIOS: &[Scenario] = &[
         "compiler",
         Kind::FmaPeak {
             iters: FMA_PEAK_ITERS,
+            lanes: None,
         },
     ),
     s(
@@ -804,10 +807,10 @@ impl Kind {
                 })
             }
             Kind::Softmax { n } => json!({ "n": n }),
-            Kind::FmaPeak { iters } => json!({
+            Kind::FmaPeak { iters, lanes } => json!({
                 "iters": iters,
                 "chains": moe_core::kernels::cpu::PEAK_CHAINS,
-                "lanes": moe_core::kernels::cpu::peak_lanes(),
+                "lanes": lanes.unwrap_or_else(moe_core::kernels::cpu::peak_lanes),
                 "zmm_full_width": moe_core::kernels::cpu::zmm_full_width(),
             }),
             Kind::Bandwidth { n } => json!({ "n": n, "bytes_per_iter": 12 * n as u64 }),
@@ -918,10 +921,12 @@ impl Kind {
             }
             Kind::Matmul { m, n, k, .. } => Some(flops::gemm(m, n, k)),
             Kind::Softmax { n } => Some(flops::softmax(n)),
-            Kind::FmaPeak { iters } => Some(
+            // The file's width when the report reads a run back (a 16-lane
+            // run read on an 8-lane machine is still a 16-lane run).
+            Kind::FmaPeak { iters, lanes } => Some(
                 iters
                     * (moe_core::kernels::cpu::PEAK_CHAINS
-                        * moe_core::kernels::cpu::peak_lanes()
+                        * lanes.unwrap_or_else(moe_core::kernels::cpu::peak_lanes)
                         * 2) as u64,
             ),
             Kind::Bandwidth { n } => Some(2 * n as u64),
@@ -1040,7 +1045,7 @@ pub fn run(sc: &Scenario, o: &RunOpts) -> Result<ScenarioResult, Error> {
         } => run_train_precision(&profile.config(), b, t, precision, o)?,
         Kind::Matmul { backend, m, n, k } => run_matmul(backend, m, n, k, o)?,
         Kind::Softmax { n } => run_softmax(n, o)?,
-        Kind::FmaPeak { iters } => run_fma_peak(iters, o)?,
+        Kind::FmaPeak { iters, .. } => run_fma_peak(iters, o)?,
         Kind::Bandwidth { n } => run_bandwidth(n, o)?,
         Kind::AdamW { n, pass } => run_adamw(n, pass, o)?,
         Kind::RmsNorm { b, t, c } => run_rmsnorm(b * t, c, o)?,

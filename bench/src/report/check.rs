@@ -495,7 +495,7 @@ impl Run {
             let params = s.get("params").cloned().unwrap_or(Value::Null);
             let own = spec.and_then(|k| with_params(k, &params));
             let (tokens, flops, differs) = match (spec, &own) {
-                (Some(spec), Some(Ok(own))) => (own.tokens(), own.flops(), *own != spec),
+                (Some(spec), Some(Ok(own))) => (own.tokens(), own.flops(), !same_shape(own, &spec)),
                 (Some(_), Some(Err(why))) => {
                     params_notes.push(format!("`{id}`: {why}"));
                     (None, None, true)
@@ -659,6 +659,15 @@ impl Run {
 /// The spec's `kind` with the shape of `params` substituted; `None` if the
 /// params say nothing about the shape, `Err` if they name a model width we
 /// have no FLOP count for.
+/// Whether a file's scenario ran the spec's shape. The peak loop's width is
+/// the machine's, not part of the shape.
+fn same_shape(own: &Kind, spec: &Kind) -> bool {
+    match (own, spec) {
+        (Kind::FmaPeak { iters: a, .. }, Kind::FmaPeak { iters: b, .. }) => a == b,
+        _ => own == spec,
+    }
+}
+
 fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
     let u = |k: &str| {
         params
@@ -756,9 +765,23 @@ fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
             prompt: u("prompt").unwrap_or(prompt),
             new_tokens: u("new_tokens").unwrap_or(new_tokens),
         }),
-        Kind::FmaPeak { iters } => Ok(Kind::FmaPeak {
-            iters: params.get("iters").and_then(Value::as_u64).unwrap_or(iters),
-        }),
+        Kind::FmaPeak { iters, .. } => {
+            // The loop's width as the run recorded it: 8 or 16 lanes (files
+            // from before the 16-lane loop have no `lanes` and ran 8).
+            let lanes = match params.get("lanes") {
+                None => Ok(moe_core::kernels::cpu::PEAK_LANES),
+                Some(v) => match v.as_u64() {
+                    Some(l @ (8 | 16)) => Ok(l as usize),
+                    _ => Err(format!(
+                        "lanes {v} (the peak loop runs 8 or 16); no FLOP count"
+                    )),
+                },
+            };
+            lanes.map(|l| Kind::FmaPeak {
+                iters: params.get("iters").and_then(Value::as_u64).unwrap_or(iters),
+                lanes: Some(l),
+            })
+        }
         Kind::Bandwidth { n } => Ok(Kind::Bandwidth {
             n: u("n").unwrap_or(n),
         }),
@@ -814,7 +837,7 @@ fn shape_of(k: &Kind) -> String {
         Kind::Decode { prompt, new_tokens } => {
             let _ = write!(s, "prompt {prompt}, new_tokens {new_tokens}");
         }
-        Kind::FmaPeak { iters } => {
+        Kind::FmaPeak { iters, .. } => {
             let _ = write!(s, "iters {iters}");
         }
         Kind::Bandwidth { n } | Kind::AdamW { n, .. } => {

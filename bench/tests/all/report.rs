@@ -453,3 +453,40 @@ fn roofline_holds_row_kernels_against_the_flop_limit() {
         "{row} vs {ratio:.2}"
     );
 }
+
+#[test]
+fn fma_peak_flops_follow_the_files_lanes_not_this_cpu() {
+    // 12 chains × lanes × 2 FLOPs per round, from the file's `params.lanes`
+    // (a 16-lane Zen 4 run read on an 8-lane machine stays a 16-lane run).
+    let peak = |lanes: Option<u64>| {
+        let mut p = json!({ "iters": 500_000, "chains": 12 });
+        if let Some(l) = lanes {
+            p["lanes"] = json!(l);
+        }
+        parse(&file(
+            json!({"language": "rust"}),
+            vec![scenario("machine_fma_peak", p, 1_000_000)],
+        ))
+    };
+    // 500,000 rounds × 12 × 16 × 2 FLOPs in 1 ms: 192 GFLOP/s.
+    assert_eq!(peak(Some(16)).gflops("machine_fma_peak"), Some(192.0));
+    assert_eq!(peak(Some(8)).gflops("machine_fma_peak"), Some(96.0));
+    // Files from before the 16-lane loop ran 8 lanes.
+    assert_eq!(peak(None).gflops("machine_fma_peak"), Some(96.0));
+    // Neither is a shape change: no params note.
+    let notes = peak(Some(16)).notes;
+    assert!(
+        !notes.iter().any(|n| n.contains("ran with params")),
+        "{notes:?}"
+    );
+    // A width the loop never runs: no figure, and a note naming it.
+    let odd = peak(Some(12));
+    assert_eq!(odd.gflops("machine_fma_peak"), None);
+    assert!(
+        odd.notes
+            .iter()
+            .any(|n| n.contains("machine_fma_peak") && n.contains("lanes 12")),
+        "{:?}",
+        odd.notes
+    );
+}
