@@ -656,9 +656,6 @@ impl Run {
     }
 }
 
-/// The spec's `kind` with the shape of `params` substituted; `None` if the
-/// params say nothing about the shape, `Err` if they name a model width we
-/// have no FLOP count for.
 /// Whether a file's scenario ran the spec's shape. The peak loop's width is
 /// the machine's, not part of the shape.
 fn same_shape(own: &Kind, spec: &Kind) -> bool {
@@ -668,6 +665,9 @@ fn same_shape(own: &Kind, spec: &Kind) -> bool {
     }
 }
 
+/// The spec's `kind` with the shape of `params` substituted; `None` if the
+/// params say nothing about the shape, `Err` if they name a model width we
+/// have no FLOP count for.
 fn with_params(kind: Kind, params: &Value) -> Option<Result<Kind, String>> {
     let u = |k: &str| {
         params
