@@ -124,11 +124,14 @@
 //!   (contiguous lines, few pages), the kernel prefetches the *next* tile's C
 //!   lines, and a whole band is one kernel dispatch (a `Run` of tiles; on
 //!   AVX2 each tile is then one plain call of the tile body, cheaper than
-//!   the loop-carried addresses of an inlined one). The store form
-//!   (`β = 0`; `C += A·B` with `α = β = 1`, stored as `c + acc`; general) is
-//!   picked once per whole tile, not per vector: with 4–16 depth steps a
-//!   tile has only 48–192 FMAs to carry it (the same bits as the general
-//!   form).
+//!   the loop-carried addresses of an inlined one). With AVX-512 the full
+//!   bands take 6 × 64 tiles (`Arch::short_wp`: 24 accumulators, 4 B
+//!   vectors, one broadcast per 4 FMAs instead of one per FMA in a 6 × 16
+//!   tile), so a depth step's 24 FMAs carry the tile's fixed work. The
+//!   store form (`β = 0`; `C += A·B` with `α = β = 1`, stored as
+//!   `c + acc`; general) is picked once per tile, not per vector: with 4–16
+//!   depth steps a tile has only 48–192 FMAs to carry it (the same bits as
+//!   the general form).
 //! * Column-major C (`rsc = 1`) is computed as `Cᵀ = op(B)ᵀ·op(A)ᵀ` so that
 //!   stores stay contiguous.
 //!
@@ -350,8 +353,9 @@ struct Block {
 /// # Safety
 /// As [`Arch::block`] for `blk`; (ir, jr) is a tile origin of the block,
 /// and the `n` tiles are full ones (same mr, nr) that are not the edge copy
-/// unless `n = 1`; a wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans
-/// `wp` whole panels before the edge copy.
+/// unless `n = 1`; a wide tile (`wp > 1`: `wp·16 ≤ 8·wide_nv(mr)`, or a
+/// full band's `band_wp()` or `short_wp()` panels) spans `wp` whole panels
+/// before the edge copy.
 #[inline(always)]
 unsafe fn tile_run<K: Arch>(blk: &Block, jr: usize, ir: usize, n: usize, right: bool, wp: usize) {
     let nr = if wp == 1 {
@@ -418,8 +422,9 @@ unsafe fn tile_run<K: Arch>(blk: &Block, jr: usize, ir: usize, n: usize, right: 
     // SAFETY: the caller's contract: the block's (`Arch::block`) covers
     // every tile (ir, jr) with ir < mc, jr < nc; a run only spans full
     // tiles (same mr, nr) that are not the edge copy, stepping by `wp`
-    // panels; a wide tile (`wp > 1`, `wp·16 ≤ 8·wide_nv(mr)`) spans `wp`
-    // whole panels before the edge copy, each `b_panel` apart.
+    // panels; a wide tile (`wp > 1`: `wp·16 ≤ 8·wide_nv(mr)`, or a full
+    // band's `band_wp()` or `short_wp()` panels) spans `wp` whole panels
+    // before the edge copy, each `b_panel` apart.
     unsafe {
         K::tile(
             mr, nr, blk.kc, a, b, c, blk.alpha, blk.beta, blk.pa, pb, run,
@@ -464,7 +469,11 @@ unsafe fn block_tiles<K: Arch>(blk: &Block) {
     };
     // Full row bands: tiles of `bw` panels over the first `band_cols`
     // columns (`bw = 1`: 6 × 16 tiles everywhere), 6 × 16 tiles after.
-    let bw = K::band_wp();
+    let bw = if blk.row_walk {
+        K::short_wp()
+    } else {
+        K::band_wp()
+    };
     let band_cols = if bw > 1 { full_n / bw * (bw * NR) } else { 0 };
     if blk.row_walk {
         // Short depth: the C traffic dominates, so walk each row band of C
@@ -521,6 +530,15 @@ trait Arch {
         1
     }
 
+    /// Panels per tile in the full row bands of a short-depth block
+    /// (`kc ≤ SHORT_K`, the weight gradients `dW += dYᵀ·X`): with 4–32
+    /// depth steps the per-tile work (C loads and stores, prefetches, the
+    /// call) and one broadcast per row and step are carried by
+    /// `6·16·wp` FMAs per step, so the widest tile the registers hold.
+    fn short_wp() -> usize {
+        Self::band_wp()
+    }
+
     /// `C[r, j] = α·Σ_{p<kc} A(r, p)·B(p, j) + β·C[r, j]` for `r < mr`,
     /// `j < nr` (C not read when `β = 0`). `pa`/`pb`: A/B are packed panels
     /// (`a.rs = 1, a.ks = MR` / `b.ks = NR`), which selects faster code.
@@ -528,7 +546,8 @@ trait Arch {
     ///
     /// # Safety
     /// The CPU supports the instruction set of `Self`; `1 ≤ mr ≤ MR`,
-    /// `1 ≤ nr`, and `nr ≤ 16` or `nr ≤ 8·wide_nv(mr)`;
+    /// `1 ≤ nr`, and `nr ≤ 16`, `nr ≤ 8·wide_nv(mr)`, or `mr = MR` and
+    /// `nr = NR·wp` with `wp` = `band_wp()` or `short_wp()`;
     /// `A(r, p)` is readable for `r < mr, p < kc`; the B vectors `v <
     /// ⌈nr/8⌉` are readable (8 floats each) for `p < kc`; `C[r, j]` is
     /// writable (and readable if `β ≠ 0`) for `r < mr, j < nr`, and no other
@@ -2811,11 +2830,12 @@ mod avx512 {
     /// vectors `2z`, `2z + 1` of [`BSrc`]); its last one is loaded and
     /// stored with a mask of the tile's remaining columns, so no lane beyond
     /// `nr` is read from B or touched in C (masked-off lanes never fault).
+    /// Its own function for the reason `avx2::kern_body` is.
     ///
     /// # Safety
     /// As [`kern`] for a single tile.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    #[inline]
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn kern_body<
         const M: usize,
@@ -2902,33 +2922,42 @@ mod avx512 {
             depth!(ars, aks)
         }
         // The epilogue of `avx2::kern_body`, lane for lane: `y = α·acc`,
-        // `c + acc` for `α = β = 1`, else `fma(β, c, α·acc)`.
+        // `c + acc` for `α = β = 1`, else `fma(β, c, α·acc)` — the form
+        // chosen once per tile (see there), each vector stored under its
+        // mask (all lanes but the last vector's tail).
         let va = _mm512_set1_ps(alpha);
         let vb = _mm512_set1_ps(beta);
-        let accumulate = alpha == 1.0 && beta == 1.0;
-        if c.cs == 1 {
-            unroll!(r < M => {
-                let row = c.ptr.wrapping_add(r * c.rs);
-                unroll!(z < NZ => {
-                    let dst = row.wrapping_add(16 * z);
-                    let mk = bm[z];
-                    let x = _mm512_mul_ps(va, acc[r][z]);
-                    // SAFETY: the lanes of `mk` are C[r, 16z + l] with
-                    // 16z + l < nr, in the tile and contiguous (cs = 1):
-                    // writable, readable if β ≠ 0; masked-off lanes are
-                    // never accessed.
-                    unsafe {
-                        let y = if beta == 0.0 {
-                            x
-                        } else if accumulate {
-                            _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dst), acc[r][z])
-                        } else {
-                            _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mk, dst), x)
-                        };
-                        _mm512_mask_storeu_ps(dst, mk, y);
-                    }
+        macro_rules! rows {
+            (|$dst:ident, $mk:ident, $a:ident| $y:expr) => {
+                unroll!(r < M => {
+                    let row = c.ptr.wrapping_add(r * c.rs);
+                    unroll!(z < NZ => {
+                        let $dst = row.wrapping_add(16 * z);
+                        let $mk = bm[z];
+                        let $a = acc[r][z];
+                        // SAFETY: the lanes of `mk` are C[r, 16z + l] with
+                        // 16z + l < nr, in the tile and contiguous (cs = 1):
+                        // writable, readable where the form reads (β ≠ 0);
+                        // masked-off lanes are never accessed.
+                        unsafe { _mm512_mask_storeu_ps($dst, $mk, $y) };
+                    });
                 });
-            });
+            };
+        }
+        if c.cs == 1 {
+            if beta == 0.0 {
+                rows!(|dst, mk, a| _mm512_mul_ps(va, a));
+            } else if alpha == 1.0 && beta == 1.0 {
+                // C += A·B: the general form's bits (1·acc is exact,
+                // fma(1, c, acc) = c + acc).
+                rows!(|dst, mk, a| _mm512_add_ps(_mm512_maskz_loadu_ps(mk, dst), a));
+            } else {
+                rows!(|dst, mk, a| _mm512_fmadd_ps(
+                    vb,
+                    _mm512_maskz_loadu_ps(mk, dst),
+                    _mm512_mul_ps(va, a)
+                ));
+            }
         } else {
             // Strided C: gather the row into a buffer, same arithmetic, scatter.
             unroll!(r < M => {
@@ -2986,6 +3015,7 @@ mod avx512 {
             };
         }
         match (mr, nz) {
+            (6, 4) => go!(6, 4),
             (6, 2) => go!(6, 2),
             (6, 1) => go!(6, 1),
             (5, 2) => go!(5, 2),
@@ -3025,6 +3055,13 @@ mod avx512 {
             } else {
                 1
             }
+        }
+
+        /// 6 × 64: 24 accumulators, 4 B vectors and the broadcast operand
+        /// of each FMA from memory, 28 of the 32 registers; one broadcast
+        /// per 4 FMAs (a 6 × 16 tile: one per FMA).
+        fn short_wp() -> usize {
+            4
         }
 
         #[inline(always)]
