@@ -2924,7 +2924,7 @@ mod avx512 {
         // The epilogue of `avx2::kern_body`, lane for lane: `y = α·acc`,
         // `c + acc` for `α = β = 1`, else `fma(β, c, α·acc)` — the form
         // chosen once per tile (see there), each vector stored under its
-        // mask (all lanes but the last vector's tail).
+        // mask (every lane but those past `nr` in the last vector).
         let va = _mm512_set1_ps(alpha);
         let vb = _mm512_set1_ps(beta);
         macro_rules! rows {
